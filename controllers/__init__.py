@@ -1,0 +1,1 @@
+"""gridtwin: controllers package."""

@@ -1,0 +1,212 @@
+"""The controller plug-in contract: what a controller sees (Observation) and returns (Dispatch).
+
+Everything here is plain data. The twin builds observations; controllers are pure functions of them and
+*return* a Dispatch, which the engine alone applies (DESIGN.md §4). Sign: load convention everywhere —
+positive p_mw is consumption from the grid; a discharging battery or producing PV is negative.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import pandas as pd
+
+__all__ = [
+    "AssetKind",
+    "ASSET_COLUMNS",
+    "Controller",
+    "ControllerSpec",
+    "Dispatch",
+    "Forecast",
+    "GridSnapshot",
+    "NetworkLimits",
+    "Observation",
+    "Sensitivities",
+    "load_controller",
+]
+
+
+class AssetKind(StrEnum):
+    PV = "pv"
+    BATTERY = "battery"
+    EV_CHARGER = "ev_charger"
+    FLEX_LOAD = "flex_load"
+
+
+#: Columns of the static asset table (index: ``asset_id``). Ratings are >= 0; fractions in [0, 1].
+#: ``p_max_mw``: rated active power (PV: peak; battery/EV: charge and discharge limit; flex load: max draw).
+#: ``e_max_mwh``: storage capacity (battery); 0 for others. ``s_max_mva``: inverter apparent-power rating.
+#: ``v2g``: an EV charger that may discharge. ``flex_window``: how long deferred flexible energy may wait.
+ASSET_COLUMNS: tuple[str, ...] = (
+    "kind",
+    "bus",
+    "participant_id",
+    "p_max_mw",
+    "e_max_mwh",
+    "eta_charge",
+    "eta_discharge",
+    "soc_min",
+    "soc_max",
+    "soc_init",
+    "s_max_mva",
+    "v2g",
+    "flex_window",
+)
+
+
+@dataclass(frozen=True)
+class NetworkLimits:
+    """Operating limits the controllers should respect (ANSI C84.1 Range A by default)."""
+
+    v_min_pu: float = 0.95
+    v_max_pu: float = 1.05
+    loading_max_percent: float = 100.0
+    #: Feeder-head import limit (MW, load convention); None = no peak limit.
+    p_head_max_mw: float | None = None
+
+
+@dataclass(frozen=True)
+class GridSnapshot:
+    """The last AC power-flow result the controller may see (index: pandapower bus / branch labels)."""
+
+    time: pd.Timestamp
+    vm_pu: pd.Series
+    line_loading_percent: pd.Series
+    trafo_loading_percent: pd.Series
+    p_head_mw: float
+    q_head_mvar: float
+    losses_mw: float
+    converged: bool
+
+
+@dataclass(frozen=True)
+class Sensitivities:
+    """Linearization of the network at the last operating point, computed by the twin from the Jacobian.
+
+    Columns are buses (bus injections in load convention: +1 MW = one more MW consumed at that bus), so a
+    controller maps an asset to its column through the asset table's ``bus``. Rows are the monitored buses /
+    branches (the ones that can bind). Branch labels are ``"line:<idx>"`` / ``"trafo:<idx>"``.
+    """
+
+    vm_pu: pd.Series
+    dvm_dp_pu_per_mw: pd.DataFrame
+    dvm_dq_pu_per_mvar: pd.DataFrame
+    loading_percent: pd.Series
+    dloading_dp_percent_per_mw: pd.DataFrame
+    #: Bus injections (MW, load convention) at the operating point; the linearization is around these.
+    p_bus_mw: pd.Series
+    q_bus_mvar: pd.Series
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Exogenous quantities over the horizon ``[time, time + n * step)``; index = interval start (UTC).
+
+    ``base_load_mw``: uncontrolled net load per bus (columns = bus), load convention (feeder PV not in the
+    fleet appears negative). ``pv_avail_mw``: available PV power per PV asset (>= 0, generation).
+    ``flex_base_mw``: requested draw of each flexible load (>= 0). ``price_eur_per_mwh``: energy price.
+    """
+
+    base_load_mw: pd.DataFrame
+    pv_avail_mw: pd.DataFrame
+    flex_base_mw: pd.DataFrame
+    price_eur_per_mwh: pd.Series
+
+    @property
+    def index(self) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(self.price_eur_per_mwh.index)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a controller may see at ``time`` for the interval ``[time, time + step)``.
+
+    ``state`` (index asset_id) holds: ``p_mw`` (last metered power), ``soc_mwh`` (battery), ``ev_connected``,
+    ``ev_energy_needed_mwh``, ``ev_departure`` (UTC or NaT), ``flex_backlog_mwh`` (deferred energy still
+    owed), ``flex_deadline`` (when that backlog must be served), ``available`` (bool), ``quality``
+    (StrEnum value of twin.telemetry.Quality) and ``age_s`` (seconds since the value was measured).
+    """
+
+    time: pd.Timestamp
+    step: pd.Timedelta
+    assets: pd.DataFrame
+    state: pd.DataFrame
+    forecast: Forecast
+    limits: NetworkLimits = field(default_factory=NetworkLimits)
+    grid: GridSnapshot | None = None
+    sensitivities: Sensitivities | None = None
+    #: Free-form signals (e.g. DR events, community prices); controllers may ignore unknown keys.
+    signals: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Setpoints for ``[time, time + step)``, MW in load convention, by asset_id.
+
+    An asset absent from ``p_mw`` gets no new setpoint (it holds its last one until that expires).
+    ``diagnostics`` is for humans and reports; the engine never reads it.
+    """
+
+    p_mw: pd.Series
+    q_mvar: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
+    diagnostics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def empty(cls, **diagnostics: Any) -> Dispatch:
+        return cls(p_mw=pd.Series(dtype=float), diagnostics=MappingProxyType(dict(diagnostics)))
+
+    @classmethod
+    def from_mapping(
+        cls, p_mw: Mapping[str, float], q_mvar: Mapping[str, float] | None = None, **diagnostics: Any
+    ) -> Dispatch:
+        return cls(
+            p_mw=pd.Series(dict(p_mw), dtype=float),
+            q_mvar=pd.Series(dict(q_mvar or {}), dtype=float),
+            diagnostics=MappingProxyType(dict(diagnostics)),
+        )
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    """What a controller learns once per run in ``reset``: the static assets, the step and the horizon."""
+
+    assets: pd.DataFrame
+    step: pd.Timedelta
+    horizon: int
+    limits: NetworkLimits = field(default_factory=NetworkLimits)
+    buses: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """The plug-in protocol. ``reset`` once per run (build optimization problems here), ``act`` per interval."""
+
+    def reset(self, spec: ControllerSpec, *, seed: int) -> None: ...
+
+    def act(self, observation: Observation) -> Dispatch: ...
+
+
+def load_controller(target: str, **kwargs: Any) -> Controller:
+    """Instantiate a controller named ``"package.module:Class"`` with keyword arguments."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"controller {target!r}: expected the form 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"controller {target!r}: cannot import module {module_name!r} ({exc})") from exc
+    try:
+        factory = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"controller {target!r}: module {module_name!r} has no attribute {attr!r}") from None
+    try:
+        controller = factory(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"controller {target!r}: bad keyword arguments {sorted(kwargs)} ({exc})") from exc
+    if not isinstance(controller, Controller):
+        raise ValueError(f"controller {target!r}: object has no reset(spec, *, seed) and act(observation)")
+    return controller

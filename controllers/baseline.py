@@ -1,0 +1,65 @@
+"""Reference policies without optimization: no control, and a rule-based battery peak shaver."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from controllers.api import AssetKind, ControllerSpec, Dispatch, Observation
+
+__all__ = ["NoControl", "PeakShaver"]
+
+
+class NoControl:
+    """Sends nothing: every device runs on its autonomous default (the "do nothing" reference)."""
+
+    def reset(self, spec: ControllerSpec, *, seed: int) -> None:
+        del spec, seed
+
+    def act(self, observation: Observation) -> Dispatch:
+        return Dispatch.empty()
+
+
+class PeakShaver:
+    """Batteries discharge when the feeder's net load is above a threshold and recharge below it.
+
+    Net load is the current interval's forecast of uncontrolled load minus fleet PV, plus EVs and flexible
+    loads at their autonomous draw. ``threshold_mw=None`` shaves to ``shave_fraction`` of the peak net
+    load forecast over the horizon (so a week-long run adapts to each day). Batteries share the work in
+    proportion to their power rating.
+    """
+
+    def __init__(self, *, threshold_mw: float | None = None, shave_fraction: float = 0.8) -> None:
+        if threshold_mw is not None and threshold_mw < 0:
+            raise ValueError(f"threshold_mw={threshold_mw!r} must be >= 0")
+        if not 0 < shave_fraction <= 1:
+            raise ValueError(f"shave_fraction={shave_fraction!r} must be in (0, 1]")
+        self.threshold_mw = threshold_mw
+        self.shave_fraction = shave_fraction
+        self._batteries: pd.Index = pd.Index([])
+
+    def reset(self, spec: ControllerSpec, *, seed: int) -> None:
+        del seed
+        self._batteries = spec.assets.index[spec.assets["kind"].astype(str) == AssetKind.BATTERY]
+
+    def _net_load_mw(self, obs: Observation) -> pd.Series:
+        """Forecast feeder net load per interval of the horizon, without the batteries."""
+        f = obs.forecast
+        net = f.base_load_mw.sum(axis=1) - f.pv_avail_mw.sum(axis=1) + f.flex_base_mw.sum(axis=1)
+        ev = obs.state["ev_connected"].astype(bool)
+        ev_rate = obs.assets.loc[ev[ev].index, "p_max_mw"].sum() if ev.any() else 0.0
+        return net + ev_rate
+
+    def act(self, observation: Observation) -> Dispatch:
+        if len(self._batteries) == 0:
+            return Dispatch.empty()
+        net = self._net_load_mw(observation)
+        now = float(net.iloc[0])
+        threshold = self.threshold_mw if self.threshold_mw is not None else self.shave_fraction * float(net.max())
+        rating = observation.assets.loc[self._batteries, "p_max_mw"].astype(float)
+        share = rating / rating.sum()
+        excess = now - threshold
+        # Above the threshold: discharge the excess. Below: recharge with the headroom (the device model
+        # clips at full SOC and the recorded clip shows it).
+        p = -excess * share if excess > 0 else np.minimum(-excess * share, rating)
+        return Dispatch.from_mapping(p.clip(-rating, rating).to_dict(), net_load_mw=now, threshold_mw=threshold)

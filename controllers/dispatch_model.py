@@ -1,0 +1,912 @@
+"""The receding-horizon DER dispatch model: one cvxpy problem family for any subset of the asset table.
+
+This module owns building the problem once (``DispatchModel.build``), turning an ``Observation`` into its
+numeric inputs (``DispatchModel.inputs_from_observation``), re-solving by changing ``Parameter`` values only
+(DPP), and the safe fallback used when a solve fails. The central controller uses it for all assets; a DePIN
+agent uses it for its own assets, adding per-asset prices (dual multipliers) and an ADMM proximal term.
+
+Model, per period ``t`` of length ``h = step / 1 h`` (load convention, MW):
+
+* battery ``p = ch - dis``, ``soc[t+1] = soc[t] + h (eta_c ch - dis / eta_d)``, ``soc_min e_max <= soc <=
+  soc_max e_max``, terminal ``soc[T] >= target`` (default: the SOC now), soft with a large penalty;
+* EV ``p = ch - dis`` (``dis`` only if ``v2g``), bounded by ``p_max`` times the connected share of the
+  period (connected now and before ``ev_departure``; future arrivals are not forecast). ``need[t]`` is the
+  energy still owed, ``0 <= need[t] <= need[0]`` (V2G may only return energy charged within the horizon,
+  since the EV's own SOC is not observed); what cannot be met by departure is ``unmet``, penalised;
+* flexible load ``p = served``; the requested draw ``flex_base_mw`` accumulates as a backlog
+  ``B[t+1] = B[t] + h (base - served - curtailed)`` with ``0 <= B[t] <= (energy requested in the last
+  flex_window) + (initial backlog while before its deadline)``, so deferred energy is conserved and served
+  within its window (exact under earliest-deadline-first service). Backlog left at the horizon end is valued
+  at the horizon's highest price so that the optimiser does not push demand past the horizon for free;
+* PV ``p = curtail - available``, ``0 <= curtail <= available``, curtailment priced.
+
+Objective (EUR): ``h price . (feeder-head import)`` + ``demand_charge max_t(head import, billed peak)``
++ curtailment, unmet-energy and soft-limit slack penalties + a tiny battery/EV throughput cost that removes
+the simultaneous charge/discharge degeneracy. Feeder-head import is lossless and linear:
+``head[t] = sum_bus base_load[t] + sum_assets p[t]``.
+
+Network (optional, fixed number of *slots* chosen at build time): with ``S`` = ``dvm_dp_pu_per_mw`` and
+``p_bus0`` = ``p_bus_mw`` of ``Observation.sensitivities``,
+``v[t] ~= vm_pu + S (base_load[t] - pv_available[t] + bus_aggregate(p_assets[t]) - p_bus0)``; every row of
+``S`` present in the observation is screened each solve, and the ``n_voltage_rows`` rows closest to a limit
+(worst case over the assets' ratings) fill the slots. Branch loading rows (``dloading_dp_percent_per_mw``)
+likewise. Limits are soft: slack is penalised per pu (or percent) and hour. Reactive power is not a decision
+variable: ``q`` is held at the operating point, so ``dvm_dq`` is not used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import cvxpy as cp
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from controllers.api import AssetKind, Observation
+
+__all__ = [
+    "ACCEPTED_STATUSES",
+    "DispatchInputs",
+    "DispatchModel",
+    "DispatchSolution",
+    "DispatchWeights",
+    "Proximal",
+]
+
+#: cvxpy statuses whose values are read; anything else (infeasible, unbounded, solver error) falls back.
+ACCEPTED_STATUSES: frozenset[str] = frozenset({cp.OPTIMAL, cp.OPTIMAL_INACCURATE})
+
+#: Headroom given to an empty network slot (pu or percent): far from binding, yet finite for the solver.
+_UNMONITORED_HEADROOM = 1.0e3
+#: Stand-in for "no feeder-head limit" (MW); finite keeps the problem data finite.
+_NO_HEAD_LIMIT_MW = 1.0e6
+
+
+@dataclass(frozen=True)
+class DispatchWeights:
+    """Objective weights (EUR). Slack costs are per unit of violation and hour, so they do not scale with step."""
+
+    demand_charge_eur_per_mw: float = 0.0
+    pv_curtailment_cost_eur_per_mwh: float = 1.0
+    flex_curtailment_cost_eur_per_mwh: float = 500.0
+    ev_unmet_cost_eur_per_mwh: float = 1000.0
+    terminal_soc_shortfall_cost_eur_per_mwh: float = 1000.0
+    voltage_slack_cost_eur_per_pu_h: float = 1.0e5
+    loading_slack_cost_eur_per_percent_h: float = 100.0
+    head_slack_cost_eur_per_mwh: float = 1000.0
+    throughput_cost_eur_per_mwh: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"DispatchWeights.{name}: must be finite and >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Proximal:
+    """ADMM proximal term ``rho/2 || p - z + u ||^2`` (per asset and period; p in MW, load convention).
+
+    ``z`` and ``u`` are frames indexed by ``asset_id`` with one column per period (missing = 0).
+    """
+
+    rho: float
+    z_mw: pd.DataFrame
+    u_mw: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class DispatchInputs:
+    """The numbers of one solve, in the model's asset order (arrays; rows = assets of a kind, cols = periods)."""
+
+    time: pd.Timestamp
+    periods: pd.DatetimeIndex
+    price_eur_per_mwh: np.ndarray
+    head_fixed_mw: np.ndarray  # base load + uncurtailed fleet PV (negative), summed over buses
+    head_limit_mw: float
+    billed_peak_mw: float
+    bat_soc0_mwh: np.ndarray
+    bat_soc_target_mwh: np.ndarray
+    bat_p_max_mw: np.ndarray  # (nb, T): rating x availability
+    ev_ch_max_mw: np.ndarray  # (ne, T): rating x connected share x availability
+    ev_dis_max_mw: np.ndarray  # (ne, T): as above, 0 unless v2g
+    ev_need_mwh: np.ndarray
+    ev_need_after_horizon_mwh: np.ndarray  # what may still be delivered after the horizon, before departure
+    ev_hours_to_departure: np.ndarray  # inf when unknown
+    flex_base_mw: np.ndarray  # (nf, T)
+    flex_p_max_mw: np.ndarray  # (nf, T)
+    flex_backlog0_mwh: np.ndarray
+    flex_backlog_cap_mwh: np.ndarray  # (nf, T + 1)
+    pv_avail_mw: np.ndarray  # (npv, T)
+    v_rows: tuple[Any, ...]
+    v_sens_pu_per_mw: np.ndarray  # (slots, asset buses)
+    v_lo_headroom_pu: np.ndarray  # (slots, T)
+    v_hi_headroom_pu: np.ndarray  # (slots, T)
+    l_rows: tuple[Any, ...]
+    l_sens_percent_per_mw: np.ndarray
+    l_headroom_percent: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DispatchSolution:
+    """The result of one solve (or of the fallback). ``p_mw``: index asset_id, columns = period starts.
+
+    On a fallback, ``p_mw`` holds only the first period and the horizon quantities are empty.
+    """
+
+    status: str
+    fallback: bool
+    reason: str
+    objective_eur: float
+    p_mw: pd.DataFrame
+    soc_mwh: pd.DataFrame
+    ev_unmet_mwh: pd.Series
+    flex_backlog_mwh: pd.DataFrame
+    pv_curtail_mw: pd.DataFrame
+    max_voltage_slack_pu: float
+    max_loading_slack_percent: float
+    max_head_slack_mw: float
+    solve_time_s: float
+    compile_time_s: float
+    wall_time_s: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def first_p_mw(self) -> pd.Series:
+        """Setpoints for the first period (what a controller dispatches now)."""
+        return self.p_mw.iloc[:, 0].rename("p_mw")
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Scalars for ``Dispatch.diagnostics``."""
+        return {
+            "status": self.status,
+            "fallback": self.fallback,
+            "fallback_reason": self.reason,
+            "objective_eur": self.objective_eur,
+            "solve_time_s": self.solve_time_s,
+            "compile_time_s": self.compile_time_s,
+            "wall_time_s": self.wall_time_s,
+            "ev_unmet_mwh": float(self.ev_unmet_mwh.sum()),
+            "max_voltage_slack_pu": self.max_voltage_slack_pu,
+            "max_loading_slack_percent": self.max_loading_slack_percent,
+            "max_head_slack_mw": self.max_head_slack_mw,
+            "notes": self.notes,
+        }
+
+
+def _kind_ids(assets: pd.DataFrame, kind: AssetKind) -> list[Any]:
+    return [a for a, k in assets["kind"].items() if str(k) == kind.value]
+
+
+def _periods_of(window: Any, step: pd.Timedelta) -> int:
+    if window is None or pd.isna(window):
+        return 0
+    return int(pd.Timedelta(window) // step)
+
+
+@dataclass
+class _Params:
+    """The cvxpy Parameters of a built model (names mirror DispatchInputs)."""
+
+    price: cp.Parameter
+    head_fixed: cp.Parameter
+    head_limit: cp.Parameter
+    billed_peak: cp.Parameter
+    fixed_cost: cp.Parameter
+    backlog_value: cp.Parameter
+    bat_soc0: cp.Parameter | None = None
+    bat_target: cp.Parameter | None = None
+    bat_pmax: cp.Parameter | None = None
+    ev_ch_max: cp.Parameter | None = None
+    ev_dis_max: cp.Parameter | None = None
+    ev_need: cp.Parameter | None = None
+    ev_need_cap: cp.Parameter | None = None
+    ev_after: cp.Parameter | None = None
+    flex_base: cp.Parameter | None = None
+    flex_pmax: cp.Parameter | None = None
+    flex_b0: cp.Parameter | None = None
+    flex_cap: cp.Parameter | None = None
+    pv_avail: cp.Parameter | None = None
+    v_sens: cp.Parameter | None = None
+    v_lo: cp.Parameter | None = None
+    v_hi: cp.Parameter | None = None
+    l_sens: cp.Parameter | None = None
+    l_head: cp.Parameter | None = None
+    asset_price: cp.Parameter | None = None
+    prox_scale: cp.Parameter | None = None
+    prox_target: cp.Parameter | None = None
+
+
+@dataclass
+class _Vars:
+    bat_ch: cp.Variable | None = None
+    bat_dis: cp.Variable | None = None
+    bat_soc: cp.Variable | None = None
+    bat_short: cp.Variable | None = None
+    ev_ch: cp.Variable | None = None
+    ev_dis: cp.Variable | None = None
+    ev_need: cp.Variable | None = None
+    ev_unmet: cp.Variable | None = None
+    flex_serve: cp.Variable | None = None
+    flex_curt: cp.Variable | None = None
+    flex_backlog: cp.Variable | None = None
+    pv_curt: cp.Variable | None = None
+    v_slack: cp.Variable | None = None
+    l_slack: cp.Variable | None = None
+    head_slack: cp.Variable | None = None
+    peak: cp.Variable | None = None
+    by_kind: dict[AssetKind, cp.Expression] = field(default_factory=dict)
+
+
+class DispatchModel:
+    """A built dispatch problem for a fixed asset table, step, horizon and network slot count.
+
+    Build with :meth:`build` (once per run), then per interval ``inputs_from_observation`` and ``solve``.
+    """
+
+    def __init__(
+        self,
+        *,
+        assets: pd.DataFrame,
+        step: pd.Timedelta,
+        horizon: int,
+        weights: DispatchWeights,
+        ids: dict[AssetKind, list[Any]],
+        buses: tuple[Any, ...],
+        n_voltage_rows: int,
+        n_loading_rows: int,
+        problem: cp.Problem,
+        params: _Params,
+        variables: _Vars,
+    ) -> None:
+        self.assets = assets
+        self.step = step
+        self.horizon = horizon
+        self.weights = weights
+        self.ids = ids
+        self.buses = buses
+        self.n_voltage_rows = n_voltage_rows
+        self.n_loading_rows = n_loading_rows
+        self.problem = problem
+        self._p = params
+        self._v = variables
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls,
+        assets: pd.DataFrame,
+        *,
+        step: pd.Timedelta,
+        horizon: int,
+        weights: DispatchWeights = DispatchWeights(),
+        n_voltage_rows: int = 0,
+        n_loading_rows: int = 0,
+        asset_prices: bool = False,
+        proximal: bool = False,
+    ) -> DispatchModel:
+        """Build the problem for ``assets`` (any subset of the asset table).
+
+        ``n_voltage_rows`` / ``n_loading_rows``: network slots (0 = no network constraints).
+        ``asset_prices``: add ``h sum price_i,t p_i,t`` with a per-asset price Parameter (dual multipliers).
+        ``proximal``: add the ADMM term ``rho/2 ||p - z + u||^2``.
+        """
+        if horizon < 1:
+            raise ValueError(f"horizon: must be >= 1 period, got {horizon}")
+        if not step > pd.Timedelta(0):
+            raise ValueError(f"step: must be a positive Timedelta, got {step!r}")
+        unknown = sorted({str(k) for k in assets["kind"]} - {k.value for k in AssetKind})
+        if unknown:
+            raise ValueError(f"assets.kind: unknown kinds {unknown}")
+        T = horizon
+        h = step / pd.Timedelta("1h")
+        w = weights
+        ids = {kind: _kind_ids(assets, kind) for kind in AssetKind}
+        buses = tuple(dict.fromkeys(assets["bus"].tolist()))
+        bus_pos = {b: i for i, b in enumerate(buses)}
+
+        def incidence(kind: AssetKind) -> sp.csr_matrix:
+            rows = [bus_pos[assets.at[a, "bus"]] for a in ids[kind]]
+            n = len(ids[kind])
+            return sp.csr_matrix((np.ones(n), (rows, np.arange(n))), shape=(len(buses), n))
+
+        def col(kind: AssetKind, name: str) -> np.ndarray:
+            return assets.loc[ids[kind], name].to_numpy(dtype=float)
+
+        P = _Params(
+            price=cp.Parameter(T, name="price_eur_per_mwh"),
+            head_fixed=cp.Parameter(T, name="head_fixed_mw"),
+            head_limit=cp.Parameter(name="head_limit_mw"),
+            billed_peak=cp.Parameter(name="billed_peak_mw"),
+            fixed_cost=cp.Parameter(name="fixed_cost_eur"),
+            backlog_value=cp.Parameter(nonneg=True, name="backlog_value_eur_per_mwh"),
+        )
+        V = _Vars()
+        cons: list[cp.Constraint] = []
+        cost: list[cp.Expression] = [P.fixed_cost]
+        throughput: list[cp.Expression] = []
+
+        nb = len(ids[AssetKind.BATTERY])
+        if nb:
+            e_max = col(AssetKind.BATTERY, "e_max_mwh")
+            eta_c = col(AssetKind.BATTERY, "eta_charge")
+            eta_d = col(AssetKind.BATTERY, "eta_discharge")
+            lo = col(AssetKind.BATTERY, "soc_min") * e_max
+            hi = col(AssetKind.BATTERY, "soc_max") * e_max
+            P.bat_soc0 = cp.Parameter(nb, name="bat_soc0_mwh")
+            P.bat_target = cp.Parameter(nb, name="bat_soc_target_mwh")
+            P.bat_pmax = cp.Parameter((nb, T), nonneg=True, name="bat_p_max_mw")
+            V.bat_ch = cp.Variable((nb, T), nonneg=True, name="bat_ch_mw")
+            V.bat_dis = cp.Variable((nb, T), nonneg=True, name="bat_dis_mw")
+            V.bat_soc = cp.Variable((nb, T + 1), name="bat_soc_mwh")
+            V.bat_short = cp.Variable(nb, nonneg=True, name="bat_terminal_short_mwh")
+            lo_m, hi_m = np.tile(lo[:, None], (1, T)), np.tile(hi[:, None], (1, T))
+            cons += [
+                V.bat_ch <= P.bat_pmax,
+                V.bat_dis <= P.bat_pmax,
+                V.bat_soc[:, 0] == P.bat_soc0,
+                V.bat_soc[:, 1:]
+                == V.bat_soc[:, :-1] + h * (sp.diags(eta_c) @ V.bat_ch - sp.diags(1.0 / eta_d) @ V.bat_dis),
+                V.bat_soc[:, 1:] >= lo_m,
+                V.bat_soc[:, 1:] <= hi_m,
+                V.bat_soc[:, T] + V.bat_short >= P.bat_target,
+            ]
+            cost.append(w.terminal_soc_shortfall_cost_eur_per_mwh * cp.sum(V.bat_short))
+            throughput.append(cp.sum(V.bat_ch) + cp.sum(V.bat_dis))
+            V.by_kind[AssetKind.BATTERY] = V.bat_ch - V.bat_dis
+
+        ne = len(ids[AssetKind.EV_CHARGER])
+        if ne:
+            eta_c = col(AssetKind.EV_CHARGER, "eta_charge")
+            eta_d = col(AssetKind.EV_CHARGER, "eta_discharge")
+            P.ev_ch_max = cp.Parameter((ne, T), nonneg=True, name="ev_ch_max_mw")
+            P.ev_dis_max = cp.Parameter((ne, T), nonneg=True, name="ev_dis_max_mw")
+            P.ev_need = cp.Parameter(ne, nonneg=True, name="ev_need_mwh")
+            P.ev_need_cap = cp.Parameter((ne, T), nonneg=True, name="ev_need_cap_mwh")
+            P.ev_after = cp.Parameter(ne, nonneg=True, name="ev_need_after_horizon_mwh")
+            V.ev_ch = cp.Variable((ne, T), nonneg=True, name="ev_ch_mw")
+            V.ev_dis = cp.Variable((ne, T), nonneg=True, name="ev_dis_mw")
+            V.ev_need = cp.Variable((ne, T + 1), name="ev_need_mwh")
+            V.ev_unmet = cp.Variable(ne, nonneg=True, name="ev_unmet_mwh")
+            cons += [
+                V.ev_ch <= P.ev_ch_max,
+                V.ev_dis <= P.ev_dis_max,
+                V.ev_need[:, 0] == P.ev_need,
+                V.ev_need[:, 1:]
+                == V.ev_need[:, :-1] - h * (sp.diags(eta_c) @ V.ev_ch - sp.diags(1.0 / eta_d) @ V.ev_dis),
+                V.ev_need[:, 1:] >= 0,
+                V.ev_need[:, 1:] <= P.ev_need_cap,
+                V.ev_unmet >= V.ev_need[:, T] - P.ev_after,
+            ]
+            cost.append(w.ev_unmet_cost_eur_per_mwh * cp.sum(V.ev_unmet))
+            throughput.append(cp.sum(V.ev_ch) + cp.sum(V.ev_dis))
+            V.by_kind[AssetKind.EV_CHARGER] = V.ev_ch - V.ev_dis
+
+        nf = len(ids[AssetKind.FLEX_LOAD])
+        if nf:
+            P.flex_base = cp.Parameter((nf, T), nonneg=True, name="flex_base_mw")
+            P.flex_pmax = cp.Parameter((nf, T), nonneg=True, name="flex_p_max_mw")
+            P.flex_b0 = cp.Parameter(nf, nonneg=True, name="flex_backlog0_mwh")
+            P.flex_cap = cp.Parameter((nf, T), nonneg=True, name="flex_backlog_cap_mwh")
+            V.flex_serve = cp.Variable((nf, T), nonneg=True, name="flex_served_mw")
+            V.flex_curt = cp.Variable((nf, T), nonneg=True, name="flex_curtailed_mw")
+            V.flex_backlog = cp.Variable((nf, T + 1), name="flex_backlog_mwh")
+            cons += [
+                V.flex_serve <= P.flex_pmax,
+                V.flex_backlog[:, 0] == P.flex_b0,
+                V.flex_backlog[:, 1:]
+                == V.flex_backlog[:, :-1] + h * (P.flex_base - V.flex_serve - V.flex_curt),
+                V.flex_backlog[:, 1:] >= 0,
+                V.flex_backlog[:, 1:] <= P.flex_cap,
+            ]
+            cost.append(w.flex_curtailment_cost_eur_per_mwh * h * cp.sum(V.flex_curt))
+            cost.append(P.backlog_value * cp.sum(V.flex_backlog[:, T]))
+            V.by_kind[AssetKind.FLEX_LOAD] = V.flex_serve
+
+        npv = len(ids[AssetKind.PV])
+        if npv:
+            P.pv_avail = cp.Parameter((npv, T), nonneg=True, name="pv_avail_mw")
+            V.pv_curt = cp.Variable((npv, T), nonneg=True, name="pv_curtail_mw")
+            cons.append(V.pv_curt <= P.pv_avail)
+            cost.append(w.pv_curtailment_cost_eur_per_mwh * h * cp.sum(V.pv_curt))
+            # The PV's -available part is a Parameter: it lives in head_fixed / fixed_cost / headrooms
+            # (a Parameter times it would break DPP).
+            V.by_kind[AssetKind.PV] = V.pv_curt
+
+        kinds = [k for k in AssetKind if k in V.by_kind]
+        if kinds:
+            total = sum(cp.sum(V.by_kind[k], axis=0) for k in kinds)
+        else:
+            total = cp.Constant(np.zeros(T))
+        head = P.head_fixed + total
+        cost.append(h * (P.price @ total))
+        if throughput and w.throughput_cost_eur_per_mwh > 0:
+            cost.append(w.throughput_cost_eur_per_mwh * h * sum(throughput))
+
+        V.head_slack = cp.Variable(T, nonneg=True, name="head_slack_mw")
+        cons.append(head <= P.head_limit + V.head_slack)
+        cost.append(w.head_slack_cost_eur_per_mwh * h * cp.sum(V.head_slack))
+        if w.demand_charge_eur_per_mw > 0:
+            V.peak = cp.Variable(name="peak_mw")
+            cons += [V.peak >= head, V.peak >= P.billed_peak]
+            cost.append(w.demand_charge_eur_per_mw * V.peak)
+
+        if (n_voltage_rows or n_loading_rows) and kinds:
+            bus_inj = sum(incidence(k) @ V.by_kind[k] for k in kinds)
+            if n_voltage_rows:
+                P.v_sens = cp.Parameter((n_voltage_rows, len(buses)), name="v_sens_pu_per_mw")
+                P.v_lo = cp.Parameter((n_voltage_rows, T), name="v_lo_headroom_pu")
+                P.v_hi = cp.Parameter((n_voltage_rows, T), name="v_hi_headroom_pu")
+                V.v_slack = cp.Variable((n_voltage_rows, T), nonneg=True, name="v_slack_pu")
+                dv = P.v_sens @ bus_inj
+                cons += [dv <= P.v_hi + V.v_slack, -dv <= P.v_lo + V.v_slack]
+                cost.append(w.voltage_slack_cost_eur_per_pu_h * h * cp.sum(V.v_slack))
+            if n_loading_rows:
+                P.l_sens = cp.Parameter((n_loading_rows, len(buses)), name="l_sens_percent_per_mw")
+                P.l_head = cp.Parameter((n_loading_rows, T), name="l_headroom_percent")
+                V.l_slack = cp.Variable((n_loading_rows, T), nonneg=True, name="l_slack_percent")
+                cons.append(P.l_sens @ bus_inj <= P.l_head + V.l_slack)
+                cost.append(w.loading_slack_cost_eur_per_percent_h * h * cp.sum(V.l_slack))
+        else:
+            n_voltage_rows = n_loading_rows = 0
+
+        if (asset_prices or proximal) and kinds:
+            stacked = cp.vstack([V.by_kind[k] for k in kinds])  # rows in model asset order
+            n = stacked.shape[0]
+            if asset_prices:
+                P.asset_price = cp.Parameter((n, T), name="asset_price_eur_per_mwh")
+                cost.append(h * cp.sum(cp.multiply(P.asset_price, stacked)))
+            if proximal:
+                P.prox_scale = cp.Parameter(nonneg=True, name="prox_sqrt_half_rho")
+                P.prox_target = cp.Parameter((n, T), name="prox_target")
+                cost.append(cp.sum_squares(P.prox_scale * stacked - P.prox_target))
+
+        problem = cp.Problem(cp.Minimize(sum(cost)), cons)
+        model = cls(
+            assets=assets.copy(),
+            step=step,
+            horizon=T,
+            weights=w,
+            ids=ids,
+            buses=buses,
+            n_voltage_rows=n_voltage_rows,
+            n_loading_rows=n_loading_rows,
+            problem=problem,
+            params=P,
+            variables=V,
+        )
+        return model
+
+    @property
+    def asset_order(self) -> list[Any]:
+        """Asset ids in the model's row order (batteries, EVs, flexible loads, PV; as in the table)."""
+        return [a for k in AssetKind for a in self.ids[k] if k in self._v.by_kind]
+
+    @property
+    def hours(self) -> float:
+        return self.step / pd.Timedelta("1h")
+
+    # ------------------------------------------------------------------ inputs
+    def inputs_from_observation(self, obs: Observation, *, include_base_load: bool = True) -> DispatchInputs:
+        """Read the observation into the numbers of one solve. Pure: the observation is not modified.
+
+        ``include_base_load``: the feeder-head import includes the uncontrolled base load (central); an agent
+        optimising only its own meter passes False. Signals read: ``billed_peak_mw`` (the peak already set in
+        the billing period; default 0) and ``battery_soc_target_mwh`` (a Mapping asset_id -> MWh).
+        """
+        T, h, step = self.horizon, self.hours, self.step
+        notes: list[str] = []
+        periods = pd.date_range(obs.time, periods=T, freq=step)
+        fc = obs.forecast
+
+        def frame(df: pd.DataFrame, cols: list[Any], what: str) -> pd.DataFrame:
+            """Rows at the horizon's period starts (last known value carried forward), columns ``cols``."""
+            if len(df.index) == 0:
+                notes.append(f"{what}: empty forecast, zeros used")
+                return pd.DataFrame(0.0, index=periods, columns=cols)
+            out = df.reindex(columns=cols).astype(float)
+            out = out.reindex(out.index.union(periods)).ffill().reindex(periods)
+            if out.isna().to_numpy().any():
+                notes.append(f"{what}: missing forecast values, zeros used")
+                out = out.fillna(0.0)
+            return out
+
+        price = frame(fc.price_eur_per_mwh.to_frame("price"), ["price"], "price")["price"].to_numpy()
+        base_cols = list(fc.base_load_mw.columns)
+        base = frame(fc.base_load_mw, base_cols, "base_load_mw") if base_cols else None
+        state = obs.state.reindex(self.asset_order)
+        available = state.get("available", pd.Series(True, index=state.index))
+        avail = available.fillna(False).astype(bool)
+
+        # PV
+        pv_ids = self.ids[AssetKind.PV]
+        pv = frame(fc.pv_avail_mw, pv_ids, "pv_avail_mw").clip(lower=0.0)
+        pv = pv.mul(avail.reindex(pv_ids).to_numpy(), axis=1)
+        pv_arr = pv.to_numpy().T
+
+        head_fixed = -pv_arr.sum(axis=0)
+        if include_base_load and base is not None:
+            head_fixed = head_fixed + base.to_numpy().sum(axis=1)
+
+        # batteries
+        b_ids = self.ids[AssetKind.BATTERY]
+        a_b = self.assets.loc[b_ids]
+        e_max = a_b["e_max_mwh"].to_numpy(float)
+        lo, hi = a_b["soc_min"].to_numpy(float) * e_max, a_b["soc_max"].to_numpy(float) * e_max
+        soc0 = state.reindex(b_ids).get("soc_mwh", pd.Series(np.nan, index=b_ids)).to_numpy(float)
+        missing = np.isnan(soc0)
+        soc0 = np.where(missing, a_b["soc_init"].to_numpy(float) * e_max, soc0)
+        if missing.any():
+            notes.append(f"soc_mwh missing for {list(np.array(b_ids, dtype=object)[missing])}: soc_init used")
+        clipped = np.clip(soc0, lo, hi)
+        if np.any(np.abs(clipped - soc0) > 1e-9):
+            notes.append("battery soc outside [soc_min, soc_max]: clipped for planning")
+        soc0 = clipped
+        target_map = obs.signals.get("battery_soc_target_mwh", {}) or {}
+        target = np.array([float(target_map.get(a, s)) for a, s in zip(b_ids, soc0)])
+        target = np.clip(target, lo, hi)
+        bat_pmax = np.tile((a_b["p_max_mw"].to_numpy(float) * avail.reindex(b_ids).to_numpy())[:, None], (1, T))
+
+        # EVs: connected share of each period, before departure
+        e_ids = self.ids[AssetKind.EV_CHARGER]
+        a_e = self.assets.loc[e_ids]
+        st_e = state.reindex(e_ids)
+        connected = st_e.get("ev_connected", pd.Series(False, index=e_ids)).fillna(False).astype(bool)
+        connected &= avail.reindex(e_ids)
+        need = st_e.get("ev_energy_needed_mwh", pd.Series(0.0, index=e_ids)).fillna(0.0).clip(lower=0.0)
+        need = need.where(connected, 0.0).to_numpy(float)
+        departure = pd.to_datetime(st_e.get("ev_departure", pd.Series(pd.NaT, index=e_ids)), utc=True)
+        start_h = ((periods - obs.time) / pd.Timedelta("1h")).to_numpy(float)  # period starts, hours from now
+        dep_h = np.array(
+            [np.inf if pd.isna(d) else (d - obs.time) / pd.Timedelta("1h") for d in departure], dtype=float
+        )
+        share = np.clip((dep_h[:, None] - start_h[None, :]) / h, 0.0, 1.0) * connected.to_numpy()[:, None]
+        p_e = a_e["p_max_mw"].to_numpy(float)
+        v2g = a_e["v2g"].fillna(False).astype(bool).to_numpy()
+        eta_c_e = a_e["eta_charge"].to_numpy(float)
+        ev_ch_max = share * p_e[:, None]
+        ev_dis_max = ev_ch_max * v2g[:, None]
+        horizon_h = T * h
+        # energy that can still be delivered between the horizon end and departure (unknown departure: all)
+        after = np.maximum(np.nan_to_num(dep_h, posinf=horizon_h) - horizon_h, 0.0) * p_e * eta_c_e
+        ev_after = np.where(np.isfinite(dep_h), np.minimum(after, need), need)
+
+        # flexible loads
+        f_ids = self.ids[AssetKind.FLEX_LOAD]
+        a_f = self.assets.loc[f_ids]
+        st_f = state.reindex(f_ids)
+        f_avail = avail.reindex(f_ids).to_numpy()
+        fbase = frame(fc.flex_base_mw, f_ids, "flex_base_mw").clip(lower=0.0).to_numpy().T * f_avail[:, None]
+        fpmax = np.tile((a_f["p_max_mw"].to_numpy(float) * f_avail)[:, None], (1, T))
+        b0 = st_f.get("flex_backlog_mwh", pd.Series(0.0, index=f_ids)).fillna(0.0).clip(lower=0.0).to_numpy(float)
+        deadline = pd.to_datetime(st_f.get("flex_deadline", pd.Series(pd.NaT, index=f_ids)), utc=True)
+        # Backlog at the start of period t may only hold energy requested in the last W periods, plus the
+        # initial backlog while before its deadline (energy requested in k is served by the end of k + W).
+        cap = np.zeros((len(f_ids), T))
+        t_idx = np.arange(1, T + 1)
+        for i, a in enumerate(f_ids):
+            W = _periods_of(a_f.at[a, "flex_window"], step)
+            requested = np.concatenate([[0.0], np.cumsum(fbase[i] * h)])  # energy requested before t
+            cap[i] = requested[t_idx] - requested[np.maximum(t_idx - W, 0)]
+            dl = deadline.iloc[i]
+            if pd.isna(dl):
+                dl = obs.time + W * step
+            cap[i] += b0[i] * ((periods + step) < dl)
+
+        # network
+        v_rows, v_sens, v_lo, v_hi, l_rows, l_sens, l_head = self._network_inputs(
+            obs, base=base, pv=pv, bat_pmax=bat_pmax, ev_ch_max=ev_ch_max, fpmax=fpmax, notes=notes
+        )
+
+        head_limit = obs.limits.p_head_max_mw
+        return DispatchInputs(
+            time=obs.time,
+            periods=periods,
+            price_eur_per_mwh=price,
+            head_fixed_mw=head_fixed,
+            head_limit_mw=_NO_HEAD_LIMIT_MW if head_limit is None else float(head_limit),
+            billed_peak_mw=float(obs.signals.get("billed_peak_mw", 0.0)),
+            bat_soc0_mwh=soc0,
+            bat_soc_target_mwh=target,
+            bat_p_max_mw=bat_pmax,
+            ev_ch_max_mw=ev_ch_max,
+            ev_dis_max_mw=ev_dis_max,
+            ev_need_mwh=need,
+            ev_need_after_horizon_mwh=ev_after,
+            ev_hours_to_departure=dep_h,
+            flex_base_mw=fbase,
+            flex_p_max_mw=fpmax,
+            flex_backlog0_mwh=b0,
+            flex_backlog_cap_mwh=cap,
+            pv_avail_mw=pv_arr,
+            v_rows=v_rows,
+            v_sens_pu_per_mw=v_sens,
+            v_lo_headroom_pu=v_lo,
+            v_hi_headroom_pu=v_hi,
+            l_rows=l_rows,
+            l_sens_percent_per_mw=l_sens,
+            l_headroom_percent=l_head,
+            notes=tuple(notes),
+        )
+
+    def _network_inputs(
+        self,
+        obs: Observation,
+        *,
+        base: pd.DataFrame | None,
+        pv: pd.DataFrame,
+        bat_pmax: np.ndarray,
+        ev_ch_max: np.ndarray,
+        fpmax: np.ndarray,
+        notes: list[str],
+    ) -> tuple[tuple[Any, ...], np.ndarray, np.ndarray, np.ndarray, tuple[Any, ...], np.ndarray, np.ndarray]:
+        """Screen the sensitivity rows and fill the fixed number of network slots."""
+        T, m, k, nbus = self.horizon, self.n_voltage_rows, self.n_loading_rows, len(self.buses)
+        v_sens, l_sens = np.zeros((m, nbus)), np.zeros((k, nbus))
+        v_lo = np.full((m, T), _UNMONITORED_HEADROOM)
+        v_hi = np.full((m, T), _UNMONITORED_HEADROOM)
+        l_head = np.full((k, T), _UNMONITORED_HEADROOM)
+        sens = obs.sensitivities
+        if not (m or k):
+            return (), v_sens, v_lo, v_hi, (), l_sens, l_head
+        if sens is None:
+            notes.append("no sensitivities in the observation: network constraints inactive")
+            return (), v_sens, v_lo, v_hi, (), l_sens, l_head
+
+        pv_bus = pv.T.groupby(self.assets.loc[list(pv.columns), "bus"].to_numpy()).sum().T
+        # Largest power swing each asset bus can make (MW), for worst-case screening.
+        swing = pd.Series(0.0, index=pd.Index(self.buses, dtype=object))
+        for kind, arr in (
+            (AssetKind.BATTERY, bat_pmax),
+            (AssetKind.EV_CHARGER, ev_ch_max),
+            (AssetKind.FLEX_LOAD, fpmax),
+            (AssetKind.PV, pv.to_numpy().T),
+        ):
+            for a, row in zip(self.ids[kind], arr):
+                swing[self.assets.at[a, "bus"]] += float(row.max(initial=0.0))
+
+        def delta(cols: pd.Index) -> np.ndarray:
+            """Bus injections relative to the operating point with all fleet assets at 0 (T x cols)."""
+            d = np.zeros((T, len(cols)))
+            if base is not None:
+                d += base.reindex(columns=cols, fill_value=0.0).to_numpy()
+            d -= pv_bus.reindex(columns=cols, fill_value=0.0).to_numpy()
+            d -= sens.p_bus_mw.reindex(cols).fillna(0.0).to_numpy(float)[None, :]
+            return d
+
+        def rows(
+            S: pd.DataFrame, x0: pd.Series, what: str
+        ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+            S = S.astype(float)
+            x0 = x0.reindex(S.index).astype(float)
+            bad = S.isna().any(axis=1) | x0.isna()
+            if bad.any():
+                notes.append(f"{what}: rows {list(S.index[bad])} have missing values and are not monitored")
+                S, x0 = S.loc[~bad], x0.loc[~bad]
+            const = x0.to_numpy()[None, :] + delta(S.columns) @ S.to_numpy().T  # T x rows
+            S_assets = S.reindex(columns=pd.Index(self.buses, dtype=object), fill_value=0.0)
+            reach = np.abs(S_assets.to_numpy()) @ swing.to_numpy()
+            return S_assets, const, reach
+
+        lim = obs.limits
+        v_rows: tuple[Any, ...] = ()
+        if m:
+            S_a, vconst, reach = rows(sens.dvm_dp_pu_per_mw, sens.vm_pu, "voltage")
+            lo, hi = vconst - lim.v_min_pu, lim.v_max_pu - vconst
+            score = np.minimum(lo.min(axis=0, initial=np.inf), hi.min(axis=0, initial=np.inf)) - reach
+            pick = np.argsort(score, kind="stable")[:m]
+            v_rows = tuple(S_a.index[pick])
+            n = len(pick)
+            v_sens[:n], v_lo[:n], v_hi[:n] = S_a.to_numpy()[pick], lo[:, pick].T, hi[:, pick].T
+        l_rows: tuple[Any, ...] = ()
+        if k:
+            S_a, lconst, reach = rows(sens.dloading_dp_percent_per_mw, sens.loading_percent, "loading")
+            head = lim.loading_max_percent - lconst
+            score = head.min(axis=0, initial=np.inf) - reach
+            pick = np.argsort(score, kind="stable")[:k]
+            l_rows = tuple(S_a.index[pick])
+            n = len(pick)
+            l_sens[:n], l_head[:n] = S_a.to_numpy()[pick], head[:, pick].T
+        return v_rows, v_sens, v_lo, v_hi, l_rows, l_sens, l_head
+
+    # ------------------------------------------------------------------ solving
+    def solve(
+        self,
+        inputs: DispatchInputs,
+        *,
+        solver: str = "CLARABEL",
+        solver_options: Mapping[str, Any] | None = None,
+        asset_price_eur_per_mwh: pd.DataFrame | None = None,
+        proximal: Proximal | None = None,
+        warm_start: bool = True,
+    ) -> DispatchSolution:
+        """Assign the Parameters and solve; a failed or infeasible solve returns the fallback, never raises.
+
+        ``asset_price_eur_per_mwh`` (index asset_id, one column per period) and ``proximal`` need a model
+        built with ``asset_prices=True`` / ``proximal=True``.
+        """
+        start = time.perf_counter()
+        try:
+            self._assign(inputs, asset_price_eur_per_mwh, proximal)
+        except _BadInput as exc:
+            return self.fallback(inputs, status="not_solved", reason=str(exc), wall_start=start)
+        try:
+            self.problem.solve(solver=solver, warm_start=warm_start, **dict(solver_options or {}))
+        except (cp.error.SolverError, ValueError, ArithmeticError) as exc:
+            return self.fallback(inputs, status="solver_error", reason=f"{type(exc).__name__}: {exc}", wall_start=start)
+        status = str(self.problem.status)
+        if status not in ACCEPTED_STATUSES:
+            return self.fallback(inputs, status=status, reason=f"solver status {status}", wall_start=start)
+        return self._read(inputs, status, wall_start=start)
+
+    def _assign(
+        self, inputs: DispatchInputs, asset_price: pd.DataFrame | None, proximal: Proximal | None
+    ) -> None:
+        P, h, T = self._p, self.hours, self.horizon
+        price = inputs.price_eur_per_mwh
+        fixed_cost = h * float(price @ inputs.head_fixed_mw)
+        values: list[tuple[cp.Parameter | None, Any]] = [
+            (P.price, price),
+            (P.head_fixed, inputs.head_fixed_mw),
+            (P.head_limit, inputs.head_limit_mw),
+            (P.billed_peak, inputs.billed_peak_mw),
+            (P.backlog_value, max(float(np.max(price, initial=0.0)), 0.0)),
+            (P.bat_soc0, inputs.bat_soc0_mwh),
+            (P.bat_target, inputs.bat_soc_target_mwh),
+            (P.bat_pmax, inputs.bat_p_max_mw),
+            (P.ev_ch_max, inputs.ev_ch_max_mw),
+            (P.ev_dis_max, inputs.ev_dis_max_mw),
+            (P.ev_need, inputs.ev_need_mwh),
+            (P.ev_need_cap, np.tile(inputs.ev_need_mwh[:, None], (1, T))),
+            (P.ev_after, inputs.ev_need_after_horizon_mwh),
+            (P.flex_base, inputs.flex_base_mw),
+            (P.flex_pmax, inputs.flex_p_max_mw),
+            (P.flex_b0, inputs.flex_backlog0_mwh),
+            (P.flex_cap, inputs.flex_backlog_cap_mwh),
+            (P.pv_avail, inputs.pv_avail_mw),
+            (P.v_sens, inputs.v_sens_pu_per_mw),
+            (P.v_lo, inputs.v_lo_headroom_pu),
+            (P.v_hi, inputs.v_hi_headroom_pu),
+            (P.l_sens, inputs.l_sens_percent_per_mw),
+            (P.l_head, inputs.l_headroom_percent),
+        ]
+        order = self.asset_order
+        # PV enters the model as curtailment: its power is curtail - available, so terms on p carry a fixed part.
+        offset = np.zeros((len(order), T))
+        if self.ids[AssetKind.PV]:
+            offset[-len(self.ids[AssetKind.PV]) :] = inputs.pv_avail_mw
+        if P.asset_price is not None:
+            ap = _per_asset(asset_price, order, T, "asset_price_eur_per_mwh")
+            values.append((P.asset_price, ap))
+            fixed_cost -= h * float(np.sum(ap * offset))
+        elif asset_price is not None:
+            raise _BadInput("asset_price_eur_per_mwh given, but the model was built without asset_prices")
+        if P.prox_scale is not None:
+            rho = 0.0 if proximal is None else float(proximal.rho)
+            if not rho >= 0:
+                raise _BadInput(f"proximal.rho: must be >= 0, got {rho!r}")
+            scale = math.sqrt(rho / 2.0)
+            z = _per_asset(None if proximal is None else proximal.z_mw, order, T, "proximal.z_mw")
+            u = _per_asset(None if proximal is None else proximal.u_mw, order, T, "proximal.u_mw")
+            values += [(P.prox_scale, scale), (P.prox_target, scale * (offset + z - u))]
+        elif proximal is not None:
+            raise _BadInput("proximal given, but the model was built without proximal=True")
+        values.append((P.fixed_cost, fixed_cost))
+        for param, value in values:
+            if param is None:
+                continue
+            arr = np.asarray(value, dtype=float).reshape(param.shape)
+            if not np.all(np.isfinite(arr)):
+                raise _BadInput(f"{param.name()}: non-finite input")
+            param.value = arr
+
+    def _read(self, inputs: DispatchInputs, status: str, *, wall_start: float) -> DispatchSolution:
+        V, T = self._v, self.horizon
+        order = self.asset_order
+        parts = [V.by_kind[k].value for k in AssetKind if k in V.by_kind]
+        p = np.vstack(parts) if parts else np.zeros((0, T))
+        if p.size and not np.all(np.isfinite(p)):
+            return self.fallback(inputs, status=status, reason="solver returned no finite values", wall_start=wall_start)
+        n_pv = len(self.ids[AssetKind.PV])
+        if n_pv:
+            p[-n_pv:] -= inputs.pv_avail_mw
+        cols = inputs.periods
+        p_mw = pd.DataFrame(p, index=pd.Index(order, name="asset_id"), columns=cols).reindex(self.assets.index)
+
+        def frame(var: cp.Variable | None, kind: AssetKind, columns: pd.Index) -> pd.DataFrame:
+            ids = pd.Index(self.ids[kind], name="asset_id")
+            if var is None:
+                return pd.DataFrame(index=ids, columns=columns, dtype=float)
+            return pd.DataFrame(var.value, index=ids, columns=columns)
+
+        states = cols.append(pd.DatetimeIndex([cols[-1] + self.step]))
+        unmet = np.zeros(0) if V.ev_unmet is None else np.maximum(V.ev_unmet.value, 0.0)
+
+        def max_of(var: cp.Variable | None) -> float:
+            return 0.0 if var is None or var.size == 0 else float(max(np.max(var.value), 0.0))
+
+        stats = self.problem.solver_stats
+        wall = time.perf_counter() - wall_start
+        return DispatchSolution(
+            status=status,
+            fallback=False,
+            reason="",
+            objective_eur=float(self.problem.value),
+            p_mw=p_mw,
+            soc_mwh=frame(V.bat_soc, AssetKind.BATTERY, states),
+            ev_unmet_mwh=pd.Series(unmet, index=pd.Index(self.ids[AssetKind.EV_CHARGER], name="asset_id")),
+            flex_backlog_mwh=frame(V.flex_backlog, AssetKind.FLEX_LOAD, states),
+            pv_curtail_mw=frame(V.pv_curt, AssetKind.PV, cols),
+            max_voltage_slack_pu=max_of(V.v_slack),
+            max_loading_slack_percent=max_of(V.l_slack),
+            max_head_slack_mw=max_of(V.head_slack),
+            solve_time_s=float(stats.solve_time or 0.0),
+            compile_time_s=float(self.problem.compilation_time or 0.0),
+            wall_time_s=wall,
+            notes=inputs.notes,
+        )
+
+    def fallback(
+        self, inputs: DispatchInputs, *, status: str, reason: str, wall_start: float | None = None
+    ) -> DispatchSolution:
+        """The safe first-period dispatch: batteries idle, EVs at the rate their need requires, flexible
+        loads serve their request (and backlog), PV uncurtailed."""
+        h = self.hours
+        values: dict[Any, float] = {a: 0.0 for a in self.ids[AssetKind.BATTERY]}
+        eta_e = self.assets.loc[self.ids[AssetKind.EV_CHARGER], "eta_charge"].to_numpy(float)
+        for a, cmax, need, dep, eta in zip(
+            self.ids[AssetKind.EV_CHARGER],
+            inputs.ev_ch_max_mw[:, 0] if inputs.ev_ch_max_mw.size else [],
+            inputs.ev_need_mwh,
+            inputs.ev_hours_to_departure,
+            eta_e,
+        ):
+            rate = need / (eta * dep) if np.isfinite(dep) and dep > 0 else cmax
+            values[a] = float(min(cmax, rate, need / (eta * h)))
+        for i, a in enumerate(self.ids[AssetKind.FLEX_LOAD]):
+            want = inputs.flex_base_mw[i, 0] + inputs.flex_backlog0_mwh[i] / h
+            values[a] = float(min(inputs.flex_p_max_mw[i, 0], want))
+        for i, a in enumerate(self.ids[AssetKind.PV]):
+            values[a] = -float(inputs.pv_avail_mw[i, 0])
+        p_mw = pd.DataFrame(
+            {inputs.time: pd.Series(values, dtype=float)}, index=pd.Index(list(self.assets.index), name="asset_id")
+        )
+        empty = pd.DataFrame(dtype=float)
+        wall = 0.0 if wall_start is None else time.perf_counter() - wall_start
+        return DispatchSolution(
+            status=status,
+            fallback=True,
+            reason=reason,
+            objective_eur=float("nan"),
+            p_mw=p_mw,
+            soc_mwh=empty,
+            ev_unmet_mwh=pd.Series(dtype=float),
+            flex_backlog_mwh=empty,
+            pv_curtail_mw=empty,
+            max_voltage_slack_pu=float("nan"),
+            max_loading_slack_percent=float("nan"),
+            max_head_slack_mw=float("nan"),
+            solve_time_s=float("nan"),
+            compile_time_s=float("nan"),
+            wall_time_s=wall,
+            notes=inputs.notes,
+        )
+
+
+class _BadInput(ValueError):
+    """Input values the model cannot take (non-finite, wrong options): the solve falls back."""
+
+
+def _per_asset(frame: pd.DataFrame | None, order: list[Any], T: int, what: str) -> np.ndarray:
+    """An asset x period array from a frame indexed by asset_id (first T columns; missing = 0)."""
+    if frame is None:
+        return np.zeros((len(order), T))
+    arr = frame.reindex(order).to_numpy(dtype=float)
+    if arr.shape[1] < T:
+        raise _BadInput(f"{what}: needs {T} period columns, got {arr.shape[1]}")
+    return np.nan_to_num(arr[:, :T], nan=0.0)

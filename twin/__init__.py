@@ -1,0 +1,1 @@
+"""gridtwin: twin package."""

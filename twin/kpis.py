@@ -1,0 +1,83 @@
+"""Key performance indicators of one policy's run, computed from its recorded tables.
+
+Energy is integrated over each interval's length (``step``), never with a hidden step size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from controllers.api import NetworkLimits
+from twin.record import PolicyRecords
+
+__all__ = ["Kpis", "compute_kpis", "kpi_table", "KPI_LABELS"]
+
+KPI_LABELS: dict[str, str] = {
+    "energy_cost_eur": "Energy cost [EUR]",
+    "energy_imported_mwh": "Energy imported [MWh]",
+    "energy_exported_mwh": "Energy exported [MWh]",
+    "peak_import_mw": "Peak import [MW]",
+    "losses_mwh": "Losses [MWh]",
+    "voltage_violation_bus_intervals": "Voltage violations [bus-intervals]",
+    "overload_element_intervals": "Overloads [element-intervals]",
+    "ev_unmet_mwh": "EV energy unmet [MWh]",
+    "pv_curtailed_mwh": "PV curtailed [MWh]",
+    "flex_unserved_mwh": "Flex energy past deadline [MWh]",
+    "non_converged_intervals": "Non-converged power flows",
+    "clipped_setpoints": "Clipped setpoints",
+    "compute_ms_per_step": "Controller time [ms/step]",
+}
+
+
+@dataclass(frozen=True)
+class Kpis:
+    energy_cost_eur: float
+    energy_imported_mwh: float
+    energy_exported_mwh: float
+    peak_import_mw: float
+    losses_mwh: float
+    voltage_violation_bus_intervals: int
+    overload_element_intervals: int
+    ev_unmet_mwh: float
+    pv_curtailed_mwh: float
+    flex_unserved_mwh: float
+    non_converged_intervals: int
+    clipped_setpoints: int
+    compute_ms_per_step: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def compute_kpis(records: PolicyRecords, *, limits: NetworkLimits = NetworkLimits()) -> Kpis:
+    s = records.summary
+    hours = records.step / pd.Timedelta("1h")
+    p = s["p_head_mw"]
+    vm = records.vm_pu.to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        v_viol = int(np.sum((vm < limits.v_min_pu) | (vm > limits.v_max_pu)))
+        loadings = np.hstack([records.line_loading_percent.to_numpy(float), records.trafo_loading_percent.to_numpy(float)])
+        overloads = int(np.sum(loadings > limits.loading_max_percent))
+    return Kpis(
+        energy_cost_eur=float(s["cost_eur"].sum()),
+        energy_imported_mwh=float(p.clip(lower=0).sum() * hours),
+        energy_exported_mwh=float((-p).clip(lower=0).sum() * hours),
+        peak_import_mw=float(p.max()) if len(p) else float("nan"),
+        losses_mwh=float(s["losses_mw"].sum() * hours),
+        voltage_violation_bus_intervals=v_viol,
+        overload_element_intervals=overloads,
+        ev_unmet_mwh=float(s["ev_unmet_mwh"].sum()),
+        pv_curtailed_mwh=float(s["pv_curtailed_mwh"].sum()),
+        flex_unserved_mwh=float(s["flex_unserved_mwh"].sum()),
+        non_converged_intervals=int((~s["converged"].astype(bool)).sum()),
+        clipped_setpoints=int(s["n_clipped"].sum()),
+        compute_ms_per_step=float(s["compute_s"].mean() * 1e3) if len(s) else 0.0,
+    )
+
+
+def kpi_table(kpis: dict[str, Kpis]) -> pd.DataFrame:
+    """KPI × policy, rows in KPI_LABELS order."""
+    return pd.DataFrame({name: k.as_dict() for name, k in kpis.items()}).reindex(list(KPI_LABELS))

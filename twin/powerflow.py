@@ -1,0 +1,138 @@
+"""AC power flow of one twin copy: the only module that calls pandapower's solvers.
+
+pandapower is the model of record (``PandapowerEngine``); ``twin.fastpf`` may serve long studies when the
+scenario asks for it, and must match ``pandapower.runpp`` to 1e-6 pu.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandapower as pp
+
+from controllers.api import AssetKind
+
+
+@dataclass(frozen=True)
+class PowerFlowResult:
+    """One solved (or failed) power flow. Series are indexed by pandapower element index."""
+
+    vm_pu: pd.Series
+    va_degree: pd.Series
+    line_loading_percent: pd.Series
+    trafo_loading_percent: pd.Series
+    #: Feeder-head exchange with the external grid, load convention (positive = import into the feeder).
+    p_head_mw: float
+    q_head_mvar: float
+    losses_mw: float
+    converged: bool
+
+
+class GridModel:
+    """One twin copy's pandapower net with the fleet attached, and the power flow over it.
+
+    Fleet assets become their own pandapower elements (PV → sgen, battery → storage, EV/flex → load) so
+    the feeder's native loads and generators keep their identity. This is the single place where the load
+    convention is converted to pandapower's generator convention for sgens.
+    """
+
+    def __init__(self, net: pp.pandapowerNet, assets: pd.DataFrame, *, engine: str = "pandapower") -> None:
+        if engine not in ("pandapower", "fast"):
+            raise ValueError(f"power_flow.engine={engine!r}: expected 'pandapower' or 'fast'")
+        self.net = copy.deepcopy(net)
+        self.engine = engine
+        self.native_load_index = self.net.load.index.copy()
+        self.native_sgen_index = self.net.sgen.index.copy()
+        self.asset_ids = assets.index
+        kinds = assets["kind"].astype(str)
+        self._pv = assets.index[kinds == AssetKind.PV]
+        self._bat = assets.index[kinds == AssetKind.BATTERY]
+        self._load_like = assets.index[kinds.isin([AssetKind.EV_CHARGER, AssetKind.FLEX_LOAD])]
+        self._pv_el = self._add(pp.create_sgen, assets.loc[self._pv], prefix="fleet-pv")
+        self._bat_el = self._add(pp.create_storage, assets.loc[self._bat], prefix="fleet-bat", max_e_mwh=0.0)
+        self._load_el = self._add(pp.create_load, assets.loc[self._load_like], prefix="fleet-load")
+        self.ext_grid_index = self.net.ext_grid.index
+        self._fast: Any = None
+
+    def _add(self, create: Any, rows: pd.DataFrame, *, prefix: str, **extra: Any) -> np.ndarray:
+        return np.array(
+            [create(self.net, bus=int(r.bus), p_mw=0.0, q_mvar=0.0, name=f"{prefix}:{aid}", **extra)
+             for aid, r in rows.iterrows()],
+            dtype=int,
+        )
+
+    def set_injections(
+        self,
+        *,
+        load_p_mw: pd.Series,
+        load_q_mvar: pd.Series,
+        sgen_p_mw: pd.Series,
+        asset_p_mw: pd.Series,
+        asset_q_mvar: pd.Series,
+    ) -> None:
+        """Write one interval's powers into the net. Native sgen_p_mw is generator output (>= 0)."""
+        net = self.net
+        net.load.loc[self.native_load_index, "p_mw"] = load_p_mw.reindex(self.native_load_index).to_numpy()
+        net.load.loc[self.native_load_index, "q_mvar"] = load_q_mvar.reindex(self.native_load_index).to_numpy()
+        if len(self.native_sgen_index):
+            net.sgen.loc[self.native_sgen_index, "p_mw"] = sgen_p_mw.reindex(self.native_sgen_index).to_numpy()
+        p = asset_p_mw.reindex(self.asset_ids).fillna(0.0)
+        q = asset_q_mvar.reindex(self.asset_ids).fillna(0.0)
+        # sgen is generator convention: producing PV (negative load-convention p) is a positive sgen p.
+        net.sgen.loc[self._pv_el, "p_mw"] = -p[self._pv].to_numpy()
+        net.sgen.loc[self._pv_el, "q_mvar"] = -q[self._pv].to_numpy()
+        net.storage.loc[self._bat_el, "p_mw"] = p[self._bat].to_numpy()
+        net.storage.loc[self._bat_el, "q_mvar"] = q[self._bat].to_numpy()
+        net.load.loc[self._load_el, "p_mw"] = p[self._load_like].to_numpy()
+        net.load.loc[self._load_el, "q_mvar"] = q[self._load_like].to_numpy()
+
+    def solve(self, time: pd.Timestamp | None = None) -> PowerFlowResult:
+        """Run the AC power flow on the injections currently in the net; never raises on divergence."""
+        if self.engine == "fast":
+            return self._solve_fast()
+        net = self.net
+        try:
+            pp.runpp(net, init="results" if self._has_results() else "auto", numba=True)
+        except pp.LoadflowNotConverged:
+            return self._failed()
+        return PowerFlowResult(
+            vm_pu=net.res_bus.vm_pu.copy(),
+            va_degree=net.res_bus.va_degree.copy(),
+            line_loading_percent=net.res_line.loading_percent.copy(),
+            trafo_loading_percent=net.res_trafo.loading_percent.copy(),
+            p_head_mw=float(net.res_ext_grid.p_mw.sum()),
+            q_head_mvar=float(net.res_ext_grid.q_mvar.sum()),
+            losses_mw=float(net.res_line.pl_mw.sum() + net.res_trafo.pl_mw.sum()),
+            converged=True,
+        )
+
+    def _has_results(self) -> bool:
+        return bool(self.net.converged) if "converged" in self.net else False
+
+    def _failed(self) -> PowerFlowResult:
+        nan = float("nan")
+        net = self.net
+        return PowerFlowResult(
+            vm_pu=pd.Series(nan, index=net.bus.index),
+            va_degree=pd.Series(nan, index=net.bus.index),
+            line_loading_percent=pd.Series(nan, index=net.line.index),
+            trafo_loading_percent=pd.Series(nan, index=net.trafo.index),
+            p_head_mw=nan,
+            q_head_mvar=nan,
+            losses_mw=nan,
+            converged=False,
+        )
+
+    def _solve_fast(self) -> PowerFlowResult:
+        from twin.fastpf import FastPowerFlow
+        from twin.injections import bus_injections
+
+        if self._fast is None:
+            pp.runpp(self.net, numba=True)
+            self._fast = FastPowerFlow.from_net(self.net)
+        p_bus, q_bus = bus_injections(self.net)
+        return self._fast.solve(p_bus_mw=p_bus, q_bus_mvar=q_bus)

@@ -1,0 +1,150 @@
+"""Recording: turns each interval's StepRecords into per-policy labelled tables (time × bus, time × asset...).
+
+Owns the in-memory accumulation only; twin.runstore writes the tables to disk and twin.kpis reads them.
+Rows are appended as numpy arrays so a year of 15-minute steps stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from twin.engine import StepRecord
+
+__all__ = ["PolicyRecords", "Recorder", "SUMMARY_COLUMNS"]
+
+SUMMARY_COLUMNS = (
+    "p_head_mw",
+    "q_head_mvar",
+    "losses_mw",
+    "vm_min_pu",
+    "vm_max_pu",
+    "converged",
+    "price_eur_per_mwh",
+    "cost_eur",
+    "pv_curtailed_mwh",
+    "ev_unmet_mwh",
+    "flex_unserved_mwh",
+    "n_clipped",
+    "n_fallback",
+    "compute_s",
+)
+
+
+@dataclass(frozen=True)
+class PolicyRecords:
+    """All recorded series of one policy; index = interval start (UTC)."""
+
+    policy: str
+    step: pd.Timedelta
+    summary: pd.DataFrame
+    vm_pu: pd.DataFrame  # time × bus
+    line_loading_percent: pd.DataFrame  # time × line
+    trafo_loading_percent: pd.DataFrame  # time × trafo
+    asset_p_mw: pd.DataFrame  # time × asset, what the device did
+    asset_setpoint_mw: pd.DataFrame  # time × asset, what reached it (held setpoint or autonomous default)
+    asset_soc_mwh: pd.DataFrame  # time × battery, at interval end
+    asset_clipped: pd.DataFrame  # time × asset, clip reason ("" = none)
+    asset_fallback: pd.DataFrame  # time × asset, True = autonomous default
+
+    TABLES = (
+        "summary",
+        "vm_pu",
+        "line_loading_percent",
+        "trafo_loading_percent",
+        "asset_p_mw",
+        "asset_setpoint_mw",
+        "asset_soc_mwh",
+        "asset_clipped",
+        "asset_fallback",
+    )
+
+
+class _PolicyBuffer:
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.times: list[pd.Timestamp] = []
+        self.rows: dict[str, list[np.ndarray]] = {name: [] for name in PolicyRecords.TABLES}
+        self.columns: dict[str, pd.Index] = {}
+
+    def add(self, rec: StepRecord, hours: float) -> None:
+        pf, out = rec.power_flow, rec.outcome
+        if not self.columns:
+            soc_cols = out.soc_mwh.dropna().index
+            self.columns = {
+                "vm_pu": pf.vm_pu.index,
+                "line_loading_percent": pf.line_loading_percent.index,
+                "trafo_loading_percent": pf.trafo_loading_percent.index,
+                "asset_p_mw": out.p_mw.index,
+                "asset_setpoint_mw": out.p_mw.index,
+                "asset_soc_mwh": soc_cols,
+                "asset_clipped": out.p_mw.index,
+                "asset_fallback": out.p_mw.index,
+                "summary": pd.Index(SUMMARY_COLUMNS),
+            }
+        imp = max(pf.p_head_mw, 0.0) * hours
+        exp = max(-pf.p_head_mw, 0.0) * hours
+        cost = rec.price_eur_per_mwh * imp - rec.feed_in_eur_per_mwh * exp
+        vm = pf.vm_pu.to_numpy(float)
+        summary = np.array(
+            [
+                pf.p_head_mw,
+                pf.q_head_mvar,
+                pf.losses_mw,
+                np.nanmin(vm) if pf.converged else np.nan,
+                np.nanmax(vm) if pf.converged else np.nan,
+                float(pf.converged),
+                rec.price_eur_per_mwh,
+                cost if pf.converged else np.nan,
+                out.pv_curtailed_mwh,
+                out.ev_unmet_mwh,
+                out.flex_unserved_mwh,
+                float((out.clipped != "").sum()),
+                float(rec.fallback.sum()),
+                rec.compute_s,
+            ],
+            dtype=float,
+        )
+        self.times.append(rec.time)
+        r = self.rows
+        r["summary"].append(summary)
+        r["vm_pu"].append(vm)
+        r["line_loading_percent"].append(pf.line_loading_percent.to_numpy(float))
+        r["trafo_loading_percent"].append(pf.trafo_loading_percent.to_numpy(float))
+        r["asset_p_mw"].append(out.p_mw.to_numpy(float))
+        r["asset_setpoint_mw"].append(out.p_requested_mw.to_numpy(float))
+        r["asset_soc_mwh"].append(out.soc_mwh.reindex(self.columns["asset_soc_mwh"]).to_numpy(float))
+        r["asset_clipped"].append(out.clipped.to_numpy(object))
+        r["asset_fallback"].append(rec.fallback.to_numpy(bool))
+
+    def freeze(self, step: pd.Timedelta) -> PolicyRecords:
+        index = pd.DatetimeIndex(self.times, name="time")
+        tables = {}
+        for name in PolicyRecords.TABLES:
+            cols = self.columns.get(name, pd.Index([]))
+            data = np.vstack(self.rows[name]) if self.rows[name] else np.empty((0, len(cols)))
+            frame = pd.DataFrame(data, index=index, columns=cols)
+            frame.columns = frame.columns.astype(str)
+            tables[name] = frame
+        tables["summary"]["converged"] = tables["summary"]["converged"].astype(bool)
+        tables["asset_fallback"] = tables["asset_fallback"].astype(bool)
+        tables["asset_clipped"] = tables["asset_clipped"].astype(str)
+        return PolicyRecords(policy=self.policy, step=step, **tables)
+
+
+class Recorder:
+    """Collects StepRecords of every policy; ``freeze()`` returns PolicyRecords by policy name."""
+
+    def __init__(self, *, step: pd.Timedelta) -> None:
+        self.step = step
+        self.hours = step / pd.Timedelta("1h")
+        self._buffers: dict[str, _PolicyBuffer] = {}
+
+    def add(self, records: list[StepRecord]) -> None:
+        for rec in records:
+            self._buffers.setdefault(rec.policy, _PolicyBuffer(rec.policy)).add(rec, self.hours)
+
+    def freeze(self) -> dict[str, PolicyRecords]:
+        return {name: buf.freeze(self.step) for name, buf in self._buffers.items()}

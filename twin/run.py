@@ -1,0 +1,66 @@
+"""Run a scenario end to end: inputs → lock-step engine → records → KPIs → run store.
+
+Used by the CLI (``gridtwin run``, ``gridtwin demo``) and by tests; it reports progress through a callback
+so the CLI can draw a progress bar without this module knowing about terminals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from controllers.api import NetworkLimits
+from twin.engine import iterate_policies
+from twin.inputs import RunInputs, build_inputs
+from twin.kpis import Kpis, compute_kpis
+from twin.record import PolicyRecords, Recorder
+from twin.runstore import RunStore, new_run_dir
+from twin.scenario import Scenario
+
+__all__ = ["RunResult", "run_scenario"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    path: Path | None
+    kpis: dict[str, Kpis]
+    records: dict[str, PolicyRecords]
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    runs_root: Path | None = Path("runs"),
+    out: Path | None = None,
+    inputs: RunInputs | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> RunResult:
+    """Run every policy of ``scenario``; write a run folder unless both ``out`` and ``runs_root`` are None."""
+    inputs = inputs or build_inputs(scenario)
+    recorder = Recorder(step=scenario.step)
+    total = len(scenario.times)
+    for i, records in enumerate(iterate_policies(scenario, inputs), start=1):
+        recorder.add(records)
+        if on_progress is not None:
+            on_progress(i, total)
+    records = recorder.freeze()
+    limits = NetworkLimits(**scenario.limits.model_dump())
+    kpis = {name: compute_kpis(rec, limits=limits) for name, rec in records.items()}
+    path = out or (new_run_dir(runs_root, scenario.name) if runs_root is not None else None)
+    if path is not None:
+        store = RunStore(path)
+        store.write_meta(
+            {
+                "scenario": scenario.to_toml_dict(),
+                "seed": scenario.seed,
+                "policies": list(records),
+                "n_intervals": total,
+                "feeder": scenario.feeder,
+                "assets": inputs.assets.reset_index().astype(str).to_dict(orient="records"),
+            }
+        )
+        for rec in records.values():
+            store.write_policy(rec)
+        store.write_kpis(kpis)
+    return RunResult(path=path, kpis=kpis, records=records)

@@ -1,0 +1,107 @@
+"""The run store: one folder per run with metadata, per-policy Parquet tables and KPIs (DESIGN.md §9).
+
+Layout::
+
+    RUN/meta.json                      scenario, seed, package versions, times, policies
+    RUN/kpis.parquet                   KPI × policy
+    RUN/<policy>/<table>.parquet       summary, vm_pu, line_loading_percent, ... (see PolicyRecords.TABLES)
+
+Files are written to a temporary name and renamed, so a killed run never leaves a half-written table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from twin.kpis import Kpis, kpi_table
+from twin.record import PolicyRecords
+
+__all__ = ["RunStore", "new_run_dir", "package_versions"]
+
+_VERSIONED = ("gridtwin", "pandapower", "simbench", "pandas", "numpy", "scipy", "cvxpy", "pyarrow")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    """``root/<name>-<UTC timestamp>``, made unique if that folder exists."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = root / f"{slug}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{slug}-{stamp}-{n}"
+    return path
+
+
+def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".parquet.tmp")
+    frame.to_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(data: Any, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _safe_policy_dir(policy: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", policy)
+
+
+class RunStore:
+    """Reads and writes one run folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        full = {"created_utc": datetime.now(UTC).isoformat(), "versions": package_versions(), **meta}
+        _atomic_json(full, self.path / "meta.json")
+
+    def write_policy(self, records: PolicyRecords) -> None:
+        folder = self.path / _safe_policy_dir(records.policy)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in PolicyRecords.TABLES:
+            _atomic_parquet(getattr(records, name), folder / f"{name}.parquet")
+
+    def write_kpis(self, kpis: dict[str, Kpis]) -> None:
+        _atomic_parquet(kpi_table(kpis), self.path / "kpis.parquet")
+
+    # -- reading -----------------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+
+    def policies(self) -> list[str]:
+        return list(self.meta().get("policies", []))
+
+    def kpis(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / "kpis.parquet")
+
+    def read_table(self, policy: str, table: str) -> pd.DataFrame:
+        if table not in PolicyRecords.TABLES:
+            raise ValueError(f"table={table!r}: expected one of {', '.join(PolicyRecords.TABLES)}")
+        path = self.path / _safe_policy_dir(policy) / f"{table}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no table {table!r} for policy {policy!r} in this run")
+        return pd.read_parquet(path)
