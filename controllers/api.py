@@ -16,6 +16,9 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import pandas as pd
 
 __all__ = [
+    "Agent",
+    "AgentMessage",
+    "AgentSpec",
     "AssetKind",
     "ASSET_COLUMNS",
     "Controller",
@@ -26,6 +29,7 @@ __all__ = [
     "NetworkLimits",
     "Observation",
     "Sensitivities",
+    "Proposal",
     "load_controller",
 ]
 
@@ -190,8 +194,57 @@ class Controller(Protocol):
     def act(self, observation: Observation) -> Dispatch: ...
 
 
-def load_controller(target: str, **kwargs: Any) -> Controller:
-    """Instantiate a controller named ``"package.module:Class"`` with keyword arguments."""
+@dataclass(frozen=True)
+class AgentMessage:
+    """A message between edge agents over the mesh. ``recipient="*"`` floods it to everyone reachable.
+
+    The payload should hold only what the participant is willing to share (e.g. a proposed net-load
+    trajectory), never raw telemetry; the twin counts its bytes.
+    """
+
+    sender: str
+    recipient: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """An agent's answer in one coordination round: its dispatch so far and the messages it sends."""
+
+    dispatch: Dispatch
+    outbox: tuple[AgentMessage, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What an edge agent learns once per run: its own assets and place in the mesh, nothing else."""
+
+    participant_id: str
+    assets: pd.DataFrame
+    step: pd.Timedelta
+    horizon: int
+    neighbours: tuple[str, ...]
+    participants: tuple[str, ...]
+    rounds: int
+    limits: NetworkLimits = field(default_factory=NetworkLimits)
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """A participant-owned edge agent (the DePIN policy). One instance per participant.
+
+    Each interval the engine calls ``propose`` for ``rounds`` coordination rounds; the observation holds
+    only what the participant can see (its own assets, its own load as ``forecast.base_load_mw``), and the
+    inbox what reached it over the mesh. The last round's dispatch applies.
+    """
+
+    def reset(self, spec: AgentSpec, *, seed: int) -> None: ...
+
+    def propose(self, observation: Observation, inbox: tuple[AgentMessage, ...], *, round_index: int) -> Proposal: ...
+
+
+def load_controller(target: str, **kwargs: Any) -> Any:
+    """Instantiate a plug-in (Controller or Agent) named ``"package.module:Class"`` with keyword arguments."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"controller {target!r}: expected the form 'package.module:Class'")
@@ -207,6 +260,9 @@ def load_controller(target: str, **kwargs: Any) -> Controller:
         controller = factory(**kwargs)
     except TypeError as exc:
         raise ValueError(f"controller {target!r}: bad keyword arguments {sorted(kwargs)} ({exc})") from exc
-    if not isinstance(controller, Controller):
-        raise ValueError(f"controller {target!r}: object has no reset(spec, *, seed) and act(observation)")
+    if not isinstance(controller, (Controller, Agent)):
+        raise ValueError(
+            f"controller {target!r}: object has neither reset(spec, *, seed) + act(observation) (a Controller) "
+            "nor reset(spec, *, seed) + propose(observation, inbox, *, round_index) (an Agent)"
+        )
     return controller

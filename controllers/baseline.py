@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from controllers.api import AssetKind, ControllerSpec, Dispatch, Observation
@@ -21,21 +20,26 @@ class NoControl:
 
 
 class PeakShaver:
-    """Batteries discharge when the feeder's net load is above a threshold and recharge below it.
+    """Batteries discharge when the feeder's net load is above a threshold and soak up reverse flow.
 
     Net load is the current interval's forecast of uncontrolled load minus fleet PV, plus EVs and flexible
-    loads at their autonomous draw. ``threshold_mw=None`` shaves to ``shave_fraction`` of the peak net
-    load forecast over the horizon (so a week-long run adapts to each day). Batteries share the work in
+    loads at their autonomous draw. Above ``threshold_mw`` the batteries discharge the excess; below
+    ``charge_below_mw`` (default 0: the feeder exports) they charge with the surplus, so they store PV
+    rather than buying energy. ``threshold_mw=None`` shaves to ``shave_fraction`` of the peak net load
+    forecast over the horizon (so a week-long run adapts to each day). Batteries share the work in
     proportion to their power rating.
     """
 
-    def __init__(self, *, threshold_mw: float | None = None, shave_fraction: float = 0.8) -> None:
+    def __init__(
+        self, *, threshold_mw: float | None = None, shave_fraction: float = 0.8, charge_below_mw: float = 0.0
+    ) -> None:
         if threshold_mw is not None and threshold_mw < 0:
             raise ValueError(f"threshold_mw={threshold_mw!r} must be >= 0")
         if not 0 < shave_fraction <= 1:
             raise ValueError(f"shave_fraction={shave_fraction!r} must be in (0, 1]")
         self.threshold_mw = threshold_mw
         self.shave_fraction = shave_fraction
+        self.charge_below_mw = charge_below_mw
         self._batteries: pd.Index = pd.Index([])
 
     def reset(self, spec: ControllerSpec, *, seed: int) -> None:
@@ -58,8 +62,16 @@ class PeakShaver:
         threshold = self.threshold_mw if self.threshold_mw is not None else self.shave_fraction * float(net.max())
         rating = observation.assets.loc[self._batteries, "p_max_mw"].astype(float)
         share = rating / rating.sum()
-        excess = now - threshold
-        # Above the threshold: discharge the excess. Below: recharge with the headroom (the device model
-        # clips at full SOC and the recorded clip shows it).
-        p = -excess * share if excess > 0 else np.minimum(-excess * share, rating)
+        if now > threshold:
+            p = -(now - threshold) * share
+        elif now < self.charge_below_mw:
+            p = (self.charge_below_mw - now) * share
+        else:
+            p = 0.0 * share
+        # Batteries that are full (or empty) are not asked to go further: that would only be clipped.
+        soc = observation.state.loc[self._batteries, "soc_mwh"].astype(float)
+        e_max = observation.assets.loc[self._batteries, "e_max_mwh"].astype(float)
+        full = soc >= observation.assets.loc[self._batteries, "soc_max"].astype(float) * e_max - 1e-9
+        empty = soc <= observation.assets.loc[self._batteries, "soc_min"].astype(float) * e_max + 1e-9
+        p = p.where(~((p > 0) & full) & ~((p < 0) & empty), 0.0)
         return Dispatch.from_mapping(p.clip(-rating, rating).to_dict(), net_load_mw=now, threshold_mw=threshold)

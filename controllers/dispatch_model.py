@@ -61,10 +61,11 @@ __all__ = [
 #: cvxpy statuses whose values are read; anything else (infeasible, unbounded, solver error) falls back.
 ACCEPTED_STATUSES: frozenset[str] = frozenset({cp.OPTIMAL, cp.OPTIMAL_INACCURATE})
 
-#: Headroom given to an empty network slot (pu or percent): far from binding, yet finite for the solver.
-_UNMONITORED_HEADROOM = 1.0e3
-#: Stand-in for "no feeder-head limit" (MW); finite keeps the problem data finite.
-_NO_HEAD_LIMIT_MW = 1.0e6
+#: Headroom given to an empty network slot (pu or percent): never binding (its sensitivity row is zero),
+#: and small so that the interior-point solvers stay well scaled (1e3 here cost them iterations).
+_UNMONITORED_HEADROOM = 1.0
+#: Margin (MW) above the largest reachable feeder-head import used as the bound when there is no limit.
+_NO_HEAD_LIMIT_MARGIN_MW = 1.0
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,7 @@ class DispatchModel:
         buses: tuple[Any, ...],
         n_voltage_rows: int,
         n_loading_rows: int,
+        network_periods: int,
         problem: cp.Problem,
         params: _Params,
         variables: _Vars,
@@ -272,6 +274,7 @@ class DispatchModel:
         self.buses = buses
         self.n_voltage_rows = n_voltage_rows
         self.n_loading_rows = n_loading_rows
+        self.network_periods = network_periods
         self.problem = problem
         self._p = params
         self._v = variables
@@ -287,12 +290,16 @@ class DispatchModel:
         weights: DispatchWeights = DispatchWeights(),
         n_voltage_rows: int = 0,
         n_loading_rows: int = 0,
+        network_periods: int | None = None,
         asset_prices: bool = False,
         proximal: bool = False,
     ) -> DispatchModel:
         """Build the problem for ``assets`` (any subset of the asset table).
 
         ``n_voltage_rows`` / ``n_loading_rows``: network slots (0 = no network constraints).
+        ``network_periods``: constrain the network in the first K periods only (None = whole horizon). The
+        linearization is only good near the operating point, and every constrained period couples all assets
+        (the interior-point KKT fill grows with slots x periods), so a near window is both cheaper and honest.
         ``asset_prices``: add ``h sum price_i,t p_i,t`` with a per-asset price Parameter (dual multipliers).
         ``proximal``: add the ADMM term ``rho/2 ||p - z + u||^2``.
         """
@@ -436,20 +443,21 @@ class DispatchModel:
             cons += [V.peak >= head, V.peak >= P.billed_peak]
             cost.append(w.demand_charge_eur_per_mw * V.peak)
 
+        K = T if network_periods is None else max(1, min(int(network_periods), T))
         if (n_voltage_rows or n_loading_rows) and kinds:
-            bus_inj = sum(incidence(k) @ V.by_kind[k] for k in kinds)
+            bus_inj = sum(incidence(k) @ V.by_kind[k][:, :K] for k in kinds)
             if n_voltage_rows:
                 P.v_sens = cp.Parameter((n_voltage_rows, len(buses)), name="v_sens_pu_per_mw")
-                P.v_lo = cp.Parameter((n_voltage_rows, T), name="v_lo_headroom_pu")
-                P.v_hi = cp.Parameter((n_voltage_rows, T), name="v_hi_headroom_pu")
-                V.v_slack = cp.Variable((n_voltage_rows, T), nonneg=True, name="v_slack_pu")
+                P.v_lo = cp.Parameter((n_voltage_rows, K), name="v_lo_headroom_pu")
+                P.v_hi = cp.Parameter((n_voltage_rows, K), name="v_hi_headroom_pu")
+                V.v_slack = cp.Variable((n_voltage_rows, K), nonneg=True, name="v_slack_pu")
                 dv = P.v_sens @ bus_inj
                 cons += [dv <= P.v_hi + V.v_slack, -dv <= P.v_lo + V.v_slack]
                 cost.append(w.voltage_slack_cost_eur_per_pu_h * h * cp.sum(V.v_slack))
             if n_loading_rows:
                 P.l_sens = cp.Parameter((n_loading_rows, len(buses)), name="l_sens_percent_per_mw")
-                P.l_head = cp.Parameter((n_loading_rows, T), name="l_headroom_percent")
-                V.l_slack = cp.Variable((n_loading_rows, T), nonneg=True, name="l_slack_percent")
+                P.l_head = cp.Parameter((n_loading_rows, K), name="l_headroom_percent")
+                V.l_slack = cp.Variable((n_loading_rows, K), nonneg=True, name="l_slack_percent")
                 cons.append(P.l_sens @ bus_inj <= P.l_head + V.l_slack)
                 cost.append(w.loading_slack_cost_eur_per_percent_h * h * cp.sum(V.l_slack))
         else:
@@ -476,6 +484,7 @@ class DispatchModel:
             buses=buses,
             n_voltage_rows=n_voltage_rows,
             n_loading_rows=n_loading_rows,
+            network_periods=K,
             problem=problem,
             params=P,
             variables=V,
@@ -604,12 +613,15 @@ class DispatchModel:
         )
 
         head_limit = obs.limits.p_head_max_mw
+        if head_limit is None:  # a bound that cannot bind: big-M values hurt the solvers' scaling
+            reach = bat_pmax.sum(axis=0) + ev_ch_max.sum(axis=0) + fpmax.sum(axis=0) + pv_arr.sum(axis=0)
+            head_limit = float(np.max(head_fixed + reach)) + _NO_HEAD_LIMIT_MARGIN_MW
         return DispatchInputs(
             time=obs.time,
             periods=periods,
             price_eur_per_mwh=price,
             head_fixed_mw=head_fixed,
-            head_limit_mw=_NO_HEAD_LIMIT_MW if head_limit is None else float(head_limit),
+            head_limit_mw=float(head_limit),
             billed_peak_mw=float(obs.signals.get("billed_peak_mw", 0.0)),
             bat_soc0_mwh=soc0,
             bat_soc_target_mwh=target,
@@ -770,10 +782,10 @@ class DispatchModel:
             (P.flex_cap, inputs.flex_backlog_cap_mwh),
             (P.pv_avail, inputs.pv_avail_mw),
             (P.v_sens, inputs.v_sens_pu_per_mw),
-            (P.v_lo, inputs.v_lo_headroom_pu),
-            (P.v_hi, inputs.v_hi_headroom_pu),
+            (P.v_lo, inputs.v_lo_headroom_pu[:, : self.network_periods]),
+            (P.v_hi, inputs.v_hi_headroom_pu[:, : self.network_periods]),
             (P.l_sens, inputs.l_sens_percent_per_mw),
-            (P.l_head, inputs.l_headroom_percent),
+            (P.l_head, inputs.l_headroom_percent[:, : self.network_periods]),
         ]
         order = self.asset_order
         # PV enters the model as curtailment: its power is curtail - available, so terms on p carry a fixed part.

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -76,7 +77,7 @@ def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path) ->
         for k in result.kpis.values():
             v = k.as_dict()[key]
             row.append(f"{v:,.3f}" if isinstance(v, float) else f"{v:,}")
-        table.add_row(label, *row)
+        table.add_row(escape(label), *row)
     console.print(table)
     if result.path is not None:
         console.print(f"run folder: [bold]{result.path}[/]")

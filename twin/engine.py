@@ -1,8 +1,10 @@
 """The only sequencer: steps every policy's twin copy through the same exogenous inputs in lock-step.
 
-One interval, per policy: build the observation → controller acts → setpoints (with expiry) reach the
-devices → device physics → AC power flow → record. Controllers only *return* dispatches; this module alone
-mutates twin state (DESIGN.md §2, §6).
+One interval, per policy: apply operator commands → telemetry over the comms model → observation(s) →
+decide (one ideal or central controller, or coordination rounds of edge agents) → setpoints reach the
+devices they can reach (held until they expire, else the autonomous default with volt-var) → device
+physics → AC power flow → record. Controllers only *return* dispatches; this module alone mutates twin
+state (DESIGN.md §2, §4, §6).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import time as wallclock
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -17,6 +20,10 @@ import numpy as np
 import pandas as pd
 
 from controllers.api import (
+    Agent,
+    AgentMessage,
+    AgentSpec,
+    AssetKind,
     Controller,
     ControllerSpec,
     Dispatch,
@@ -26,12 +33,20 @@ from controllers.api import (
     Observation,
     load_controller,
 )
-from twin.devices import FleetPhysics, IntervalOutcome
+from twin.commands import CommandChannel, CommandKind, OperatorCommand
+from twin.comms import CommsModel, Fault, FaultKind, LinkSpec, payload_size_bytes
+from twin.devices import FleetPhysics, IntervalOutcome, volt_var_q_share
 from twin.inputs import RunInputs, derive_seed
+from twin.mesh import mesh_neighbours
 from twin.powerflow import GridModel, PowerFlowResult
 from twin.scenario import ControllerEntry, Scenario
 
-__all__ = ["PolicyTwin", "StepRecord", "iterate_policies"]
+__all__ = ["PolicyTwin", "StepRecord", "build_comms", "iterate_policies"]
+
+#: Bytes of one telemetry report of one asset (p, q, SOC, registers, seq, ts, signature) on the wire.
+TELEMETRY_BYTES_PER_ASSET = 160
+#: Bytes of one setpoint command (asset id, p, q, expiry, signature).
+SETPOINT_BYTES = 96
 
 
 @dataclass(frozen=True)
@@ -43,142 +58,320 @@ class StepRecord:
     power_flow: PowerFlowResult
     outcome: IntervalOutcome
     fallback: pd.Series  # bool per asset: ran on its autonomous default (no valid setpoint)
+    reported_p_mw: pd.Series  # what each asset's telemetry claimed (differs from outcome under false telemetry)
     price_eur_per_mwh: float
     feed_in_eur_per_mwh: float
     compute_s: float
+    traffic: dict[str, int]  # messages, bytes, dropped, central_bytes in this interval
+    rounds: int
+    controller_online: bool
     diagnostics: Any = field(default_factory=lambda: MappingProxyType({}))
 
 
-class PolicyTwin:
-    """One policy's copy of the twin: its own grid model, device state, held setpoints and controller."""
+def build_comms(scenario: Scenario, inputs: RunInputs, *, policy: str) -> CommsModel:
+    """The comms model of one policy's twin, with the scenario's faults resolved to participants."""
+    participants = sorted(inputs.assets["participant_id"].astype(str).unique())
+    rng = np.random.default_rng(derive_seed(scenario.seed, "faults"))
+    faults = []
+    for spec in scenario.faults:
+        chosen = set(spec.participants)
+        unknown = chosen - set(participants)
+        if unknown:
+            raise ValueError(f"faults.participants: unknown participant_id {sorted(unknown)[0]!r}")
+        if spec.share is not None:
+            k = max(1, int(round(spec.share * len(participants))))
+            chosen |= set(rng.choice(participants, size=k, replace=False).tolist())
+        faults.append(Fault(kind=FaultKind(spec.kind), start=spec.start_utc, end=spec.end_utc,
+                            participants=frozenset(chosen), loss=spec.loss, scale=spec.scale))
+    c = scenario.comms
+    return CommsModel(
+        participants=participants,
+        neighbours=mesh_neighbours(inputs.net, inputs.assets, hops=c.mesh_hops),
+        backhaul=LinkSpec(pd.Timedelta(c.backhaul.latency), c.backhaul.loss),
+        mesh=LinkSpec(pd.Timedelta(c.mesh.latency), c.mesh.loss),
+        faults=faults,
+        seed=derive_seed(scenario.seed, f"comms:{policy}"),
+    )
 
-    def __init__(self, entry: ControllerEntry, controller: Controller, inputs: RunInputs, scenario: Scenario) -> None:
+
+class PolicyTwin:
+    """One policy's copy of the twin: its own grid model, device state, comms, held setpoints and decider."""
+
+    def __init__(self, entry: ControllerEntry, inputs: RunInputs, scenario: Scenario, comms: CommsModel) -> None:
         self.name = entry.name
-        self.controller = controller
+        self.mode = entry.mode
         self.inputs = inputs
         self.scenario = scenario
+        self.comms = comms
         self.grid = GridModel(inputs.net, inputs.assets, engine=scenario.power_flow.engine)
         self.physics = FleetPhysics(inputs.assets, inputs.ev_sessions, step=scenario.step)
-        ids = inputs.assets.index
+        assets = inputs.assets
+        ids = assets.index
+        self.participant_of = assets["participant_id"].astype(str)
         self.held_p = pd.Series(np.nan, index=ids)
         self.held_q = pd.Series(0.0, index=ids)
         self.held_until = pd.Series(pd.NaT, index=ids, dtype="datetime64[ns, UTC]")
         self.last_p = pd.Series(0.0, index=ids)
         self.last_pf: PowerFlowResult | None = None
+        self._last_time: pd.Timestamp | None = None
         self.limits = NetworkLimits(**scenario.limits.model_dump())
+        kinds = assets["kind"].astype(str)
+        self._inverter = kinds.isin([AssetKind.PV, AssetKind.BATTERY]).to_numpy()
+        self._asset_bus = assets["bus"].astype(int).to_numpy()
+        # The control centre's view: the last report that reached it per asset, and when it was measured.
+        self.cc_state: pd.DataFrame | None = None
+        self.cc_seen = pd.Series(pd.NaT, index=ids, dtype="datetime64[ns, UTC]")
+        self.controller: Controller | None = None
+        self.agents: dict[str, Agent] = {}
 
     @classmethod
     def create(cls, entry: ControllerEntry, inputs: RunInputs, scenario: Scenario) -> PolicyTwin:
-        controller = load_controller(entry.target, **entry.kwargs)
-        twin = cls(entry, controller, inputs, scenario)
-        spec = ControllerSpec(
-            assets=inputs.assets.copy(),
-            step=scenario.step,
-            horizon=scenario.horizon_steps,
-            limits=twin.limits,
-            buses=tuple(int(b) for b in inputs.net.bus.index),
-        )
-        controller.reset(spec, seed=derive_seed(scenario.seed, f"controller:{entry.name}"))
+        twin = cls(entry, inputs, scenario, build_comms(scenario, inputs, policy=entry.name))
+        seed = derive_seed(scenario.seed, f"controller:{entry.name}")
+        if entry.mode == "agents":
+            for pid in twin.comms.participants:
+                agent = load_controller(entry.target, **entry.kwargs)
+                if not isinstance(agent, Agent):
+                    raise ValueError(f"controllers.target={entry.target!r}: mode 'agents' needs an Agent "
+                                     "(reset + propose), not a Controller")
+                own = inputs.assets[twin.participant_of == pid].copy()
+                agent.reset(
+                    AgentSpec(participant_id=pid, assets=own, step=scenario.step, horizon=scenario.horizon_steps,
+                              neighbours=twin.comms.neighbours.get(pid, ()), participants=twin.comms.participants,
+                              rounds=scenario.comms.rounds, limits=twin.limits),
+                    seed=derive_seed(seed, pid),
+                )
+                twin.agents[pid] = agent
+        else:
+            controller = load_controller(entry.target, **entry.kwargs)
+            if not isinstance(controller, Controller):
+                raise ValueError(f"controllers.target={entry.target!r}: mode {entry.mode!r} needs a Controller "
+                                 "(reset + act); use mode = 'agents' for an Agent")
+            controller.reset(
+                ControllerSpec(assets=inputs.assets.copy(), step=scenario.step, horizon=scenario.horizon_steps,
+                               limits=twin.limits, buses=tuple(int(b) for b in inputs.net.bus.index)),
+                seed=seed,
+            )
+            twin.controller = controller
         return twin
 
-    # -- observation -------------------------------------------------------------------------------
-    def observe(self, time: pd.Timestamp) -> Observation:
-        inputs = self.inputs
-        row = inputs.at(time)
-        window = slice(row, row + self.scenario.horizon_steps)
+    # -- what a decider may see --------------------------------------------------------------------
+    def _true_state(self, time: pd.Timestamp) -> pd.DataFrame:
         state = self.physics.state_frame(time)
         state["p_mw"] = self.last_p
         state["available"] = True
         state["quality"] = "good"
         state["age_s"] = 0.0
-        forecast = Forecast(
-            base_load_mw=inputs.base_load_bus_mw.iloc[window].copy(),
-            pv_avail_mw=inputs.pv_avail_mw.iloc[window].copy(),
-            flex_base_mw=inputs.flex_base_mw.iloc[window].copy(),
-            price_eur_per_mwh=inputs.price_eur_per_mwh.iloc[window].copy(),
-        )
+        return state
+
+    def _forecast(self, time: pd.Timestamp, assets: pd.Index | None = None, *, feeder_total: bool = False) -> Forecast:
+        inputs = self.inputs
+        row = inputs.at(time)
+        window = slice(row, row + self.scenario.horizon_steps)
+        base = inputs.base_load_bus_mw.iloc[window]
+        if feeder_total:
+            # An edge agent gets the DSO's published forecast of the feeder's uncontrolled load as one
+            # column at the substation bus: never another participant's own data.
+            slack = int(inputs.net.ext_grid.bus.iloc[0])
+            base = pd.DataFrame({slack: base.sum(axis=1)})
+        pv, flex = inputs.pv_avail_mw.iloc[window], inputs.flex_base_mw.iloc[window]
+        if assets is not None:
+            pv, flex = pv[pv.columns.intersection(assets)], flex[flex.columns.intersection(assets)]
+        return Forecast(base_load_mw=base.copy(), pv_avail_mw=pv.copy(), flex_base_mw=flex.copy(),
+                        price_eur_per_mwh=inputs.price_eur_per_mwh.iloc[window].copy())
+
+    def _observation(self, time: pd.Timestamp, state: pd.DataFrame, *, assets: pd.DataFrame | None = None,
+                     feeder_total: bool = False, signals: dict[str, Any] | None = None) -> Observation:
+        assets = self.inputs.assets if assets is None else assets
         return Observation(
             time=time,
             step=self.scenario.step,
-            assets=inputs.assets.copy(),
-            state=state,
-            forecast=forecast,
+            assets=assets.copy(),
+            state=state.loc[assets.index].copy(),
+            forecast=self._forecast(time, assets.index if feeder_total else None, feeder_total=feeder_total),
             limits=self.limits,
             grid=self._snapshot(),
-            signals=MappingProxyType({"feed_in_eur_per_mwh": self.scenario.tariff.feed_in_eur_per_mwh}),
+            signals=MappingProxyType({"feed_in_eur_per_mwh": self.scenario.tariff.feed_in_eur_per_mwh,
+                                      **(signals or {})}),
         )
 
     def _snapshot(self) -> GridSnapshot | None:
         pf = self.last_pf
-        if pf is None:
+        if pf is None or self._last_time is None:
             return None
-        return GridSnapshot(
-            time=self._last_time,
-            vm_pu=pf.vm_pu,
-            line_loading_percent=pf.line_loading_percent,
-            trafo_loading_percent=pf.trafo_loading_percent,
-            p_head_mw=pf.p_head_mw,
-            q_head_mvar=pf.q_head_mvar,
-            losses_mw=pf.losses_mw,
-            converged=pf.converged,
-        )
+        return GridSnapshot(time=self._last_time, vm_pu=pf.vm_pu, line_loading_percent=pf.line_loading_percent,
+                            trafo_loading_percent=pf.trafo_loading_percent, p_head_mw=pf.p_head_mw,
+                            q_head_mvar=pf.q_head_mvar, losses_mw=pf.losses_mw, converged=pf.converged)
+
+    def _reported(self, time: pd.Timestamp, state: pd.DataFrame) -> pd.DataFrame:
+        """Telemetry as the devices report it: a participant with false telemetry scales its power."""
+        scale = self.participant_of.map(lambda pid: self.comms.false_telemetry_scale(pid, time))
+        reported = state.copy()
+        reported["p_mw"] = state["p_mw"] * scale
+        return reported
+
+    # -- deciding ----------------------------------------------------------------------------------
+    def _decide_ideal(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
+        assert self.controller is not None
+        dispatch = self.controller.act(self._observation(time, self._reported(time, self._true_state(time))))
+        return dispatch, pd.Series(True, index=self.inputs.assets.index), 0
+
+    def _decide_central(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
+        assert self.controller is not None
+        reported = self._reported(time, self._true_state(time))
+        if self.cc_state is None:
+            self.cc_state = reported.copy()  # commissioning: the control centre knows the initial state
+            self.cc_seen[:] = time
+        for pid, rows in reported.groupby(self.participant_of):
+            if self.comms.uplink(str(pid), time, n_bytes=TELEMETRY_BYTES_PER_ASSET * len(rows)):
+                self.cc_state.loc[rows.index] = rows
+                self.cc_seen.loc[rows.index] = time
+        delivered = pd.Series(False, index=self.inputs.assets.index)
+        if not self.comms.control_centre_up(time):
+            return None, delivered, 0
+        view = self.cc_state.copy()
+        age = (time - self.cc_seen).dt.total_seconds()
+        view["age_s"] = age.to_numpy()
+        view["quality"] = np.where(age.to_numpy() > 0, "stale", "good")
+        dispatch = self.controller.act(self._observation(time, view))
+        for pid in self.participant_of.unique():
+            ids = self.participant_of.index[self.participant_of == pid]
+            targets = ids.intersection(dispatch.p_mw.dropna().index)
+            if len(targets) and self.comms.downlink(str(pid), time, n_bytes=SETPOINT_BYTES * len(targets)):
+                delivered.loc[targets] = True
+        return dispatch, delivered, 0
+
+    def _decide_agents(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
+        state = self._true_state(time)  # on the premises, an agent reads its own meters directly
+        active = [pid for pid in self.agents if not self.comms.dropped_out(pid, time)]
+        observations = {
+            pid: self._observation(time, state, assets=self.inputs.assets[self.participant_of == pid],
+                                   feeder_total=True, signals={"participant_id": pid})
+            for pid in active
+        }
+        inbox: dict[str, list[AgentMessage]] = {pid: [] for pid in active}
+        proposals: dict[str, Dispatch] = {}
+        rounds = self.scenario.comms.rounds
+        round_period = pd.Timedelta(self.scenario.comms.round_period)
+        for r in range(rounds):
+            outgoing: list[AgentMessage] = []
+            for pid in active:
+                prop = self.agents[pid].propose(observations[pid], tuple(inbox[pid]), round_index=r)
+                foreign = prop.dispatch.p_mw.index.difference(observations[pid].assets.index)
+                if len(foreign):
+                    raise ValueError(f"policy {self.name!r}: agent {pid!r} dispatched {foreign[0]!r}, not its own")
+                proposals[pid] = prop.dispatch
+                # The twin stamps the sender: an agent cannot speak for another participant.
+                outgoing.extend(AgentMessage(pid, m.recipient, m.payload) for m in prop.outbox)
+            inbox = {pid: [] for pid in active}
+            for m in self.comms.deliver_mesh(outgoing, time, round_period=round_period):
+                if m.recipient in inbox:
+                    inbox[m.recipient].append(m)
+        p = pd.concat([d.p_mw for d in proposals.values()]) if proposals else pd.Series(dtype=float)
+        q = pd.concat([d.q_mvar for d in proposals.values()]) if proposals else pd.Series(dtype=float)
+        delivered = pd.Series(False, index=self.inputs.assets.index)
+        delivered.loc[p.dropna().index] = True
+        diagnostics = {pid: dict(d.diagnostics) for pid, d in proposals.items()}
+        return Dispatch(p_mw=p, q_mvar=q, diagnostics=MappingProxyType(diagnostics)), delivered, rounds
 
     # -- one interval ------------------------------------------------------------------------------
+    def apply_command(self, command: OperatorCommand, time: pd.Timestamp) -> tuple[str, str]:
+        """An operator command becomes a fault in this twin's comms model from ``time`` on."""
+        if command.kind is CommandKind.CLEAR_FAULTS:
+            self.comms.clear_faults(time)
+            return "applied", "all active faults cleared"
+        participants: frozenset[str] = frozenset()
+        if command.participant_id:
+            if command.participant_id not in self.comms.participants:
+                return "rejected", f"participant_id={command.participant_id!r} is not in this feeder"
+            participants = frozenset({command.participant_id})
+        kind = FaultKind(command.kind.value)
+        self.comms.add_fault(Fault(kind=kind, start=time, end=time + command.duration, participants=participants))
+        return "applied", f"{kind.value} until {(time + command.duration).isoformat()}"
+
     def step(self, time: pd.Timestamp) -> StepRecord:
+        before = self.comms.traffic.totals()
         t0 = wallclock.perf_counter()
-        dispatch = self.controller.act(self.observe(time))
+        decide = {"ideal": self._decide_ideal, "central": self._decide_central, "agents": self._decide_agents}
+        dispatch, delivered, rounds = decide[self.mode](time)
         compute_s = wallclock.perf_counter() - t0
-        self._hold(time, dispatch)
+        if dispatch is not None:
+            self._hold(time, dispatch, delivered)
         row = self.inputs.at(time)
         pv_avail = self.inputs.pv_avail_mw.iloc[row]
         flex_base = self.inputs.flex_base_mw.iloc[row]
         valid = self.held_until > time
         autonomous = self.physics.autonomous_p_mw(pv_avail_mw=pv_avail, flex_base_mw=flex_base)
         p_set = self.held_p.where(valid, autonomous)
-        q_set = self.held_q.where(valid, 0.0)
-        outcome = self.physics.advance(
-            time, p_setpoint_mw=p_set, q_setpoint_mvar=q_set, pv_avail_mw=pv_avail, flex_base_mw=flex_base
-        )
+        q_set = self.held_q.where(valid, self._volt_var_q())
+        outcome = self.physics.advance(time, p_setpoint_mw=p_set, q_setpoint_mvar=q_set, pv_avail_mw=pv_avail,
+                                       flex_base_mw=flex_base)
         profiles = self.inputs.profiles
-        self.grid.set_injections(
-            load_p_mw=profiles.load_p_mw.iloc[row],
-            load_q_mvar=profiles.load_q_mvar.iloc[row],
-            sgen_p_mw=profiles.sgen_p_mw.iloc[row],
-            asset_p_mw=outcome.p_mw,
-            asset_q_mvar=outcome.q_mvar,
-        )
+        self.grid.set_injections(load_p_mw=profiles.load_p_mw.iloc[row], load_q_mvar=profiles.load_q_mvar.iloc[row],
+                                 sgen_p_mw=profiles.sgen_p_mw.iloc[row], asset_p_mw=outcome.p_mw,
+                                 asset_q_mvar=outcome.q_mvar)
         pf = self.grid.solve(time)
         self.last_pf, self._last_time = pf, time
         self.last_p = outcome.p_mw
+        after = self.comms.traffic.totals()
+        scale = self.participant_of.map(lambda pid: self.comms.false_telemetry_scale(pid, time))
         return StepRecord(
-            policy=self.name,
-            time=time,
-            power_flow=pf,
-            outcome=outcome,
-            fallback=~valid,
+            policy=self.name, time=time, power_flow=pf, outcome=outcome, fallback=~valid,
+            reported_p_mw=outcome.p_mw * scale,
             price_eur_per_mwh=float(self.inputs.price_eur_per_mwh.iloc[row]),
-            feed_in_eur_per_mwh=self.scenario.tariff.feed_in_eur_per_mwh,
-            compute_s=compute_s,
-            diagnostics=dispatch.diagnostics,
+            feed_in_eur_per_mwh=self.scenario.tariff.feed_in_eur_per_mwh, compute_s=compute_s,
+            traffic={k: after[k] - before[k] for k in after}, rounds=rounds,
+            controller_online=dispatch is not None,
+            diagnostics=dispatch.diagnostics if dispatch is not None else MappingProxyType({}),
         )
 
-    def _hold(self, time: pd.Timestamp, dispatch: Dispatch) -> None:
-        """Accept setpoints for known assets; each is held until ``time + setpoint_ttl``."""
+    def _volt_var_q(self) -> pd.Series:
+        """Autonomous inverters follow IEEE 1547 Cat. B volt-var on their bus's last measured voltage."""
+        if self.last_pf is None or not self.last_pf.converged:
+            return pd.Series(0.0, index=self.held_q.index)
+        vm = self.last_pf.vm_pu.reindex(self._asset_bus).to_numpy(float)
+        s_max = self.inputs.assets["s_max_mva"].to_numpy(float)
+        q = np.where(self._inverter, -volt_var_q_share(np.nan_to_num(vm, nan=1.0)) * s_max, 0.0)
+        return pd.Series(q, index=self.held_q.index)
+
+    def _hold(self, time: pd.Timestamp, dispatch: Dispatch, delivered: pd.Series) -> None:
+        """Setpoints that reached their device are held until ``time + setpoint_ttl``."""
         p = dispatch.p_mw.dropna()
         unknown = p.index.difference(self.held_p.index)
         if len(unknown):
             raise ValueError(f"controller {self.name!r} dispatched unknown asset_id {unknown[0]!r}")
+        p = p[delivered.reindex(p.index).fillna(False).to_numpy(bool)]
         self.held_p.loc[p.index] = p.to_numpy(float)
-        q = dispatch.q_mvar.dropna().reindex(self.held_q.index.intersection(dispatch.q_mvar.index))
+        q = dispatch.q_mvar.dropna()
+        q = q[q.index.isin(p.index)]
         self.held_q.loc[p.index] = 0.0
         self.held_q.loc[q.index] = q.to_numpy(float)
         self.held_until.loc[p.index] = time + self.scenario.setpoint_ttl
 
 
 def iterate_policies(
-    scenario: Scenario, inputs: RunInputs, *, entries: tuple[ControllerEntry, ...] | None = None
+    scenario: Scenario,
+    inputs: RunInputs,
+    *,
+    entries: tuple[ControllerEntry, ...] | None = None,
+    run_dir: Path | None = None,
 ) -> Iterator[list[StepRecord]]:
-    """Yield, per interval, one StepRecord per policy — all twins advanced in lock-step."""
+    """Yield, per interval, one StepRecord per policy — all twins advanced in lock-step.
+
+    With ``run_dir``, operator commands dropped into its command channel are applied to every policy's
+    twin at the start of the next interval (same fault for all, so the comparison stays fair).
+    """
     twins = [PolicyTwin.create(e, inputs, scenario) for e in (entries or scenario.controllers)]
+    channel = CommandChannel(run_dir) if run_dir is not None else None
     for time in scenario.times:
+        if channel is not None:
+            taken = channel.take()
+            for command, path, reason in taken:
+                if command is None:
+                    channel.finish(path, verdict="rejected", applied_at=None, detail=reason)
+                    continue
+                verdicts = {t.name: t.apply_command(command, time) for t in twins}
+                verdict = "applied" if all(v == "applied" for v, _ in verdicts.values()) else "rejected"
+                detail = next(iter(verdicts.values()))[1]
+                channel.finish(path, verdict=verdict, applied_at=time, detail=detail)
         yield [twin.step(time) for twin in twins]

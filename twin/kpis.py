@@ -29,6 +29,10 @@ KPI_LABELS: dict[str, str] = {
     "non_converged_intervals": "Non-converged power flows",
     "clipped_setpoints": "Clipped setpoints",
     "compute_ms_per_step": "Controller time [ms/step]",
+    "messages": "Messages",
+    "kbytes": "Traffic [kB]",
+    "central_kbytes": "Participant data at a central point [kB]",
+    "controller_offline_intervals": "Intervals without a controller",
 }
 
 
@@ -47,6 +51,10 @@ class Kpis:
     non_converged_intervals: int
     clipped_setpoints: int
     compute_ms_per_step: float
+    messages: int
+    kbytes: float
+    central_kbytes: float
+    controller_offline_intervals: int
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -75,6 +83,10 @@ def compute_kpis(records: PolicyRecords, *, limits: NetworkLimits = NetworkLimit
         non_converged_intervals=int((~s["converged"].astype(bool)).sum()),
         clipped_setpoints=int(s["n_clipped"].sum()),
         compute_ms_per_step=float(s["compute_s"].mean() * 1e3) if len(s) else 0.0,
+        messages=int(s["messages"].sum()),
+        kbytes=float(s["bytes"].sum() / 1e3),
+        central_kbytes=float(s["central_bytes"].sum() / 1e3),
+        controller_offline_intervals=int((~s["controller_online"].astype(bool)).sum()),
     )
 
 

@@ -56,6 +56,11 @@ class GridModel:
         self._bat_el = self._add(pp.create_storage, assets.loc[self._bat], prefix="fleet-bat", max_e_mwh=0.0)
         self._load_el = self._add(pp.create_load, assets.loc[self._load_like], prefix="fleet-load")
         self.ext_grid_index = self.net.ext_grid.index
+        self._native_load_pos = self.net.load.index.get_indexer(self.native_load_index)
+        self._fleet_load_pos = self.net.load.index.get_indexer(self._load_el)
+        self._native_sgen_pos = self.net.sgen.index.get_indexer(self.native_sgen_index)
+        self._fleet_sgen_pos = self.net.sgen.index.get_indexer(self._pv_el)
+        self._fleet_storage_pos = self.net.storage.index.get_indexer(self._bat_el)
         self._fast: Any = None
 
     def _add(self, create: Any, rows: pd.DataFrame, *, prefix: str, **extra: Any) -> np.ndarray:
@@ -76,19 +81,29 @@ class GridModel:
     ) -> None:
         """Write one interval's powers into the net. Native sgen_p_mw is generator output (>= 0)."""
         net = self.net
-        net.load.loc[self.native_load_index, "p_mw"] = load_p_mw.reindex(self.native_load_index).to_numpy()
-        net.load.loc[self.native_load_index, "q_mvar"] = load_q_mvar.reindex(self.native_load_index).to_numpy()
-        if len(self.native_sgen_index):
-            net.sgen.loc[self.native_sgen_index, "p_mw"] = sgen_p_mw.reindex(self.native_sgen_index).to_numpy()
         p = asset_p_mw.reindex(self.asset_ids).fillna(0.0)
         q = asset_q_mvar.reindex(self.asset_ids).fillna(0.0)
+        # Whole-column assignment: per-cell .loc writes cost ~1 ms each and dominate small feeders.
+        load_p = net.load["p_mw"].to_numpy(float, copy=True)
+        load_q = net.load["q_mvar"].to_numpy(float, copy=True)
+        load_p[self._native_load_pos] = load_p_mw.reindex(self.native_load_index).to_numpy(float)
+        load_q[self._native_load_pos] = load_q_mvar.reindex(self.native_load_index).to_numpy(float)
+        load_p[self._fleet_load_pos] = p[self._load_like].to_numpy(float)
+        load_q[self._fleet_load_pos] = q[self._load_like].to_numpy(float)
+        net.load["p_mw"], net.load["q_mvar"] = load_p, load_q
+        sgen_p = net.sgen["p_mw"].to_numpy(float, copy=True)
+        sgen_q = net.sgen["q_mvar"].to_numpy(float, copy=True)
+        sgen_p[self._native_sgen_pos] = sgen_p_mw.reindex(self.native_sgen_index).to_numpy(float)
         # sgen is generator convention: producing PV (negative load-convention p) is a positive sgen p.
-        net.sgen.loc[self._pv_el, "p_mw"] = -p[self._pv].to_numpy()
-        net.sgen.loc[self._pv_el, "q_mvar"] = -q[self._pv].to_numpy()
-        net.storage.loc[self._bat_el, "p_mw"] = p[self._bat].to_numpy()
-        net.storage.loc[self._bat_el, "q_mvar"] = q[self._bat].to_numpy()
-        net.load.loc[self._load_el, "p_mw"] = p[self._load_like].to_numpy()
-        net.load.loc[self._load_el, "q_mvar"] = q[self._load_like].to_numpy()
+        sgen_p[self._fleet_sgen_pos] = -p[self._pv].to_numpy(float)
+        sgen_q[self._fleet_sgen_pos] = -q[self._pv].to_numpy(float)
+        net.sgen["p_mw"], net.sgen["q_mvar"] = sgen_p, sgen_q
+        if len(net.storage):
+            st_p = net.storage["p_mw"].to_numpy(float, copy=True)
+            st_q = net.storage["q_mvar"].to_numpy(float, copy=True)
+            st_p[self._fleet_storage_pos] = p[self._bat].to_numpy(float)
+            st_q[self._fleet_storage_pos] = q[self._bat].to_numpy(float)
+            net.storage["p_mw"], net.storage["q_mvar"] = st_p, st_q
 
     def solve(self, time: pd.Timestamp | None = None) -> PowerFlowResult:
         """Run the AC power flow on the injections currently in the net; never raises on divergence."""
@@ -96,7 +111,8 @@ class GridModel:
             return self._solve_fast()
         net = self.net
         try:
-            pp.runpp(net, init="results" if self._has_results() else "auto", numba=True)
+            # numba=False: its JIT compile costs ~15 s per process, more than a week of small-feeder steps.
+            pp.runpp(net, init="results" if self._has_results() else "auto", numba=False)
         except pp.LoadflowNotConverged:
             return self._failed()
         return PowerFlowResult(
@@ -132,7 +148,7 @@ class GridModel:
         from twin.injections import bus_injections
 
         if self._fast is None:
-            pp.runpp(self.net, numba=True)
+            pp.runpp(self.net, numba=False)
             self._fast = FastPowerFlow.from_net(self.net)
         p_bus, q_bus = bus_injections(self.net)
         return self._fast.solve(p_bus_mw=p_bus, q_bus_mvar=q_bus)

@@ -30,6 +30,12 @@ SUMMARY_COLUMNS = (
     "n_clipped",
     "n_fallback",
     "compute_s",
+    "messages",
+    "bytes",
+    "dropped_messages",
+    "central_bytes",
+    "rounds",
+    "controller_online",
 )
 
 
@@ -48,6 +54,7 @@ class PolicyRecords:
     asset_soc_mwh: pd.DataFrame  # time × battery, at interval end
     asset_clipped: pd.DataFrame  # time × asset, clip reason ("" = none)
     asset_fallback: pd.DataFrame  # time × asset, True = autonomous default
+    asset_reported_p_mw: pd.DataFrame  # time × asset, what telemetry claimed (false telemetry differs)
 
     TABLES = (
         "summary",
@@ -59,6 +66,7 @@ class PolicyRecords:
         "asset_soc_mwh",
         "asset_clipped",
         "asset_fallback",
+        "asset_reported_p_mw",
     )
 
 
@@ -82,6 +90,7 @@ class _PolicyBuffer:
                 "asset_soc_mwh": soc_cols,
                 "asset_clipped": out.p_mw.index,
                 "asset_fallback": out.p_mw.index,
+                "asset_reported_p_mw": out.p_mw.index,
                 "summary": pd.Index(SUMMARY_COLUMNS),
             }
         imp = max(pf.p_head_mw, 0.0) * hours
@@ -104,6 +113,12 @@ class _PolicyBuffer:
                 float((out.clipped != "").sum()),
                 float(rec.fallback.sum()),
                 rec.compute_s,
+                rec.traffic.get("messages", 0),
+                rec.traffic.get("bytes", 0),
+                rec.traffic.get("dropped", 0),
+                rec.traffic.get("central_bytes", 0),
+                rec.rounds,
+                float(rec.controller_online),
             ],
             dtype=float,
         )
@@ -118,17 +133,20 @@ class _PolicyBuffer:
         r["asset_soc_mwh"].append(out.soc_mwh.reindex(self.columns["asset_soc_mwh"]).to_numpy(float))
         r["asset_clipped"].append(out.clipped.to_numpy(object))
         r["asset_fallback"].append(rec.fallback.to_numpy(bool))
+        r["asset_reported_p_mw"].append(rec.reported_p_mw.to_numpy(float))
 
-    def freeze(self, step: pd.Timedelta) -> PolicyRecords:
-        index = pd.DatetimeIndex(self.times, name="time")
+    def freeze(self, step: pd.Timedelta, *, since: int = 0) -> PolicyRecords:
+        index = pd.DatetimeIndex(self.times[since:], name="time")
         tables = {}
         for name in PolicyRecords.TABLES:
             cols = self.columns.get(name, pd.Index([]))
-            data = np.vstack(self.rows[name]) if self.rows[name] else np.empty((0, len(cols)))
+            rows = self.rows[name][since:]
+            data = np.vstack(rows) if rows else np.empty((0, len(cols)))
             frame = pd.DataFrame(data, index=index, columns=cols)
             frame.columns = frame.columns.astype(str)
             tables[name] = frame
-        tables["summary"]["converged"] = tables["summary"]["converged"].astype(bool)
+        for flag in ("converged", "controller_online"):
+            tables["summary"][flag] = tables["summary"][flag].astype(bool)
         tables["asset_fallback"] = tables["asset_fallback"].astype(bool)
         tables["asset_clipped"] = tables["asset_clipped"].astype(str)
         return PolicyRecords(policy=self.policy, step=step, **tables)
@@ -146,5 +164,10 @@ class Recorder:
         for rec in records:
             self._buffers.setdefault(rec.policy, _PolicyBuffer(rec.policy)).add(rec, self.hours)
 
-    def freeze(self) -> dict[str, PolicyRecords]:
-        return {name: buf.freeze(self.step) for name, buf in self._buffers.items()}
+    def __len__(self) -> int:
+        """Intervals recorded so far."""
+        return min((len(b.times) for b in self._buffers.values()), default=0)
+
+    def freeze(self, *, since: int = 0) -> dict[str, PolicyRecords]:
+        """Tables of every policy from interval ``since`` (0 = the whole run) to the last recorded one."""
+        return {name: buf.freeze(self.step, since=since) for name, buf in self._buffers.items()}

@@ -34,33 +34,51 @@ def run_scenario(
     runs_root: Path | None = Path("runs"),
     out: Path | None = None,
     inputs: RunInputs | None = None,
+    flush_every: int = 96,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RunResult:
-    """Run every policy of ``scenario``; write a run folder unless both ``out`` and ``runs_root`` are None."""
+    """Run every policy of ``scenario``; write a run folder unless both ``out`` and ``runs_root`` are None.
+
+    Records are appended to the run folder every ``flush_every`` intervals, so a dashboard can follow it.
+    """
     inputs = inputs or build_inputs(scenario)
-    recorder = Recorder(step=scenario.step)
-    total = len(scenario.times)
-    for i, records in enumerate(iterate_policies(scenario, inputs), start=1):
-        recorder.add(records)
-        if on_progress is not None:
-            on_progress(i, total)
-    records = recorder.freeze()
-    limits = NetworkLimits(**scenario.limits.model_dump())
-    kpis = {name: compute_kpis(rec, limits=limits) for name, rec in records.items()}
     path = out or (new_run_dir(runs_root, scenario.name) if runs_root is not None else None)
-    if path is not None:
-        store = RunStore(path)
+    store = RunStore(path) if path is not None else None
+    total = len(scenario.times)
+    if store is not None:
         store.write_meta(
             {
                 "scenario": scenario.to_toml_dict(),
                 "seed": scenario.seed,
-                "policies": list(records),
+                "policies": [c.name for c in scenario.controllers],
                 "n_intervals": total,
                 "feeder": scenario.feeder,
                 "assets": inputs.assets.reset_index().astype(str).to_dict(orient="records"),
             }
         )
-        for rec in records.values():
-            store.write_policy(rec)
+        store.write_status(done=0, total=total, state="running")
+    recorder = Recorder(step=scenario.step)
+    flushed = 0
+
+    def flush(state: str) -> None:
+        nonlocal flushed
+        if store is None:
+            return
+        for rec in recorder.freeze(since=flushed).values():
+            store.append(rec)
+        flushed = len(recorder)
+        store.write_status(done=flushed, total=total, state=state)
+
+    for i, records in enumerate(iterate_policies(scenario, inputs), start=1):
+        recorder.add(records)
+        if i - flushed >= flush_every:
+            flush("running")
+        if on_progress is not None:
+            on_progress(i, total)
+    flush("finished")
+    records = recorder.freeze()
+    limits = NetworkLimits(**scenario.limits.model_dump())
+    kpis = {name: compute_kpis(rec, limits=limits) for name, rec in records.items()}
+    if store is not None:
         store.write_kpis(kpis)
     return RunResult(path=path, kpis=kpis, records=records)

@@ -4,9 +4,14 @@ Layout::
 
     RUN/meta.json                      scenario, seed, package versions, times, policies
     RUN/kpis.parquet                   KPI × policy
-    RUN/<policy>/<table>.parquet       summary, vm_pu, line_loading_percent, ... (see PolicyRecords.TABLES)
+    RUN/<policy>/<table>/part-NNNNNN.parquet
+                                       summary, vm_pu, line_loading_percent, ... (see PolicyRecords.TABLES),
+                                       appended in parts while the run goes, so a dashboard can read a live run
+    RUN/status.json                    intervals done / total, running or finished (live progress)
+    RUN/commands/                      operator commands for a running twin (twin.commands)
 
-Files are written to a temporary name and renamed, so a killed run never leaves a half-written table.
+Every file is written to a temporary name and renamed, so a reader never sees half a file and a killed
+run leaves only whole parts behind.
 """
 
 from __future__ import annotations
@@ -79,11 +84,23 @@ class RunStore:
         full = {"created_utc": datetime.now(UTC).isoformat(), "versions": package_versions(), **meta}
         _atomic_json(full, self.path / "meta.json")
 
-    def write_policy(self, records: PolicyRecords) -> None:
-        folder = self.path / _safe_policy_dir(records.policy)
-        folder.mkdir(parents=True, exist_ok=True)
+    def append(self, records: PolicyRecords) -> None:
+        """Append one chunk of intervals of a policy as a new part of each table."""
+        if len(records.summary) == 0:
+            return
         for name in PolicyRecords.TABLES:
-            _atomic_parquet(getattr(records, name), folder / f"{name}.parquet")
+            folder = self.path / _safe_policy_dir(records.policy) / name
+            folder.mkdir(parents=True, exist_ok=True)
+            part = len(list(folder.glob("part-*.parquet")))
+            _atomic_parquet(getattr(records, name), folder / f"part-{part:06d}.parquet")
+
+    def write_status(self, *, done: int, total: int, state: str) -> None:
+        _atomic_json({"done": done, "total": total, "state": state,
+                      "updated_utc": datetime.now(UTC).isoformat()}, self.path / "status.json")
+
+    def status(self) -> dict[str, Any]:
+        path = self.path / "status.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"state": "unknown"}
 
     def write_kpis(self, kpis: dict[str, Kpis]) -> None:
         _atomic_parquet(kpi_table(kpis), self.path / "kpis.parquet")
@@ -101,7 +118,8 @@ class RunStore:
     def read_table(self, policy: str, table: str) -> pd.DataFrame:
         if table not in PolicyRecords.TABLES:
             raise ValueError(f"table={table!r}: expected one of {', '.join(PolicyRecords.TABLES)}")
-        path = self.path / _safe_policy_dir(policy) / f"{table}.parquet"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no table {table!r} for policy {policy!r} in this run")
-        return pd.read_parquet(path)
+        folder = self.path / _safe_policy_dir(policy) / table
+        parts = sorted(folder.glob("part-*.parquet"))
+        if not parts:
+            raise FileNotFoundError(f"{folder}: no table {table!r} for policy {policy!r} in this run")
+        return pd.concat([pd.read_parquet(p) for p in parts])

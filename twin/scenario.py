@@ -14,7 +14,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["ControllerEntry", "Scenario", "ScenarioError", "load_scenario", "demo_scenario_path"]
+__all__ = ["CommsSpec", "ControllerEntry", "FaultSpec", "Scenario", "ScenarioError", "load_scenario", "demo_scenario_path"]
 
 
 class ScenarioError(ValueError):
@@ -97,10 +97,18 @@ class PowerFlowSpec(_Strict):
 
 
 class ControllerEntry(_Strict):
-    """A policy in the comparison: a display name and a ``"package.module:Class"`` plug-in target."""
+    """A policy in the comparison: a display name and a ``"package.module:Class"`` plug-in target.
+
+    ``mode`` says where decisions are made and what they can see:
+    ``ideal`` — one controller with perfect, instant information (reference; no comms model);
+    ``central`` — SCADA: one controller at the control centre, seeing only telemetry that reached it over
+    the backhaul, its setpoints reaching only reachable devices;
+    ``agents`` — DePIN: one Agent per participant on its premises, coordinating over the mesh.
+    """
 
     name: str
     target: str
+    mode: Literal["ideal", "central", "agents"] = "ideal"
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("target")
@@ -110,6 +118,59 @@ class ControllerEntry(_Strict):
         if not sep or not module or not attr:
             raise ValueError(f"controllers.target={v!r} must look like 'package.module:Class'")
         return v
+
+
+class LinkModel(_Strict):
+    latency: str = "1s"
+    loss: float = Field(default=0.0, ge=0, lt=1)
+
+    @field_validator("latency")
+    @classmethod
+    def _lat(cls, v: str) -> str:
+        td = pd.Timedelta(v) if isinstance(v, str) else None
+        if td is None or pd.isna(td) or td < pd.Timedelta(0):
+            raise ValueError(f"latency={v!r} must be a non-negative duration like '200ms'")
+        return v
+
+
+class CommsSpec(_Strict):
+    """Links and coordination budget. A round lasts ``round_period``; a flooded mesh message travels as
+    many hops per round as ``round_period // mesh.latency``."""
+
+    backhaul: LinkModel = Field(default_factory=lambda: LinkModel(latency="2s"))
+    mesh: LinkModel = Field(default_factory=lambda: LinkModel(latency="100ms"))
+    rounds: int = Field(default=20, ge=1, le=1000)
+    round_period: str = "2s"
+    mesh_hops: int = Field(default=2, ge=1, description="participants this many feeder hops apart are mesh neighbours")
+
+
+class FaultSpec(_Strict):
+    """A scheduled fault over [start, end). ``participants`` names them; ``share`` picks that fraction by seed."""
+
+    kind: Literal["control_centre_outage", "backhaul_cut", "participant_dropout", "message_loss", "false_telemetry"]
+    start: str
+    end: str
+    participants: tuple[str, ...] = ()
+    share: float | None = Field(default=None, gt=0, le=1)
+    loss: float = Field(default=0.0, ge=0, lt=1)
+    scale: float = 1.0
+
+    @property
+    def start_utc(self) -> pd.Timestamp:
+        return _utc(self.start, key="faults.start")
+
+    @property
+    def end_utc(self) -> pd.Timestamp:
+        return _utc(self.end, key="faults.end")
+
+    @model_validator(mode="after")
+    def _window(self) -> FaultSpec:
+        start, end = _utc(self.start, key="faults.start"), _utc(self.end, key="faults.end")
+        if end <= start:
+            raise ValueError(f"faults.end={self.end!r} must be after faults.start={self.start!r}")
+        if self.kind == "false_telemetry" and not self.participants and self.share is None:
+            raise ValueError("faults.participants=[]: false_telemetry needs participants or share")
+        return self
 
 
 class Scenario(_Strict):
@@ -130,6 +191,8 @@ class Scenario(_Strict):
     tariff: TariffSpec = Field(default_factory=TariffSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     power_flow: PowerFlowSpec = Field(default_factory=PowerFlowSpec)
+    comms: CommsSpec = Field(default_factory=CommsSpec)
+    faults: tuple[FaultSpec, ...] = ()
     controllers: tuple[ControllerEntry, ...]
     #: Folder of the scenario file, so relative paths inside it resolve from there.
     base_dir: Path = Path(".")
