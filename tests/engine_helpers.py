@@ -1,0 +1,39 @@
+"""Test-only plug-ins, loaded by the engine through "engine_helpers:Class" like any outside controller."""
+
+from __future__ import annotations
+
+from controllers.api import AgentMessage, AgentSpec, AssetKind, ControllerSpec, Dispatch, Observation, Proposal
+
+
+class ChargeAllBatteries:
+    """Asks every battery for ``p_mw`` during the intervals listed in ``at_hours`` (UTC hour of day)."""
+
+    def __init__(self, *, p_mw: float, at_hours: tuple[int, ...] = tuple(range(24))) -> None:
+        self.p_mw = p_mw
+        self.at_hours = set(at_hours)
+        self.batteries: list[str] = []
+
+    def reset(self, spec: ControllerSpec, *, seed: int) -> None:
+        self.batteries = list(spec.assets.index[spec.assets["kind"].astype(str) == AssetKind.BATTERY])
+
+    def act(self, observation: Observation) -> Dispatch:
+        if observation.time.hour not in self.at_hours:
+            return Dispatch.empty()
+        return Dispatch.from_mapping({b: self.p_mw for b in self.batteries})
+
+
+class GossipAgent:
+    """Broadcasts its battery count each round and records how many peers it heard (for mesh tests)."""
+
+    def __init__(self) -> None:
+        self.heard: set[str] = set()
+
+    def reset(self, spec: AgentSpec, *, seed: int) -> None:
+        self.spec = spec
+        self.heard = set()
+
+    def propose(self, observation: Observation, inbox: tuple[AgentMessage, ...], *, round_index: int) -> Proposal:
+        self.heard |= {m.sender for m in inbox}
+        bats = observation.assets.index[observation.assets["kind"].astype(str) == AssetKind.BATTERY]
+        dispatch = Dispatch.from_mapping({b: 0.0 for b in bats}, heard=len(self.heard))
+        return Proposal(dispatch=dispatch, outbox=(AgentMessage(self.spec.participant_id, "*", {"n": len(bats)}),))

@@ -1,0 +1,149 @@
+"""The engine end to end on a small SimBench LV day: determinism, records, KPIs, expiry, faults, modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_scenario
+from twin.commands import CommandChannel, CommandKind, OperatorCommand
+from twin.engine import iterate_policies
+from twin.inputs import RunInputs
+from twin.run import run_scenario
+from twin.runstore import RunStore
+from twin.scenario import Scenario
+
+HOUR = pd.Timedelta("1h")
+
+
+def test_same_scenario_and_seed_give_identical_results(rural_day: tuple[Scenario, RunInputs]) -> None:
+    scenario, inputs = rural_day
+    short = make_scenario(end="2016-06-06T06:00:00Z")
+    a = run_scenario(short, runs_root=None, inputs=inputs)
+    b = run_scenario(short, runs_root=None, inputs=inputs)
+    for policy in a.records:
+        for table in ("summary", "vm_pu", "asset_p_mw", "asset_soc_mwh"):
+            left = getattr(a.records[policy], table).drop(columns=["compute_s"], errors="ignore")
+            right = getattr(b.records[policy], table).drop(columns=["compute_s"], errors="ignore")
+            pd.testing.assert_frame_equal(left, right)
+
+
+def test_run_folder_and_kpis_agree_with_the_records(tmp_path: Path, rural_day: tuple[Scenario, RunInputs]) -> None:
+    scenario, inputs = rural_day
+    result = run_scenario(scenario, out=tmp_path / "run", inputs=inputs, flush_every=40)
+    store = RunStore(tmp_path / "run")
+    meta = store.meta()
+    assert meta["seed"] == 7 and meta["policies"] == ["none", "shaver"]
+    assert meta["versions"]["pandapower"] != "not installed"
+    assert store.status() | {"updated_utc": None} == {"done": 96, "total": 96, "state": "finished", "updated_utc": None}
+    summary = store.read_table("none", "summary")
+    assert len(summary) == 96  # three parts of 40, 40 and 16 intervals read back as one table
+    assert len(list((tmp_path / "run" / "none" / "summary").glob("part-*.parquet"))) == 3
+    # KPIs by hand from the per-interval feeder-head power: energy = sum(max(P, 0)) * 0.25 h.
+    p = summary["p_head_mw"]
+    k = result.kpis["none"]
+    assert k.energy_imported_mwh == pytest.approx(p.clip(lower=0).sum() * 0.25)
+    assert k.peak_import_mw == pytest.approx(p.max())
+    vm = store.read_table("none", "vm_pu").to_numpy()
+    assert k.voltage_violation_bus_intervals == int(((vm < 0.95) | (vm > 1.05)).sum())
+    price = summary["price_eur_per_mwh"]
+    cost = (price * p.clip(lower=0) * 0.25 - 60.0 * (-p).clip(lower=0) * 0.25).sum()
+    assert k.energy_cost_eur == pytest.approx(cost)
+    assert store.kpis().loc["energy_imported_mwh", "none"] == pytest.approx(k.energy_imported_mwh)
+
+
+def test_no_control_runs_devices_on_their_autonomous_default(rural_day: tuple[Scenario, RunInputs]) -> None:
+    scenario, inputs = rural_day
+    short = make_scenario(end="2016-06-06T04:00:00Z")
+    rec = run_scenario(short, runs_root=None, inputs=inputs).records["none"]
+    assert rec.asset_fallback.to_numpy().all()
+    bats = inputs.assets.index[inputs.assets.kind.astype(str) == "battery"].astype(str)
+    assert (rec.asset_p_mw[bats] == 0.0).all().all()  # idle batteries
+
+
+def test_setpoints_expire_after_their_ttl_then_devices_fall_back(rural_day: tuple[Scenario, RunInputs]) -> None:
+    _, inputs = rural_day
+    # Charge at 1 kW only during hour 0; with a 30-minute TTL the last setpoint (00:45) is held until 01:15.
+    s = make_scenario(end="2016-06-06T03:00:00Z", setpoint_ttl="30min", controllers=[
+        {"name": "h0", "target": "engine_helpers:ChargeAllBatteries", "kwargs": {"p_mw": 0.001, "at_hours": [0]}}])
+    rec = run_scenario(s, runs_root=None, inputs=inputs).records["h0"]
+    bats = inputs.assets.index[inputs.assets.kind.astype(str) == "battery"].astype(str)
+    held = rec.asset_fallback[bats].any(axis=1)
+    t = rec.summary.index
+    assert not held[t < t[0] + pd.Timedelta("75min")].any()  # 00:00 .. 01:00 under a valid setpoint
+    assert held[t >= t[0] + pd.Timedelta("75min")].all()  # from 01:15 on: autonomous
+    np.testing.assert_allclose(rec.asset_p_mw.loc[t[:5], bats].to_numpy(), 0.001)
+
+
+def test_a_diverging_power_flow_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.csv"
+    fleet.write_text(
+        "asset_id,kind,bus,participant_id,p_max_mw,e_max_mwh,eta_charge,eta_discharge,soc_min,soc_max,soc_init,"
+        "s_max_mva,v2g,flex_window\n"
+        "bat-big,battery,12,p-x,400,1000,1,1,0,1,0.5,400,False,0h\n",
+        encoding="utf-8",
+    )
+    s = make_scenario(base_dir=tmp_path, end="2016-06-06T03:00:00Z", feeder="cigre-lv", fleet={"csv": "fleet.csv"},
+                      controllers=[{"name": "big", "target": "engine_helpers:ChargeAllBatteries",
+                                    "kwargs": {"p_mw": 400.0, "at_hours": [1]}}])
+    rec = run_scenario(s, runs_root=None).records["big"]
+    conv = rec.summary["converged"]
+    assert len(conv) == 12
+    # 400 MW on an LV feeder cannot be solved: asked during hour 1, and the 01:45 setpoint is held (TTL 30 min)
+    # through the 02:00 interval.
+    assert not conv.iloc[4:9].any()
+    assert conv.iloc[:4].all() and conv.iloc[9:].all()  # before and after, the run carries on
+    assert np.isnan(rec.summary["p_head_mw"].iloc[4:9]).all()
+
+
+def test_central_policy_loses_control_during_a_control_centre_outage(rural_day: tuple[Scenario, RunInputs]) -> None:
+    _, inputs = rural_day
+    s = make_scenario(end="2016-06-06T06:00:00Z", setpoint_ttl="30min",
+                      faults=[{"kind": "control_centre_outage", "start": "2016-06-06T02:00:00Z",
+                               "end": "2016-06-06T04:00:00Z"}],
+                      controllers=[{"name": "scada", "mode": "central", "target": "engine_helpers:ChargeAllBatteries",
+                                    "kwargs": {"p_mw": 0.0005}}])
+    rec = run_scenario(s, runs_root=None, inputs=inputs).records["scada"]
+    online = rec.summary["controller_online"]
+    t = online.index
+    outage = (t >= pd.Timestamp("2016-06-06T02:00Z")) & (t < pd.Timestamp("2016-06-06T04:00Z"))
+    assert not online[outage].any() and online[~outage].all()
+    bats = inputs.assets.index[inputs.assets.kind.astype(str) == "battery"].astype(str)
+    fallback = rec.asset_fallback[bats].all(axis=1)
+    # Setpoints sent at 01:45 live until 02:15; from then until the centre is back every battery is on its own.
+    assert fallback[(t >= pd.Timestamp("2016-06-06T02:15Z")) & (t < pd.Timestamp("2016-06-06T04:00Z"))].all()
+    assert not fallback[t < pd.Timestamp("2016-06-06T02:00Z")].any()
+    # Telemetry is polled every interval while the centre is up: every participant reports every time.
+    assert (rec.summary.loc[~outage, "central_bytes"] > 0).all()
+
+
+def test_agents_flood_the_mesh_and_no_participant_data_reaches_a_centre(rural_day: tuple[Scenario, RunInputs]) -> None:
+    _, inputs = rural_day
+    s = make_scenario(end="2016-06-06T01:00:00Z", comms={"rounds": 3},
+                      controllers=[{"name": "mesh", "mode": "agents", "target": "engine_helpers:GossipAgent"}])
+    rec = run_scenario(s, runs_root=None, inputs=inputs).records["mesh"]
+    assert (rec.summary["central_bytes"] == 0).all()
+    assert (rec.summary["messages"] > 0).all()
+    assert (rec.summary["rounds"] == 3).all()
+
+
+def test_operator_command_reaches_every_policy_through_the_channel(tmp_path: Path,
+                                                                   rural_day: tuple[Scenario, RunInputs]) -> None:
+    _, inputs = rural_day
+    s = make_scenario(end="2016-06-06T02:00:00Z", controllers=[
+        {"name": "scada", "mode": "central", "target": "controllers.baseline:PeakShaver"}])
+    channel = CommandChannel(tmp_path)
+    channel.submit(OperatorCommand.from_dict({"kind": "control_centre_outage", "duration": "30min", "operator": "op"}))
+    (channel.pending / "zz-bad.json").write_text("{not json", encoding="utf-8")
+    steps = iterate_policies(s, inputs, run_dir=tmp_path)
+    first = next(steps)[0]
+    assert not first.controller_online
+    history = channel.history()
+    assert list(history["verdict"]) == ["applied", "rejected"]
+    assert history["applied_at"].iloc[0] == "2016-06-06T00:00:00+00:00"
+    assert "zz-bad.json" in set(history["file"])  # the malformed command is kept with its reason
+    online = [next(steps)[0].controller_online for _ in range(3)]
+    assert online == [False, True, True]
