@@ -1,0 +1,665 @@
+"""The tamper-evident settlement ledger: an append-only, double-entry, hash-chained SQLite file with signed
+RFC 6962 Merkle checkpoints, inclusion and consistency proofs, verification, balances and statements.
+
+File layout (one file per run, ``ledger.sqlite``): ``entries`` (one row per entry; ``body`` is the canonical
+JSON that is hashed, chained and Merkle-leafed; the other columns are copies for querying), ``postings``
+(account, integer micro-units; each entry's postings sum to zero), ``checkpoints`` (tree size, root, chain
+head, Ed25519 public key and signature) and ``ledger_meta``. Triggers RAISE on every UPDATE and DELETE.
+Writes use WAL, ``synchronous=FULL`` and ``BEGIN IMMEDIATE``, so a killed writer leaves either the whole
+batch or none of it. Nothing wall-clock goes into the file: the same settlement writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pandas as pd
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from twin.settlement import merkle
+from twin.settlement.money import from_micro
+from twin.settlement.signing import (
+    OPERATOR_KEY_FILENAME,
+    load_operator_public_key,
+    load_or_create_operator_key,
+    public_key_hex,
+    signature_valid,
+)
+
+__all__ = [
+    "AppendOutcome",
+    "Checkpoint",
+    "ConsistencyProof",
+    "EntryDraft",
+    "EntryKey",
+    "GENESIS_HASH",
+    "InclusionProof",
+    "LEDGER_FILENAME",
+    "Ledger",
+    "LedgerConflictError",
+    "LedgerError",
+    "Posting",
+    "Statement",
+    "StoredEntry",
+    "UnbalancedEntryError",
+    "VerifyReport",
+    "participant_account",
+    "resolve_ledger_path",
+    "verify",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
+LEDGER_FILENAME = "ledger.sqlite"
+FORMAT = "gridtwin-ledger/1"
+#: The "previous hash" of entry 1.
+GENESIS_HASH = "0" * 64
+_TABLES = ("ledger_meta", "entries", "postings", "checkpoints")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS entries(
+    seq INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    interval_start TEXT NOT NULL,
+    participant TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    rule_version TEXT NOT NULL,
+    interval_end TEXT NOT NULL,
+    body BLOB NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    UNIQUE(run_id, interval_start, participant, rule, rule_version)
+) STRICT;
+CREATE TABLE IF NOT EXISTS postings(
+    entry_seq INTEGER NOT NULL REFERENCES entries(seq),
+    account TEXT NOT NULL,
+    amount_micro INTEGER NOT NULL,
+    PRIMARY KEY(entry_seq, account)
+) STRICT;
+CREATE INDEX IF NOT EXISTS postings_by_account ON postings(account);
+CREATE TABLE IF NOT EXISTS checkpoints(
+    id INTEGER PRIMARY KEY,
+    tree_size INTEGER NOT NULL,
+    root_hash TEXT NOT NULL,
+    head_hash TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    signature TEXT NOT NULL
+) STRICT;
+""" + "".join(
+    f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} "
+    f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END;\n"
+    for t in _TABLES
+    for op in ("UPDATE", "DELETE")
+)
+_TRIGGERS = frozenset(f"{t}_no_{op}" for t in _TABLES for op in ("update", "delete"))
+
+
+class LedgerError(RuntimeError):
+    """A ledger operation that cannot proceed (read-only, no key, not covered by a checkpoint...)."""
+
+
+class LedgerConflictError(LedgerError):
+    """An append reused an idempotency key with different content: settlement is not deterministic."""
+
+
+class UnbalancedEntryError(ValueError):
+    """An entry's postings do not sum to zero."""
+
+
+def participant_account(participant_id: str) -> str:
+    return f"participant:{participant_id}"
+
+
+def _iso(ts: datetime | pd.Timestamp | str) -> str:
+    stamp = pd.Timestamp(ts)
+    if stamp.tzinfo is None:
+        raise ValueError(f"timestamp {ts!r} must be tz-aware (UTC)")
+    return stamp.tz_convert("UTC").to_pydatetime().isoformat().replace("+00:00", "Z")
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+@dataclass(frozen=True)
+class EntryKey:
+    """The idempotency key: one entry per (run, interval start, participant, rule, rule version)."""
+
+    run_id: str
+    interval_start: pd.Timestamp
+    participant: str
+    rule: str
+    rule_version: str
+
+    def columns(self) -> tuple[str, str, str, str, str]:
+        return (self.run_id, _iso(self.interval_start), self.participant, self.rule, self.rule_version)
+
+
+@dataclass(frozen=True)
+class Posting:
+    account: str
+    amount_micro: int
+
+    @property
+    def amount(self) -> Decimal:
+        return from_micro(self.amount_micro)
+
+
+@dataclass(frozen=True)
+class EntryDraft:
+    """An entry not yet in the ledger. Build it with :meth:`create`, which checks the postings balance."""
+
+    key: EntryKey
+    interval_end: pd.Timestamp
+    postings: tuple[Posting, ...]
+    detail: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        key: EntryKey,
+        interval_end: pd.Timestamp,
+        postings: Mapping[str, int],
+        detail: Mapping[str, object] | None = None,
+    ) -> EntryDraft:
+        """Zero postings are dropped; the rest must be int micro-units summing to zero, on >= 2 accounts."""
+        kept = []
+        for account, amount in sorted(postings.items()):
+            if isinstance(amount, bool) or not isinstance(amount, int):
+                raise TypeError(f"posting {account!r}={amount!r}: amounts are int micro-units")
+            if not account:
+                raise ValueError("posting with an empty account name")
+            if amount:
+                kept.append(Posting(account, amount))
+        if sum(p.amount_micro for p in kept) != 0:
+            raise UnbalancedEntryError(f"{key}: postings {dict(postings)} sum to {sum(p.amount_micro for p in kept)}, not 0")
+        if len(kept) < 2:
+            raise UnbalancedEntryError(f"{key}: an entry needs at least two non-zero postings, got {dict(postings)}")
+        text: dict[str, str] = {}
+        for name, value in (detail or {}).items():
+            if isinstance(value, float):
+                raise TypeError(f"detail {name!r}={value!r} is a float; pass a Decimal or a string")
+            text[str(name)] = str(value)
+        return cls(key=key, interval_end=pd.Timestamp(interval_end), postings=tuple(kept),
+                   detail=MappingProxyType(dict(sorted(text.items()))))
+
+    def content(self) -> dict[str, Any]:
+        """Everything hashed except the chain position (seq, prev)."""
+        run_id, start, participant, rule, version = self.key.columns()
+        return {
+            "v": FORMAT,
+            "run": run_id,
+            "interval_start": start,
+            "interval_end": _iso(self.interval_end),
+            "participant": participant,
+            "rule": rule,
+            "rule_version": version,
+            "postings": [[p.account, p.amount_micro] for p in self.postings],
+            "detail": dict(self.detail),
+        }
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    seq: int
+    body: bytes
+    prev_hash: str
+    hash: str
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+    @property
+    def postings(self) -> tuple[Posting, ...]:
+        return tuple(Posting(a, m) for a, m in self.fields["postings"])
+
+
+@dataclass(frozen=True)
+class AppendOutcome:
+    """Sequence numbers written by this call, and those whose keys were already in the ledger (no-ops)."""
+
+    appended: tuple[int, ...]
+    existing: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: int
+    tree_size: int
+    root_hash: str
+    head_hash: str
+    public_key: str
+    signature: str
+
+    def message(self) -> bytes:
+        return _checkpoint_message(self.tree_size, self.root_hash, self.head_hash)
+
+    def signature_ok(self, *, public_key: str | None = None) -> bool:
+        if public_key is not None and public_key != self.public_key:
+            return False
+        return signature_valid(public_key_hex_=self.public_key, signature_hex=self.signature, message=self.message())
+
+
+def _checkpoint_message(tree_size: int, root: str, head: str) -> bytes:
+    return _canonical({"v": FORMAT, "tree_size": tree_size, "root": root, "head": head})
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    """Entry ``entry_seq`` (leaf ``entry_seq - 1``) is in the tree of ``checkpoint.tree_size`` entries whose
+    signed root is ``checkpoint.root_hash``. Self-contained: carries the entry body and the checkpoint."""
+
+    entry_seq: int
+    entry_body: bytes
+    leaf_hash: str
+    path: tuple[str, ...]
+    checkpoint: Checkpoint
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    old: Checkpoint
+    new: Checkpoint
+    path: tuple[str, ...]
+
+
+def verify_inclusion(proof: InclusionProof, *, public_key: str | None = None) -> bool:
+    """True when the body hashes to the leaf, the path leads to the checkpoint root, and the checkpoint
+    signature is valid (by ``public_key`` if one is pinned, hex of the raw 32 bytes)."""
+    leaf = merkle.leaf_hash(proof.entry_body)
+    if leaf.hex() != proof.leaf_hash or not proof.checkpoint.signature_ok(public_key=public_key):
+        return False
+    try:
+        if json.loads(proof.entry_body)["seq"] != proof.entry_seq:
+            return False
+    except (ValueError, KeyError, TypeError):
+        return False
+    return merkle.verify_inclusion_path(
+        leaf_index=proof.entry_seq - 1, tree_size=proof.checkpoint.tree_size, leaf=leaf,
+        path=[bytes.fromhex(p) for p in proof.path], root=bytes.fromhex(proof.checkpoint.root_hash),
+    )
+
+
+def verify_consistency(proof: ConsistencyProof, *, public_key: str | None = None) -> bool:
+    """True when both checkpoints are validly signed and the old tree is a prefix of the new one."""
+    if not (proof.old.signature_ok(public_key=public_key) and proof.new.signature_ok(public_key=public_key)):
+        return False
+    return merkle.verify_consistency_path(
+        old_size=proof.old.tree_size, new_size=proof.new.tree_size, old_root=bytes.fromhex(proof.old.root_hash),
+        new_root=bytes.fromhex(proof.new.root_hash), path=[bytes.fromhex(p) for p in proof.path],
+    )
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One participant's postings: ``rows`` has seq, interval_start, interval_end, rule, rule_version,
+    amount (Decimal), balance (running Decimal) and detail (JSON); ``by_rule`` and ``total`` sum them."""
+
+    participant: str
+    rows: pd.DataFrame
+    by_rule: Mapping[str, Decimal]
+    total: Decimal
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """``first_bad_entry`` is the sequence number of the first entry that fails (None when the fault is not
+    in one entry, e.g. missing triggers or a bad checkpoint signature); ``problems`` say what failed."""
+
+    path: Path
+    entries: int
+    checkpoints: int
+    last_checkpoint_size: int
+    first_bad_entry: int | None
+    problems: tuple[str, ...]
+    balances: Mapping[str, Decimal]
+    postings_sum_micro: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def resolve_ledger_path(run: Path | str) -> Path:
+    """A run folder means its ``ledger.sqlite``; any other path is taken as the ledger file itself."""
+    run = Path(run)
+    return run / LEDGER_FILENAME if run.is_dir() else run
+
+
+def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    if read_only:
+        if not path.is_file():
+            raise FileNotFoundError(f"ledger {str(path)!r} does not exist")
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if not read_only:
+            conn.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit is on disk before append returns, so a kill can never lose an acknowledged entry.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Ledger:
+    """An open ledger file. Use :meth:`open` or :meth:`open_run`; close it (or use ``with``)."""
+
+    def __init__(self, conn: sqlite3.Connection, *, path: Path, signer: Ed25519PrivateKey | None,
+                 read_only: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.signer = signer
+        self.read_only = read_only
+        self._leaves: list[bytes] = []  # leaf hashes of entries 1..len, cached: entries never change
+
+    # -- opening ---------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path | str, *, signer: Ed25519PrivateKey | None = None, read_only: bool = False) -> Ledger:
+        """Open (creating if needed, unless ``read_only``) the ledger file at ``path``."""
+        path = Path(path)
+        conn = _connect(path, read_only=read_only)
+        try:
+            if not read_only:
+                have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger')")}
+                if not {"entries", "postings", "checkpoints", "ledger_meta"} <= have or not _TRIGGERS <= have:
+                    # executescript commits anything pending first, so the transaction lives inside the script.
+                    conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nINSERT OR IGNORE INTO ledger_meta(key, value) "
+                                       f"VALUES ('format', '{FORMAT}');\nCOMMIT;")
+            fmt = conn.execute("SELECT value FROM ledger_meta WHERE key = 'format'").fetchone()
+            if fmt is None or fmt[0] != FORMAT:
+                raise LedgerError(f"{path}: not a {FORMAT} ledger (format={fmt and fmt[0]!r})")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise LedgerError(f"{path}: not a ledger ({exc})") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path=path, signer=signer, read_only=read_only)
+
+    @classmethod
+    def open_run(cls, run_dir: Path | str) -> Ledger:
+        """Open ``<run_dir>/ledger.sqlite`` for writing with the operator key next to it (created on first
+        use; demo key management, see :mod:`twin.settlement.signing`)."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        key = load_or_create_operator_key(run_dir / OPERATOR_KEY_FILENAME)
+        return cls.open(run_dir / LEDGER_FILENAME, signer=key)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def append(self, draft: EntryDraft) -> AppendOutcome:
+        return self.append_all([draft])
+
+    def append_all(self, drafts: Sequence[EntryDraft]) -> AppendOutcome:
+        """Append ``drafts`` in one transaction. A draft whose key is already stored is a no-op when its
+        content is identical (then nothing at all is written) and a LedgerConflictError otherwise."""
+        if self.read_only:
+            raise LedgerError(f"{self.path} is open read-only")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            head = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+            appended: list[int] = []
+            existing: list[int] = []
+            for draft in drafts:
+                content = draft.content()
+                found = conn.execute(
+                    "SELECT seq, body FROM entries WHERE run_id=? AND interval_start=? AND participant=? "
+                    "AND rule=? AND rule_version=?", draft.key.columns()).fetchone()
+                if found is not None:
+                    stored = json.loads(found[1])
+                    if {k: stored[k] for k in content} != content:
+                        raise LedgerConflictError(
+                            f"entry {found[0]} already holds key {draft.key.columns()} with different content: "
+                            f"stored {[stored[k] for k in ('postings', 'detail')]}, "
+                            f"new {[content[k] for k in ('postings', 'detail')]}")
+                    existing.append(found[0])
+                    continue
+                body = _canonical({**content, "seq": seq, "prev": prev})
+                digest = hashlib.sha256(body).hexdigest()
+                conn.execute(
+                    "INSERT INTO entries(seq, run_id, interval_start, participant, rule, rule_version, interval_end,"
+                    " body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (seq, *draft.key.columns(), content["interval_end"], body, prev, digest))
+                conn.executemany("INSERT INTO postings(entry_seq, account, amount_micro) VALUES (?,?,?)",
+                                 [(seq, p.account, p.amount_micro) for p in draft.postings])
+                appended.append(seq)
+                seq, prev = seq + 1, digest
+            conn.execute("COMMIT" if appended else "ROLLBACK")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return AppendOutcome(appended=tuple(appended), existing=tuple(existing))
+
+    def checkpoint(self) -> Checkpoint:
+        """Sign the Merkle root over every entry so far; returns the last checkpoint if nothing is new."""
+        if self.read_only or self.signer is None:
+            raise LedgerError(f"{self.path}: checkpoints need a writable ledger with an operator key")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            last = self.last_checkpoint()
+            size = self.size()
+            if last is not None and last.tree_size == size:
+                conn.execute("ROLLBACK")
+                return last
+            root = merkle.root_hash(self._leaf_hashes(size)).hex()
+            head = self.entry(size).hash if size else GENESIS_HASH
+            signature = self.signer.sign(_checkpoint_message(size, root, head)).hex()
+            public = public_key_hex(self.signer.public_key())
+            cur = conn.execute(
+                "INSERT INTO checkpoints(tree_size, root_hash, head_hash, public_key, signature) VALUES (?,?,?,?,?)",
+                (size, root, head, public, signature))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return Checkpoint(int(cur.lastrowid or 0), size, root, head, public, signature)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def size(self) -> int:
+        return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()[0])
+
+    def entry(self, seq: int) -> StoredEntry:
+        row = self._conn.execute("SELECT seq, body, prev_hash, hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise KeyError(f"entry {seq} is not in {self.path} (entries 1..{self.size()})")
+        return StoredEntry(row[0], bytes(row[1]), row[2], row[3])
+
+    def entries(self) -> Iterator[StoredEntry]:
+        for row in self._conn.execute("SELECT seq, body, prev_hash, hash FROM entries ORDER BY seq"):
+            yield StoredEntry(row[0], bytes(row[1]), row[2], row[3])
+
+    def has_key(self, key: EntryKey) -> bool:
+        return self._conn.execute(
+            "SELECT 1 FROM entries WHERE run_id=? AND interval_start=? AND participant=? AND rule=? AND rule_version=?",
+            key.columns()).fetchone() is not None
+
+    def checkpoints(self) -> list[Checkpoint]:
+        rows = self._conn.execute(
+            "SELECT id, tree_size, root_hash, head_hash, public_key, signature FROM checkpoints ORDER BY id")
+        return [Checkpoint(*row) for row in rows]
+
+    def last_checkpoint(self) -> Checkpoint | None:
+        row = self._conn.execute("SELECT id, tree_size, root_hash, head_hash, public_key, signature FROM checkpoints "
+                                 "ORDER BY id DESC LIMIT 1").fetchone()
+        return Checkpoint(*row) if row else None
+
+    def _leaf_hashes(self, size: int) -> list[bytes]:
+        if len(self._leaves) < size:
+            rows = self._conn.execute("SELECT body FROM entries WHERE seq > ? AND seq <= ? ORDER BY seq",
+                                      (len(self._leaves), size))
+            self._leaves.extend(merkle.leaf_hash(bytes(r[0])) for r in rows)
+        if len(self._leaves) < size:
+            raise LedgerError(f"{self.path}: entries 1..{size} are not all present")
+        return self._leaves[:size]
+
+    def prove(self, entry_seq: int, *, checkpoint: Checkpoint | None = None) -> InclusionProof:
+        """Inclusion proof of entry ``entry_seq`` against ``checkpoint`` (default: the last one)."""
+        checkpoint = checkpoint or self.last_checkpoint()
+        if checkpoint is None:
+            raise LedgerError(f"{self.path}: no signed checkpoint yet; nothing can be proved")
+        if not 1 <= entry_seq <= checkpoint.tree_size:
+            raise LedgerError(f"entry {entry_seq} is not covered by checkpoint {checkpoint.id} "
+                              f"(entries 1..{checkpoint.tree_size})")
+        leaves = self._leaf_hashes(checkpoint.tree_size)
+        path = merkle.inclusion_path(entry_seq - 1, leaves)
+        return InclusionProof(entry_seq=entry_seq, entry_body=self.entry(entry_seq).body,
+                              leaf_hash=leaves[entry_seq - 1].hex(), path=tuple(p.hex() for p in path),
+                              checkpoint=checkpoint)
+
+    def prove_consistency(self, old: Checkpoint, new: Checkpoint) -> ConsistencyProof:
+        """Proof that the tree signed in ``old`` is a prefix of the tree signed in ``new``."""
+        if old.tree_size > new.tree_size:
+            raise LedgerError(f"checkpoint {old.id} ({old.tree_size}) is newer than {new.id} ({new.tree_size})")
+        path = merkle.consistency_path(old.tree_size, self._leaf_hashes(new.tree_size))
+        return ConsistencyProof(old=old, new=new, path=tuple(p.hex() for p in path))
+
+    def balances(self) -> dict[str, Decimal]:
+        """Per-account balance (positive = the account has received money)."""
+        rows = self._conn.execute("SELECT account, SUM(amount_micro) FROM postings GROUP BY account ORDER BY account")
+        return {account: from_micro(int(total)) for account, total in rows}
+
+    def statement(self, participant_id: str) -> Statement:
+        rows = self._conn.execute(
+            "SELECT e.seq, e.interval_start, e.interval_end, e.rule, e.rule_version, p.amount_micro, e.body "
+            "FROM postings p JOIN entries e ON e.seq = p.entry_seq WHERE p.account = ? ORDER BY e.seq",
+            (participant_account(participant_id),)).fetchall()
+        records = []
+        running = 0
+        by_rule: dict[str, int] = {}
+        for seq, start, end, rule, version, micro, body in rows:
+            running += micro
+            by_rule[rule] = by_rule.get(rule, 0) + micro
+            records.append({
+                "seq": seq, "interval_start": pd.Timestamp(start), "interval_end": pd.Timestamp(end), "rule": rule,
+                "rule_version": version, "amount": from_micro(micro), "balance": from_micro(running),
+                "detail": json.dumps(json.loads(body)["detail"], sort_keys=True),
+            })
+        columns = ["seq", "interval_start", "interval_end", "rule", "rule_version", "amount", "balance", "detail"]
+        frame = pd.DataFrame.from_records(records, columns=columns)
+        return Statement(participant=participant_id, rows=frame,
+                         by_rule=MappingProxyType({r: from_micro(m) for r, m in sorted(by_rule.items())}),
+                         total=from_micro(running))
+
+
+# -- verification --------------------------------------------------------------------------------------
+def _check_entries(conn: sqlite3.Connection) -> tuple[int, list[str], int | None, list[bytes]]:
+    """Walk the chain; return (entries that verified, problems, first bad seq, their leaf hashes)."""
+    postings: dict[int, list[list[Any]]] = {}
+    for seq, account, micro in conn.execute(
+            "SELECT entry_seq, account, amount_micro FROM postings ORDER BY entry_seq, account"):
+        postings.setdefault(seq, []).append([account, micro])
+    prev, expected, leaves = GENESIS_HASH, 1, []
+    rows = conn.execute("SELECT seq, run_id, interval_start, participant, rule, rule_version, interval_end, body, "
+                        "prev_hash, hash FROM entries ORDER BY seq")
+    for seq, run_id, start, participant, rule, version, end, body, prev_col, digest in rows:
+        body = bytes(body)
+        problem = None
+        try:
+            fields = json.loads(body)
+        except ValueError:
+            fields = None
+        if seq != expected:
+            return expected - 1, [f"entry {expected} is missing (the next stored entry is {seq}): deleted?"], expected, leaves
+        if not isinstance(fields, dict) or fields.get("v") != FORMAT:
+            problem = f"entry {seq}: body is not a {FORMAT} entry"
+        elif fields.get("seq") != seq:
+            problem = f"entry {seq}: its hashed body says seq {fields.get('seq')}: entries reordered or swapped?"
+        elif hashlib.sha256(body).hexdigest() != digest:
+            problem = f"entry {seq}: body does not match its hash: edited?"
+        elif fields.get("prev") != prev or prev_col != prev:
+            problem = f"entry {seq}: does not chain to entry {seq - 1}: an entry was removed, inserted or rewritten"
+        elif [run_id, start, participant, rule, version, end] != [
+                fields.get(k) for k in ("run", "interval_start", "participant", "rule", "rule_version", "interval_end")]:
+            problem = f"entry {seq}: key columns differ from its hashed body: edited?"
+        elif postings.pop(seq, []) != fields.get("postings"):
+            problem = f"entry {seq}: posting rows differ from its hashed body: edited?"
+        elif sum(m for _, m in fields["postings"]) != 0:
+            problem = f"entry {seq}: postings sum to {sum(m for _, m in fields['postings'])} micro-units, not zero"
+        if problem:
+            return seq - 1, [problem], seq, leaves
+        leaves.append(merkle.leaf_hash(body))
+        prev, expected = digest, expected + 1
+    if postings:
+        orphan = min(postings)
+        return expected - 1, [f"posting rows for entry {orphan}, which does not exist: entry deleted?"], orphan, leaves
+    return expected - 1, [], None, leaves
+
+
+def _check_checkpoints(checkpoints: list[Checkpoint], leaves: list[bytes], heads: Mapping[int, str],
+                       public_key: str | None) -> tuple[list[str], int | None]:
+    covered = 0
+    for ck in checkpoints:
+        if not ck.signature_ok(public_key=public_key):
+            whose = "the operator key" if public_key else "its own key"
+            return [f"checkpoint {ck.id}: signature does not verify with {whose}"], None
+        if ck.tree_size > len(leaves):
+            return [f"checkpoint {ck.id} is signed over {ck.tree_size} entries but the ledger holds {len(leaves)}: "
+                    f"entries {len(leaves) + 1}..{ck.tree_size} were removed (truncated)"], len(leaves) + 1
+        if merkle.root_hash(leaves[:ck.tree_size]).hex() != ck.root_hash or heads.get(ck.tree_size, GENESIS_HASH) != ck.head_hash:
+            return [f"checkpoint {ck.id}: entries {covered + 1}..{ck.tree_size} no longer match its signed root: "
+                    f"rewritten?"], covered + 1
+        covered = ck.tree_size
+    return [], None
+
+
+def verify(path: Path | str, *, public_key: str | None = None) -> VerifyReport:
+    """Check a ledger file end to end without writing to it; the report names the first bad entry.
+
+    Checks, in order: every entry is present, numbered, chained, hashes to itself, matches its posting and
+    key rows and balances; every checkpoint is validly signed (by ``public_key``, or by the operator key file
+    next to the ledger when there is one) and its root matches the entries it covers, which catches a
+    truncated tail; the append-only triggers are in place. A ledger whose tail *and* checkpoints were
+    both removed cannot be caught from the file alone: compare against a checkpoint kept elsewhere.
+    """
+    path = resolve_ledger_path(path)
+    if public_key is None and (path.parent / OPERATOR_KEY_FILENAME).is_file():
+        public_key = public_key_hex(load_operator_public_key(path.parent / OPERATOR_KEY_FILENAME))
+    ledger = Ledger.open(path, read_only=True)
+    try:
+        conn = ledger._conn
+        good, problems, first_bad, leaves = _check_entries(conn)
+        heads = {seq: h for seq, h in conn.execute("SELECT seq, hash FROM entries WHERE seq <= ?", (good,))}
+        checkpoints = ledger.checkpoints()
+        if not problems:
+            problems, first_bad = _check_checkpoints(checkpoints, leaves, heads, public_key)
+        have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        if not _TRIGGERS <= have:
+            problems = [*problems, f"append-only triggers missing: {sorted(_TRIGGERS - have)}"]
+        total = int(conn.execute("SELECT COALESCE(SUM(amount_micro), 0) FROM postings").fetchone()[0])
+        if total != 0 and not problems:
+            problems = [f"postings sum to {total} micro-units, not zero"]
+        return VerifyReport(
+            path=path, entries=ledger.size(), checkpoints=len(checkpoints),
+            last_checkpoint_size=checkpoints[-1].tree_size if checkpoints else 0, first_bad_entry=first_bad,
+            problems=tuple(problems), balances=MappingProxyType(ledger.balances()), postings_sum_micro=total)
+    finally:
+        ledger.close()
+

@@ -1,0 +1,369 @@
+"""The engine's entry point to settlement: turn one interval's meter registers into ledger entries under
+every declared contract, community and reward pool — exactly once per interval, however often it is called.
+
+Usage (the engine, once per interval, after the power flow and verification)::
+
+    settlement = Settlement.for_run(run_dir, config=SettlementConfig.from_toml(scenario), run_id=run_id)
+    result = settlement.settle_interval(start=t, end=t + step, meters=meters_frame(...),
+                                        load_history_kw=history, unverified=rejected_participants)
+    ...
+    settlement.close()   # signs a final checkpoint and closes the ledger
+
+Energy comes only from differences of cumulative registers (DESIGN.md §7), so a lost telemetry message
+delays settled energy but never changes it. Every amount is computed in Decimal and stored in micro-units;
+an interval's entries are appended in one transaction, so a crash leaves the interval either fully settled
+or not at all, and calling again with the same inputs is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pandas as pd
+
+from twin.settlement.baselines import ENERGY_QUANTUM_KWH, Baseline, BaselineMethod, compute_baseline
+from twin.settlement.contracts import (
+    CapacityPayment,
+    DrEvent,
+    NonPerformancePenalty,
+    PerformancePayment,
+    RewardPool,
+    SettlementConfig,
+)
+from twin.settlement.ledger import Checkpoint, EntryDraft, EntryKey, Ledger, participant_account
+from twin.settlement.money import allocate_largest_remainder, from_micro, to_decimal, to_micro
+from twin.settlement.p2p import settle_community
+from twin.settlement.rules import capacity_payment_micro, hours, penalty_rate_per_mwh
+
+__all__ = [
+    "GRID_ACCOUNT",
+    "METER_COLUMNS",
+    "OPERATOR_ACCOUNT",
+    "IntervalEnergy",
+    "IntervalSettlement",
+    "Settlement",
+    "meters_frame",
+    "pool_account",
+]
+
+#: The DSO/aggregator that pays for capacity and flexibility and collects penalties.
+OPERATOR_ACCOUNT = "operator"
+#: The energy retailer on the other side of a community's net grid exchange.
+GRID_ACCOUNT = "grid"
+METER_COLUMNS = ("e_imp_kwh_start", "e_imp_kwh_end", "e_exp_kwh_start", "e_exp_kwh_end")
+_ZERO = Decimal(0)
+
+
+def pool_account(name: str) -> str:
+    return f"pool:{name}"
+
+
+def meters_frame(*, start_registers: pd.DataFrame, end_registers: pd.DataFrame) -> pd.DataFrame:
+    """The ``meters`` argument of :meth:`Settlement.settle_interval` from two register snapshots, each
+    indexed by participant_id with columns ``e_imp_kwh`` and ``e_exp_kwh`` (cumulative kWh)."""
+    frame = pd.DataFrame({
+        "e_imp_kwh_start": start_registers["e_imp_kwh"], "e_imp_kwh_end": end_registers["e_imp_kwh"],
+        "e_exp_kwh_start": start_registers["e_exp_kwh"], "e_exp_kwh_end": end_registers["e_exp_kwh"],
+    })
+    frame.index.name = "participant_id"
+    return frame
+
+
+@dataclass(frozen=True)
+class IntervalEnergy:
+    """One participant's metered energy in the interval (kWh, register differences)."""
+
+    import_kwh: Decimal
+    export_kwh: Decimal
+
+    @property
+    def net_kwh(self) -> Decimal:
+        """Load convention: positive = net consumption from the grid."""
+        return self.import_kwh - self.export_kwh
+
+
+@dataclass(frozen=True)
+class IntervalSettlement:
+    """What settling one interval produced. ``entries`` are the drafts computed now (identical on a re-run);
+    ``appended`` the sequence numbers written by this call, ``existing`` those already in the ledger.
+    ``delivered_kwh[participant][method]`` is verified flexibility against each baseline used (event only)."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    event: DrEvent | None
+    energy: Mapping[str, IntervalEnergy]
+    delivered_kwh: Mapping[str, Mapping[BaselineMethod, Decimal]]
+    entries: tuple[EntryDraft, ...]
+    appended: tuple[int, ...]
+    existing: tuple[int, ...]
+    checkpoint: Checkpoint | None = None
+
+    @property
+    def already_settled(self) -> bool:
+        return not self.appended and bool(self.existing)
+
+    def net_amounts(self) -> dict[str, Decimal]:
+        """Net amount per account over this interval's entries (positive = receives)."""
+        totals: dict[str, int] = {}
+        for entry in self.entries:
+            for posting in entry.postings:
+                totals[posting.account] = totals.get(posting.account, 0) + posting.amount_micro
+        return {account: from_micro(m) for account, m in sorted(totals.items())}
+
+
+def _utc(ts: Any, what: str) -> pd.Timestamp:
+    stamp = pd.Timestamp(ts)
+    if stamp.tzinfo is None:
+        raise ValueError(f"{what}={ts!r} must be tz-aware (UTC)")
+    return stamp.tz_convert("UTC")
+
+
+def _energy(value: Decimal) -> Decimal:
+    return value.quantize(ENERGY_QUANTUM_KWH, rounding=ROUND_HALF_EVEN)
+
+
+def _interval_energy(meters: pd.DataFrame, needed: Collection[str]) -> dict[str, IntervalEnergy]:
+    missing_cols = [c for c in METER_COLUMNS if c not in meters.columns]
+    if missing_cols:
+        raise ValueError(f"meters: missing columns {missing_cols}; expected {list(METER_COLUMNS)}")
+    missing = sorted(set(needed) - set(map(str, meters.index)))
+    if missing:
+        raise ValueError(f"meters: no registers for participant(s) {missing}")
+    energy = {}
+    for pid, row in meters.iterrows():
+        values = {c: to_decimal(row[c], what=f"meters[{pid!r}].{c}") for c in METER_COLUMNS}
+        for register in ("e_imp_kwh", "e_exp_kwh"):
+            a, b = values[f"{register}_start"], values[f"{register}_end"]
+            if b < a:
+                raise ValueError(f"meters[{pid!r}].{register}: register went backwards from {a} to {b}")
+        energy[str(pid)] = IntervalEnergy(
+            import_kwh=_energy(values["e_imp_kwh_end"] - values["e_imp_kwh_start"]),
+            export_kwh=_energy(values["e_exp_kwh_end"] - values["e_exp_kwh_start"]),
+        )
+    return energy
+
+
+@dataclass
+class Settlement:
+    """Settles intervals of one run into one ledger. Keep one per run; it caches each event's baselines
+    (they depend only on history before the event, so a restarted process recomputes the same ones)."""
+
+    ledger: Ledger
+    config: SettlementConfig
+    run_id: str
+    _baselines: dict[tuple[pd.Timestamp, str, BaselineMethod], Baseline] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def for_run(cls, run_dir: Path | str, *, config: SettlementConfig, run_id: str) -> Settlement:
+        """Open (or resume) ``<run_dir>/ledger.sqlite`` with the run's operator key."""
+        return cls(ledger=Ledger.open_run(run_dir), config=config, run_id=run_id)
+
+    def close(self) -> Checkpoint | None:
+        """Sign a final checkpoint (if there is a key and anything to sign) and close the ledger."""
+        try:
+            if self.ledger.signer is not None and self.ledger.size():
+                return self.ledger.checkpoint()
+            return None
+        finally:
+            self.ledger.close()
+
+    # -- the entry point -------------------------------------------------------------------------------
+    def settle_interval(
+        self,
+        *,
+        start: pd.Timestamp,
+        end: pd.Timestamp,
+        meters: pd.DataFrame,
+        load_history_kw: pd.DataFrame | None = None,
+        unverified: Collection[str] = (),
+    ) -> IntervalSettlement:
+        """Settle [start, end).
+
+        ``meters``: index participant_id, columns :data:`METER_COLUMNS` (cumulative kWh registers at start
+        and end; see :func:`meters_frame`). ``load_history_kw``: index = UTC interval starts, one column
+        per participant, average kW (load convention); needed in event intervals for baselines, covering
+        the baseline lookback (45 days) and the same-day adjustment window. ``unverified``: participants
+        whose flexibility the physics check rejected this interval; they are credited with no delivery
+        (so no performance payment or pool share, and a penalty if they were committed).
+        """
+        start, end = _utc(start, "start"), _utc(end, "end")
+        if end <= start:
+            raise ValueError(f"interval {start}..{end} is empty")
+        energy = _interval_energy(meters, self.config.participants())
+        event = self._event_for(start, end)
+        delivered = self._delivered(event, start, end, energy, load_history_kw, frozenset(unverified)) if event else {}
+        drafts = [
+            *self._contract_entries(start, end, event, delivered),
+            *self._community_entries(start, end, energy),
+            *self._pool_entries(start, end, event, delivered),
+        ]
+        outcome = self.ledger.append_all(drafts)
+        checkpoint = self._maybe_checkpoint() if outcome.appended else None
+        return IntervalSettlement(
+            start=start, end=end, event=event, energy=MappingProxyType(energy),
+            delivered_kwh=MappingProxyType({p: MappingProxyType(d) for p, d in delivered.items()}),
+            entries=tuple(drafts), appended=outcome.appended, existing=outcome.existing, checkpoint=checkpoint,
+        )
+
+    # -- events and baselines --------------------------------------------------------------------------
+    def _event_for(self, start: pd.Timestamp, end: pd.Timestamp) -> DrEvent | None:
+        for event in self.config.events:
+            e_start, e_end = pd.Timestamp(event.start).tz_convert("UTC"), pd.Timestamp(event.end).tz_convert("UTC")
+            if e_start <= start and end <= e_end:
+                return event
+            if start < e_end and e_start < end:
+                raise ValueError(f"interval {start}..{end} straddles event {e_start}..{e_end}; "
+                                 f"events must start and end on interval boundaries")
+        return None
+
+    def _event_days(self) -> set[date]:
+        days: set[date] = set()
+        tz = self.config.baseline_tz
+        for event in self.config.events:
+            first = pd.Timestamp(event.start).tz_convert(tz).date()
+            last = (pd.Timestamp(event.end) - pd.Timedelta("1us")).tz_convert(tz).date()
+            days.update(first + timedelta(days=i) for i in range((last - first).days + 1))
+        return days
+
+    def _methods(self) -> dict[str, set[BaselineMethod]]:
+        needed: dict[str, set[BaselineMethod]] = {}
+        for contract in self.config.contracts:
+            needed.setdefault(contract.participant, set()).update(contract.baseline_methods())
+        for pool in self.config.reward_pools:
+            for member in pool.members:
+                needed.setdefault(member, set()).add(pool.baseline)
+        return needed
+
+    def _baseline(self, event: DrEvent, participant: str, method: BaselineMethod,
+                  history: pd.DataFrame | None) -> Baseline:
+        key = (pd.Timestamp(event.start), participant, method)
+        if key not in self._baselines:
+            if history is None or participant not in history.columns:
+                raise ValueError(f"load_history_kw: needed for participant {participant!r} in the event starting "
+                                 f"{event.start.isoformat()} ({method} baseline)")
+            self._baselines[key] = compute_baseline(
+                method, load_kw=history[participant], event_start=pd.Timestamp(event.start),
+                event_end=pd.Timestamp(event.end), event_days=self._event_days(),
+                holidays=self.config.holidays, tz=self.config.baseline_tz)
+        return self._baselines[key]
+
+    def _delivered(self, event: DrEvent, start: pd.Timestamp, end: pd.Timestamp,
+                   energy: Mapping[str, IntervalEnergy], history: pd.DataFrame | None,
+                   unverified: frozenset[str]) -> dict[str, dict[BaselineMethod, Decimal]]:
+        span_h = hours(end - start)
+        delivered: dict[str, dict[BaselineMethod, Decimal]] = {}
+        for participant, methods in sorted(self._methods().items()):
+            for method in sorted(methods):
+                baseline = self._baseline(event, participant, method, history)
+                if end - start > baseline.step:
+                    raise ValueError(f"interval {start}..{end} is longer than the baseline step {baseline.step}")
+                baseline_kwh = baseline.kw_at(start) * span_h
+                kwh = _ZERO if participant in unverified else max(_ZERO, baseline_kwh - energy[participant].net_kwh)
+                delivered.setdefault(participant, {})[method] = _energy(kwh)
+        return delivered
+
+    # -- entries ---------------------------------------------------------------------------------------
+    def _key(self, start: pd.Timestamp, participant: str, rule: str, version: str) -> EntryKey:
+        return EntryKey(run_id=self.run_id, interval_start=start, participant=participant, rule=rule,
+                        rule_version=version)
+
+    def _contract_entries(self, start: pd.Timestamp, end: pd.Timestamp, event: DrEvent | None,
+                          delivered: Mapping[str, Mapping[BaselineMethod, Decimal]]) -> list[EntryDraft]:
+        drafts = []
+        for contract in self.config.contracts:
+            who = participant_account(contract.participant)
+            for rule in contract.rules:
+                amount, detail = self._rule_amount(rule, start, end, event, delivered.get(contract.participant, {}))
+                if amount:
+                    drafts.append(EntryDraft.create(
+                        key=self._key(start, contract.participant, rule.name, rule.version), interval_end=end,
+                        postings={OPERATOR_ACCOUNT: -amount, who: amount}, detail=detail))
+        return drafts
+
+    def _rule_amount(self, rule: Any, start: pd.Timestamp, end: pd.Timestamp, event: DrEvent | None,
+                     delivered: Mapping[BaselineMethod, Decimal]) -> tuple[int, dict[str, object]]:
+        """Micro-units the operator pays the participant under ``rule`` (negative: the participant pays)."""
+        if isinstance(rule, CapacityPayment):
+            micro = capacity_payment_micro(committed_kw=rule.committed_kw, price_per_kw_month=rule.price_per_kw_month,
+                                           start=start, end=end)
+            return micro, {"kind": rule.kind, "committed_kw": rule.committed_kw,
+                           "price_per_kw_month": rule.price_per_kw_month}
+        if event is None:
+            return 0, {}
+        kwh = delivered[rule.baseline]
+        if isinstance(rule, PerformancePayment):
+            return to_micro(kwh * rule.price_per_kwh), {
+                "kind": rule.kind, "baseline": rule.baseline, "delivered_kwh": kwh,
+                "price_per_kwh": rule.price_per_kwh, "event_kind": event.kind}
+        assert isinstance(rule, NonPerformancePenalty)
+        # In energy terms so no 1/12-hour division is ever rounded: (C·BR·Δt − delivered kWh)⁺ × rate / 1000.
+        owed_kwh = rule.committed_kw * rule.balancing_ratio * hours(end - start)
+        shortfall_kwh = max(_ZERO, owed_kwh - kwh)
+        rate = penalty_rate_per_mwh(net_cone_per_mw_day=rule.net_cone_per_mw_day, expected_hours=rule.expected_hours)
+        return -to_micro(shortfall_kwh * rate / 1000), {
+            "kind": rule.kind, "baseline": rule.baseline, "delivered_kwh": kwh, "owed_kwh": _energy(owed_kwh),
+            "shortfall_kwh": _energy(shortfall_kwh), "rate_per_mwh": rate, "event_kind": event.kind}
+
+    def _community_entries(self, start: pd.Timestamp, end: pd.Timestamp,
+                           energy: Mapping[str, IntervalEnergy]) -> list[EntryDraft]:
+        drafts = []
+        for community in self.config.communities:
+            result = settle_community(
+                imports_kwh={m: energy[m].import_kwh for m in community.members},
+                exports_kwh={m: energy[m].export_kwh for m in community.members},
+                grid_buy=community.grid_buy_per_kwh, feed_in=community.feed_in_per_kwh, method=community.method)
+            postings = {participant_account(m): v for m, v in result.amounts_micro.items()}
+            postings[GRID_ACCOUNT] = result.grid_micro
+            if sum(1 for v in postings.values() if v) >= 2:
+                drafts.append(EntryDraft.create(
+                    key=self._key(start, f"community:{community.name}", f"p2p_{community.method}", community.version),
+                    interval_end=end, postings=postings,
+                    detail={"buy_price": result.prices.buy, "sell_price": result.prices.sell,
+                            "supply_kwh": result.supply_kwh, "demand_kwh": result.demand_kwh}))
+        return drafts
+
+    def _pool_entries(self, start: pd.Timestamp, end: pd.Timestamp, event: DrEvent | None,
+                      delivered: Mapping[str, Mapping[BaselineMethod, Decimal]]) -> list[EntryDraft]:
+        if event is None:
+            return []
+        drafts = []
+        for pool in self.config.reward_pools:
+            weights = {m: delivered[m][pool.baseline] for m in pool.members if delivered[m][pool.baseline] > 0}
+            if not weights:
+                continue  # nobody delivered: the slice stays in the pool
+            pot = self._pot_slice(pool, event, start, end)
+            shares = allocate_largest_remainder(pot, weights)
+            postings = {participant_account(m): v for m, v in shares.items()}
+            postings[pool_account(pool.name)] = -pot
+            drafts.append(EntryDraft.create(
+                key=self._key(start, f"pool:{pool.name}", "reward_pool", pool.version), interval_end=end,
+                postings=postings,
+                detail={"pot_slice": from_micro(pot), "baseline": pool.baseline,
+                        **{f"delivered_kwh:{m}": w for m, w in sorted(weights.items())}}))
+        return drafts
+
+    @staticmethod
+    def _pot_slice(pool: RewardPool, event: DrEvent, start: pd.Timestamp, end: pd.Timestamp) -> int:
+        if pool.per == "interval":
+            return to_micro(pool.pot)
+        e_start = pd.Timestamp(event.start)
+        length = int((pd.Timestamp(event.end) - e_start) / pd.Timedelta("1us"))
+
+        def to_date(t: pd.Timestamp) -> int:
+            return to_micro(pool.pot * int((t - e_start) / pd.Timedelta("1us")) / length)
+
+        return to_date(end) - to_date(start)
+
+    def _maybe_checkpoint(self) -> Checkpoint | None:
+        if self.ledger.signer is None:
+            return None
+        last = self.ledger.last_checkpoint()
+        if self.ledger.size() - (last.tree_size if last else 0) >= self.config.checkpoint_every:
+            return self.ledger.checkpoint()
+        return None
