@@ -38,7 +38,9 @@ from twin.comms import CommsModel, Fault, FaultKind, LinkSpec, payload_size_byte
 from twin.devices import FleetPhysics, IntervalOutcome, volt_var_q_share
 from twin.inputs import RunInputs, derive_seed
 from twin.mesh import mesh_neighbours
+from twin.metering import Meters, PolicySettlement, settlement_history_kw
 from twin.powerflow import GridModel, PowerFlowResult
+from twin.runstore import policy_dir
 from twin.scenario import ControllerEntry, Scenario
 
 __all__ = ["PolicyTwin", "StepRecord", "build_comms", "iterate_policies"]
@@ -65,6 +67,11 @@ class StepRecord:
     traffic: dict[str, int]  # messages, bytes, dropped, central_bytes in this interval
     rounds: int
     controller_online: bool
+    #: Net settlement amounts of this interval (EUR, float for reporting only — the ledger holds Decimal):
+    #: "operator" (negative = pays) and "participants" (sum over participants, positive = earns).
+    settlement_eur: dict[str, float] = field(default_factory=dict)
+    #: Participants whose claimed behaviour the physics check could not confirm in this interval.
+    unverified: frozenset[str] = frozenset()
     diagnostics: Any = field(default_factory=lambda: MappingProxyType({}))
 
 
@@ -123,6 +130,7 @@ class PolicyTwin:
         self.cc_seen = pd.Series(pd.NaT, index=ids, dtype="datetime64[ns, UTC]")
         self.controller: Controller | None = None
         self.agents: dict[str, Agent] = {}
+        self.settlement: PolicySettlement | None = None
 
     @classmethod
     def create(cls, entry: ControllerEntry, inputs: RunInputs, scenario: Scenario) -> PolicyTwin:
@@ -315,15 +323,31 @@ class PolicyTwin:
         self.last_p = outcome.p_mw
         after = self.comms.traffic.totals()
         scale = self.participant_of.map(lambda pid: self.comms.false_telemetry_scale(pid, time))
+        reported = outcome.p_mw * scale
+        settled, unverified = self._settle(time, load_p_mw=profiles.load_p_mw.iloc[row], reported_p_mw=reported)
         return StepRecord(
             policy=self.name, time=time, power_flow=pf, outcome=outcome, fallback=~valid,
-            reported_p_mw=outcome.p_mw * scale,
+            reported_p_mw=reported,
             price_eur_per_mwh=float(self.inputs.price_eur_per_mwh.iloc[row]),
             feed_in_eur_per_mwh=self.scenario.tariff.feed_in_eur_per_mwh, compute_s=compute_s,
             traffic={k: after[k] - before[k] for k in after}, rounds=rounds,
             controller_online=dispatch is not None,
+            settlement_eur=settled,
+            unverified=unverified,
             diagnostics=dispatch.diagnostics if dispatch is not None else MappingProxyType({}),
         )
+
+    def _settle(self, time: pd.Timestamp, *, load_p_mw: pd.Series,
+                reported_p_mw: pd.Series) -> tuple[dict[str, float], frozenset[str]]:
+        if self.settlement is None:
+            return {}, frozenset()
+        unverified: frozenset[str] = frozenset()
+        result = self.settlement.settle(time, load_p_mw=load_p_mw, reported_asset_p_mw=reported_p_mw,
+                                        unverified=unverified)
+        amounts = result.net_amounts()
+        operator = float(sum(v for k, v in amounts.items() if k == "operator"))
+        participants = float(sum(v for k, v in amounts.items() if k.startswith("participant:")))
+        return {"operator": operator, "participants": participants}, unverified
 
     def _volt_var_q(self) -> pd.Series:
         """Autonomous inverters follow IEEE 1547 Cat. B volt-var on their bus's last measured voltage."""
@@ -362,7 +386,27 @@ def iterate_policies(
     twin at the start of the next interval (same fault for all, so the comparison stays fair).
     """
     twins = [PolicyTwin.create(e, inputs, scenario) for e in (entries or scenario.controllers)]
+    config = scenario.settlement_config()
+    if config is not None:
+        if run_dir is None:
+            raise ValueError("settlement: a scenario with a [settlement] table needs a run folder for its ledgers")
+        history = settlement_history_kw(scenario, inputs) if config.events else pd.DataFrame()
+        for twin in twins:
+            twin.settlement = PolicySettlement(
+                folder=policy_dir(run_dir, twin.name), config=config, run_id=f"{run_dir.name}:{twin.name}",
+                meters=Meters.create(load_index=inputs.net.load.index, assets=inputs.assets),
+                history_kw=history.copy(), step=scenario.step,
+            )
     channel = CommandChannel(run_dir) if run_dir is not None else None
+    try:
+        yield from _lockstep(scenario, twins, channel)
+    finally:
+        for twin in twins:
+            if twin.settlement is not None:
+                twin.settlement.close()
+
+
+def _lockstep(scenario: Scenario, twins: list[PolicyTwin], channel: CommandChannel | None) -> Iterator[list[StepRecord]]:
     for time in scenario.times:
         if channel is not None:
             taken = channel.take()

@@ -70,7 +70,7 @@ def _padded_profiles(net: pp.pandapowerNet, scenario: Scenario, seed: int) -> Ex
     if scenario.telemetry.source == "file":
         from twin.telemetry import read_telemetry, telemetry_to_profiles
 
-        shapes = feeder_profiles(net, start=scenario.start, end=scenario.end, step=scenario.step, seed=seed)
+        shapes = feeder_profiles(net, start=scenario.start, end=end, step=scenario.step, seed=seed)
         frame = read_telemetry(scenario.resolve(scenario.telemetry.path or ""))
         return telemetry_to_profiles(
             frame, net, start=scenario.start, end=end, step=scenario.step,

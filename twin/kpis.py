@@ -33,6 +33,8 @@ KPI_LABELS: dict[str, str] = {
     "kbytes": "Traffic [kB]",
     "central_kbytes": "Participant data at a central point [kB]",
     "controller_offline_intervals": "Intervals without a controller",
+    "operator_cost_eur": "Operator pays participants [EUR]",
+    "participant_earnings_eur": "Participants earn [EUR]",
 }
 
 
@@ -55,6 +57,8 @@ class Kpis:
     kbytes: float
     central_kbytes: float
     controller_offline_intervals: int
+    operator_cost_eur: float
+    participant_earnings_eur: float
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -87,6 +91,8 @@ def compute_kpis(records: PolicyRecords, *, limits: NetworkLimits = NetworkLimit
         kbytes=float(s["bytes"].sum() / 1e3),
         central_kbytes=float(s["central_bytes"].sum() / 1e3),
         controller_offline_intervals=int((~s["controller_online"].astype(bool)).sum()),
+        operator_cost_eur=float(-s["operator_eur"].sum()),
+        participant_earnings_eur=float(s["participants_eur"].sum()),
     )
 
 

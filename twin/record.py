@@ -7,11 +7,13 @@ Rows are appended as numpy arrays so a year of 15-minute steps stays cheap.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from twin.engine import StepRecord
+if TYPE_CHECKING:  # the engine imports the run store, which reads these tables: no import cycle at run time
+    from twin.engine import StepRecord
 
 __all__ = ["PolicyRecords", "Recorder", "SUMMARY_COLUMNS"]
 
@@ -36,6 +38,9 @@ SUMMARY_COLUMNS = (
     "central_bytes",
     "rounds",
     "controller_online",
+    "operator_eur",
+    "participants_eur",
+    "n_unverified",
 )
 
 
@@ -119,6 +124,9 @@ class _PolicyBuffer:
                 rec.traffic.get("central_bytes", 0),
                 rec.rounds,
                 float(rec.controller_online),
+                rec.settlement_eur.get("operator", 0.0),
+                rec.settlement_eur.get("participants", 0.0),
+                float(len(rec.unverified)),
             ],
             dtype=float,
         )

@@ -69,7 +69,7 @@ def run_scenario(
         flushed = len(recorder)
         store.write_status(done=flushed, total=total, state=state)
 
-    for i, records in enumerate(iterate_policies(scenario, inputs), start=1):
+    for i, records in enumerate(iterate_policies(scenario, inputs, run_dir=path), start=1):
         recorder.add(records)
         if i - flushed >= flush_every:
             flush("running")

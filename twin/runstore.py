@@ -30,7 +30,7 @@ import pandas as pd
 from twin.kpis import Kpis, kpi_table
 from twin.record import PolicyRecords
 
-__all__ = ["RunStore", "new_run_dir", "package_versions"]
+__all__ = ["RunStore", "new_run_dir", "package_versions", "policy_dir"]
 
 _VERSIONED = ("gridtwin", "pandapower", "simbench", "pandas", "numpy", "scipy", "cvxpy", "pyarrow")
 
@@ -73,6 +73,11 @@ def _safe_policy_dir(policy: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", policy)
 
 
+def policy_dir(run_dir: Path, policy: str) -> Path:
+    """The folder of one policy inside a run folder (its tables, and its ledger when it settles)."""
+    return Path(run_dir) / _safe_policy_dir(policy)
+
+
 class RunStore:
     """Reads and writes one run folder."""
 
@@ -89,7 +94,7 @@ class RunStore:
         if len(records.summary) == 0:
             return
         for name in PolicyRecords.TABLES:
-            folder = self.path / _safe_policy_dir(records.policy) / name
+            folder = policy_dir(self.path, records.policy) / name
             folder.mkdir(parents=True, exist_ok=True)
             part = len(list(folder.glob("part-*.parquet")))
             _atomic_parquet(getattr(records, name), folder / f"part-{part:06d}.parquet")
@@ -118,7 +123,7 @@ class RunStore:
     def read_table(self, policy: str, table: str) -> pd.DataFrame:
         if table not in PolicyRecords.TABLES:
             raise ValueError(f"table={table!r}: expected one of {', '.join(PolicyRecords.TABLES)}")
-        folder = self.path / _safe_policy_dir(policy) / table
+        folder = policy_dir(self.path, policy) / table
         parts = sorted(folder.glob("part-*.parquet"))
         if not parts:
             raise FileNotFoundError(f"{folder}: no table {table!r} for policy {policy!r} in this run")

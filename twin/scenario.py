@@ -193,6 +193,9 @@ class Scenario(_Strict):
     power_flow: PowerFlowSpec = Field(default_factory=PowerFlowSpec)
     comms: CommsSpec = Field(default_factory=CommsSpec)
     faults: tuple[FaultSpec, ...] = ()
+    #: The ``[settlement]`` table (contracts, DR events, communities, reward pools); see
+    #: twin/settlement/example_settlement.toml. Validated here, parsed again by twin.settlement.
+    settlement: dict[str, Any] | None = None
     controllers: tuple[ControllerEntry, ...]
     #: Folder of the scenario file, so relative paths inside it resolve from there.
     base_dir: Path = Path(".")
@@ -217,6 +220,21 @@ class Scenario(_Strict):
         if dupes:
             raise ValueError(f"controllers.name={dupes[0]!r} is used twice; names must be unique")
         return v
+
+    @field_validator("settlement")
+    @classmethod
+    def _settlement(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from twin.settlement import SettlementConfig
+
+            SettlementConfig.from_mapping(v)  # raises ContractError (a ValueError) naming field and value
+        return v
+
+    def settlement_config(self) -> Any:
+        """The parsed settlement configuration, or None when the scenario settles nothing."""
+        from twin.settlement import SettlementConfig
+
+        return SettlementConfig.from_mapping(self.settlement) if self.settlement is not None else None
 
     @model_validator(mode="after")
     def _period(self) -> Scenario:

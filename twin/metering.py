@@ -1,0 +1,114 @@
+"""Participant meters and per-interval settlement of one policy's twin.
+
+Owns each participant's cumulative import/export registers (kWh) — the household's own load plus its
+DERs, netted at the meter every interval — and the hand-off of their register differences to
+``twin.settlement`` once per interval. Registers are built from what the participant *reports* (false
+telemetry shows up here), so the physics check can refuse to pay for what the grid did not see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from grids.profiles import feeder_profiles
+from twin.inputs import RunInputs
+from twin.scenario import Scenario
+from twin.settlement import Settlement, SettlementConfig, meters_frame
+from twin.settlement.settle import IntervalSettlement
+
+__all__ = ["Meters", "PolicySettlement", "participant_of_load", "settlement_history_kw"]
+
+#: Baselines look back this far (CAISO 10-in-10 over 45 calendar days, plus the adjustment window).
+HISTORY = pd.Timedelta("46D")
+
+
+def participant_of_load(load_index: pd.Index) -> pd.Series:
+    """The participant behind each native load: one household/business per load, ``p-<load index>``.
+
+    Same naming as grids.fleet.build_fleet, so a participant's DERs and its own load meet at one meter.
+    """
+    return pd.Series([f"p-{i}" for i in load_index], index=load_index, name="participant_id")
+
+
+def settlement_history_kw(scenario: Scenario, inputs: RunInputs) -> pd.DataFrame:
+    """Each participant's load before the run (kW), as its own household load: the baselines' look-back.
+
+    Before the run no policy controlled anything, so the business-as-usual load is the household's own.
+    """
+    try:
+        before = feeder_profiles(inputs.net, start=scenario.start - HISTORY, end=scenario.start, step=scenario.step,
+                                 seed=0)
+    except ValueError as exc:
+        raise ValueError(f"settlement: baselines need {HISTORY.days} days of load before start="
+                         f"{scenario.start.isoformat()!r}, which the profiles do not have ({exc})") from None
+    owner = participant_of_load(before.load_p_mw.columns)
+    return before.load_p_mw.T.groupby(owner).sum().T * 1e3
+
+
+@dataclass
+class Meters:
+    """Cumulative registers per participant (kWh). ``advance`` nets one interval at each meter."""
+
+    participants: pd.Index
+    load_owner: pd.Series  # native load index → participant id
+    asset_owner: pd.Series  # asset id → participant id
+    e_imp_kwh: np.ndarray
+    e_exp_kwh: np.ndarray
+
+    @classmethod
+    def create(cls, *, load_index: pd.Index, assets: pd.DataFrame) -> Meters:
+        load_owner = participant_of_load(load_index)
+        asset_owner = assets["participant_id"].astype(str)
+        participants = pd.Index(sorted(set(load_owner) | set(asset_owner)), name="participant_id")
+        zeros = np.zeros(len(participants))
+        return cls(participants, load_owner, asset_owner, zeros.copy(), zeros.copy())
+
+    def registers(self) -> pd.DataFrame:
+        return pd.DataFrame({"e_imp_kwh": self.e_imp_kwh.copy(), "e_exp_kwh": self.e_exp_kwh.copy()},
+                            index=self.participants)
+
+    def net_kw(self, *, load_p_mw: pd.Series, asset_p_mw: pd.Series) -> pd.Series:
+        """Each participant's net power at its meter (kW, load convention)."""
+        own_load = load_p_mw.groupby(self.load_owner.reindex(load_p_mw.index)).sum()
+        own_assets = asset_p_mw.groupby(self.asset_owner.reindex(asset_p_mw.index)).sum()
+        total = own_load.reindex(self.participants, fill_value=0.0) + own_assets.reindex(self.participants, fill_value=0.0)
+        return total * 1e3
+
+    def advance(self, net_kw: pd.Series, *, hours: float) -> None:
+        kw = net_kw.reindex(self.participants).to_numpy(float)
+        self.e_imp_kwh += np.maximum(kw, 0.0) * hours
+        self.e_exp_kwh += np.maximum(-kw, 0.0) * hours
+
+
+class PolicySettlement:
+    """Settles one policy's intervals into its own ledger (``<folder>/ledger.sqlite``)."""
+
+    def __init__(self, *, folder: Path, config: SettlementConfig, run_id: str, meters: Meters,
+                 history_kw: pd.DataFrame, step: pd.Timedelta) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.settlement = Settlement.for_run(folder, config=config, run_id=run_id)
+        self.meters = meters
+        self.history_kw = history_kw.reindex(columns=meters.participants, fill_value=0.0)
+        self.step = step
+        self.hours = step / pd.Timedelta("1h")
+        self.needs_history = bool(config.events)
+
+    def settle(self, time: pd.Timestamp, *, load_p_mw: pd.Series, reported_asset_p_mw: pd.Series,
+               unverified: frozenset[str] = frozenset()) -> IntervalSettlement:
+        start = self.meters.registers()
+        net_kw = self.meters.net_kw(load_p_mw=load_p_mw, asset_p_mw=reported_asset_p_mw)
+        self.meters.advance(net_kw, hours=self.hours)
+        end = self.meters.registers()
+        if self.needs_history:
+            self.history_kw.loc[time] = net_kw.reindex(self.history_kw.columns).to_numpy()
+        return self.settlement.settle_interval(
+            start=time, end=time + self.step, meters=meters_frame(start_registers=start, end_registers=end),
+            load_history_kw=self.history_kw if self.needs_history else None, unverified=unverified,
+        )
+
+    def close(self) -> None:
+        self.settlement.close()
