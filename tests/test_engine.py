@@ -147,3 +147,31 @@ def test_operator_command_reaches_every_policy_through_the_channel(tmp_path: Pat
     assert "zz-bad.json" in set(history["file"])  # the malformed command is kept with its reason
     online = [next(steps)[0].controller_online for _ in range(3)]
     assert online == [False, True, True]
+
+
+def test_settlement_runs_every_interval_into_a_verifiable_ledger_per_policy(
+    tmp_path: Path, rural_day: tuple[Scenario, RunInputs]
+) -> None:
+    from typer.testing import CliRunner
+
+    from twin.cli import app
+    from twin.settlement import Ledger
+
+    _, inputs = rural_day
+    # p-0 commits 6 kW at 4.00 per kW-month: one June day (1/30 of the month) is worth 6 * 4 / 30 = 0.80.
+    settlement = {"contracts": [{"participant": "p-0", "rules": [
+        {"kind": "capacity_payment", "name": "capacity", "committed_kw": "6", "price_per_kw_month": "4.00"}]}]}
+    s = make_scenario(settlement=settlement)
+    result = run_scenario(s, out=tmp_path / "run", inputs=inputs)
+    for policy in ("none", "shaver"):
+        assert result.kpis[policy].operator_cost_eur == pytest.approx(0.80, abs=1e-9)
+        assert result.kpis[policy].participant_earnings_eur == pytest.approx(0.80, abs=1e-9)
+        ledger = Ledger.open(tmp_path / "run" / policy / "ledger.sqlite", read_only=True)
+        try:
+            balances = ledger.balances()
+        finally:
+            ledger.close()
+        assert str(balances["participant:p-0"]) == "0.800000"
+        assert sum(balances.values()) == 0
+        verify = CliRunner().invoke(app, ["ledger", "verify", str(tmp_path / "run" / policy)])
+        assert verify.exit_code == 0, verify.output

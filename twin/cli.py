@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from twin.scenario import Scenario, ScenarioError, demo_scenario_path, load_scenario
+from twin.settlement.cli import ledger_app
 
 app = typer.Typer(
     name="gridtwin",
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 telemetry_app = typer.Typer(help="Replayed telemetry in the canonical long format.", no_args_is_help=True)
 app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(ledger_app, name="ledger")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -44,7 +46,7 @@ def _load(path: Path) -> Scenario:
         raise  # unreachable: _fail exits
 
 
-def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path) -> None:
+def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pace: float | None = None) -> None:
     from twin.kpis import KPI_LABELS
     from twin.run import run_scenario
 
@@ -62,6 +64,7 @@ def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path) ->
                 scenario,
                 out=out,
                 runs_root=runs_root,
+                pace=pace,
                 on_progress=lambda done, total: progress.update(task, completed=done),
             )
         except (ValueError, FileNotFoundError) as exc:
@@ -102,9 +105,14 @@ def run(
     scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
     out: Annotated[Path | None, typer.Option(help="Run folder to write (default: runs/<name>-<time>).")] = None,
     runs_root: Annotated[Path, typer.Option(help="Where new run folders go.")] = Path("runs"),
+    pace: Annotated[float | None, typer.Option(
+        help="Replay in paced time: simulated seconds per wall-clock second (e.g. 60 plays a 15-minute "
+             "interval every 15 s). Records are flushed every interval so a dashboard can follow.")] = None,
 ) -> None:
     """Run a scenario: every policy on its own twin copy, same data, lock-step."""
-    _run_and_report(_load(scenario), out=out, runs_root=runs_root)
+    if pace is not None and pace <= 0:
+        _fail(f"--pace={pace!r}: must be a positive number of simulated seconds per second")
+    _run_and_report(_load(scenario), out=out, runs_root=runs_root, pace=pace)
 
 
 @app.command()
@@ -145,18 +153,6 @@ def export_simbench(
         _fail(str(exc))
         raise
     console.print(f"wrote {rows:,} rows to {out}" if isinstance(rows, int) else f"wrote {out}")
-
-
-def _mount_optional() -> None:
-    """Sub-commands whose modules may be absent in a partial install stay out of the way."""
-    try:
-        from twin.settlement.cli import ledger_app
-    except ImportError:
-        return
-    app.add_typer(ledger_app, name="ledger")
-
-
-_mount_optional()
 
 
 def main() -> None:

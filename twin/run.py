@@ -6,6 +6,7 @@ so the CLI can draw a progress bar without this module knowing about terminals.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,14 @@ def run_scenario(
     out: Path | None = None,
     inputs: RunInputs | None = None,
     flush_every: int = 96,
+    pace: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RunResult:
     """Run every policy of ``scenario``; write a run folder unless both ``out`` and ``runs_root`` are None.
 
     Records are appended to the run folder every ``flush_every`` intervals, so a dashboard can follow it.
+    With ``pace`` (simulated seconds per wall-clock second) each interval waits for its wall-clock slot and
+    is flushed at once: a paced replay behaves like a live feed for the dashboard and operator commands.
     """
     inputs = inputs or build_inputs(scenario)
     path = out or (new_run_dir(runs_root, scenario.name) if runs_root is not None else None)
@@ -59,6 +63,10 @@ def run_scenario(
         store.write_status(done=0, total=total, state="running")
     recorder = Recorder(step=scenario.step)
     flushed = 0
+    if pace is not None:
+        flush_every = 1
+        interval_s = scenario.step.total_seconds() / pace
+        next_slot = time.monotonic()
 
     def flush(state: str) -> None:
         nonlocal flushed
@@ -70,6 +78,9 @@ def run_scenario(
         store.write_status(done=flushed, total=total, state=state)
 
     for i, records in enumerate(iterate_policies(scenario, inputs, run_dir=path), start=1):
+        if pace is not None:
+            next_slot += interval_s
+            time.sleep(max(0.0, next_slot - time.monotonic()))
         recorder.add(records)
         if i - flushed >= flush_every:
             flush("running")
