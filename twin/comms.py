@@ -138,6 +138,9 @@ class CommsModel:
         return not any(not f.participants or participant in f.participants
                        for f in self._active(FaultKind.BACKHAUL_CUT, time))
 
+    def false_telemetry_active(self, time: pd.Timestamp) -> bool:
+        return bool(self._active(FaultKind.FALSE_TELEMETRY, time))
+
     def false_telemetry_scale(self, participant: str, time: pd.Timestamp) -> float:
         scale = 1.0
         for f in self._active(FaultKind.FALSE_TELEMETRY, time):

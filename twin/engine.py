@@ -211,9 +211,17 @@ class PolicyTwin:
                             trafo_loading_percent=pf.trafo_loading_percent, p_head_mw=pf.p_head_mw,
                             q_head_mvar=pf.q_head_mvar, losses_mw=pf.losses_mw, converged=pf.converged)
 
+    def _telemetry_scale(self, time: pd.Timestamp) -> pd.Series | None:
+        """Per asset, reported ÷ true power; None when every participant reports truthfully (the usual case)."""
+        if not self.comms.false_telemetry_active(time):
+            return None
+        return self.participant_of.map(lambda pid: self.comms.false_telemetry_scale(pid, time))
+
     def _reported(self, time: pd.Timestamp, state: pd.DataFrame) -> pd.DataFrame:
         """Telemetry as the devices report it: a participant with false telemetry scales its power."""
-        scale = self.participant_of.map(lambda pid: self.comms.false_telemetry_scale(pid, time))
+        scale = self._telemetry_scale(time)
+        if scale is None:
+            return state
         reported = state.copy()
         reported["p_mw"] = state["p_mw"] * scale
         return reported
@@ -322,8 +330,8 @@ class PolicyTwin:
         self.last_pf, self._last_time = pf, time
         self.last_p = outcome.p_mw
         after = self.comms.traffic.totals()
-        scale = self.participant_of.map(lambda pid: self.comms.false_telemetry_scale(pid, time))
-        reported = outcome.p_mw * scale
+        scale = self._telemetry_scale(time)
+        reported = outcome.p_mw if scale is None else outcome.p_mw * scale
         settled, unverified = self._settle(time, load_p_mw=profiles.load_p_mw.iloc[row], reported_p_mw=reported)
         return StepRecord(
             policy=self.name, time=time, power_flow=pf, outcome=outcome, fallback=~valid,
