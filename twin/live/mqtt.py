@@ -1,0 +1,88 @@
+"""Small paho-mqtt 2.x helpers shared by the device and ingest clients (MQTT 5, callback API version 2)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from twin.live.broker import BrokerCredentials
+
+__all__ = ["MqttConnectError", "connect_and_wait", "format_ts", "make_client"]
+
+
+class MqttConnectError(ConnectionError):
+    """The broker refused or never answered a CONNECT."""
+
+
+def format_ts(ts: datetime) -> str:
+    """ISO 8601 UTC with microseconds and a ``Z`` suffix: the payload ``ts`` format."""
+    if ts.tzinfo is None:
+        raise ValueError(f"ts {ts!r} must be timezone-aware (UTC)")
+    return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def make_client(*, client_id: str, credentials: BrokerCredentials, manual_ack: bool = False) -> mqtt.Client:
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    client.username_pw_set(credentials.username, credentials.password)
+    return client
+
+
+def connect_and_wait(
+    client: mqtt.Client,
+    *,
+    host: str,
+    port: int,
+    keepalive_s: int,
+    clean_start: bool,
+    session_expiry_s: int = 0,
+    timeout_s: float = 10.0,
+) -> bool:
+    """Connect, start the network thread and block until CONNACK; return the broker's session-present flag.
+
+    On refusal the network thread is stopped (paho would otherwise retry a bad password forever) and
+    ``MqttConnectError`` names the broker's reason.
+    """
+    done = threading.Event()
+    outcome: dict[str, object] = {}
+
+    previous = client.on_connect
+
+    def on_connect(client_: mqtt.Client, userdata: object, flags, reason_code, props) -> None:  # type: ignore[no-untyped-def]
+        if not done.is_set():
+            outcome["reason"] = reason_code
+            outcome["session_present"] = flags.session_present
+            done.set()
+        if previous is not None:  # the caller's handler (e.g. subscribe) runs on every (re)connect
+            previous(client_, userdata, flags, reason_code, props)
+
+    client.on_connect = on_connect
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = session_expiry_s
+    try:
+        client.connect(host, port, keepalive=keepalive_s, clean_start=clean_start, properties=properties)
+    except OSError as exc:
+        raise MqttConnectError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
+    client.loop_start()
+    if not done.wait(timeout_s):
+        _abort(client)
+        raise MqttConnectError(f"no CONNACK from {host}:{port} within {timeout_s} s")
+    reason = outcome["reason"]
+    if getattr(reason, "is_failure", False):
+        _abort(client)
+        raise MqttConnectError(f"broker {host}:{port} refused the connection: {reason}")
+    return bool(outcome["session_present"])
+
+
+def _abort(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
