@@ -46,7 +46,8 @@ def _load(path: Path) -> Scenario:
         raise  # unreachable: _fail exits
 
 
-def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pace: float | None = None) -> None:
+def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pace: float | None = None,
+                    report: bool = False) -> None:
     from twin.kpis import KPI_LABELS
     from twin.run import run_scenario
 
@@ -84,6 +85,10 @@ def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pa
     console.print(table)
     if result.path is not None:
         console.print(f"run folder: [bold]{result.path}[/]")
+        if report:
+            from twin.report import write_report
+
+            console.print(f"report: [bold]{write_report(result.path)}[/]")
 
 
 @app.callback()
@@ -97,7 +102,27 @@ def demo(
     runs_root: Annotated[Path, typer.Option(help="Where new run folders go.")] = Path("runs"),
 ) -> None:
     """Run the embedded default: a SimBench LV feeder with a DER fleet, one week at 15 minutes."""
-    _run_and_report(_load(demo_scenario_path()), out=out, runs_root=runs_root)
+    _run_and_report(_load(demo_scenario_path()), out=out, runs_root=runs_root, report=True)
+
+
+@app.command()
+def compare(
+    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file with two or more [[controllers]].")],
+    out: Annotated[Path | None, typer.Option(help="Run folder to write (default: runs/<name>-<time>).")] = None,
+    runs_root: Annotated[Path, typer.Option(help="Where new run folders go.")] = Path("runs"),
+) -> None:
+    """Run the policies side by side on the same data, print the KPI table and write RUN/report.html."""
+    _run_and_report(_load(scenario), out=out, runs_root=runs_root, report=True)
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
+    """(Re)write the HTML comparison report of a finished run."""
+    from twin.report import write_report
+
+    if not (run / "meta.json").exists():
+        _fail(f"RUN={str(run)!r}: not a run folder (no meta.json)")
+    console.print(f"report: [bold]{write_report(run)}[/]")
 
 
 @app.command()

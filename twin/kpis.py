@@ -91,7 +91,7 @@ def compute_kpis(records: PolicyRecords, *, limits: NetworkLimits = NetworkLimit
         kbytes=float(s["bytes"].sum() / 1e3),
         central_kbytes=float(s["central_bytes"].sum() / 1e3),
         controller_offline_intervals=int((~s["controller_online"].astype(bool)).sum()),
-        operator_cost_eur=float(-s["operator_eur"].sum()),
+        operator_cost_eur=float(-s["operator_eur"].sum()) + 0.0,  # + 0.0 turns -0.0 into 0.0
         participant_earnings_eur=float(s["participants_eur"].sum()),
     )
 

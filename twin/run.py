@@ -18,6 +18,7 @@ from twin.kpis import Kpis, compute_kpis
 from twin.record import PolicyRecords, Recorder
 from twin.runstore import RunStore, new_run_dir
 from twin.scenario import Scenario
+from twin.topology import write_feeder_topology
 
 __all__ = ["RunResult", "run_scenario"]
 
@@ -61,6 +62,7 @@ def run_scenario(
             }
         )
         store.write_status(done=0, total=total, state="running")
+        write_feeder_topology(inputs.net, path / "feeder.json")
     recorder = Recorder(step=scenario.step)
     flushed = 0
     if pace is not None:

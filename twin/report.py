@@ -1,0 +1,92 @@
+"""The comparison report: one self-contained HTML page per run, built from the run store with the same
+figure functions the dashboard uses (twin.figures). plotly.js is inlined once, so it opens offline.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import pandas as pd
+import plotly.io as pio
+
+from twin.figures import (
+    cost_figure,
+    fallback_figure,
+    head_power_figure,
+    kpi_comparison_figure,
+    payments_figure,
+    voltage_envelope_figure,
+)
+from twin.kpis import KPI_LABELS
+from twin.runstore import RunStore
+
+__all__ = ["write_report"]
+
+
+def _kpi_table_html(kpis: pd.DataFrame) -> str:
+    rows = []
+    for key, label in KPI_LABELS.items():
+        if key not in kpis.index:
+            continue
+        cells = "".join(f"<td>{kpis.at[key, c]:,.3f}</td>" for c in kpis.columns)
+        rows.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>")
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in kpis.columns)
+    return f"<table><thead><tr><th>KPI</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _battery_soc(store: RunStore, policies: list[str]) -> pd.DataFrame:
+    """Total battery energy (MWh) per policy over time."""
+    frames = {}
+    for p in policies:
+        soc = store.read_table(p, "asset_soc_mwh")
+        frames[p] = soc.sum(axis=1)
+    return pd.DataFrame(frames)
+
+
+def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
+    """Write ``RUN/report.html`` (or ``out``): KPI table and bars, feeder-head power, voltage envelope,
+    costs, fallbacks, battery energy and payments of every policy in the run."""
+    store = RunStore(run_dir)
+    meta = store.meta()
+    policies = store.policies()
+    summaries = {p: store.read_table(p, "summary") for p in policies}
+    limits = meta.get("scenario", {}).get("limits", {})
+    kpis = store.kpis()
+    soc = _battery_soc(store, policies)
+    soc_fig = head_power_figure({p: pd.DataFrame({"p_head_mw": soc[p]}) for p in policies})
+    soc_fig.update_layout(title=dict(text="Battery energy stored (MWh, all batteries)"))
+    soc_fig.update_yaxes(title_text="MWh")
+    payments = pd.DataFrame({p: s["participants_eur"] for p, s in summaries.items()})
+    figures = [
+        kpi_comparison_figure(kpis.reindex([k for k in KPI_LABELS if k in kpis.index]), labels=KPI_LABELS),
+        head_power_figure(summaries, p_head_max_mw=limits.get("p_head_max_mw")),
+        voltage_envelope_figure(summaries, v_min_pu=limits.get("v_min_pu", 0.95), v_max_pu=limits.get("v_max_pu", 1.05)),
+        cost_figure(summaries),
+        soc_fig,
+        fallback_figure(summaries),
+        payments_figure(payments if payments.abs().to_numpy().sum() > 0 else pd.DataFrame()),
+    ]
+    parts = []
+    for i, fig in enumerate(figures):
+        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False}))
+    scenario = meta.get("scenario", {})
+    title = f"gridtwin — {scenario.get('name', run_dir.name)}"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}th:first-child{{text-align:left}}</style>
+</head><body>
+<h1>{html.escape(title)}</h1>
+<p>Feeder <b>{html.escape(str(meta.get('feeder')))}</b>, {meta.get('n_intervals')} intervals of
+{html.escape(str(pd.Timedelta(scenario.get("step", "15min"))).removeprefix("0 days "))} from {html.escape(str(scenario.get('start')))}, seed {meta.get('seed')}.
+Policies: {', '.join(html.escape(p) for p in policies)}.</p>
+<h2>KPIs</h2>{_kpi_table_html(kpis)}
+{''.join(parts)}
+</body></html>"""
+    out = out or Path(run_dir) / "report.html"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
