@@ -42,6 +42,7 @@ from twin.metering import Meters, PolicySettlement, settlement_history_kw
 from twin.powerflow import GridModel, PowerFlowResult
 from twin.runstore import policy_dir
 from twin.scenario import ControllerEntry, Scenario
+from twin.verification import participant_buses_of, reported_bus_injections
 
 __all__ = ["PolicyTwin", "StepRecord", "build_comms", "iterate_policies"]
 
@@ -332,7 +333,8 @@ class PolicyTwin:
         after = self.comms.traffic.totals()
         scale = self._telemetry_scale(time)
         reported = outcome.p_mw if scale is None else outcome.p_mw * scale
-        settled, unverified = self._settle(time, load_p_mw=profiles.load_p_mw.iloc[row], reported_p_mw=reported)
+        settled, unverified = self._settle(time, load_p_mw=profiles.load_p_mw.iloc[row], outcome=outcome,
+                                           reported_p_mw=reported, pf=pf)
         return StepRecord(
             policy=self.name, time=time, power_flow=pf, outcome=outcome, fallback=~valid,
             reported_p_mw=reported,
@@ -345,11 +347,22 @@ class PolicyTwin:
             diagnostics=dispatch.diagnostics if dispatch is not None else MappingProxyType({}),
         )
 
-    def _settle(self, time: pd.Timestamp, *, load_p_mw: pd.Series,
-                reported_p_mw: pd.Series) -> tuple[dict[str, float], frozenset[str]]:
+    def _settle(self, time: pd.Timestamp, *, load_p_mw: pd.Series, outcome: IntervalOutcome,
+                reported_p_mw: pd.Series, pf: PowerFlowResult) -> tuple[dict[str, float], frozenset[str]]:
+        """Settle the interval; in DR-event intervals, first check the claims against the physics."""
         if self.settlement is None:
             return {}, frozenset()
         unverified: frozenset[str] = frozenset()
+        if self.settlement.in_event(time) and pf.converged:
+            p_books, q_books = reported_bus_injections(
+                self.grid.net, asset_bus=self.inputs.assets["bus"], true_p_mw=outcome.p_mw,
+                reported_p_mw=reported_p_mw, true_q_mvar=outcome.q_mvar,
+            )
+            check = self.settlement.verifier(self.grid.net).verify(
+                measured=pf, reported_p_mw=p_books, reported_q_mvar=q_books,
+                participant_buses=participant_buses_of(self.inputs.assets),
+            )
+            unverified = check.flagged
         result = self.settlement.settle(time, load_p_mw=load_p_mw, reported_asset_p_mw=reported_p_mw,
                                         unverified=unverified)
         amounts = result.net_amounts()

@@ -1,0 +1,623 @@
+"""Fast exact AC power flow for long studies, on pandapower's own admittance matrix.
+
+Owns the cached network model (``NetworkModel``: pandapower's internal Ybus, branch admittances and bus/branch
+lookups, taken from one ``pandapower.runpp``) and the solver that re-uses it for new constant-PQ bus
+injections (``FastPowerFlow``). Radial and weakly meshed feeders with only slack buses are solved by an
+implicit Z-bus fixed point (one sparse LU of the non-slack admittance block, factorized once); feeders with
+voltage-controlled generators, and any step the fixed point does not converge on, fall back to Newton–Raphson.
+Results reproduce ``pandapower.runpp`` (bus voltages, loadings as pandapower defines them, head exchange,
+losses) to solver tolerance; tests check 1e-6 pu on every catalog feeder.
+
+The model is a snapshot: rebuild it (``FastPowerFlow.from_net``) after a topology, tap or line-parameter change.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import pandas as pd
+import pandapower as pp
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from pandapower.pypower.idx_brch import F_BUS, T_BUS
+from pandapower.pypower.idx_bus import BASE_KV, PD, QD
+from pandapower.pypower.idx_gen import GEN_BUS, PG
+
+from twin.injections import INJECTION_ELEMENTS, bus_injections
+from twin.powerflow import PowerFlowResult
+
+__all__ = ["BatchResult", "FastPowerFlow", "NetworkModel"]
+
+_SQRT3 = np.sqrt(3.0)
+#: Element tables whose power pandapower adds to bus demand but ``bus_injections`` does not model.
+_UNMODELLED_ELEMENTS = ("ward", "xward", "motor", "svc", "ssc", "tcsc", "vsc", "dcline")
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    """pandapower's internal (ppci) network at one topology, with the lookups back to element indices.
+
+    ``bus_ppci[i]`` is the internal bus of the i-th row of ``net.bus`` (-1: out of service or isolated).
+    ``*_branch[i]`` is the internal branch of the i-th line/trafo (-1: not energized); its loading then is
+    ``*_idle_loading`` (0, or NaN when an end bus is isolated, as pandapower reports it).
+    Loading of an energized branch side = ``coef * |I_side|`` (``* vm_side`` for power-based trafo loading),
+    with ``I`` in per unit; the branch loading is the larger side, as in pandapower.
+    """
+
+    base_mva: float
+    bus_index: pd.Index
+    bus_ppci: np.ndarray
+    injection_map: sp.csr_matrix  # (n_ppci, n_pd_bus): sums pandapower buses into internal buses
+    ybus: sp.csr_matrix
+    yf: sp.csr_matrix
+    yt: sp.csr_matrix
+    branch_from: np.ndarray
+    branch_to: np.ndarray
+    ref: np.ndarray
+    pv: np.ndarray
+    pq: np.ndarray
+    v_set: np.ndarray  # complex setpoints at ref buses, magnitudes at pv buses (1.0 elsewhere)
+    s_gen_pu: np.ndarray  # fixed active generation of voltage-controlled gens, generator convention
+    line_index: pd.Index
+    line_branch: np.ndarray
+    line_coef: np.ndarray  # (n_line, 2): from / to side
+    line_idle_loading: np.ndarray
+    trafo_index: pd.Index
+    trafo_branch: np.ndarray
+    trafo_coef: np.ndarray  # (n_trafo, 2): hv / lv side
+    trafo_idle_loading: np.ndarray
+    trafo_power_based: bool
+    ybus_ref: sp.csr_matrix  # rows of Ybus at the slack buses (head exchange)
+    loss_branches: np.ndarray  # internal branches of energized lines and trafos (their P losses: losses_mw)
+
+    @property
+    def n_bus(self) -> int:
+        return self.ybus.shape[0]
+
+    @classmethod
+    def from_solved_net(cls, net: pp.pandapowerNet) -> NetworkModel:
+        """Read the model from ``net._ppc`` after a converged ``pandapower.runpp(net)``."""
+        ppc = getattr(net, "_ppc", None)
+        if ppc is None or "internal" not in ppc or "Ybus" not in ppc["internal"]:
+            raise ValueError("net has no solved power flow: run pandapower.runpp(net) first")
+        options = net._options
+        if options.get("voltage_depend_loads", False):
+            raise ValueError("voltage_depend_loads=True is not supported: the fast path is constant-PQ only")
+        if options.get("distributed_slack", False):
+            raise ValueError("distributed_slack=True is not supported by the fast path")
+        for element in _UNMODELLED_ELEMENTS:
+            if element in net and len(net[element]) and net[element]["in_service"].any():
+                raise ValueError(f"net has in-service {element!r} elements, which the fast path does not model")
+        internal = ppc["internal"]
+        base_mva = float(ppc["baseMVA"])
+        ybus = sp.csr_matrix(internal["Ybus"])
+        n_bus = ybus.shape[0]
+        bus_index = net.bus.index
+        lookup = net._pd2ppc_lookups["bus"]
+        bus_ppci = np.asarray(lookup[bus_index.to_numpy()], dtype=np.int64)
+        bus_ppci = np.where((bus_ppci >= 0) & (bus_ppci < n_bus), bus_ppci, -1)
+        connected = np.flatnonzero(bus_ppci >= 0)
+        injection_map = sp.csr_matrix(
+            (np.ones(connected.size), (bus_ppci[connected], connected)), shape=(n_bus, len(bus_index))
+        )
+
+        ppci_bus = internal["bus"]
+        ppci_branch = internal["branch"]
+        branch_from = ppci_branch[:, F_BUS].real.astype(np.int64)
+        branch_to = ppci_branch[:, T_BUS].real.astype(np.int64)
+        base_kv = ppci_bus[:, BASE_KV].real
+
+        v_solved = np.asarray(internal["V"], dtype=complex)
+        ref = np.asarray(internal["ref"], dtype=np.int64)
+        pv = np.asarray(internal["pv"], dtype=np.int64)
+        pq = np.asarray(internal["pq"], dtype=np.int64)
+        v_set = np.ones(n_bus, dtype=complex)
+        v_set[ref] = v_solved[ref]
+        v_set[pv] = np.abs(v_solved[pv])
+
+        gen = internal["gen"]
+        gen_bus = gen[:, GEN_BUS].real.astype(np.int64)
+        s_gen_pu = np.zeros(n_bus, dtype=complex)
+        at_pv = np.isin(gen_bus, pv)
+        np.add.at(s_gen_pu, gen_bus[at_pv], gen[at_pv, PG].real / base_mva)
+
+        _check_demand_is_modelled(net, ppci_bus, injection_map, base_mva=base_mva)
+
+        branch_is = np.asarray(ppc["internal"]["branch_is"], dtype=bool)
+        ppc_to_ppci_branch = np.where(branch_is, np.cumsum(branch_is) - 1, -1)
+        ppc_branch = ppc["branch"]
+        ppc_bus_energized = np.zeros(ppc["bus"].shape[0], dtype=bool)
+        ppc_bus_energized[:n_bus] = True
+
+        def branch_rows(element: str) -> tuple[np.ndarray, np.ndarray]:
+            start, stop = net._pd2ppc_lookups["branch"].get(element, (0, 0))
+            rows = np.arange(start, stop)
+            ends = ppc_branch[rows][:, [F_BUS, T_BUS]].real.astype(np.int64)
+            idle = np.where(ppc_bus_energized[ends].all(axis=1), 0.0, np.nan)
+            return ppc_to_ppci_branch[rows], idle
+
+        line_branch, line_idle = branch_rows("line")
+        line = net.line
+        i_max_ka = (line["max_i_ka"] * line["df"] * line["parallel"]).to_numpy(float)
+        line_coef = np.full((len(line), 2), np.nan)
+        on = line_branch >= 0
+        for side, ends in enumerate((branch_from, branch_to)):
+            kv = base_kv[ends[line_branch[on]]]
+            with np.errstate(divide="ignore"):
+                line_coef[on, side] = base_mva * 100.0 / (_SQRT3 * kv * i_max_ka[on])
+
+        trafo_branch, trafo_idle = branch_rows("trafo")
+        trafo = net.trafo
+        power_based = options.get("trafo_loading", "current") == "power"
+        rating = (trafo["sn_mva"] * trafo["parallel"] * trafo["df"]).to_numpy(float)
+        trafo_coef = np.full((len(trafo), 2), np.nan)
+        on = trafo_branch >= 0
+        for side, (ends, vn_column) in enumerate(((branch_from, "vn_hv_kv"), (branch_to, "vn_lv_kv"))):
+            kv = base_kv[ends[trafo_branch[on]]]
+            if power_based:
+                trafo_coef[on, side] = base_mva * 100.0 / rating[on]
+            else:
+                trafo_coef[on, side] = base_mva * trafo[vn_column].to_numpy(float)[on] * 100.0 / (kv * rating[on])
+
+        energized = np.concatenate([line_branch, trafo_branch])
+        return cls(
+            ybus_ref=sp.csr_matrix(ybus[ref]),
+            loss_branches=energized[energized >= 0],
+            base_mva=base_mva,
+            bus_index=bus_index,
+            bus_ppci=bus_ppci,
+            injection_map=injection_map,
+            ybus=ybus,
+            yf=sp.csr_matrix(internal["Yf"]),
+            yt=sp.csr_matrix(internal["Yt"]),
+            branch_from=branch_from,
+            branch_to=branch_to,
+            ref=ref,
+            pv=pv,
+            pq=pq,
+            v_set=v_set,
+            s_gen_pu=s_gen_pu,
+            line_index=line.index,
+            line_branch=line_branch,
+            line_coef=line_coef,
+            line_idle_loading=line_idle,
+            trafo_index=trafo.index,
+            trafo_branch=trafo_branch,
+            trafo_coef=trafo_coef,
+            trafo_idle_loading=trafo_idle,
+            trafo_power_based=power_based,
+        )
+
+    def specified_power_pu(self, p_bus_mw: np.ndarray, q_bus_mvar: np.ndarray) -> np.ndarray:
+        """Net injection per internal bus (generator convention, per unit) from pandapower-bus loads (MW, load
+        convention). Accepts vectors (n_pd,) or matrices (n_pd, n_cases)."""
+        load_pu = self.injection_map @ (p_bus_mw + 1j * q_bus_mvar) / self.base_mva
+        if load_pu.ndim == 2:
+            return self.s_gen_pu[:, None] - load_pu
+        return self.s_gen_pu - load_pu
+
+    def branch_loading(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Line and trafo loading (%) for internal voltages ``v`` (n,) or (n, n_cases), pandapower's way."""
+        return self._loading(v, np.abs(self.yf @ v), np.abs(self.yt @ v))
+
+    def evaluate(self, v: np.ndarray, s_spec_pu: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Line loading, trafo loading, losses (MW) and head import (MVA, load convention) at voltages ``v``.
+
+        Branch currents are computed once and shared by loadings and losses.
+        """
+        i_from = self.yf @ v
+        i_to = self.yt @ v
+        line_loading, trafo_loading = self._loading(v, np.abs(i_from), np.abs(i_to))
+        rows = self.loss_branches
+        s_loss = v[self.branch_from[rows]] * np.conj(i_from[rows]) + v[self.branch_to[rows]] * np.conj(i_to[rows])
+        losses = s_loss.real.sum(axis=0) * self.base_mva
+        # the slack supplies its computed bus injection plus whatever is consumed at the slack bus itself
+        ref = self.ref
+        head = (v[ref] * np.conj(self.ybus_ref @ v) - s_spec_pu[ref]).sum(axis=0) * self.base_mva
+        return line_loading, trafo_loading, losses, head
+
+    def _loading(self, v: np.ndarray, i_from: np.ndarray, i_to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vm = np.abs(v)
+
+        def loading(branch: np.ndarray, coef: np.ndarray, idle: np.ndarray, by_power: bool) -> np.ndarray:
+            out = np.empty((len(branch),) + v.shape[1:])
+            out[...] = idle.reshape((-1,) + (1,) * (v.ndim - 1))
+            on = branch >= 0
+            rows = branch[on]
+            expand = (slice(None),) + (None,) * (v.ndim - 1)
+            side_from = coef[on, 0][expand] * i_from[rows]
+            side_to = coef[on, 1][expand] * i_to[rows]
+            if by_power:
+                side_from = side_from * vm[self.branch_from[rows]]
+                side_to = side_to * vm[self.branch_to[rows]]
+            out[on] = np.maximum(side_from, side_to)
+            return out
+
+        return (
+            loading(self.line_branch, self.line_coef, self.line_idle_loading, False),
+            loading(self.trafo_branch, self.trafo_coef, self.trafo_idle_loading, self.trafo_power_based),
+        )
+
+
+def _check_demand_is_modelled(
+    net: pp.pandapowerNet, ppci_bus: np.ndarray, injection_map: sp.csr_matrix, *, base_mva: float
+) -> None:
+    """Refuse nets whose internal bus demand is not what ``bus_injections`` sums (e.g. wards, motors)."""
+    p_mw, q_mvar = bus_injections(net)
+    demand = injection_map @ (p_mw.to_numpy() + 1j * q_mvar.to_numpy())
+    internal = ppci_bus[:, PD].real + 1j * ppci_bus[:, QD].real
+    gap = np.abs(demand - internal)
+    if gap.size and gap.max() > 1e-9 * max(1.0, base_mva):
+        modelled = ", ".join(name for name, _ in INJECTION_ELEMENTS)
+        raise ValueError(
+            f"net has bus demand the fast path does not model (only {modelled} and asymmetric loads/sgens): "
+            f"largest gap {gap.max():.3g} MVA at internal bus {int(gap.argmax())}"
+        )
+
+
+def jacobian(ybus: sp.csr_matrix, v: np.ndarray, pvpq: np.ndarray, pq: np.ndarray) -> sp.csc_matrix:
+    """Polar power-flow Jacobian d[P(pvpq); Q(pq)] / d[Va(pvpq); Vm(pq)] at ``v``."""
+    i_bus = ybus @ v
+    v_norm = v / np.abs(v)
+    # dS/dVm = diag(V) conj(Y diag(V/|V|)) + conj(diag(I)) diag(V/|V|)
+    ds_dvm = sp.csr_matrix(ybus.multiply(v_norm[None, :]).conj().multiply(v[:, None]))
+    ds_dvm = ds_dvm + sp.diags(np.conj(i_bus) * v_norm)
+    # dS/dVa = j diag(V) conj(diag(I) - Y diag(V))
+    ds_dva = sp.csr_matrix((sp.diags(i_bus) - ybus.multiply(v[None, :])).conj().multiply(1j * v[:, None]))
+    ds_dva_rows_p = ds_dva[pvpq]
+    ds_dvm_rows_p = ds_dvm[pvpq]
+    ds_dva_rows_q = ds_dva[pq]
+    ds_dvm_rows_q = ds_dvm[pq]
+    return sp.bmat(
+        [
+            [ds_dva_rows_p[:, pvpq].real, ds_dvm_rows_p[:, pq].real],
+            [ds_dva_rows_q[:, pvpq].imag, ds_dvm_rows_q[:, pq].imag],
+        ],
+        format="csc",
+    )
+
+
+def newton_raphson(
+    model: NetworkModel, s_spec_pu: np.ndarray, v_start: np.ndarray, *, tolerance_pu: float, max_iteration: int
+) -> tuple[np.ndarray, bool]:
+    """Plain polar Newton–Raphson for one case; returns the voltages and whether it converged."""
+    pvpq = np.concatenate([model.pv, model.pq])
+    pq = model.pq
+    n_angle = pvpq.size
+    v = v_start.astype(complex, copy=True)
+    vm = np.abs(v)
+    va = np.angle(v)
+    for iteration in range(max_iteration + 1):
+        mismatch = v * np.conj(model.ybus @ v) - s_spec_pu
+        residual = np.concatenate([mismatch[pvpq].real, mismatch[pq].imag])
+        if not np.all(np.isfinite(residual)):
+            return v, False
+        if residual.size == 0 or np.max(np.abs(residual)) < tolerance_pu:
+            return v, True
+        if iteration == max_iteration:
+            break
+        try:
+            step = spla.spsolve(jacobian(model.ybus, v, pvpq, pq), -residual)
+        except RuntimeError:  # singular Jacobian
+            return v, False
+        va[pvpq] += step[:n_angle]
+        vm[pq] += step[n_angle:]
+        v = vm * np.exp(1j * va)
+    return v, False
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Power flows of many cases (rows = the index of the injection frames, e.g. time)."""
+
+    vm_pu: pd.DataFrame
+    va_degree: pd.DataFrame
+    line_loading_percent: pd.DataFrame
+    trafo_loading_percent: pd.DataFrame
+    #: Feeder-head exchange with the external grid, load convention (positive = import into the feeder).
+    p_head_mw: pd.Series
+    q_head_mvar: pd.Series
+    losses_mw: pd.Series
+    converged: pd.Series
+
+    def result_at(self, label: object) -> PowerFlowResult:
+        """The single-case result of one row."""
+        return PowerFlowResult(
+            vm_pu=self.vm_pu.loc[label],
+            va_degree=self.va_degree.loc[label],
+            line_loading_percent=self.line_loading_percent.loc[label],
+            trafo_loading_percent=self.trafo_loading_percent.loc[label],
+            p_head_mw=float(self.p_head_mw.loc[label]),
+            q_head_mvar=float(self.q_head_mvar.loc[label]),
+            losses_mw=float(self.losses_mw.loc[label]),
+            converged=bool(self.converged.loc[label]),
+        )
+
+
+class FastPowerFlow:
+    """A power-flow solver built once from a net and re-used for new bus injections.
+
+    Holds the last solution as a warm start for the next ``solve`` (a cache: it changes the iteration count,
+    not the answer beyond the tolerance). Not thread-safe; use one instance per twin copy.
+    """
+
+    def __init__(self, model: NetworkModel, *, tolerance_mva: float, max_iteration: int) -> None:
+        self.model = model
+        self.tolerance_mva = tolerance_mva
+        self.max_iteration = max_iteration
+        self._tolerance_pu = tolerance_mva / model.base_mva
+        self._use_zbus = model.pv.size == 0 and model.pq.size > 0
+        self._v_no_load = self._no_load_voltage()
+        self._v_last = self._v_no_load.copy()
+        self._bus_positions = _energized_positions(model)
+
+    @classmethod
+    def from_net(
+        cls, net: pp.pandapowerNet, *, tolerance_mva: float = 1e-9, max_iteration: int = 100
+    ) -> FastPowerFlow:
+        """Run ``pandapower.runpp`` once on a copy of ``net`` and cache its admittance model.
+
+        The net's topology, switch states, tap positions, ext_grid setpoints and gen setpoints are frozen
+        into the model; its loads are not (they come with every ``solve``).
+        """
+        solved = copy.deepcopy(net)
+        try:
+            pp.runpp(solved)
+        except pp.LoadflowNotConverged:
+            # Only the admittance model is needed: retry with all injections switched off.
+            for element, _ in INJECTION_ELEMENTS:
+                solved[element]["scaling"] = 0.0
+            pp.runpp(solved)
+        return cls(NetworkModel.from_solved_net(solved), tolerance_mva=tolerance_mva, max_iteration=max_iteration)
+
+    @property
+    def bus_index(self) -> pd.Index:
+        return self.model.bus_index
+
+    # ------------------------------------------------------------------ single case
+    def solve(self, *, p_bus_mw: pd.Series, q_bus_mvar: pd.Series) -> PowerFlowResult:
+        """Solve for bus loads (MW / Mvar, load convention, indexed by pandapower bus; missing buses = 0).
+
+        Never raises on non-convergence: returns ``converged=False`` with NaN results.
+        """
+        p = self._bus_vector(p_bus_mw, "p_bus_mw")
+        q = self._bus_vector(q_bus_mvar, "q_bus_mvar")
+        model = self.model
+        s_spec = model.specified_power_pu(p, q)
+        v, converged = self._solve_vector(s_spec)
+        if converged:
+            self._v_last = v
+        else:
+            v = np.full(model.n_bus, np.nan + 0j)
+        line_loading, trafo_loading, losses, head = model.evaluate(v, s_spec)
+        vm, va = self._bus_values(v)
+        return PowerFlowResult(
+            vm_pu=pd.Series(vm, index=model.bus_index, name="vm_pu", copy=False),
+            va_degree=pd.Series(va, index=model.bus_index, name="va_degree", copy=False),
+            line_loading_percent=pd.Series(line_loading, index=model.line_index, name="loading_percent", copy=False),
+            trafo_loading_percent=pd.Series(
+                trafo_loading, index=model.trafo_index, name="loading_percent", copy=False
+            ),
+            p_head_mw=float(head.real),
+            q_head_mvar=float(head.imag),
+            losses_mw=float(losses),
+            converged=bool(converged),
+        )
+
+    def solve_voltages(self, *, p_bus_mw: np.ndarray, q_bus_mvar: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Internal complex voltages for injection arrays ordered like ``bus_index`` (no pandas overhead)."""
+        s_spec = self.model.specified_power_pu(np.asarray(p_bus_mw, float), np.asarray(q_bus_mvar, float))
+        v, converged = self._solve_vector(s_spec)
+        if converged:
+            self._v_last = v
+        return v, converged
+
+    def _solve_vector(self, s_spec: np.ndarray) -> tuple[np.ndarray, bool]:
+        if self._use_zbus:
+            v, converged = self._zbus(s_spec[:, None], self._v_last[:, None])
+            if converged[0]:
+                return v[:, 0], True
+        return newton_raphson(
+            self.model, s_spec, self._v_no_load, tolerance_pu=self._tolerance_pu, max_iteration=30
+        )
+
+    # ------------------------------------------------------------------ many cases
+    def solve_many(self, *, p_bus_mw: pd.DataFrame, q_bus_mvar: pd.DataFrame) -> BatchResult:
+        """Solve every row (e.g. each time step) of bus-load frames (rows × pandapower bus, MW / Mvar, load
+        convention; missing bus columns = 0). Cases are independent: use it when the power flow does not feed
+        back into dispatch (open-loop replay)."""
+        if not p_bus_mw.index.equals(q_bus_mvar.index):
+            raise ValueError("p_bus_mw and q_bus_mvar must have the same row index")
+        model = self.model
+        p = self._bus_matrix(p_bus_mw, "p_bus_mw")
+        q = self._bus_matrix(q_bus_mvar, "q_bus_mvar")
+        s_spec = model.specified_power_pu(p, q)
+        n_case = s_spec.shape[1]
+        if self._use_zbus:
+            v, converged = self._zbus(s_spec, np.repeat(self._v_no_load[:, None], n_case, axis=1))
+        else:
+            v = np.repeat(self._v_no_load[:, None], n_case, axis=1)
+            converged = np.zeros(n_case, dtype=bool)
+        for case in np.flatnonzero(~converged):
+            v[:, case], converged[case] = newton_raphson(
+                model, s_spec[:, case], self._v_no_load, tolerance_pu=self._tolerance_pu, max_iteration=30
+            )
+        v[:, ~converged] = np.nan
+        line_loading, trafo_loading, losses, head = model.evaluate(v, s_spec)
+        vm, va = self._bus_values(v)
+        rows = p_bus_mw.index
+        return BatchResult(
+            vm_pu=pd.DataFrame(vm.T, index=rows, columns=model.bus_index),
+            va_degree=pd.DataFrame(va.T, index=rows, columns=model.bus_index),
+            line_loading_percent=pd.DataFrame(line_loading.T, index=rows, columns=model.line_index),
+            trafo_loading_percent=pd.DataFrame(trafo_loading.T, index=rows, columns=model.trafo_index),
+            p_head_mw=pd.Series(head.real, index=rows, name="p_head_mw"),
+            q_head_mvar=pd.Series(head.imag, index=rows, name="q_head_mvar"),
+            losses_mw=pd.Series(losses, index=rows, name="losses_mw"),
+            converged=pd.Series(converged, index=rows, name="converged"),
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _no_load_voltage(self) -> np.ndarray:
+        """Voltages with zero injections (exact when there are no PV buses): the fixed point's start."""
+        model = self.model
+        v = model.v_set.copy()
+        if not self._use_zbus:
+            return v
+        ybus = model.ybus.tocsc()
+        pq, ref = model.pq, model.ref
+        self._factors = _LuFactors.of(ybus[pq][:, pq].tocsc())
+        self._y_pq_ref_v = np.asarray(ybus[pq][:, ref] @ model.v_set[ref], dtype=complex)
+        v[pq] = self._factors.solve(-self._y_pq_ref_v[:, None])[:, 0]
+        return v
+
+    def _zbus(self, s_spec: np.ndarray, v_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Implicit Z-bus fixed point Y_qq V_q = conj(S_q / V_q) - Y_qr V_r for all columns at once."""
+        pq = self.model.pq
+        v_pq, converged = _zbus_iterate(
+            *self._factors.arrays,
+            np.ascontiguousarray(s_spec[pq]),
+            np.ascontiguousarray(v_start[pq]),
+            -self._y_pq_ref_v,
+            self._tolerance_pu,
+            self.max_iteration,
+        )
+        v = np.repeat(self.model.v_set[:, None], s_spec.shape[1], axis=1)
+        v[pq] = v_pq
+        return v, converged
+
+    def _bus_values(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        positions, internal = self._bus_positions
+        shape = (len(self.model.bus_index),) + v.shape[1:]
+        vm = np.full(shape, np.nan)
+        va = np.full(shape, np.nan)
+        vm[positions] = np.abs(v[internal])
+        va[positions] = np.angle(v[internal], deg=True)
+        return vm, va
+
+    def _bus_vector(self, values: pd.Series, name: str) -> np.ndarray:
+        if values.index.equals(self.model.bus_index):
+            return values.to_numpy(dtype=float)
+        _check_labels(values.index, self.model.bus_index, name)
+        return values.reindex(self.model.bus_index, fill_value=0.0).to_numpy(dtype=float)
+
+    def _bus_matrix(self, values: pd.DataFrame, name: str) -> np.ndarray:
+        if not values.columns.equals(self.model.bus_index):
+            _check_labels(values.columns, self.model.bus_index, name)
+            values = values.reindex(columns=self.model.bus_index, fill_value=0.0)
+        return values.to_numpy(dtype=float).T
+
+
+@dataclass(frozen=True)
+class _LuFactors:
+    """A sparse LU (Pr A Pc = L U) unpacked into CSR arrays for the numba triangular solves."""
+
+    arrays: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(cls, matrix: sp.csc_matrix) -> _LuFactors:
+        lu = spla.splu(matrix, permc_spec="MMD_AT_PLUS_A")
+        lower = sp.csr_matrix(sp.tril(lu.L, k=-1))
+        upper = sp.csr_matrix(lu.U)
+        diagonal = upper.diagonal()
+        strict_upper = sp.csr_matrix(sp.triu(upper, k=1))
+        return cls(
+            arrays=(
+                lower.indptr.astype(np.int64),
+                lower.indices.astype(np.int64),
+                lower.data.astype(complex),
+                strict_upper.indptr.astype(np.int64),
+                strict_upper.indices.astype(np.int64),
+                strict_upper.data.astype(complex),
+                (1.0 / diagonal).astype(complex),
+                lu.perm_r.astype(np.int64),
+                lu.perm_c.astype(np.int64),
+            )
+        )
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        return _lu_solve(*self.arrays, np.ascontiguousarray(rhs, dtype=complex))
+
+
+@numba.njit(cache=False, nogil=True)
+def _lu_solve(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, rhs):  # pragma: no cover
+    """Solve A X = RHS for all columns with A's sparse LU factors (x = Pc U^-1 L^-1 Pr b)."""
+    n, m = rhs.shape
+    work = np.empty_like(rhs)
+    for i in range(n):
+        work[perm_r[i], :] = rhs[i, :]
+    for i in range(n):
+        for k in range(l_ptr[i], l_ptr[i + 1]):
+            j = l_idx[k]
+            value = l_val[k]
+            for c in range(m):
+                work[i, c] -= value * work[j, c]
+    for i in range(n - 1, -1, -1):
+        for k in range(u_ptr[i], u_ptr[i + 1]):
+            j = u_idx[k]
+            value = u_val[k]
+            for c in range(m):
+                work[i, c] -= value * work[j, c]
+        for c in range(m):
+            work[i, c] *= u_inv_diag[i]
+    out = np.empty_like(rhs)
+    for i in range(n):
+        out[i, :] = work[perm_c[i], :]
+    return out
+
+
+@numba.njit(cache=False, nogil=True)
+def _zbus_iterate(
+    l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, s_pq, v_pq, offset, tolerance, max_iteration
+):  # pragma: no cover
+    """Fixed point V <- Y_qq^-1 (conj(S / V) + offset) per column, until the power mismatch < tolerance.
+
+    The mismatch at the new iterate equals S (V_new - V_old) / V_old (because Y_qq V_new + Y_qr V_r equals
+    conj(S / V_old)), so it is checked without another product with Ybus. Returns V and per-column convergence.
+    """
+    n, m = s_pq.shape
+    v = v_pq.copy()
+    converged = np.zeros(m, dtype=np.bool_)
+    rhs = np.empty_like(v)
+    for _ in range(max_iteration):
+        for i in range(n):
+            for c in range(m):
+                rhs[i, c] = np.conj(s_pq[i, c] / v[i, c]) + offset[i]
+        v_new = _lu_solve(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, rhs)
+        all_done = True
+        any_finite = False
+        tolerance_squared = tolerance * tolerance
+        for c in range(m):
+            # |S dV / V| < tol  <=>  |S dV|^2 < tol^2 |V|^2, without division or square root
+            done = True
+            finite = True
+            for i in range(n):
+                step = s_pq[i, c] * (v_new[i, c] - v[i, c])
+                old = v[i, c]
+                left = step.real * step.real + step.imag * step.imag
+                right = tolerance_squared * (old.real * old.real + old.imag * old.imag)
+                if not (left < right):
+                    done = False
+                    if not (np.isfinite(left) and np.isfinite(right)):
+                        finite = False
+            converged[c] = done and finite
+            all_done = all_done and converged[c]
+            any_finite = any_finite or finite
+        v = v_new
+        if all_done or not any_finite:
+            break
+    return v, converged
+
+
+def _energized_positions(model: NetworkModel) -> tuple[np.ndarray, np.ndarray]:
+    positions = np.flatnonzero(model.bus_ppci >= 0)
+    return positions, model.bus_ppci[positions]
+
+
+def _check_labels(labels: pd.Index, known: pd.Index, name: str) -> None:
+    unknown = labels.difference(known)
+    if len(unknown):
+        raise ValueError(f"{name}: unknown bus indices {list(unknown[:5])}")
