@@ -31,6 +31,7 @@ from controllers.api import (
     GridSnapshot,
     NetworkLimits,
     Observation,
+    Sensitivities,
     load_controller,
 )
 from twin.commands import CommandChannel, CommandKind, OperatorCommand
@@ -74,6 +75,19 @@ class StepRecord:
     #: Participants whose claimed behaviour the physics check could not confirm in this interval.
     unverified: frozenset[str] = frozenset()
     diagnostics: Any = field(default_factory=lambda: MappingProxyType({}))
+
+
+def monitored_buses(scenario: Scenario, inputs: RunInputs) -> list[int] | None:
+    """Rows of the voltage linearization: all buses, or those that can bind (DER buses and feeder ends)."""
+    choice = scenario.network.monitored_buses
+    if choice == "all":
+        return None
+    if choice != "assets":
+        return [int(b) for b in choice]
+    net = inputs.net
+    ends = pd.concat([net.line.from_bus, net.line.to_bus]).value_counts()
+    leaves = ends.index[ends == 1]
+    return sorted({int(b) for b in inputs.assets["bus"]} | {int(b) for b in leaves})
 
 
 def build_comms(scenario: Scenario, inputs: RunInputs, *, policy: str) -> CommsModel:
@@ -132,6 +146,9 @@ class PolicyTwin:
         self.controller: Controller | None = None
         self.agents: dict[str, Agent] = {}
         self.settlement: PolicySettlement | None = None
+        self._sens: Sensitivities | None = None
+        self._sens_time: pd.Timestamp | None = None
+        self._monitored = monitored_buses(scenario, inputs)
 
     @classmethod
     def create(cls, entry: ControllerEntry, inputs: RunInputs, scenario: Scenario) -> PolicyTwin:
@@ -200,9 +217,24 @@ class PolicyTwin:
             forecast=self._forecast(time, assets.index if feeder_total else None, feeder_total=feeder_total),
             limits=self.limits,
             grid=self._snapshot(),
+            sensitivities=None if feeder_total else self._sensitivities(time),
             signals=MappingProxyType({"feed_in_eur_per_mwh": self.scenario.tariff.feed_in_eur_per_mwh,
                                       **(signals or {})}),
         )
+
+    def _sensitivities(self, time: pd.Timestamp) -> Sensitivities | None:
+        """The network linearization at the last converged operating point, refreshed every network.refresh."""
+        spec = self.scenario.network
+        if not spec.sensitivities or self.last_pf is None or not self.last_pf.converged:
+            return self._sens
+        if self._sens_time is None or time - self._sens_time >= pd.Timedelta(spec.refresh):
+            self._sens = self.grid.sensitivities(monitored_buses=self._monitored, monitored_branches=None)
+            self._sens_time = time
+        return self._sens
+
+    def observe_for_test(self, time: pd.Timestamp) -> Observation:
+        """The observation an ideal controller would get at ``time`` (for tests and debugging)."""
+        return self._observation(time, self._true_state(time))
 
     def _snapshot(self) -> GridSnapshot | None:
         pf = self.last_pf

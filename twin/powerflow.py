@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pandapower as pp
 
-from controllers.api import AssetKind
+from controllers.api import AssetKind, Sensitivities
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,18 @@ class GridModel:
             losses_mw=nan,
             converged=False,
         )
+
+    def sensitivities(self, *, monitored_buses: list[int] | None, monitored_branches: list[str] | None) -> Sensitivities:
+        """Linearize at the operating point of the last solve (needs a converged one)."""
+        from twin.sensitivity import compute_sensitivities, sensitivities_at
+
+        if self.engine == "fast" and self._fast is not None:
+            from twin.injections import bus_injections
+
+            p_bus, q_bus = bus_injections(self.net)
+            return sensitivities_at(self._fast, p_bus_mw=p_bus, q_bus_mvar=q_bus, monitored_buses=monitored_buses,
+                                    monitored_branches=monitored_branches)
+        return compute_sensitivities(self.net, monitored_buses=monitored_buses, monitored_branches=monitored_branches)
 
     def _solve_fast(self) -> PowerFlowResult:
         from twin.fastpf import FastPowerFlow

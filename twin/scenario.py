@@ -96,6 +96,24 @@ class PowerFlowSpec(_Strict):
     engine: Literal["pandapower", "fast"] = "pandapower"
 
 
+class NetworkSpec(_Strict):
+    """The linearization handed to controllers (Observation.sensitivities), recomputed every ``refresh``.
+
+    ``monitored_buses``: "all", "assets" (buses with a DER plus the feeder's end buses — the ones that can
+    bind) or a list of bus indices. Branch rows are every line and trafo.
+    """
+
+    sensitivities: bool = False
+    refresh: str = "15min"
+    monitored_buses: Literal["all", "assets"] | tuple[int, ...] = "assets"
+
+    @field_validator("refresh")
+    @classmethod
+    def _refresh(cls, v: str) -> str:
+        _timedelta(v, key="network.refresh")
+        return v
+
+
 class ControllerEntry(_Strict):
     """A policy in the comparison: a display name and a ``"package.module:Class"`` plug-in target.
 
@@ -192,6 +210,7 @@ class Scenario(_Strict):
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     power_flow: PowerFlowSpec = Field(default_factory=PowerFlowSpec)
     comms: CommsSpec = Field(default_factory=CommsSpec)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
     faults: tuple[FaultSpec, ...] = ()
     #: The ``[settlement]`` table (contracts, DR events, communities, reward pools); see
     #: twin/settlement/example_settlement.toml. Validated here, parsed again by twin.settlement.
