@@ -73,3 +73,10 @@ def test_cli_not_toml_and_missing_file(tmp_path: Path) -> None:
     r2 = CliRunner().invoke(app, ["validate", str(tmp_path / "nope.toml")])
     assert r1.exit_code == 2 and "not valid TOML" in r1.output
     assert r2.exit_code == 2 and "cannot read" in r2.output
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (Path(__file__).parents[1] / "scenarios").glob("*.toml")
+                                        if not p.name.startswith("study-")), ids=lambda p: p.name)
+def test_sample_scenarios_validate(path: Path) -> None:
+    s = load_scenario(path)
+    assert len(s.times) > 0 and s.controllers

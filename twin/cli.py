@@ -38,6 +38,17 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _duration(td: object) -> str:
+    """'15min' rather than pandas' '0 days 00:15:00'."""
+    import pandas as pd
+
+    seconds = int(pd.Timedelta(td).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _load(path: Path) -> Scenario:
     try:
         return load_scenario(path)
@@ -144,7 +155,7 @@ def run(
 def validate(scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")]) -> None:
     """Check a scenario file without running it."""
     s = _load(scenario)
-    console.print(f"{scenario}: ok — {s.feeder}, {len(s.times)} intervals of {s.step}, policies: "
+    console.print(f"{scenario}: ok — {s.feeder}, {len(s.times)} intervals of {_duration(s.step)}, policies: "
                   + ", ".join(c.name for c in s.controllers))
 
 
