@@ -191,6 +191,18 @@ def export_simbench(
     console.print(f"wrote {rows:,} rows to {out}" if isinstance(rows, int) else f"wrote {out}")
 
 
+def _mount_plugins() -> None:
+    """Commands other packages contribute through the ``gridtwin.commands`` entry-point group (the
+    dashboard registers ``gridtwin dashboard`` this way, so the twin never imports the dashboard)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="gridtwin.commands"):
+        app.command(name=ep.name)(ep.load())
+
+
+_mount_plugins()
+
+
 def main() -> None:
     app()
 

@@ -542,7 +542,7 @@ class _LuFactors:
         return _lu_solve(*self.arrays, np.ascontiguousarray(rhs, dtype=complex))
 
 
-@numba.njit(cache=False, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def _lu_solve(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, rhs):  # pragma: no cover
     """Solve A X = RHS for all columns with A's sparse LU factors (x = Pc U^-1 L^-1 Pr b)."""
     n, m = rhs.shape
@@ -569,7 +569,7 @@ def _lu_solve(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm
     return out
 
 
-@numba.njit(cache=False, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def _zbus_iterate(
     l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, s_pq, v_pq, offset, tolerance, max_iteration
 ):  # pragma: no cover

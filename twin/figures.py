@@ -253,7 +253,9 @@ def feeder_map_figure(
 
 
 def _time_layout(fig: go.Figure, *, title: str, yaxis_title: str, height: int) -> go.Figure:
-    fig.update_layout(**_LAYOUT, template=_template(), height=height, title=dict(text=title), uirevision="time")
+    # Title above the legend above the plot, so neither hides the other in a narrow panel.
+    fig.update_layout(**{**_LAYOUT, "margin": dict(l=60, r=20, t=78, b=40)}, template=_template(), height=height,
+                      title=dict(text=title, x=0.01, xanchor="left", y=0.97, yanchor="top"), uirevision="time")
     fig.update_yaxes(title_text=yaxis_title)
     return fig
 
@@ -397,9 +399,10 @@ def fallback_figure(summaries: Mapping[str, pd.DataFrame], *, faults: pd.DataFra
         fig.add_trace(go.Scatter(x=summary.index, y=summary["n_fallback"].to_numpy(float), mode="lines",
                                  name=policy, line=dict(color=colours[policy], width=1.8, shape="hv")))
     if faults is not None:
-        for row in faults.itertuples(index=False):
+        for i, row in enumerate(faults.itertuples(index=False)):
             fig.add_vrect(x0=row.start, x1=row.end, fillcolor="#c62828", opacity=0.12, line_width=0,
-                          annotation_text=str(row.label), annotation_position="top left")
+                          annotation=dict(text=str(row.label), yshift=-16 * (i % 4), font=dict(size=11)),
+                          annotation_position="top left")
     fig = _time_layout(fig, title="Assets on autonomous fallback", yaxis_title="assets", height=height)
     fig.update_yaxes(rangemode="tozero")
     return fig

@@ -88,6 +88,9 @@ def run_scenario(
             flush("running")
         if on_progress is not None:
             on_progress(i, total)
+    if store is not None and pace is not None:
+        flush("running")
+        store.compact()
     flush("finished")
     records = recorder.freeze()
     limits = NetworkLimits(**scenario.limits.model_dump())

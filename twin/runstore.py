@@ -99,6 +99,18 @@ class RunStore:
             part = len(list(folder.glob("part-*.parquet")))
             _atomic_parquet(getattr(records, name), folder / f"part-{part:06d}.parquet")
 
+    def compact(self) -> None:
+        """Merge each table's parts into one file (a paced run writes one part per interval, and readers
+        pay per file). The merged part is renamed into place before the old parts go."""
+        for folder in sorted(self.path.glob("*/*")):
+            parts = sorted(folder.glob("part-*.parquet"))
+            if len(parts) < 2:
+                continue
+            merged = pd.concat([pd.read_parquet(p) for p in parts])
+            _atomic_parquet(merged, folder / "part-000000.parquet")
+            for p in parts[1:]:
+                p.unlink()
+
     def write_status(self, *, done: int, total: int, state: str) -> None:
         _atomic_json({"done": done, "total": total, "state": state,
                       "updated_utc": datetime.now(UTC).isoformat()}, self.path / "status.json")
@@ -127,4 +139,6 @@ class RunStore:
         parts = sorted(folder.glob("part-*.parquet"))
         if not parts:
             raise FileNotFoundError(f"{folder}: no table {table!r} for policy {policy!r} in this run")
-        return pd.concat([pd.read_parquet(p) for p in parts])
+        table = pd.concat([pd.read_parquet(p) for p in parts])
+        # A reader racing compact() may see the merged part and an old one: keep each interval once.
+        return table[~table.index.duplicated(keep="first")]

@@ -1,0 +1,42 @@
+"""``gridtwin dashboard``: the command that serves the operator app, contributed to the twin's CLI through
+the ``gridtwin.commands`` entry point (pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+__all__ = ["dashboard"]
+
+
+def dashboard(
+    run: Annotated[Path, typer.Argument(help="A run folder (finished, or being written by `gridtwin run --pace`).")],
+    studies: Annotated[Path | None, typer.Option(help="A folder of study results to browse.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8050,
+    refresh_s: Annotated[float, typer.Option(help="Seconds between live refreshes.")] = 5.0,
+) -> None:
+    """Serve the operator dashboard for a run. Operator actions need the password in the environment
+    variable GRIDTWIN_OPERATOR_PASSWORD (never on the command line, where `ps` would show it)."""
+    from dashboards.app import serve
+
+    err = Console(stderr=True, soft_wrap=True)
+    if not (run / "meta.json").exists():
+        err.print(f"[bold red]error:[/] RUN={str(run)!r}: not a run folder (no meta.json)", highlight=False)
+        raise typer.Exit(2)
+    if studies is not None and not studies.is_dir():
+        err.print(f"[bold red]error:[/] --studies={str(studies)!r}: not a folder", highlight=False)
+        raise typer.Exit(2)
+    password = os.environ.get("GRIDTWIN_OPERATOR_PASSWORD") or None
+    if password is None:
+        err.print("GRIDTWIN_OPERATOR_PASSWORD is not set: the dashboard is read-only.")
+    err.print(f"dashboard on http://{host}:{port}/ (Ctrl+C to stop)")
+    try:
+        serve(run, host=host, port=port, operator_password=password, studies_dir=studies, refresh_s=refresh_s)
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None

@@ -1,0 +1,191 @@
+"""End to end in headless Chromium (Playwright, Debian's /usr/bin/chromium): every page renders, live updates
+arrive while a twin writes the run folder, an operator logs in and injects a fault and sees it applied, and
+the browser logs no console errors, failed requests or off-machine requests."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from dashboards import create_app
+from dashboards.synthetic import SyntheticTwin, radial_topology
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+PASSWORD = "op-secret"
+REFRESH_S = 1.0
+TWIN_PERIOD_S = 0.6
+PAGES = {  # nav label -> an element the page shows once its callbacks have run
+    "Overview": "#ov-map .main-svg",
+    "Comparison": "#cmp-kpi-table",
+    "Assets": "#as-fleet-table",
+    "Settlement": "#st-verify",
+    "Faults": "#fault-effect .main-svg",
+    "Studies": "#sd-table-rows",
+}
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log(self, type: str, message: str, *args: Any) -> None:  # noqa: A002 (werkzeug's signature)
+        pass
+
+
+class BrowserLog:
+    """Console errors/warnings, page errors, failed and off-machine requests (aborts during our own full-page
+    navigations are expected: the old page's polls are cancelled)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.problems: list[str] = []
+        self.navigating = False
+
+    def attach(self, page: Any) -> None:
+        page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}")
+                if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("requestfailed", self._failed)
+        page.on("response", lambda r: self.problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+        page.on("request", lambda r: None if r.url.startswith((self.base, "data:", "blob:"))
+                else self.problems.append(f"off-machine request {r.url}"))
+
+    def _failed(self, request: Any) -> None:
+        if self.navigating and request.failure == "net::ERR_ABORTED":
+            return
+        self.problems.append(f"request failed {request.url}: {request.failure}")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("browser")
+    run, studies, shots = root / "run", root / "studies", root / "shots"
+    studies.mkdir()
+    pd.DataFrame({"variant_id": ["pv50", "pv50", "pv100", "pv100"], "policy": ["depin", "scada"] * 2,
+                  "energy_cost_eur": [10.0, 12.0, 8.0, 11.0], "peak_import_mw": [0.3, 0.4, 0.2, 0.4]}
+                 ).to_parquet(studies / "pv-sweep.parquet")
+    twin = SyntheticTwin(run, radial_topology(30, seed=3), n_intervals=400, n_assets=8, seed=3)
+    twin.write_start()
+    twin.advance(8)
+    twin.settle()
+    stop = threading.Event()
+
+    def run_twin() -> None:  # a paced twin: one interval (and its operator commands) per period
+        while not stop.wait(TWIN_PERIOD_S):
+            twin.advance(1)
+
+    writer = threading.Thread(target=run_twin, name="synthetic-twin", daemon=True)
+    writer.start()
+    app = create_app(run, operator_password=PASSWORD, studies_dir=studies, refresh_s=REFRESH_S, stale_after_s=30)
+    server = make_server("127.0.0.1", 0, app.server, threaded=True, request_handler=QuietHandler)
+    serving = threading.Thread(target=server.serve_forever, name="dash", daemon=True)
+    serving.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    with playwright_sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(15_000)
+        log = BrowserLog(base)
+        log.attach(page)
+        try:
+            yield {"page": page, "base": base, "log": log, "shots": shots, "run": run}
+        finally:
+            browser.close()
+            stop.set()
+            writer.join(timeout=10)
+            server.shutdown()
+            serving.join(timeout=10)
+
+
+def _goto(live: dict[str, Any], path: str) -> None:
+    log: BrowserLog = live["log"]
+    log.navigating = True
+    live["page"].goto(live["base"] + path)
+    live["page"].wait_for_selector("#run-state")
+    log.navigating = False
+
+
+def _intervals_done(page: Any) -> int:
+    match = re.search(r"(\d[\d,]*)/[\d,]+ intervals", page.inner_text("#run-progress"))
+    assert match, page.inner_text("#run-progress")
+    return int(match.group(1).replace(",", ""))
+
+
+def test_every_page_renders(live: dict[str, Any]) -> None:
+    page = live["page"]
+    _goto(live, "/")
+    live["shots"].mkdir(exist_ok=True)
+    for label, ready in PAGES.items():
+        page.click(f"#nav-{label.lower()}")  # client-side routing, as an operator clicks
+        page.wait_for_selector(ready)
+        assert "active" in (page.get_attribute(f"#nav-{label.lower()}", "class") or "")
+        if label == "Settlement":
+            assert "VERIFIED" in page.inner_text("#st-verify").upper()
+            page.wait_for_selector("#st-total")
+            assert page.inner_text("#st-total").startswith("Statement of P00")
+        page.screenshot(path=str(live["shots"] / f"{label.lower()}.png"), full_page=True)
+    assert page.title().startswith("gridtwin")
+    css = page.evaluate("getComputedStyle(document.querySelector('.topbar')).backgroundColor")
+    assert css == "rgb(20, 33, 61)"  # our stylesheet, served from the app itself
+
+
+def test_live_update_arrives(live: dict[str, Any]) -> None:
+    page = live["page"]
+    _goto(live, "/")
+    page.wait_for_selector("#ov-map .main-svg")
+    before, caption = _intervals_done(page), page.inner_text("#ov-caption")
+    page.wait_for_function("""([n]) => {
+        const m = document.querySelector('#run-progress').innerText.match(/([\\d,]+)\\/[\\d,]+ intervals/);
+        return m && parseInt(m[1].replace(/,/g, '')) > n;
+    }""", arg=[before], timeout=4 * REFRESH_S * 1000 + 2000)
+    page.wait_for_function("([c]) => document.querySelector('#ov-caption').innerText !== c", arg=[caption],
+                           timeout=4 * REFRESH_S * 1000)
+    assert _intervals_done(page) > before
+    assert page.inner_text("#run-state").lower() == "running"
+
+
+def test_operator_logs_in_and_injects_a_fault(live: dict[str, Any]) -> None:
+    page = live["page"]
+    _goto(live, "/faults")
+    page.wait_for_selector("#fault-login")
+    assert page.query_selector("#fault-submit") is None  # viewers get no injection form
+    page.click("#fault-login a")
+    page.wait_for_selector("#login-password")
+    page.fill("#login-operator", "alice")
+    page.fill("#login-password", PASSWORD)
+    live["log"].navigating = True
+    with page.expect_navigation():
+        page.click("#login-submit")
+    page.wait_for_selector("#fault-submit")
+    live["log"].navigating = False
+    assert "alice" in page.inner_text("#who")
+    page.fill("#fault-duration", "2h")
+    page.click("#fault-submit")
+    page.wait_for_selector("#op-fault-result .notice-ok")
+    assert "submitted backhaul_cut" in page.inner_text("#op-fault-result")
+    submitted = time.monotonic()
+    # the twin applies it at its next interval; the page shows that within two refreshes
+    page.wait_for_function("Array.from(document.querySelectorAll('#fault-history-table td'))"
+                           ".some(td => td.innerText === 'applied')",
+                           timeout=(TWIN_PERIOD_S + 2 * REFRESH_S) * 1000 + 1500)
+    assert time.monotonic() - submitted < TWIN_PERIOD_S + 2 * REFRESH_S + 1.5
+    assert "backhaul cut: " in page.inner_text("#fault-active") and "pending" not in page.inner_text("#fault-active")
+    assert "alice" in page.inner_text("#fault-history-table")
+    page.screenshot(path=str(live["shots"] / "faults-after.png"), full_page=True)
+    page.click("#nav-overview")
+    page.wait_for_function("document.querySelector('#alarm-items')?.innerText.includes('controller offline')",
+                           timeout=4 * REFRESH_S * 1000)
+    assert "autonomous fallback" in page.inner_text("#alarm-items")
+
+
+def test_browser_saw_no_errors(live: dict[str, Any]) -> None:
+    assert live["log"].problems == []
