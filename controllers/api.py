@@ -227,6 +227,9 @@ class AgentSpec:
     participants: tuple[str, ...]
     rounds: int
     limits: NetworkLimits = field(default_factory=NetworkLimits)
+    #: Number of assets in the whole fleet: public registry data (not whose they are or what they do),
+    #: which consensus algorithms need to average over everyone.
+    fleet_size: int = 0
 
 
 @runtime_checkable

@@ -191,6 +191,19 @@ def export_simbench(
     console.print(f"wrote {rows:,} rows to {out}" if isinstance(rows, int) else f"wrote {out}")
 
 
+def _mount_live() -> None:
+    """Live-telemetry commands: provision a broker, simulate the field, run the twin on the broker."""
+    from twin.live.live_run import live_command
+    from twin.live.simulator import broker_command, devices_command
+
+    app.command("broker")(broker_command)
+    app.command("devices")(devices_command)
+    app.command("live")(live_command)
+
+
+_mount_live()
+
+
 def _mount_plugins() -> None:
     """Commands other packages contribute through the ``gridtwin.commands`` entry-point group (the
     dashboard registers ``gridtwin dashboard`` this way, so the twin never imports the dashboard)."""

@@ -164,7 +164,7 @@ class PolicyTwin:
                 agent.reset(
                     AgentSpec(participant_id=pid, assets=own, step=scenario.step, horizon=scenario.horizon_steps,
                               neighbours=twin.comms.neighbours.get(pid, ()), participants=twin.comms.participants,
-                              rounds=scenario.comms.rounds, limits=twin.limits),
+                              rounds=scenario.comms.rounds, limits=twin.limits, fleet_size=len(inputs.assets)),
                     seed=derive_seed(seed, pid),
                 )
                 twin.agents[pid] = agent

@@ -130,6 +130,17 @@ class DeviceClient:
     def publish_telemetry(self, **values: Any) -> mqtt.MQTTMessageInfo:
         return self.publish(channel=Channel.TELEMETRY, payload=self.telemetry_payload(**values))
 
+    def abort(self) -> None:
+        """Fault injection: drop the TCP connection without DISCONNECT, as a power cut or a lost link would,
+        so the broker publishes this device's ``offline`` Last Will."""
+        if self._client is None:
+            return
+        client, self._client = self._client, None
+        client.loop_stop()  # first stop the network thread, so nothing reconnects or writes after the close
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+
     def close(self, *, now: datetime | None = None, timeout_s: float = 10.0) -> None:
         """Graceful end: retained ``offline`` (the will is not sent on a clean DISCONNECT), then disconnect."""
         if self._client is None:

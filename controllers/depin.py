@@ -1,0 +1,235 @@
+"""The DePIN policy: participant-owned edge agents that coordinate by sharing ADMM over the mesh.
+
+Each participant's agent optimizes only its own assets with the same dispatch model the central SCADA uses
+(``controllers.dispatch_model``), and the feeder-level cost — energy bought at the feeder head at the
+import price, sold at the feed-in price, the peak limit and any demand charge — is shared through
+*sharing ADMM* (Boyd et al., Distributed Optimization and Statistical Learning via ADMM, §7.3):
+
+    p_a    <- argmin f_i(p) + rho/2 ||p_a - p_a_prev + xbar - zbar + u||²   (each agent, its own assets a)
+    zbar   <- argmin g(N zbar) + N rho/2 ||zbar - u - xbar||²               (every agent, the same numbers)
+    u      <- u + xbar - zbar
+
+where ``xbar`` is the mean over all N fleet assets of their power trajectories. An agent broadcasts only the
+*sum* of its assets' trajectory (one number per period) over the mesh; from what it hears it forms
+``xbar`` and runs the (tiny) z-update itself, so there is no coordinator and no raw data leaves the
+premises. A lost message means a stale term in ``xbar``; an agent that hears nothing falls back to local
+autonomy: its own optimization at the tariff (the last prices it knows), plus IEEE 1547 volt-var.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+import cvxpy as cp
+import numpy as np
+import pandas as pd
+
+from controllers.api import AgentMessage, AgentSpec, AssetKind, Dispatch, Observation, Proposal
+from controllers.dispatch_model import DispatchModel, DispatchSolution, DispatchWeights, Proximal
+
+__all__ = ["AdmmAgent", "FeederCost"]
+
+
+class FeederCost:
+    """The shared feeder-head cost g(s) of the z-update, as a DPP cvxpy problem built once.
+
+    ``s`` is the fleet's total power per period (MW, load convention); the feeder head imports
+    ``base + s``. Cost per period: ``h (lambda_exp y + (lambda_imp - lambda_exp) max(y, 0))`` — import at
+    the import price, export at the feed-in price (convex since lambda_imp >= lambda_exp) — plus a soft
+    peak limit and a demand charge on the peak import.
+    """
+
+    def __init__(self, *, horizon: int, hours: float, quad: float, demand_charge_eur_per_mw: float,
+                 head_slack_cost_eur_per_mwh: float) -> None:
+        T = horizon
+        self.s = cp.Variable(T)
+        self.imp = cp.Variable(T, nonneg=True)
+        self.over = cp.Variable(T, nonneg=True)
+        self.base = cp.Parameter(T)
+        self.price_exp = cp.Parameter(T)
+        self.price_spread = cp.Parameter(T, nonneg=True)
+        self.limit = cp.Parameter()
+        self.target = cp.Parameter(T)
+        head = self.base + self.s
+        cost = (hours * (self.price_exp @ self.s + self.price_spread @ self.imp)
+                + hours * head_slack_cost_eur_per_mwh * cp.sum(self.over)
+                + demand_charge_eur_per_mw * cp.max(self.imp)
+                + quad * cp.sum_squares(self.s - self.target))
+        self.problem = cp.Problem(cp.Minimize(cost), [self.imp >= head, self.over >= head - self.limit])
+
+    def solve(self, *, base: np.ndarray, price_imp: np.ndarray, price_exp: np.ndarray, limit: float,
+              target: np.ndarray) -> np.ndarray | None:
+        self.base.value = base
+        self.price_exp.value = price_exp
+        self.price_spread.value = np.maximum(price_imp - price_exp, 0.0)
+        self.limit.value = limit
+        self.target.value = target
+        try:
+            self.problem.solve(solver=cp.CLARABEL)
+        except cp.error.SolverError:
+            return None
+        if self.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+            return None
+        return np.asarray(self.s.value, dtype=float)
+
+
+class AdmmAgent:
+    """One participant's edge agent (implements ``controllers.api.Agent``).
+
+    ``rho`` (EUR/MW² per period) trades convergence speed against oscillation; the default suits LV fleets
+    of kW-scale assets at EUR 100–400/MWh. ``isolation_rounds``: after this many rounds without hearing
+    anyone in an interval, the agent acts alone.
+    """
+
+    def __init__(
+        self,
+        *,
+        rho: float = 2.0e4,
+        solver: str = "CLARABEL",
+        demand_charge_eur_per_mw: float = 0.0,
+        head_slack_cost_eur_per_mwh: float = 1000.0,
+        isolation_rounds: int = 2,
+        volt_var: bool = True,
+    ) -> None:
+        if not rho > 0:
+            raise ValueError(f"rho={rho!r} must be > 0")
+        self.rho = rho
+        self.solver = solver.upper()
+        self.demand_charge = demand_charge_eur_per_mw
+        self.head_slack_cost = head_slack_cost_eur_per_mwh
+        self.isolation_rounds = isolation_rounds
+        self.volt_var = volt_var
+
+    # -- per run -----------------------------------------------------------------------------------
+    def reset(self, spec: AgentSpec, *, seed: int) -> None:
+        del seed  # deterministic
+        self.spec = spec
+        self.hours = spec.step / pd.Timedelta("1h")
+        self.n_total = max(spec.fleet_size, len(spec.assets), 1)
+        # The local problem carries no price: the feeder's energy cost lives in the shared z-update.
+        weights = DispatchWeights(demand_charge_eur_per_mw=0.0)
+        self.model = DispatchModel.build(spec.assets, step=spec.step, horizon=spec.horizon, weights=weights,
+                                         head_limit=False, proximal=True) if len(spec.assets) else None
+        self.local = DispatchModel.build(spec.assets, step=spec.step, horizon=spec.horizon, weights=weights,
+                                         head_limit=False) if len(spec.assets) else None
+        self.feeder = FeederCost(horizon=spec.horizon, hours=self.hours, quad=self.rho / (2 * self.n_total),
+                                 demand_charge_eur_per_mw=self.demand_charge,
+                                 head_slack_cost_eur_per_mwh=self.head_slack_cost)
+        T = spec.horizon
+        self.heard: dict[str, np.ndarray] = {}  # sender → its latest aggregate trajectory
+        self.p_prev: pd.DataFrame | None = None  # own assets × periods, last x-update
+        self.zbar = np.zeros(T)
+        self.u = np.zeros(T)
+        self._time: pd.Timestamp | None = None
+        self._silent_rounds = 0
+        self._last_grid: pd.Series | None = None
+
+    @property
+    def problems(self) -> list[cp.Problem]:
+        """Every cvxpy problem this agent re-solves (checked for DPP by controllers.testing)."""
+        return [m.problem for m in (self.model, self.local) if m is not None] + [self.feeder.problem]
+
+    # -- per round ---------------------------------------------------------------------------------
+    def propose(self, observation: Observation, inbox: tuple[AgentMessage, ...], *, round_index: int) -> Proposal:
+        if observation.time != self._time:
+            self._new_interval(observation.time)
+        for m in inbox:
+            self.heard[m.sender] = np.asarray(m.payload["x"], dtype=float)
+        # Only the voltage at its own connection point: what the participant's own meter measures.
+        own_buses = self.spec.assets["bus"].unique()
+        self._last_grid = None if observation.grid is None else observation.grid.vm_pu.reindex(own_buses)
+        self._silent_rounds = 0 if inbox else self._silent_rounds + 1
+        if self.model is None:
+            return Proposal(dispatch=Dispatch.empty(role="no assets"))
+        inputs = self.model.inputs_from_observation(observation, include_base_load=False)
+        isolated = round_index >= self.isolation_rounds and self._silent_rounds > round_index
+        if isolated:
+            return self._alone(observation)
+        own = self._own_sum()
+        xbar = (own + sum(self.heard.values(), np.zeros_like(own))) / self.n_total
+        self._z_update(observation, xbar)
+        prev = self.p_prev if self.p_prev is not None else pd.DataFrame(0.0, index=self.model.asset_order,
+                                                                          columns=range(self.spec.horizon))
+        target = prev.to_numpy() - xbar + self.zbar - self.u
+        prox = Proximal(rho=self.rho, z_mw=pd.DataFrame(target, index=prev.index, columns=prev.columns),
+                        u_mw=pd.DataFrame(0.0, index=prev.index, columns=prev.columns))
+        zero_price = replace(inputs, price_eur_per_mwh=np.zeros_like(inputs.price_eur_per_mwh),
+                             head_fixed_mw=np.zeros_like(inputs.head_fixed_mw))
+        solution = self.model.solve(zero_price, solver=self.solver, proximal=prox)
+        if solution.fallback:
+            return self._alone(observation, reason=solution.reason)
+        self.p_prev = solution.p_mw.set_axis(range(self.spec.horizon), axis=1)
+        payload = {"x": self.p_prev.sum(axis=0).to_numpy()}
+        return Proposal(
+            dispatch=self._dispatch(solution, mode="admm", round=round_index, heard=len(self.heard)),
+            outbox=(AgentMessage(self.spec.participant_id, "*", payload),),
+        )
+
+    def _new_interval(self, time: pd.Timestamp) -> None:
+        """Warm start: the last interval's trajectories shifted by one period (the horizon recedes)."""
+        def shift(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([a[1:], a[-1:]]) if len(a) else a
+
+        self.heard = {k: shift(v) for k, v in self.heard.items()}
+        self.zbar, self.u = shift(self.zbar), shift(self.u)
+        if self.p_prev is not None:
+            arr = self.p_prev.to_numpy()
+            self.p_prev = pd.DataFrame(np.concatenate([arr[:, 1:], arr[:, -1:]], axis=1), index=self.p_prev.index,
+                                       columns=self.p_prev.columns)
+        self._time = time
+        self._silent_rounds = 0
+
+    def _own_sum(self) -> np.ndarray:
+        if self.p_prev is None:
+            return np.zeros(self.spec.horizon)
+        return self.p_prev.sum(axis=0).to_numpy()
+
+    def _z_update(self, obs: Observation, xbar: np.ndarray) -> None:
+        T = self.spec.horizon
+        price_imp = _horizon(obs.forecast.price_eur_per_mwh, obs, T)
+        feed_in = float(obs.signals.get("feed_in_eur_per_mwh", 0.0))
+        price_exp = np.minimum(np.full(T, feed_in), price_imp)
+        base = _horizon(obs.forecast.base_load_mw.sum(axis=1), obs, T)
+        limit = obs.limits.p_head_max_mw
+        s = self.feeder.solve(base=base, price_imp=price_imp, price_exp=price_exp,
+                              limit=1e6 if limit is None else float(limit),
+                              target=self.n_total * (self.u + xbar))
+        if s is None:
+            return  # keep the last consensus: a failed z-step must not move everyone
+        self.zbar = s / self.n_total
+        self.u = self.u + xbar - self.zbar
+
+    def _alone(self, obs: Observation, *, reason: str = "isolated: no mesh messages") -> Proposal:
+        """Local autonomy: optimize own assets against the tariff, inverters on volt-var."""
+        assert self.local is not None
+        inputs = self.local.inputs_from_observation(obs, include_base_load=False)
+        solution = self.local.solve(inputs, solver=self.solver)
+        return Proposal(dispatch=self._dispatch(solution, mode="alone", reason=reason))
+
+    def _dispatch(self, solution: DispatchSolution, **diagnostics: Any) -> Dispatch:
+        p = solution.first_p_mw.reindex(self.spec.assets.index).astype(float)
+        q = self._volt_var_q(p) if diagnostics.get("mode") == "alone" and self.volt_var else pd.Series(dtype=float)
+        return Dispatch(p_mw=p, q_mvar=q, diagnostics=MappingProxyType(
+            {**diagnostics, "status": solution.status, "objective_eur": solution.objective_eur}))
+
+    def _volt_var_q(self, p: pd.Series) -> pd.Series:
+        """IEEE 1547 Cat. B volt-var on the agent's own bus voltage (the last one its meter saw)."""
+        grid = self._last_grid
+        if grid is None:
+            return pd.Series(dtype=float)
+        assets = self.spec.assets
+        inverter = assets["kind"].astype(str).isin([AssetKind.PV, AssetKind.BATTERY])
+        vm = grid.reindex(assets["bus"]).to_numpy(float)
+        share = np.interp(np.nan_to_num(vm, nan=1.0), [0.92, 0.98, 1.02, 1.08], [0.44, 0.0, 0.0, -0.44])
+        q = np.where(inverter, -share * assets["s_max_mva"].to_numpy(float), 0.0)
+        return pd.Series(q, index=assets.index)
+
+
+def _horizon(series: pd.Series, obs: Observation, T: int) -> np.ndarray:
+    """A forecast series on the T periods of the horizon (last value carried forward)."""
+    periods = pd.date_range(obs.time, periods=T, freq=obs.step)
+    values = series.astype(float).reindex(series.index.union(periods)).ffill().reindex(periods)
+    return values.fillna(0.0).to_numpy()
+

@@ -1,0 +1,575 @@
+"""The live twin: MQTT telemetry in, the engine's lock-step policies, the controlling policy's setpoints out.
+
+Owns the live loop around ``twin.engine.iterate_policies`` (which stays the only sequencer): it waits for an
+interval's telemetry (simulated time = device timestamps), writes the measured exogenous values into that
+interval's row of the run inputs (``LiveInputs``), steps every policy, publishes the controlling policy's
+setpoints as signed ``CommandPayload``s (the other policies run as shadow twins), turns devices that went
+offline into ``participant_dropout`` operator commands, and writes the run store every interval.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import pandas as pd
+import paho.mqtt.client as mqtt
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from grids.profiles import ExogenousProfiles
+from twin.commands import CommandChannel, CommandKind, OperatorCommand
+from twin.engine import StepRecord, iterate_policies
+from twin.inputs import RunInputs, build_inputs
+from twin.live.clock import TelemetryClock
+from twin.live.device import encode_payload
+from twin.live.ingest import Ingestor, IngestPolicy, MqttIngest
+from twin.live.messages import Channel, DeviceAddress
+from twin.live.mqtt import connect_and_wait, format_ts, make_client
+from twin.live.signing import KeyRegistry, public_key_b64, sign_payload
+from twin.live.simulator import (
+    OPERATOR_KEY_FILE,
+    CredentialsOpt,
+    LiveCredentials,
+    ScenarioArg,
+    SpeedOpt,
+    broker_url_or_bad,
+    credentials_or_bad,
+    fleet_devices,
+)
+from twin.record import PolicyRecords, Recorder
+from twin.runstore import RunStore
+
+if TYPE_CHECKING:
+    from twin.scenario import Scenario
+
+__all__ = ["LIVE_DIR", "LiveInputs", "LiveResult", "LiveTwin", "live_command", "load_operator_key", "read_live_table", "run_live"]
+
+#: Sub-folder of the run folder with the live extras: the raw-message archive and the per-interval live table.
+LIVE_DIR = "live"
+ARCHIVE_FILE = "telemetry.sqlite"
+#: The ingest judges staleness against the wall clock, but simulated device time may be years in the past: the
+#: twin judges freshness itself, in simulated time, so the ingest's own stale mark is switched off.
+_NEVER_STALE = pd.Timedelta(days=36500)
+
+
+class LiveInputs:
+    """A private copy of the run inputs whose rows are overwritten from telemetry, interval by interval.
+
+    Rows not yet filled hold the scenario profiles: they are the forecast the controllers see for the
+    horizon. The engine reads row ``inputs.at(time)`` when it steps ``time``, so a row filled before stepping
+    carries the measured values.
+    """
+
+    def __init__(self, inputs: RunInputs) -> None:
+        p = inputs.profiles
+        profiles = ExogenousProfiles(
+            load_p_mw=p.load_p_mw.copy(), load_q_mvar=p.load_q_mvar.copy(), sgen_p_mw=p.sgen_p_mw.copy(),
+            pv_per_mwp=p.pv_per_mwp.copy(), flex_per_mw=p.flex_per_mw.copy(),
+        )
+        self.inputs = RunInputs(
+            net=inputs.net, assets=inputs.assets.copy(), ev_sessions=inputs.ev_sessions.copy(), profiles=profiles,
+            price_eur_per_mwh=inputs.price_eur_per_mwh.copy(), base_load_bus_mw=inputs.base_load_bus_mw.copy(),
+            pv_avail_mw=inputs.pv_avail_mw.copy(), flex_base_mw=inputs.flex_base_mw.copy(),
+        )
+        self._load_bus = inputs.net.load["bus"]
+        self._sgen_bus = inputs.net.sgen["bus"]
+
+    def fill(
+        self,
+        time: pd.Timestamp,
+        *,
+        load_p_mw: dict[int, float],
+        load_q_mvar: dict[int, float],
+        pv_avail_mw: dict[str, float],
+        flex_base_mw: dict[str, float],
+    ) -> None:
+        """Overwrite interval ``time`` with measured values (missing keys keep the forecast)."""
+        inputs = self.inputs
+        row = inputs.at(time)
+        for frame, values in ((inputs.profiles.load_p_mw, load_p_mw), (inputs.profiles.load_q_mvar, load_q_mvar),
+                              (inputs.pv_avail_mw, pv_avail_mw), (inputs.flex_base_mw, flex_base_mw)):
+            if values:
+                columns = [frame.columns.get_loc(k) for k in values]
+                frame.iloc[row, columns] = np.fromiter(values.values(), dtype=float, count=len(values))
+        # The controllers' "now" column of the per-bus uncontrolled load follows the measured loads.
+        loads = inputs.profiles.load_p_mw.iloc[row].groupby(self._load_bus.reindex(inputs.profiles.load_p_mw.columns)).sum()
+        sgens = inputs.profiles.sgen_p_mw.iloc[row].groupby(self._sgen_bus.reindex(inputs.profiles.sgen_p_mw.columns)).sum()
+        base = loads.reindex(inputs.base_load_bus_mw.columns, fill_value=0.0) - sgens.reindex(
+            inputs.base_load_bus_mw.columns, fill_value=0.0)
+        inputs.base_load_bus_mw.iloc[row] = base.to_numpy(float)
+
+    def set_soc(self, soc_fraction: dict[str, float]) -> None:
+        """Start batteries at their measured state of charge (on a resumed run the devices have moved on)."""
+        assets = self.inputs.assets
+        for asset_id, frac in soc_fraction.items():
+            lo, hi = float(assets.at[asset_id, "soc_min"]), float(assets.at[asset_id, "soc_max"])
+            assets.at[asset_id, "soc_init"] = float(np.clip(frac, lo, hi))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveResult:
+    path: Path
+    intervals: int  # intervals stepped by this session
+    commands_sent: int
+    acks_accepted: int
+    acks_refused: int
+    #: (interval time, device_id) → Unix time the setpoint for that interval was published.
+    command_wall: dict[tuple[pd.Timestamp, str], float] = field(repr=False)
+
+
+_LIVE_COLUMNS = ("measured", "expected", "forecast_filled", "offline", "dropouts_submitted", "commands_sent",
+                 "releases_sent", "acks_accepted", "acks_refused", "trigger", "wait_s", "step_s", "flush_s")
+
+
+class LiveTwin:
+    """One live session. ``start()`` connects; ``run()`` steps the intervals until the scenario ends or
+    ``stop`` is set; ``crash()`` (tests) drops the sessions as a killed process would; ``close()`` ends cleanly.
+    A new ``LiveTwin`` on the same ``out`` folder resumes after the last recorded interval.
+    """
+
+    def __init__(
+        self,
+        *,
+        scenario: Scenario,
+        credentials: LiveCredentials,
+        keys: KeyRegistry,
+        operator_key: Ed25519PrivateKey,
+        control: str,
+        speed: float,
+        out: Path,
+        inputs: RunInputs | None = None,
+        client_id: str = "gridtwin-live",
+        deadline: float = 0.25,
+        offline_after: float = 2.5,
+    ) -> None:
+        names = [c.name for c in scenario.controllers]
+        if control not in names:
+            raise ValueError(f"control={control!r} is not a policy of this scenario; expected one of {names}")
+        if not speed > 0:
+            raise ValueError(f"speed={speed!r} must be a positive number of simulated seconds per second")
+        if not 0 < deadline < 1:
+            raise ValueError(f"deadline={deadline!r} must be a fraction of the step in (0, 1)")
+        self.scenario = scenario
+        self.credentials = credentials
+        self.keys = keys
+        self._operator_key = operator_key
+        self.control = control
+        self.speed = speed
+        self.out = Path(out)
+        base = inputs if inputs is not None else build_inputs(scenario)
+        self.live = LiveInputs(base)
+        self.devices: dict[str, DeviceAddress] = fleet_devices(base)
+        missing = sorted(set(self.devices) - set(keys))
+        if missing:
+            raise ValueError(f"keys: device_id {missing[0]!r} has no registered public key ({len(missing)} missing)")
+        self.client_id = client_id
+        self.deadline = deadline
+        self.offline_timeout = pd.Timedelta(seconds=offline_after * scenario.step.total_seconds() / speed)
+        assets = base.assets
+        self._kind = assets["kind"].astype(str)
+        self._participant = assets["participant_id"].astype(str)
+        self._loads = {d: int(d.removeprefix("load-")) for d in self.devices if d.startswith("load-")}
+        self.clock = TelemetryClock(speed=speed)
+        self.store = RunStore(self.out)
+        self.channel = CommandChannel(self.out)
+        self._buckets: dict[pd.Timestamp, dict[str, dict[str, float]]] = {}
+        self._commanded: set[str] = set()
+        self._command_wall: dict[tuple[pd.Timestamp, str], float] = {}
+        self._ingestor: Ingestor | None = None
+        self._ingest: MqttIngest | None = None
+        self._publisher: mqtt.Client | None = None
+        self._stats = {"commands": 0, "acks_accepted": 0, "acks_refused": 0, "intervals": 0}
+        self._last_received = -1
+        self._quiet_since = time.monotonic()
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self, *, timeout_s: float = 10.0) -> LiveTwin:
+        live_dir = self.out / LIVE_DIR
+        live_dir.mkdir(parents=True, exist_ok=True)
+        self.resume_at = self._resume_point()
+        self._ingestor = Ingestor.open(live_dir / ARCHIVE_FILE, keys=self.keys,
+                                       policy=IngestPolicy(stale_after=_NEVER_STALE))
+        self._restore_buckets(since=self.resume_at)
+        c = self.credentials
+        self._ingest = MqttIngest(ingestor=self._ingestor, host=c.host, port=c.port, credentials=c.twin,
+                                  client_id=self.client_id)
+        try:
+            self._ingest.start(timeout_s=timeout_s)
+            publisher = make_client(client_id=f"{self.client_id}-cmd", credentials=c.twin)
+            publisher.max_inflight_messages_set(1000)
+            connect_and_wait(publisher, host=c.host, port=c.port, keepalive_s=10, clean_start=True, timeout_s=timeout_s)
+            self._publisher = publisher
+        except BaseException:
+            self.close()
+            raise
+        self._warm_up()
+        if not (self.out / "meta.json").exists():
+            self.store.write_meta({
+                "scenario": self.scenario.to_toml_dict(), "seed": self.scenario.seed,
+                "policies": [e.name for e in self.scenario.controllers], "n_intervals": len(self.scenario.times),
+                "feeder": self.scenario.feeder,
+                "assets": self.live.inputs.assets.reset_index().astype(str).to_dict(orient="records"),
+                "live": {"control": self.control, "speed": self.speed, "broker": f"mqtt://{c.host}:{c.port}"},
+            })
+        return self
+
+    def _warm_up(self) -> None:
+        """Step one throw-away interval on copies of the inputs: the first real interval must not pay for
+        first-call costs (power-flow set-up, controller build), or its setpoints reach the devices too late."""
+        t = self.resume_at if self.resume_at < self.scenario.end else self.scenario.start
+        scratch = self.scenario.model_copy(update={"start": t, "end": t + self.scenario.step, "settlement": None})
+        steps = iterate_policies(scratch, LiveInputs(self.live.inputs).inputs)
+        next(steps)
+        steps.close()
+
+    def _resume_point(self) -> pd.Timestamp:
+        """The first interval not yet in the run store (the scenario start for a new run)."""
+        try:
+            summary = self.store.read_table(self.control, "summary")
+        except FileNotFoundError:
+            return self.scenario.start
+        return pd.Timestamp(summary.index.max()) + self.scenario.step if len(summary) else self.scenario.start
+
+    def _restore_buckets(self, *, since: pd.Timestamp) -> None:
+        """Telemetry a crashed session archived (and acknowledged) but never stepped: read it back."""
+        assert self._ingestor is not None
+        for row in self._ingestor.archive.iter_rows(channel=Channel.TELEMETRY.value, verdicts=["accepted"]):
+            if row.device_ts is None or row.device_id is None:
+                continue
+            ts = pd.Timestamp(row.device_ts)
+            if ts < since:
+                continue
+            payload = json.loads(row.payload)
+            self._add_sample(ts, row.device_id, {q: float(payload[q]) for q in ("p_kw", "q_kvar", "soc_pct")
+                                                 if payload.get(q) is not None})
+
+    def crash(self) -> None:
+        """Fault injection: end both sessions without DISCONNECT, losing whatever was not archived yet."""
+        if self._ingest is not None:
+            self._ingest.abort()
+            self._ingest = None
+        if self._publisher is not None:
+            self._publisher.loop_stop()
+            sock = self._publisher.socket()
+            if sock is not None:
+                sock.close()
+            self._publisher = None
+        self._close_ingestor()
+
+    def close(self) -> None:
+        if self._ingest is not None:
+            self._ingest.stop()
+            self._ingest = None
+        if self._publisher is not None:
+            self._publisher.disconnect()
+            self._publisher.loop_stop()
+            self._publisher = None
+        self._close_ingestor()
+
+    def _close_ingestor(self) -> None:
+        if self._ingestor is not None:
+            self._ingestor.close()
+            self._ingestor = None
+
+    def __enter__(self) -> LiveTwin:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- telemetry -----------------------------------------------------------------------------------------
+
+    def _interval_of(self, ts: pd.Timestamp) -> pd.Timestamp:
+        start, step = self.scenario.start, self.scenario.step
+        return start + ((ts - start) // step) * step
+
+    def _add_sample(self, ts: pd.Timestamp, device_id: str, values: dict[str, float]) -> None:
+        # The first sample of an interval is the one taken at its start: it is what the interval is built from.
+        bucket = self._buckets.setdefault(self._interval_of(ts), {})
+        if device_id not in bucket:
+            bucket[device_id] = values
+        self.clock.observe(ts)
+
+    def _drain(self) -> None:
+        assert self._ingest is not None
+        samples = self._ingest.take_samples()
+        if len(samples):
+            wide = samples.pivot_table(index=["ts", "device_id"], columns="quantity", values="value", aggfunc="first")
+            for (ts, device_id), values in wide.iterrows():
+                self._add_sample(pd.Timestamp(ts), str(device_id),
+                                 {q: float(v) for q, v in values.items() if not pd.isna(v)})
+        with self._ingest.locked() as ingestor:
+            acks = ingestor.take_command_acks()
+            received = ingestor.stats().received
+        self._stats["acks_accepted"] += sum(1 for a in acks if a.accepted)
+        self._stats["acks_refused"] += sum(1 for a in acks if not a.accepted)
+        if received != self._last_received:
+            self._last_received, self._quiet_since = received, time.monotonic()
+
+    def _offline(self) -> list[str]:
+        assert self._ingest is not None
+        with self._ingest.locked() as ingestor:
+            return [d for d in ingestor.offline_devices(now=datetime.now(UTC), timeout=self.offline_timeout)
+                    if d in self.devices]
+
+    def _wait_for(self, t: pd.Timestamp, stop: threading.Event) -> str | None:
+        """Block until interval ``t`` can be stepped; return why ("complete" | "deadline"), None if stopped."""
+        grace = self.deadline * self.scenario.step
+        while not stop.is_set():
+            self._drain()
+            offline = set(self._offline())
+            expected = set(self.devices) - offline
+            if expected and expected <= set(self._buckets.get(t, {})):
+                return "complete"
+            now = self.clock.now()
+            # Past the deadline, step with what arrived once the ingest has gone quiet (during a catch-up
+            # burst after a restart the interval's samples are still being archived).
+            if now is not None and now >= t + grace and time.monotonic() - self._quiet_since > 0.1:
+                return "deadline"
+            time.sleep(0.01)
+        return None
+
+    # --- one interval ------------------------------------------------------------------------------------------
+
+    def _fill(self, t: pd.Timestamp) -> tuple[int, int]:
+        """Write interval ``t``'s measurements into the inputs; return (devices measured, values forecast)."""
+        bucket = self._buckets.get(t, {})
+        load_p, load_q, pv, flex = {}, {}, {}, {}
+        for device_id, values in bucket.items():
+            if device_id in self._loads:
+                load_p[self._loads[device_id]] = values.get("p_kw", np.nan) / 1000.0
+                load_q[self._loads[device_id]] = values.get("q_kvar", np.nan) / 1000.0
+            elif device_id not in self._commanded and "p_kw" in values:
+                # Running on its own, a PV inverter produces all that is available and a flexible load draws
+                # its request: the reading is the exogenous value. Under a setpoint it is not: keep the forecast.
+                kind = self._kind.get(device_id)
+                if kind == "pv":
+                    pv[device_id] = max(-values["p_kw"], 0.0) / 1000.0
+                elif kind == "flex_load":
+                    flex[device_id] = max(values["p_kw"], 0.0) / 1000.0
+        load_p = {k: v for k, v in load_p.items() if not np.isnan(v)}
+        load_q = {k: v for k, v in load_q.items() if not np.isnan(v)}
+        self.live.fill(t, load_p_mw=load_p, load_q_mvar=load_q, pv_avail_mw=pv, flex_base_mw=flex)
+        forecast = (len(self._loads) - len(load_p)) + sum(1 for d in self.devices if d not in bucket and d not in self._loads)
+        return len(bucket), forecast
+
+    def _initial_soc(self, t: pd.Timestamp) -> None:
+        bucket = self._buckets.get(t, {})
+        soc = {d: v["soc_pct"] / 100.0 for d, v in bucket.items() if "soc_pct" in v and d in self._kind.index}
+        self.live.set_soc(soc)
+
+    def _submit_dropouts(self, offline: list[str]) -> int:
+        """A device gone offline becomes a one-interval participant dropout in every policy's comms model, so
+        their setpoints stop reaching it and it falls back when its held setpoint expires."""
+        participants = sorted({self._participant[d] for d in offline if d in self._participant.index})
+        for pid in participants:
+            self.channel.submit(OperatorCommand(kind=CommandKind.PARTICIPANT_DROPOUT, duration=self.scenario.step,
+                                                operator="live-twin", participant_id=pid))
+        return len(participants)
+
+    def _publish_setpoints(self, t: pd.Timestamp, record: StepRecord, offline: set[str]) -> tuple[int, int]:
+        """Signed commands for every asset the controlling policy holds a setpoint for; a release (expired
+        command) for one it stopped holding. Skipped for intervals already over (catch-up after a restart)."""
+        now = self.clock.now()
+        if self._publisher is None or (now is not None and now >= t + self.scenario.step):
+            return 0, 0
+        held = record.fallback.index[~record.fallback.to_numpy(bool)]
+        sent = released = 0
+        valid_until = format_ts((t + self.scenario.setpoint_ttl).to_pydatetime())
+        for asset_id in held:
+            if asset_id in offline:
+                continue
+            self._send_command(t, str(asset_id), p_kw=float(record.outcome.p_requested_mw[asset_id]) * 1000.0,
+                               q_kvar=float(record.outcome.q_mvar[asset_id]) * 1000.0, valid_until=valid_until)
+            sent += 1
+        for asset_id in sorted(self._commanded - set(map(str, held))):
+            if asset_id not in offline:
+                self._send_command(t, asset_id, p_kw=0.0, q_kvar=0.0, valid_until=format_ts(t.to_pydatetime()))
+                released += 1
+        self._commanded = set(map(str, held))
+        return sent, released
+
+    def _send_command(self, t: pd.Timestamp, device_id: str, *, p_kw: float, q_kvar: float, valid_until: str) -> None:
+        assert self._publisher is not None
+        topic = self.devices[device_id].topic(Channel.CMD)
+        payload = {"device_id": device_id, "cmd_seq": time.time_ns() // 1000, "ts": format_ts(t.to_pydatetime()),
+                   "p_setpoint_kw": p_kw, "q_setpoint_kvar": q_kvar, "valid_until": valid_until}
+        signed = sign_payload(payload, topic=topic, private_key=self._operator_key)
+        self._publisher.publish(topic, encode_payload(signed), qos=1)
+        self._command_wall[(t, device_id)] = time.time()
+        self._stats["commands"] += 1
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    def run(self, *, stop: threading.Event | None = None) -> LiveResult:
+        stop = stop or threading.Event()
+        times = self.scenario.times[self.scenario.times >= self.resume_at]
+        total = len(self.scenario.times)
+        done = total - len(times)
+        recorder = Recorder(step=self.scenario.step)
+        engine = None
+        live_rows: list[dict[str, Any]] = []
+        self.store.write_status(done=done, total=total, state="running")
+        for t in times:
+            waited = time.monotonic()
+            trigger = self._wait_for(t, stop)
+            if trigger is None:
+                break
+            wait_s = time.monotonic() - waited
+            offline = self._offline()
+            measured, forecast = self._fill(t)
+            dropouts = self._submit_dropouts(offline)
+            if engine is None:
+                self._initial_soc(t)
+                engine = iterate_policies(self.scenario.model_copy(update={"start": t}), self.live.inputs,
+                                          run_dir=self.out)
+            t0 = time.monotonic()
+            records = next(engine)
+            by_name = {r.policy: r for r in records}
+            sent, released = self._publish_setpoints(t, by_name[self.control], set(offline))
+            step_s = time.monotonic() - t0
+            self._drain()
+            acks = (self._stats["acks_accepted"], self._stats["acks_refused"])
+            live_rows.append({"time": t, "measured": measured, "expected": len(self.devices),
+                              "forecast_filled": forecast, "offline": ",".join(sorted(offline)),
+                              "dropouts_submitted": dropouts, "commands_sent": sent, "releases_sent": released,
+                              "acks_accepted": acks[0], "acks_refused": acks[1], "trigger": trigger,
+                              "wait_s": wait_s, "step_s": step_s})
+            recorder.add(records)
+            t1 = time.monotonic()
+            for rec in recorder.freeze(since=len(recorder) - 1).values():
+                self.store.append(rec)
+            live_rows[-1]["flush_s"] = time.monotonic() - t1
+            self._append_live(live_rows[-1:])
+            self._buckets.pop(t, None)
+            done += 1
+            self._stats["intervals"] += 1
+            self.store.write_status(done=done, total=total, state="running")
+        if engine is not None:
+            engine.close()
+        if done == total:
+            self.store.write_status(done=done, total=total, state="finished")
+            self._write_kpis()
+        return LiveResult(path=self.out, intervals=self._stats["intervals"], commands_sent=self._stats["commands"],
+                          acks_accepted=self._stats["acks_accepted"], acks_refused=self._stats["acks_refused"],
+                          command_wall=dict(self._command_wall))
+
+    def _append_live(self, rows: list[dict[str, Any]]) -> None:
+        folder = self.out / LIVE_DIR / "intervals"
+        folder.mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame(rows).set_index("time")[list(_LIVE_COLUMNS)]
+        part = len(list(folder.glob("part-*.parquet")))
+        tmp = folder / f".part-{part:06d}.parquet.tmp"
+        frame.to_parquet(tmp)
+        tmp.replace(folder / f"part-{part:06d}.parquet")
+
+    def _write_kpis(self) -> None:
+        from controllers.api import NetworkLimits
+        from twin.kpis import compute_kpis
+
+        limits = NetworkLimits(**self.scenario.limits.model_dump())
+        kpis = {}
+        for entry in self.scenario.controllers:
+            tables = {name: self.store.read_table(entry.name, name) for name in PolicyRecords.TABLES}
+            kpis[entry.name] = compute_kpis(PolicyRecords(policy=entry.name, step=self.scenario.step, **tables),
+                                            limits=limits)
+        self.store.write_kpis(kpis)
+
+
+def load_operator_key(path: Path) -> Ed25519PrivateKey:
+    """The operator's signing key (PEM, as ``gridtwin broker`` writes it); never creates one."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as exc:
+        raise ValueError(f"operator_key={str(path)!r}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ValueError(f"operator_key={str(path)!r}: not a PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"operator_key={str(path)!r}: not an Ed25519 private key")
+    return key
+
+
+def read_live_table(run_dir: Path) -> pd.DataFrame:
+    """The per-interval live table of a run (measured devices, offline devices, commands, acks, trigger)."""
+    parts = sorted((Path(run_dir) / LIVE_DIR / "intervals").glob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"{run_dir}: no live intervals recorded")
+    return pd.concat([pd.read_parquet(p) for p in parts])
+
+
+def run_live(
+    scenario: Scenario,
+    *,
+    broker_host: str,
+    broker_port: int,
+    credentials: LiveCredentials | Path,
+    keys: KeyRegistry | Path,
+    operator_key: Ed25519PrivateKey | Path,
+    control: str,
+    speed: float = 60.0,
+    out: Path,
+    inputs: RunInputs | None = None,
+    stop: threading.Event | None = None,
+) -> LiveResult:
+    """Run the live twin until the scenario's end (or ``stop``); blocking. Re-running on the same ``out``
+    resumes after the last recorded interval; the persistent MQTT session replays what arrived meanwhile."""
+    creds = credentials if isinstance(credentials, LiveCredentials) else LiveCredentials.from_file(credentials)
+    creds = LiveCredentials(host=broker_host, port=broker_port, twin=creds.twin,
+                            device_passwords=creds.device_passwords, operator_public_key=creds.operator_public_key)
+    registry = keys if isinstance(keys, KeyRegistry) else KeyRegistry.from_file(keys)
+    key = operator_key if isinstance(operator_key, Ed25519PrivateKey) else load_operator_key(operator_key)
+    if public_key_b64(key) != creds.operator_public_key:
+        raise ValueError("operator_key: its public key is not the credentials' operator_public_key "
+                         f"{creds.operator_public_key!r}: the devices would refuse every setpoint")
+    twin = LiveTwin(scenario=scenario, credentials=creds, keys=registry, operator_key=key, control=control,
+                    speed=speed, out=out, inputs=inputs)
+    with twin:
+        return twin.run(stop=stop)
+
+
+def live_command(
+    scenario: ScenarioArg,
+    broker: Annotated[str, typer.Option("--broker", help="Broker address, mqtt://HOST:PORT.")] = "mqtt://127.0.0.1:1883",
+    control: Annotated[str | None, typer.Option(
+        "--control", help="Policy whose setpoints go to the devices (default: the first); the others run as shadows.")]
+    = None,
+    speed: SpeedOpt = 60.0,
+    out: Annotated[Path, typer.Option("--out", help="Run folder (an existing one is resumed).")] = Path("runs/live"),
+    keys: Annotated[Path, typer.Option("--keys", help="Device public-key registry JSON.")] = Path("live/device_keys.json"),
+    credentials: CredentialsOpt = Path("live/credentials.json"),
+) -> None:
+    """Run the live twin: ingest MQTT telemetry, step every policy, command the devices with one of them."""
+    from twin.live.simulator import _check_speed, _load_or_bad
+
+    host, port = broker_url_or_bad(broker)
+    _check_speed(speed)
+    loaded = _load_or_bad(scenario)
+    creds = credentials_or_bad(credentials)
+    names = [c.name for c in loaded.controllers]
+    chosen = control if control is not None else names[0]
+    if chosen not in names:
+        raise typer.BadParameter(f"--control={chosen!r} is not a policy of {scenario}; expected one of {names}",
+                                 param_hint="--control")
+    try:
+        registry = KeyRegistry.from_file(keys)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"--keys={str(keys)!r}: {exc}", param_hint="--keys") from None
+    try:
+        operator_key = load_operator_key(credentials.parent / OPERATOR_KEY_FILE)
+        result = run_live(loaded, broker_host=host, broker_port=port, credentials=creds, keys=registry,
+                          operator_key=operator_key, control=chosen, speed=speed, out=out)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"run folder {result.path}: {result.intervals} intervals, {result.commands_sent} setpoints sent, "
+               f"acks {result.acks_accepted} accepted / {result.acks_refused} refused")
+

@@ -1,0 +1,738 @@
+"""The field side of a live run: provisioning (device ids, topics, broker credentials, keys) and a simulator
+in which every DER of the scenario's fleet and every native load is an MQTT device.
+
+DER devices run the same physics as the twin (``twin.devices.FleetPhysics``), publish signed telemetry in
+simulated UTC, obey signed setpoints from their ``cmd`` topic until they expire, acknowledge them on
+``cmd/ack`` and otherwise run their autonomous default. Native loads publish their profile as meter readings.
+``gridtwin broker`` and ``gridtwin devices`` are thin wrappers around :func:`start_broker` and
+:func:`run_devices`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+import paho.mqtt.client as mqtt
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
+
+from controllers.api import AssetKind
+from twin.devices import FleetPhysics
+from twin.live.broker import BrokerCredentials, MosquittoBroker
+from twin.live.clock import SimClock
+from twin.live.device import DeviceClient
+from twin.live.messages import (
+    Channel,
+    CommandPayload,
+    DeviceAddress,
+    MessageError,
+    decode_json_object,
+    describe_validation_error,
+)
+from twin.live.mqtt import format_ts
+from twin.live.signing import KeyRegistry, SignatureCheck, derive_private_key, public_key_b64, verify_payload
+from twin.telemetry import load_device_id
+
+if TYPE_CHECKING:
+    from twin.inputs import RunInputs
+    from twin.scenario import Scenario
+
+__all__ = [
+    "CREDENTIALS_FORMAT",
+    "METER_KIND",
+    "NATIVE_LOAD_SITE",
+    "BrokerSetup",
+    "FieldSimulator",
+    "LiveCredentials",
+    "SimulatorReport",
+    "broker_command",
+    "device_keys",
+    "devices_command",
+    "fleet_devices",
+    "parse_broker_url",
+    "run_devices",
+    "start_broker",
+]
+
+CREDENTIALS_FORMAT = "gridtwin-broker-credentials/1"
+#: Site (topic segment) of the feeder's own load meters; DER devices use their ``participant_id``.
+NATIVE_LOAD_SITE = "feeder"
+#: Kind under which native-load meters publish. The topic contract (``DeviceAddress``) only knows the four DER
+#: kinds; a flexible load is the nearest (a consumer, load convention). The twin tells meters apart by their
+#: ``load-<idx>`` device id, never by this kind.
+METER_KIND = AssetKind.FLEX_LOAD
+OPERATOR_KEY_FILE = "operator_ed25519.pem"
+
+
+# --------------------------------------------------------------------------------------------- provisioning
+
+
+def fleet_devices(inputs: RunInputs) -> dict[str, DeviceAddress]:
+    """Every field device of a run: one per fleet asset (site = participant) and one per native load."""
+    devices: dict[str, DeviceAddress] = {}
+    for asset_id, row in inputs.assets.iterrows():
+        devices[str(asset_id)] = DeviceAddress(
+            site=str(row["participant_id"]), kind=AssetKind(str(row["kind"])), device_id=str(asset_id)
+        )
+    for index in inputs.net.load.index:
+        device_id = load_device_id(int(index))
+        devices[device_id] = DeviceAddress(site=NATIVE_LOAD_SITE, kind=METER_KIND, device_id=device_id)
+    return devices
+
+
+def device_keys(device_ids: Collection[str], *, seed: int) -> KeyRegistry:
+    """The public keys of simulated devices, whose private keys are derived from ``seed``."""
+    keys = KeyRegistry()
+    for device_id in sorted(device_ids):
+        keys.add(device_id=device_id, public_key=derive_private_key(seed=seed, device_id=device_id).public_key())
+    return keys
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``mqtt://HOST:PORT`` → (host, port); errors name the value."""
+    parsed = urlparse(url)
+    if parsed.scheme != "mqtt" or not parsed.hostname:
+        raise ValueError(f"broker={url!r} must look like mqtt://HOST:PORT (TLS is not supported)")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError(f"broker={url!r}: the port is not a number in 1..65535") from None
+    return parsed.hostname, port or 1883
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Atomic write of a secrets file, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveCredentials:
+    """What provisioning hands out: the broker address, every account's password and the operator's public key
+    (devices check setpoint signatures with it). Written by whoever starts the broker (``start_broker``)."""
+
+    host: str
+    port: int
+    twin: BrokerCredentials
+    device_passwords: Mapping[str, str] = field(repr=False)
+    operator_public_key: str  # base64 raw Ed25519
+
+    def device(self, device_id: str) -> BrokerCredentials:
+        if device_id not in self.device_passwords:
+            raise KeyError(f"device_id {device_id!r} has no broker account in these credentials")
+        return BrokerCredentials(username=device_id, password=self.device_passwords[device_id])
+
+    def operator_key(self) -> Ed25519PublicKey:
+        return KeyRegistry.from_json(
+            {"format": "gridtwin-device-keys/1", "devices": {"operator": self.operator_public_key}}
+        ).get("operator")  # type: ignore[return-value]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CREDENTIALS_FORMAT, "host": self.host, "port": self.port,
+            "twin": {"username": self.twin.username, "password": self.twin.password},
+            "devices": dict(sorted(self.device_passwords.items())),
+            "operator_public_key": self.operator_public_key,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LiveCredentials:
+        if not isinstance(data, Mapping) or data.get("format") != CREDENTIALS_FORMAT:
+            found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"credentials field 'format' is {found!r}, expected {CREDENTIALS_FORMAT!r}")
+        try:
+            twin = data["twin"]
+            creds = cls(
+                host=str(data["host"]), port=int(data["port"]),
+                twin=BrokerCredentials(username=str(twin["username"]), password=str(twin["password"])),
+                device_passwords={str(k): str(v) for k, v in dict(data["devices"]).items()},
+                operator_public_key=str(data["operator_public_key"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"credentials: missing or malformed field {exc}") from None
+        creds.operator_key()  # fail here, naming the field, rather than at the first command
+        return creds
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> LiveCredentials:
+        path = Path(path)
+        try:
+            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"credentials file {path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        _write_private(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerSetup:
+    """A started broker and the files written for the devices and the twin."""
+
+    broker: MosquittoBroker
+    credentials_path: Path
+    keys_path: Path
+    operator_key_path: Path
+
+
+def start_broker(
+    scenario: Scenario,
+    *,
+    out: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    inputs: RunInputs | None = None,
+    workdir: Path | None = None,
+) -> BrokerSetup:
+    """Start a private mosquitto for the scenario's devices and write, into ``out``: ``credentials.json``
+    (broker accounts, 0600), ``device_keys.json`` (device public keys for the twin, from the scenario seed) and
+    ``operator_ed25519.pem`` (the key the twin signs setpoints with; created once). Stop it with
+    ``setup.broker.stop()``."""
+    from twin.inputs import build_inputs
+    from twin.settlement.signing import load_or_create_operator_key
+
+    inputs = inputs if inputs is not None else build_inputs(scenario)
+    devices = fleet_devices(inputs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    operator_key_path = out / OPERATOR_KEY_FILE
+    operator = load_or_create_operator_key(operator_key_path)
+    broker = MosquittoBroker(devices=list(devices.values()), host=host, port=port, workdir=workdir).start()
+    try:
+        credentials = LiveCredentials(
+            host=broker.host, port=broker.port, twin=broker.twin_credentials,
+            device_passwords={d: broker.credentials(d).password for d in devices},
+            operator_public_key=public_key_b64(operator),
+        )
+        credentials_path, keys_path = out / "credentials.json", out / "device_keys.json"
+        credentials.save(credentials_path)
+        device_keys(devices, seed=scenario.seed).save(keys_path)
+    except BaseException:
+        broker.stop()
+        raise
+    return BrokerSetup(broker=broker, credentials_path=credentials_path, keys_path=keys_path,
+                       operator_key_path=operator_key_path)
+
+
+# ------------------------------------------------------------------------------------------------ simulator
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Held:
+    cmd_seq: int
+    p_mw: float
+    q_mvar: float
+    valid_until: pd.Timestamp
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatorReport:
+    """What the field did: counts, the true power of every DER per interval, and wall-clock logs."""
+
+    published: dict[str, int]  # telemetry messages per device (every one acknowledged by the broker, QoS 1)
+    commands_accepted: int
+    commands_refused: int
+    refusals: tuple[str, ...]
+    #: Long table: time, device_id, p_mw, q_mvar, soc_mwh, source ("command" | "autonomous").
+    truth: pd.DataFrame
+    #: (interval time, device_id) → Unix time its telemetry for that interval was published.
+    telemetry_wall: dict[tuple[pd.Timestamp, str], float]
+    #: (command ts, device_id) → Unix time the command arrived at the device.
+    command_wall: dict[tuple[pd.Timestamp, str], float]
+
+    @property
+    def total_published(self) -> int:
+        return sum(self.published.values())
+
+
+class FieldSimulator:
+    """Every device of a run in one process: one MQTT session (and Last Will) per device, one shared physics.
+
+    ``connect()`` opens the sessions; ``run()`` paces the simulated clock until the scenario ends (or ``stop()``);
+    ``kill_site()`` cuts the links of a site's devices mid-run (they keep running on their own physics).
+    """
+
+    def __init__(
+        self,
+        *,
+        scenario: Scenario,
+        inputs: RunInputs,
+        credentials: LiveCredentials,
+        seed: int | None = None,
+        speed: float = 60.0,
+        publish_every: pd.Timedelta | None = None,
+        device_ids: Collection[str] | None = None,
+        keepalive_s: int = 10,
+        command_window: float = 0.5,
+        clock: SimClock | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.inputs = inputs
+        self.credentials = credentials
+        self.seed = scenario.seed if seed is None else seed
+        self.speed = speed
+        self.step = scenario.step
+        self.publish_every = publish_every if publish_every is not None else scenario.step
+        if not isinstance(self.publish_every, pd.Timedelta) or self.publish_every <= pd.Timedelta(0):
+            raise ValueError(f"publish_every={self.publish_every!r} must be a positive pd.Timedelta")
+        if not 0 < command_window < 1:
+            raise ValueError(f"command_window={command_window!r} must be a fraction of the step in (0, 1)")
+        self.command_window = command_window
+        self.keepalive_s = keepalive_s
+        self._clock = clock
+        every = fleet_devices(inputs)
+        wanted = set(every) if device_ids is None else set(device_ids)
+        unknown = sorted(wanted - set(every))
+        if unknown:
+            raise ValueError(f"device_ids: {unknown[0]!r} is not a device of this scenario")
+        self.addresses = {d: a for d, a in every.items() if d in wanted}
+        self._operator_key = credentials.operator_key()
+        assets = inputs.assets.loc[[d for d in inputs.assets.index if d in wanted]]
+        sessions = inputs.ev_sessions[inputs.ev_sessions["asset_id"].isin(assets.index)]
+        self.physics = FleetPhysics(assets, sessions, step=scenario.step)
+        self._der = assets.index
+        self._kind = assets["kind"].astype(str)
+        self._p_max = assets["p_max_mw"].astype(float)
+        self._v2g = assets["v2g"].astype(bool)
+        self._loads = [(d, int(d.removeprefix("load-"))) for d in sorted(self.addresses) if d.startswith("load-")]
+        self._load_e_imp = dict.fromkeys((d for d, _ in self._loads), 0.0)
+        self._load_e_exp = dict.fromkeys((d for d, _ in self._loads), 0.0)
+        self._clients: dict[str, DeviceClient] = {}
+        self._dead: set[str] = set()
+        self._lock = threading.Lock()
+        self._held: dict[str, _Held] = {}
+        self._last_cmd_seq: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._applied: pd.Series | None = None  # p_mw of the last applied interval
+        self._applied_q: pd.Series | None = None
+        self._applied_interval: pd.Timestamp | None = None
+        self._soc_start = self.physics.soc.copy()
+        self._reg_start = (self.physics.e_imp_register_mwh.copy(), self.physics.e_exp_register_mwh.copy())
+        self._load_booked_until = scenario.start
+        self._truth: list[dict[str, Any]] = []
+        self._published: dict[str, int] = dict.fromkeys(self.addresses, 0)
+        self._accepted = 0
+        self._refusals: list[str] = []
+        self._telemetry_wall: dict[tuple[pd.Timestamp, str], float] = {}
+        self._command_wall: dict[tuple[pd.Timestamp, str], float] = {}
+
+    # --- sessions ------------------------------------------------------------------------------------------
+
+    def connect(self, *, timeout_s: float = 10.0) -> None:
+        """Open every device's session (retained ``online`` status, ``offline`` will) and subscribe to ``cmd``."""
+        now = self.scenario.start.to_pydatetime()
+        try:
+            for device_id, address in sorted(self.addresses.items()):
+                client = DeviceClient(
+                    address=address, private_key=derive_private_key(seed=self.seed, device_id=device_id),
+                    credentials=self.credentials.device(device_id), host=self.credentials.host,
+                    port=self.credentials.port, keepalive_s=self.keepalive_s,
+                )
+                client.connect(now=now, timeout_s=timeout_s)
+                self._clients[device_id] = client
+                if device_id in self._der:
+                    self._subscribe(client, timeout_s=timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _subscribe(self, device: DeviceClient, *, timeout_s: float) -> None:
+        topic = device.address.topic(Channel.CMD)
+        subscribed = threading.Event()
+        paho = device.client
+
+        def on_connect(client: mqtt.Client, _u: object, _f: Any, reason_code: Any, _p: Any) -> None:
+            if not reason_code.is_failure:  # clean sessions: subscribe again after an automatic reconnect
+                client.subscribe(topic, qos=1)
+
+        paho.on_connect = on_connect
+        paho.on_subscribe = lambda *_args: subscribed.set()
+        paho.on_message = lambda _c, _u, message: self._on_command(device, message)
+        paho.subscribe(topic, qos=1)
+        if not subscribed.wait(timeout_s):
+            raise ConnectionError(f"device {device.address.device_id!r}: no SUBACK for {topic} within {timeout_s} s")
+
+    def kill_site(self, site: str) -> list[str]:
+        """Cut the links of every device at ``site`` without DISCONNECT (the broker then publishes their
+        ``offline`` wills). The devices keep running: held setpoints until they expire, then autonomous."""
+        killed = sorted(d for d, a in self.addresses.items() if a.site == site and d not in self._dead)
+        if not killed:
+            raise ValueError(f"site {site!r} has no connected device in this simulator")
+        with self._lock:
+            self._dead.update(killed)
+        for device_id in killed:
+            self._clients[device_id].abort()
+        return killed
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        """End every live session gracefully (retained ``offline``)."""
+        for device_id, client in self._clients.items():
+            if device_id not in self._dead:
+                client.close(now=self._sim_now().to_pydatetime())
+        self._clients.clear()
+
+    def _sim_now(self) -> pd.Timestamp:
+        return self._clock.now() if self._clock is not None else self.scenario.start
+
+    # --- commands (paho network threads) -----------------------------------------------------------------
+
+    def _refuse(self, device: DeviceClient, *, cmd_seq: int, reason: str) -> None:
+        with self._lock:
+            self._refusals.append(f"{device.address.device_id}: {reason}")
+        self._ack(device, cmd_seq=cmd_seq, accepted=False, applied_p_kw=None, reason=reason)
+
+    def _ack(self, device: DeviceClient, *, cmd_seq: int, accepted: bool, applied_p_kw: float | None,
+             reason: str | None) -> None:
+        payload: dict[str, Any] = {"device_id": device.address.device_id, "cmd_seq": cmd_seq,
+                                   "ts": format_ts(self._sim_now().to_pydatetime()), "accepted": accepted}
+        if applied_p_kw is not None:
+            payload["applied_p_kw"] = applied_p_kw
+        if reason:
+            payload["reason"] = reason
+        if device.address.device_id not in self._dead:
+            device.publish(channel=Channel.CMD_ACK, payload=device.sign(payload, channel=Channel.CMD_ACK))
+
+    def _on_command(self, device: DeviceClient, message: mqtt.MQTTMessage) -> None:
+        device_id = device.address.device_id
+        wall = time.time()
+        try:
+            raw = decode_json_object(bytes(message.payload))
+        except MessageError as exc:
+            self._refuse(device, cmd_seq=0, reason=str(exc))
+            return
+        seq = raw.get("cmd_seq") if isinstance(raw.get("cmd_seq"), int) and raw.get("cmd_seq", -1) >= 0 else 0
+        check = verify_payload(raw, topic=message.topic, public_key=self._operator_key)
+        if check is not SignatureCheck.VALID:
+            self._refuse(device, cmd_seq=seq, reason=f"field 'sig': {check.value}")
+            return
+        try:
+            command = CommandPayload.model_validate(raw)
+        except ValidationError as exc:
+            self._refuse(device, cmd_seq=seq, reason=describe_validation_error(exc))
+            return
+        if command.device_id != device_id:
+            self._refuse(device, cmd_seq=seq, reason=f"field 'device_id' value {command.device_id!r} is not {device_id!r}")
+            return
+        with self._lock:
+            last = self._last_cmd_seq.get(device_id, -1)
+            if command.cmd_seq <= last:
+                stale = True
+            else:
+                stale = False
+                self._last_cmd_seq[device_id] = command.cmd_seq
+                valid_until = pd.Timestamp(command.valid_until)
+                if valid_until <= pd.Timestamp(command.ts):
+                    self._held.pop(device_id, None)  # an already-expired command releases the device
+                else:
+                    self._held[device_id] = _Held(
+                        cmd_seq=command.cmd_seq, p_mw=command.p_setpoint_kw / 1000.0,
+                        q_mvar=(command.q_setpoint_kvar or 0.0) / 1000.0, valid_until=valid_until,
+                    )
+                self._accepted += 1
+                self._command_wall[(pd.Timestamp(command.ts), device_id)] = wall
+        if stale:
+            self._refuse(device, cmd_seq=command.cmd_seq, reason=f"field 'cmd_seq' value {command.cmd_seq} is not "
+                         f"newer than {last} (replayed or reordered)")
+            return
+        lo, hi = self._rating_box(device_id)
+        applied = float(np.clip(command.p_setpoint_kw, lo * 1000.0, hi * 1000.0))
+        reason = "clipped to rating" if applied != command.p_setpoint_kw else None
+        if pd.Timestamp(command.valid_until) <= pd.Timestamp(command.ts):
+            applied, reason = 0.0, "released: autonomous from now on"
+        self._ack(device, cmd_seq=command.cmd_seq, accepted=True, applied_p_kw=applied, reason=reason)
+
+    def _rating_box(self, device_id: str) -> tuple[float, float]:
+        p_max, kind = float(self._p_max[device_id]), self._kind[device_id]
+        if kind == AssetKind.BATTERY:
+            return -p_max, p_max
+        if kind == AssetKind.EV_CHARGER:
+            return (-p_max if self._v2g[device_id] else 0.0), p_max
+        if kind == AssetKind.PV:
+            return -p_max, 0.0
+        return 0.0, p_max
+
+    # --- the paced loop --------------------------------------------------------------------------------------
+
+    def _setpoints(self, time_: pd.Timestamp) -> tuple[pd.Series, pd.Series, pd.Series]:
+        """p, q and source per DER for the interval starting at ``time_``: a held, valid command, else the
+        autonomous default (the same rule as the twin's engine)."""
+        row = self.inputs.at(time_)
+        pv_avail = self.inputs.pv_avail_mw.iloc[row]
+        flex_base = self.inputs.flex_base_mw.iloc[row]
+        self.physics.state_frame(time_)  # plugs in EVs that arrived, as the engine does before deciding
+        p = self.physics.autonomous_p_mw(pv_avail_mw=pv_avail, flex_base_mw=flex_base)
+        q = pd.Series(0.0, index=self._der)
+        source = pd.Series("autonomous", index=self._der, dtype=object)
+        with self._lock:
+            held = {d: h for d, h in self._held.items() if h.valid_until > time_}
+        for device_id, h in held.items():
+            p[device_id], q[device_id], source[device_id] = h.p_mw, h.q_mvar, "command"
+        return p, q, source
+
+    def _events(self) -> list[tuple[pd.Timestamp, int, pd.Timestamp]]:
+        """(when, 0 = publish | 1 = apply, interval) in simulated time, in order."""
+        events = []
+        ticks = pd.date_range(self.scenario.start, self.scenario.end, freq=self.publish_every, inclusive="left")
+        for tick in ticks:
+            interval = self.scenario.start + ((tick - self.scenario.start) // self.step) * self.step
+            events.append((tick, 0, interval))
+        for interval in self.scenario.times:
+            events.append((interval + self.command_window * self.step, 1, interval))
+        return sorted(events)
+
+    def run(self, *, clock: SimClock | None = None) -> SimulatorReport:
+        """Pace the whole scenario (blocking). ``clock`` defaults to starting the scenario now."""
+        self._clock = clock or self._clock or SimClock.starting_now(sim_start=self.scenario.start, speed=self.speed)
+        for when, kind, interval in self._events():
+            if not self._clock.sleep_until(when, stop=self._stop):
+                break
+            if kind == 0:
+                self._publish(when, interval)
+            else:
+                self._apply(interval)
+        return self.report()
+
+    def _apply(self, interval: pd.Timestamp) -> None:
+        p, q, source = self._setpoints(interval)
+        row = self.inputs.at(interval)
+        self._soc_start = self.physics.soc.copy()
+        self._reg_start = (self.physics.e_imp_register_mwh.copy(), self.physics.e_exp_register_mwh.copy())
+        outcome = self.physics.advance(
+            interval, p_setpoint_mw=p, q_setpoint_mvar=q, pv_avail_mw=self.inputs.pv_avail_mw.iloc[row],
+            flex_base_mw=self.inputs.flex_base_mw.iloc[row],
+        )
+        self._applied, self._applied_q, self._applied_interval = outcome.p_mw, outcome.q_mvar, interval
+        for device_id in self._der:
+            self._truth.append({"time": interval, "device_id": device_id, "p_mw": float(outcome.p_mw[device_id]),
+                                "q_mvar": float(outcome.q_mvar[device_id]),
+                                "soc_mwh": float(outcome.soc_mwh[device_id]), "source": source[device_id]})
+
+    def _load_registers(self, interval: pd.Timestamp) -> None:
+        """Book native-load energy of every whole interval before ``interval`` into the meter registers."""
+        h = self.physics.hours
+        while self._load_booked_until < interval:
+            profile = self.inputs.profiles.load_p_mw.iloc[self.inputs.at(self._load_booked_until)]
+            for device_id, index in self._loads:
+                e_kwh = float(profile[index]) * 1000.0 * h
+                self._load_e_imp[device_id] += max(e_kwh, 0.0)
+                self._load_e_exp[device_id] += max(-e_kwh, 0.0)
+            self._load_booked_until += self.step
+
+    def _publish(self, tick: pd.Timestamp, interval: pd.Timestamp) -> None:
+        """Telemetry of every live device at ``tick``: the power flowing now, registers and SOC. Before this
+        interval's setpoints are applied that is what the setpoint in force (or the autonomous default) gives."""
+        hours_in = (tick - interval) / pd.Timedelta("1h")
+        if self._applied_interval == interval:
+            assert self._applied is not None and self._applied_q is not None
+            p_der, q_der = self._applied, self._applied_q
+            p = p_der.to_numpy()
+            e_imp = self._reg_start[0] + np.maximum(p, 0.0) * hours_in
+            e_exp = self._reg_start[1] + np.maximum(-p, 0.0) * hours_in
+            soc = self._soc_start + (self.physics.soc - self._soc_start) * ((tick - interval) / self.step)
+        else:
+            p_der, q_der, _ = self._setpoints(interval)
+            box = np.array([self._rating_box(d) for d in self._der]).reshape(-1, 2)
+            p_der = pd.Series(np.clip(p_der.to_numpy(), box[:, 0], box[:, 1]), index=self._der)
+            e_imp, e_exp = self.physics.e_imp_register_mwh, self.physics.e_exp_register_mwh
+            soc = self.physics.soc
+        ts = tick.to_pydatetime()
+        wall = time.time()
+        with self._lock:
+            dead = set(self._dead)
+        bat = self.physics.is_kind[AssetKind.BATTERY]
+        for i, device_id in enumerate(self._der):
+            if device_id in dead:
+                continue
+            soc_pct = None
+            if bat[i] and self.physics.e_max[i] > 0:
+                soc_pct = float(np.clip(soc[i] / self.physics.e_max[i] * 100.0, 0.0, 100.0))
+            self._send(device_id, ts=ts, wall=wall, interval=interval, p_kw=float(p_der[device_id]) * 1000.0,
+                       q_kvar=float(q_der[device_id]) * 1000.0, e_imp_kwh=float(e_imp[i]) * 1000.0,
+                       e_exp_kwh=float(e_exp[i]) * 1000.0, soc_pct=soc_pct)
+        self._load_registers(interval)
+        row = self.inputs.at(interval)
+        load_p = self.inputs.profiles.load_p_mw.iloc[row]
+        load_q = self.inputs.profiles.load_q_mvar.iloc[row]
+        for device_id, index in self._loads:
+            if device_id in dead:
+                continue
+            p_kw = float(load_p[index]) * 1000.0
+            self._send(device_id, ts=ts, wall=wall, interval=interval, p_kw=p_kw, q_kvar=float(load_q[index]) * 1000.0,
+                       e_imp_kwh=self._load_e_imp[device_id] + max(p_kw, 0.0) * hours_in,
+                       e_exp_kwh=self._load_e_exp[device_id] + max(-p_kw, 0.0) * hours_in, soc_pct=None)
+
+    def _send(self, device_id: str, *, ts: Any, wall: float, interval: pd.Timestamp, **values: Any) -> None:
+        client = self._clients[device_id]
+        values = {k: v for k, v in values.items() if v is not None}
+        client.publish_telemetry(ts=ts, **values)
+        self._published[device_id] += 1
+        self._telemetry_wall.setdefault((interval, device_id), wall)
+
+    def report(self) -> SimulatorReport:
+        with self._lock:
+            return SimulatorReport(
+                published=dict(self._published), commands_accepted=self._accepted,
+                commands_refused=len(self._refusals), refusals=tuple(self._refusals),
+                truth=pd.DataFrame(self._truth, columns=["time", "device_id", "p_mw", "q_mvar", "soc_mwh", "source"]),
+                telemetry_wall=dict(self._telemetry_wall), command_wall=dict(self._command_wall),
+            )
+
+
+def run_devices(
+    scenario: Scenario,
+    *,
+    broker_host: str,
+    broker_port: int,
+    credentials: LiveCredentials | Path,
+    keys: Path | None = None,
+    speed: float = 60.0,
+    publish_every: pd.Timedelta | None = None,
+    seed: int | None = None,
+    inputs: RunInputs | None = None,
+    device_ids: Collection[str] | None = None,
+    keepalive_s: int = 10,
+    start_at: float | Callable[[], float] | None = None,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[FieldSimulator], None] | None = None,
+) -> SimulatorReport:
+    """Run the scenario's field devices against the broker until the scenario's end (blocking).
+
+    ``credentials`` are the broker accounts (a ``LiveCredentials`` or its JSON file); ``broker_host`` /
+    ``broker_port`` override the address in it. With ``keys``, the devices' public-key registry is written
+    there for the twin. ``start_at`` (Unix time) anchors simulated ``scenario.start`` so several device
+    processes share one clock (a callable is asked once every device is connected, after ``on_ready``);
+    default: as soon as every device is connected. ``publish_every`` defaults to
+    ``scenario.step``. ``on_ready`` is called once connected (tests use it to get the simulator).
+    """
+    from twin.inputs import build_inputs
+
+    creds = credentials if isinstance(credentials, LiveCredentials) else LiveCredentials.from_file(credentials)
+    creds = LiveCredentials(host=broker_host, port=broker_port, twin=creds.twin,
+                            device_passwords=creds.device_passwords, operator_public_key=creds.operator_public_key)
+    inputs = inputs if inputs is not None else build_inputs(scenario)
+    simulator = FieldSimulator(
+        scenario=scenario, inputs=inputs, credentials=creds, seed=seed, speed=speed, publish_every=publish_every,
+        device_ids=device_ids, keepalive_s=keepalive_s,
+    )
+    if keys is not None:
+        device_keys(simulator.addresses, seed=simulator.seed).save(keys)
+    simulator.connect()
+    try:
+        if on_ready is not None:
+            on_ready(simulator)
+        anchor = start_at() if callable(start_at) else start_at
+        clock = SimClock(sim_start=scenario.start, speed=speed, wall_start=anchor if anchor is not None else time.time())
+        if stop is not None:
+            threading.Thread(target=lambda: (stop.wait(), simulator.stop()), daemon=True).start()
+        return simulator.run(clock=clock)
+    finally:
+        simulator.close()
+
+
+# ------------------------------------------------------------------------------------ typer-facing commands
+# The lead mounts these on the main CLI (``app.command("devices")(devices_command)``); they only parse and
+# report, and answer bad input with typer.BadParameter naming the option and the value (exit code 2).
+
+ScenarioArg = Annotated[Path, typer.Argument(metavar="SCENARIO", help="Scenario TOML file.", show_default=False)]
+BrokerOpt = Annotated[str, typer.Option("--broker", help="Broker address, mqtt://HOST:PORT.")]
+SpeedOpt = Annotated[float, typer.Option("--speed", help="Simulated seconds per wall-clock second.")]
+CredentialsOpt = Annotated[Path, typer.Option(
+    "--credentials", help="Broker accounts JSON written by `gridtwin broker` (credentials.json).")]
+
+
+def _load_or_bad(path: Path) -> Scenario:
+    from twin.scenario import ScenarioError, load_scenario
+
+    try:
+        return load_scenario(path)
+    except ScenarioError as exc:
+        raise typer.BadParameter(str(exc), param_hint="SCENARIO") from None
+
+
+def _check_speed(speed: float) -> None:
+    if not speed > 0:
+        raise typer.BadParameter(f"--speed={speed!r} must be a positive number of simulated seconds per second",
+                                 param_hint="--speed")
+
+
+def broker_url_or_bad(broker: str) -> tuple[str, int]:
+    try:
+        return parse_broker_url(broker)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--broker") from None
+
+
+def credentials_or_bad(path: Path) -> LiveCredentials:
+    try:
+        return LiveCredentials.from_file(path)
+    except OSError as exc:
+        raise typer.BadParameter(f"--credentials={str(path)!r}: cannot read ({exc.strerror})",
+                                 param_hint="--credentials") from None
+    except ValueError as exc:
+        raise typer.BadParameter(f"--credentials={str(path)!r}: {exc}", param_hint="--credentials") from None
+
+
+def devices_command(
+    scenario: ScenarioArg,
+    broker: BrokerOpt = "mqtt://127.0.0.1:1883",
+    speed: SpeedOpt = 60.0,
+    keys: Annotated[Path | None, typer.Option(
+        "--keys", help="Write the devices' public-key registry (JSON) here, for the twin.")] = None,
+    credentials: CredentialsOpt = Path("live/credentials.json"),
+    seed: Annotated[int | None, typer.Option(help="Key-derivation seed (default: the scenario's).")] = None,
+) -> None:
+    """Simulate the scenario's field devices (every DER and native load) against a broker."""
+    host, port = broker_url_or_bad(broker)
+    _check_speed(speed)
+    loaded = _load_or_bad(scenario)
+    creds = credentials_or_bad(credentials)
+    report = run_devices(loaded, broker_host=host, broker_port=port, credentials=creds, keys=keys, speed=speed,
+                         seed=seed)
+    typer.echo(f"published {report.total_published} telemetry messages from {len(report.published)} devices; "
+               f"commands accepted {report.commands_accepted}, refused {report.commands_refused}")
+
+
+def broker_command(
+    scenario: ScenarioArg,
+    port: Annotated[int | None, typer.Option(help="Loopback port (default: a free one).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for credentials.json, device_keys.json and the operator key.")]
+    = Path("live"),
+) -> None:
+    """Start a private mosquitto for the scenario's devices, write credentials and keys, run until Ctrl-C."""
+    loaded = _load_or_bad(scenario)
+    if port is not None and not 0 < port < 65536:
+        raise typer.BadParameter(f"--port={port!r} must be in 1..65535", param_hint="--port")
+    setup = start_broker(loaded, out=out, port=port)
+    typer.echo(f"broker mqtt://{setup.broker.host}:{setup.broker.port} (pid {setup.broker.pid})\n"
+               f"credentials: {setup.credentials_path}\nkeys: {setup.keys_path}\n"
+               f"operator key: {setup.operator_key_path}\nCtrl-C to stop")
+    try:
+        while setup.broker.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        setup.broker.stop()
