@@ -86,8 +86,10 @@ class AdmmAgent:
     def __init__(
         self,
         *,
-        rho: float = 2.0e4,
-        solver: str = "CLARABEL",
+        rho: float = 500.0,
+        solver: str = "OSQP",
+        solver_options: dict[str, Any] | None = None,
+        tolerance_mw: float = 1e-5,
         demand_charge_eur_per_mw: float = 0.0,
         head_slack_cost_eur_per_mwh: float = 1000.0,
         isolation_rounds: int = 2,
@@ -97,6 +99,10 @@ class AdmmAgent:
             raise ValueError(f"rho={rho!r} must be > 0")
         self.rho = rho
         self.solver = solver.upper()
+        # Tight OSQP tolerances: ADMM's outer iterations amplify an inexact inner solve.
+        default = {"eps_abs": 1e-7, "eps_rel": 1e-7, "max_iter": 20000} if self.solver == "OSQP" else {}
+        self.solver_options = default | dict(solver_options or {})
+        self.tolerance_mw = tolerance_mw
         self.demand_charge = demand_charge_eur_per_mw
         self.head_slack_cost = head_slack_cost_eur_per_mwh
         self.isolation_rounds = isolation_rounds
@@ -125,6 +131,10 @@ class AdmmAgent:
         self._time: pd.Timestamp | None = None
         self._silent_rounds = 0
         self._last_grid: pd.Series | None = None
+        self._last_target: np.ndarray | None = None
+        self._last_solution: DispatchSolution | None = None
+        self._inputs: Any = None
+        self._zero_price: Any = None
 
     @property
     def problems(self) -> list[cp.Problem]:
@@ -143,7 +153,10 @@ class AdmmAgent:
         self._silent_rounds = 0 if inbox else self._silent_rounds + 1
         if self.model is None:
             return Proposal(dispatch=Dispatch.empty(role="no assets"))
-        inputs = self.model.inputs_from_observation(observation, include_base_load=False)
+        if self._inputs is None:  # the observation is the same in every round of an interval: read it once
+            self._inputs = self.model.inputs_from_observation(observation, include_base_load=False)
+            self._zero_price = replace(self._inputs, price_eur_per_mwh=np.zeros_like(self._inputs.price_eur_per_mwh),
+                                       head_fixed_mw=np.zeros_like(self._inputs.head_fixed_mw))
         isolated = round_index >= self.isolation_rounds and self._silent_rounds > round_index
         if isolated:
             return self._alone(observation)
@@ -153,15 +166,22 @@ class AdmmAgent:
         prev = self.p_prev if self.p_prev is not None else pd.DataFrame(0.0, index=self.model.asset_order,
                                                                           columns=range(self.spec.horizon))
         target = prev.to_numpy() - xbar + self.zbar - self.u
+        if (self._last_solution is not None and self._last_target is not None
+                and np.max(np.abs(target - self._last_target), initial=0.0) < self.tolerance_mw):
+            # Consensus has settled: the x-update would return what it returned last round.
+            return self._proposal(self._last_solution, round_index)
         prox = Proximal(rho=self.rho, z_mw=pd.DataFrame(target, index=prev.index, columns=prev.columns),
                         u_mw=pd.DataFrame(0.0, index=prev.index, columns=prev.columns))
-        zero_price = replace(inputs, price_eur_per_mwh=np.zeros_like(inputs.price_eur_per_mwh),
-                             head_fixed_mw=np.zeros_like(inputs.head_fixed_mw))
-        solution = self.model.solve(zero_price, solver=self.solver, proximal=prox)
+        solution = self.model.solve(self._zero_price, solver=self.solver, solver_options=self.solver_options,
+                                    proximal=prox)
         if solution.fallback:
             return self._alone(observation, reason=solution.reason)
+        self._last_target, self._last_solution = target, solution
         self.p_prev = solution.p_mw.set_axis(range(self.spec.horizon), axis=1)
-        payload = {"x": self.p_prev.sum(axis=0).to_numpy()}
+        return self._proposal(solution, round_index)
+
+    def _proposal(self, solution: DispatchSolution, round_index: int) -> Proposal:
+        payload = {"x": self._own_sum()}
         return Proposal(
             dispatch=self._dispatch(solution, mode="admm", round=round_index, heard=len(self.heard)),
             outbox=(AgentMessage(self.spec.participant_id, "*", payload),),
@@ -180,6 +200,8 @@ class AdmmAgent:
                                        columns=self.p_prev.columns)
         self._time = time
         self._silent_rounds = 0
+        self._last_target = self._last_solution = None
+        self._inputs = self._zero_price = None
 
     def _own_sum(self) -> np.ndarray:
         if self.p_prev is None:
@@ -205,7 +227,7 @@ class AdmmAgent:
         """Local autonomy: optimize own assets against the tariff, inverters on volt-var."""
         assert self.local is not None
         inputs = self.local.inputs_from_observation(obs, include_base_load=False)
-        solution = self.local.solve(inputs, solver=self.solver)
+        solution = self.local.solve(inputs, solver=self.solver, solver_options=self.solver_options)
         return Proposal(dispatch=self._dispatch(solution, mode="alone", reason=reason))
 
     def _dispatch(self, solution: DispatchSolution, **diagnostics: Any) -> Dispatch:

@@ -23,14 +23,17 @@ Model, per period ``t`` of length ``h = step / 1 h`` (load convention, MW):
 Objective (EUR): ``h price . (feeder-head import)`` + ``demand_charge max_t(head import, billed peak)``
 + curtailment, unmet-energy and soft-limit slack penalties + a tiny battery/EV throughput cost that removes
 the simultaneous charge/discharge degeneracy. Feeder-head import is lossless and linear:
-``head[t] = sum_bus base_load[t] + sum_assets p[t]``.
+``head[t] = sum_bus base_load[t] + sum_assets p[t]`` (an agent passes ``include_base_load=False``). The head
+limit ``NetworkLimits.p_head_max_mw`` is soft. When neither a head limit nor a demand charge is built in, no
+constraint couples the assets and the problem stays block-separable (cheaper for the solvers).
 
 Network (optional, fixed number of *slots* chosen at build time): with ``S`` = ``dvm_dp_pu_per_mw`` and
 ``p_bus0`` = ``p_bus_mw`` of ``Observation.sensitivities``,
 ``v[t] ~= vm_pu + S (base_load[t] - pv_available[t] + bus_aggregate(p_assets[t]) - p_bus0)``; every row of
 ``S`` present in the observation is screened each solve, and the ``n_voltage_rows`` rows closest to a limit
-(worst case over the assets' ratings) fill the slots. Branch loading rows (``dloading_dp_percent_per_mw``)
-likewise. Limits are soft: slack is penalised per pu (or percent) and hour. Reactive power is not a decision
+(worst case over the assets' ratings) fill the slots; unused slots get zero rows. Branch loading rows
+(``dloading_dp_percent_per_mw`` around ``loading_percent``) likewise. Optionally only the first
+``network_periods`` periods are constrained (the linearization is local anyway). Limits are soft: slack is penalised per pu (or percent) and hour. Reactive power is not a decision
 variable: ``q`` is held at the operating point, so ``dvm_dq`` is not used.
 """
 
@@ -38,8 +41,8 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any, Mapping
 
 import cvxpy as cp
@@ -60,6 +63,9 @@ __all__ = [
 
 #: cvxpy statuses whose values are read; anything else (infeasible, unbounded, solver error) falls back.
 ACCEPTED_STATUSES: frozenset[str] = frozenset({cp.OPTIMAL, cp.OPTIMAL_INACCURATE})
+
+#: Row order of assets in the model (PV last: its fixed "-available" part is an offset on the last rows).
+_KIND_ORDER: tuple[AssetKind, ...] = (AssetKind.BATTERY, AssetKind.EV_CHARGER, AssetKind.FLEX_LOAD, AssetKind.PV)
 
 #: Headroom given to an empty network slot (pu or percent): never binding (its sensitivity row is zero),
 #: and small so that the interior-point solvers stay well scaled (1e3 here cost them iterations).
@@ -241,6 +247,8 @@ class _Vars:
     l_slack: cp.Variable | None = None
     head_slack: cp.Variable | None = None
     peak: cp.Variable | None = None
+    total: cp.Variable | None = None
+    dv: cp.Variable | None = None
     by_kind: dict[AssetKind, cp.Expression] = field(default_factory=dict)
 
 
@@ -275,6 +283,7 @@ class DispatchModel:
         self.n_voltage_rows = n_voltage_rows
         self.n_loading_rows = n_loading_rows
         self.network_periods = network_periods
+        self._ev_v2g = assets.loc[ids[AssetKind.EV_CHARGER], "v2g"].fillna(False).astype(bool).to_numpy()
         self.problem = problem
         self._p = params
         self._v = variables
@@ -291,12 +300,15 @@ class DispatchModel:
         n_voltage_rows: int = 0,
         n_loading_rows: int = 0,
         network_periods: int | None = None,
+        head_limit: bool = True,
         asset_prices: bool = False,
         proximal: bool = False,
     ) -> DispatchModel:
         """Build the problem for ``assets`` (any subset of the asset table).
 
         ``n_voltage_rows`` / ``n_loading_rows``: network slots (0 = no network constraints).
+        ``head_limit``: include the soft feeder-head import limit (its value comes from each observation's
+        ``limits.p_head_max_mw``; a limit that appears only later is ignored, with a note, when False).
         ``network_periods``: constrain the network in the first K periods only (None = whole horizon). The
         linearization is only good near the operating point, and every constrained period couples all assets
         (the interior-point KKT fill grows with slots x periods), so a near window is both cheaper and honest.
@@ -307,7 +319,7 @@ class DispatchModel:
             raise ValueError(f"horizon: must be >= 1 period, got {horizon}")
         if not step > pd.Timedelta(0):
             raise ValueError(f"step: must be a positive Timedelta, got {step!r}")
-        unknown = sorted({str(k) for k in assets["kind"]} - {k.value for k in AssetKind})
+        unknown = sorted({str(k) for k in assets["kind"]} - {k.value for k in _KIND_ORDER})
         if unknown:
             raise ValueError(f"assets.kind: unknown kinds {unknown}")
         T = horizon
@@ -370,29 +382,36 @@ class DispatchModel:
         ne = len(ids[AssetKind.EV_CHARGER])
         if ne:
             eta_c = col(AssetKind.EV_CHARGER, "eta_charge")
-            eta_d = col(AssetKind.EV_CHARGER, "eta_discharge")
+            v2g = assets.loc[ids[AssetKind.EV_CHARGER], "v2g"].fillna(False).astype(bool).to_numpy()
             P.ev_ch_max = cp.Parameter((ne, T), nonneg=True, name="ev_ch_max_mw")
-            P.ev_dis_max = cp.Parameter((ne, T), nonneg=True, name="ev_dis_max_mw")
             P.ev_need = cp.Parameter(ne, nonneg=True, name="ev_need_mwh")
             P.ev_need_cap = cp.Parameter((ne, T), nonneg=True, name="ev_need_cap_mwh")
             P.ev_after = cp.Parameter(ne, nonneg=True, name="ev_need_after_horizon_mwh")
             V.ev_ch = cp.Variable((ne, T), nonneg=True, name="ev_ch_mw")
-            V.ev_dis = cp.Variable((ne, T), nonneg=True, name="ev_dis_mw")
             V.ev_need = cp.Variable((ne, T + 1), name="ev_need_mwh")
             V.ev_unmet = cp.Variable(ne, nonneg=True, name="ev_unmet_mwh")
+            delivered = sp.diags(eta_c) @ V.ev_ch
+            p_ev = V.ev_ch
+            cons.append(V.ev_ch <= P.ev_ch_max)
+            throughput.append(cp.sum(V.ev_ch))
+            if v2g.any():  # discharge variables only for V2G chargers (static in the asset table)
+                sel = sp.csr_matrix(np.eye(ne)[:, v2g])
+                eta_d = col(AssetKind.EV_CHARGER, "eta_discharge")[v2g]
+                P.ev_dis_max = cp.Parameter((int(v2g.sum()), T), nonneg=True, name="ev_dis_max_mw")
+                V.ev_dis = cp.Variable((int(v2g.sum()), T), nonneg=True, name="ev_dis_mw")
+                cons.append(V.ev_dis <= P.ev_dis_max)
+                delivered = delivered - sel @ (sp.diags(1.0 / eta_d) @ V.ev_dis)
+                p_ev = p_ev - sel @ V.ev_dis
+                throughput.append(cp.sum(V.ev_dis))
             cons += [
-                V.ev_ch <= P.ev_ch_max,
-                V.ev_dis <= P.ev_dis_max,
                 V.ev_need[:, 0] == P.ev_need,
-                V.ev_need[:, 1:]
-                == V.ev_need[:, :-1] - h * (sp.diags(eta_c) @ V.ev_ch - sp.diags(1.0 / eta_d) @ V.ev_dis),
+                V.ev_need[:, 1:] == V.ev_need[:, :-1] - h * delivered,
                 V.ev_need[:, 1:] >= 0,
                 V.ev_need[:, 1:] <= P.ev_need_cap,
                 V.ev_unmet >= V.ev_need[:, T] - P.ev_after,
             ]
             cost.append(w.ev_unmet_cost_eur_per_mwh * cp.sum(V.ev_unmet))
-            throughput.append(cp.sum(V.ev_ch) + cp.sum(V.ev_dis))
-            V.by_kind[AssetKind.EV_CHARGER] = V.ev_ch - V.ev_dis
+            V.by_kind[AssetKind.EV_CHARGER] = p_ev
 
         nf = len(ids[AssetKind.FLEX_LOAD])
         if nf:
@@ -425,23 +444,31 @@ class DispatchModel:
             # (a Parameter times it would break DPP).
             V.by_kind[AssetKind.PV] = V.pv_curt
 
-        kinds = [k for k in AssetKind if k in V.by_kind]
-        if kinds:
-            total = sum(cp.sum(V.by_kind[k], axis=0) for k in kinds)
-        else:
-            total = cp.Constant(np.zeros(T))
-        head = P.head_fixed + total
-        cost.append(h * (P.price @ total))
+        kinds = [k for k in _KIND_ORDER if k in V.by_kind]
+        coupled = head_limit or w.demand_charge_eur_per_mw > 0
         if throughput and w.throughput_cost_eur_per_mwh > 0:
             cost.append(w.throughput_cost_eur_per_mwh * h * sum(throughput))
-
-        V.head_slack = cp.Variable(T, nonneg=True, name="head_slack_mw")
-        cons.append(head <= P.head_limit + V.head_slack)
-        cost.append(w.head_slack_cost_eur_per_mwh * h * cp.sum(V.head_slack))
-        if w.demand_charge_eur_per_mw > 0:
-            V.peak = cp.Variable(name="peak_mw")
-            cons += [V.peak >= head, V.peak >= P.billed_peak]
-            cost.append(w.demand_charge_eur_per_mw * V.peak)
+        if not kinds:
+            coupled = False
+        elif not coupled:
+            # No constraint couples the assets: the price term goes on each asset, and the problem stays
+            # block-separable (its KKT fill is linear in the horizon instead of quadratic per asset).
+            cost.append(h * sum(cp.sum(V.by_kind[k] @ P.price) for k in kinds))
+        else:
+            # The fleet total is a variable tied by one equality per period: only these rows couple all
+            # assets. Each coupled asset still costs ~T^2 KKT fill under the solvers' AMD ordering.
+            V.total = cp.Variable(T, name="fleet_total_mw")
+            cons.append(V.total == sum(cp.sum(V.by_kind[k], axis=0) for k in kinds))
+            head = P.head_fixed + V.total
+            cost.append(h * (P.price @ V.total))
+            if head_limit:
+                V.head_slack = cp.Variable(T, nonneg=True, name="head_slack_mw")
+                cons.append(head <= P.head_limit + V.head_slack)
+                cost.append(w.head_slack_cost_eur_per_mwh * h * cp.sum(V.head_slack))
+            if w.demand_charge_eur_per_mw > 0:
+                V.peak = cp.Variable(name="peak_mw")
+                cons += [V.peak >= head, V.peak >= P.billed_peak]
+                cost.append(w.demand_charge_eur_per_mw * V.peak)
 
         K = T if network_periods is None else max(1, min(int(network_periods), T))
         if (n_voltage_rows or n_loading_rows) and kinds:
@@ -451,8 +478,12 @@ class DispatchModel:
                 P.v_lo = cp.Parameter((n_voltage_rows, K), name="v_lo_headroom_pu")
                 P.v_hi = cp.Parameter((n_voltage_rows, K), name="v_hi_headroom_pu")
                 V.v_slack = cp.Variable((n_voltage_rows, K), nonneg=True, name="v_slack_pu")
-                dv = P.v_sens @ bus_inj
-                cons += [dv <= P.v_hi + V.v_slack, -dv <= P.v_lo + V.v_slack]
+                V.dv = cp.Variable((n_voltage_rows, K), name="dv_pu")
+                cons += [
+                    V.dv == P.v_sens @ bus_inj,
+                    V.dv <= P.v_hi + V.v_slack,
+                    -V.dv <= P.v_lo + V.v_slack,
+                ]
                 cost.append(w.voltage_slack_cost_eur_per_pu_h * h * cp.sum(V.v_slack))
             if n_loading_rows:
                 P.l_sens = cp.Parameter((n_loading_rows, len(buses)), name="l_sens_percent_per_mw")
@@ -494,7 +525,7 @@ class DispatchModel:
     @property
     def asset_order(self) -> list[Any]:
         """Asset ids in the model's row order (batteries, EVs, flexible loads, PV; as in the table)."""
-        return [a for k in AssetKind for a in self.ids[k] if k in self._v.by_kind]
+        return [a for k in _KIND_ORDER for a in self.ids[k] if k in self._v.by_kind]
 
     @property
     def hours(self) -> float:
@@ -613,6 +644,8 @@ class DispatchModel:
         )
 
         head_limit = obs.limits.p_head_max_mw
+        if head_limit is not None and self._v.head_slack is None:
+            notes.append(f"p_head_max_mw={head_limit} not enforced: the model was built without a head limit")
         if head_limit is None:  # a bound that cannot bind: big-M values hurt the solvers' scaling
             reach = bat_pmax.sum(axis=0) + ev_ch_max.sum(axis=0) + fpmax.sum(axis=0) + pv_arr.sum(axis=0)
             head_limit = float(np.max(head_fixed + reach)) + _NO_HEAD_LIMIT_MARGIN_MW
@@ -748,9 +781,14 @@ class DispatchModel:
         except _BadInput as exc:
             return self.fallback(inputs, status="not_solved", reason=str(exc), wall_start=start)
         try:
-            self.problem.solve(solver=solver, warm_start=warm_start, **dict(solver_options or {}))
+            # cvxpy warns on inaccurate solutions; the status says the same and goes into the diagnostics.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.problem.solve(solver=solver, warm_start=warm_start, **dict(solver_options or {}))
         except (cp.error.SolverError, ValueError, ArithmeticError) as exc:
             return self.fallback(inputs, status="solver_error", reason=f"{type(exc).__name__}: {exc}", wall_start=start)
+        if caught:
+            inputs = replace(inputs, notes=inputs.notes + tuple(f"cvxpy: {w.message}" for w in caught))
         status = str(self.problem.status)
         if status not in ACCEPTED_STATUSES:
             return self.fallback(inputs, status=status, reason=f"solver status {status}", wall_start=start)
@@ -772,7 +810,7 @@ class DispatchModel:
             (P.bat_target, inputs.bat_soc_target_mwh),
             (P.bat_pmax, inputs.bat_p_max_mw),
             (P.ev_ch_max, inputs.ev_ch_max_mw),
-            (P.ev_dis_max, inputs.ev_dis_max_mw),
+            (P.ev_dis_max, None if P.ev_dis_max is None else inputs.ev_dis_max_mw[self._ev_v2g]),
             (P.ev_need, inputs.ev_need_mwh),
             (P.ev_need_cap, np.tile(inputs.ev_need_mwh[:, None], (1, T))),
             (P.ev_after, inputs.ev_need_after_horizon_mwh),
@@ -820,7 +858,7 @@ class DispatchModel:
     def _read(self, inputs: DispatchInputs, status: str, *, wall_start: float) -> DispatchSolution:
         V, T = self._v, self.horizon
         order = self.asset_order
-        parts = [V.by_kind[k].value for k in AssetKind if k in V.by_kind]
+        parts = [V.by_kind[k].value for k in _KIND_ORDER if k in V.by_kind]
         p = np.vstack(parts) if parts else np.zeros((0, T))
         if p.size and not np.all(np.isfinite(p)):
             return self.fallback(inputs, status=status, reason="solver returned no finite values", wall_start=wall_start)
