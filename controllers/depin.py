@@ -86,8 +86,8 @@ class AdmmAgent:
     def __init__(
         self,
         *,
-        rho: float = 500.0,
-        solver: str = "OSQP",
+        rho: float = 1.0e4,
+        solver: str = "CLARABEL",
         solver_options: dict[str, Any] | None = None,
         tolerance_mw: float = 1e-5,
         demand_charge_eur_per_mw: float = 0.0,

@@ -137,6 +137,8 @@ class DispatchInputs:
     l_sens_percent_per_mw: np.ndarray
     l_headroom_percent: np.ndarray
     notes: tuple[str, ...] = ()
+    #: Export price per period (EUR/MWh); None = exports valued at the import price.
+    feed_in_eur_per_mwh: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,8 @@ class _Params:
     l_sens: cp.Parameter | None = None
     l_head: cp.Parameter | None = None
     asset_price: cp.Parameter | None = None
+    price_exp: cp.Parameter | None = None
+    price_spread: cp.Parameter | None = None
     prox_scale: cp.Parameter | None = None
     prox_target: cp.Parameter | None = None
 
@@ -248,6 +252,7 @@ class _Vars:
     head_slack: cp.Variable | None = None
     peak: cp.Variable | None = None
     total: cp.Variable | None = None
+    head_import: cp.Variable | None = None
     dv: cp.Variable | None = None
     by_kind: dict[AssetKind, cp.Expression] = field(default_factory=dict)
 
@@ -303,6 +308,7 @@ class DispatchModel:
         head_limit: bool = True,
         asset_prices: bool = False,
         proximal: bool = False,
+        feed_in: bool = False,
     ) -> DispatchModel:
         """Build the problem for ``assets`` (any subset of the asset table).
 
@@ -314,6 +320,9 @@ class DispatchModel:
         (the interior-point KKT fill grows with slots x periods), so a near window is both cheaper and honest.
         ``asset_prices``: add ``h sum price_i,t p_i,t`` with a per-asset price Parameter (dual multipliers).
         ``proximal``: add the ADMM term ``rho/2 ||p - z + u||^2``.
+        ``feed_in``: price exports at the feed-in price (``signals["feed_in_eur_per_mwh"]``) instead of the
+        import price: cost ``h (price_exp . head + (price - price_exp) . max(head, 0))``, convex because
+        exports never earn more than imports cost. This couples the fleet through the feeder head.
         """
         if horizon < 1:
             raise ValueError(f"horizon: must be >= 1 period, got {horizon}")
@@ -445,7 +454,7 @@ class DispatchModel:
             V.by_kind[AssetKind.PV] = V.pv_curt
 
         kinds = [k for k in _KIND_ORDER if k in V.by_kind]
-        coupled = head_limit or w.demand_charge_eur_per_mw > 0
+        coupled = head_limit or w.demand_charge_eur_per_mw > 0 or feed_in
         if throughput and w.throughput_cost_eur_per_mwh > 0:
             cost.append(w.throughput_cost_eur_per_mwh * h * sum(throughput))
         if not kinds:
@@ -460,7 +469,14 @@ class DispatchModel:
             V.total = cp.Variable(T, name="fleet_total_mw")
             cons.append(V.total == sum(cp.sum(V.by_kind[k], axis=0) for k in kinds))
             head = P.head_fixed + V.total
-            cost.append(h * (P.price @ V.total))
+            if feed_in:
+                P.price_exp = cp.Parameter(T, name="price_export_eur_per_mwh")
+                P.price_spread = cp.Parameter(T, nonneg=True, name="price_spread_eur_per_mwh")
+                V.head_import = cp.Variable(T, nonneg=True, name="head_import_mw")
+                cons.append(V.head_import >= head)
+                cost.append(h * (P.price_exp @ V.total + P.price_spread @ V.head_import))
+            else:
+                cost.append(h * (P.price @ V.total))
             if head_limit:
                 V.head_slack = cp.Variable(T, nonneg=True, name="head_slack_mw")
                 cons.append(head <= P.head_limit + V.head_slack)
@@ -656,6 +672,8 @@ class DispatchModel:
             head_fixed_mw=head_fixed,
             head_limit_mw=float(head_limit),
             billed_peak_mw=float(obs.signals.get("billed_peak_mw", 0.0)),
+            feed_in_eur_per_mwh=(np.minimum(float(obs.signals["feed_in_eur_per_mwh"]), price)
+                                 if "feed_in_eur_per_mwh" in obs.signals else None),
             bat_soc0_mwh=soc0,
             bat_soc_target_mwh=target,
             bat_p_max_mw=bat_pmax,
@@ -830,6 +848,12 @@ class DispatchModel:
         offset = np.zeros((len(order), T))
         if self.ids[AssetKind.PV]:
             offset[-len(self.ids[AssetKind.PV]) :] = inputs.pv_avail_mw
+        if P.price_exp is not None:
+            exp = price if inputs.feed_in_eur_per_mwh is None else np.minimum(inputs.feed_in_eur_per_mwh, price)
+            values += [(P.price_exp, exp), (P.price_spread, price - exp)]
+            # The constant part of the feeder-head cost, as the objective reports it: base load and PV
+            # priced at the export price (the spread part is inside the head-import variable).
+            fixed_cost = h * float(exp @ inputs.head_fixed_mw)
         if P.asset_price is not None:
             ap = _per_asset(asset_price, order, T, "asset_price_eur_per_mwh")
             values.append((P.asset_price, ap))

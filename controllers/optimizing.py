@@ -28,6 +28,8 @@ _OSQP_DEFAULTS: Mapping[str, Any] = MappingProxyType({"eps_abs": 1e-3, "eps_rel"
 class OptimizingController:
     """Central receding-horizon optimizer over all assets of the spec.
 
+    ``feed_in=True`` (default) prices exports at ``signals["feed_in_eur_per_mwh"]`` rather than the import
+    price, so the optimizer minimizes the tariff the feeder actually pays.
     Network constraints (``network=True``) use ``Observation.sensitivities``: up to ``max_voltage_rows``
     bus-voltage rows and ``max_loading_rows`` branch-loading rows, screened each step by closeness to their
     limit, constrained over the first ``network_periods`` periods (None = whole horizon).
@@ -42,6 +44,7 @@ class OptimizingController:
         max_voltage_rows: int = 10,
         max_loading_rows: int = 10,
         network_periods: int | None = 16,
+        feed_in: bool = True,
         demand_charge_eur_per_mw: float = 0.0,
         pv_curtailment_cost_eur_per_mwh: float = 1.0,
         flex_curtailment_cost_eur_per_mwh: float = 500.0,
@@ -63,6 +66,7 @@ class OptimizingController:
         self.max_voltage_rows = max_voltage_rows
         self.max_loading_rows = max_loading_rows
         self.network_periods = network_periods
+        self.feed_in = feed_in
         self.weights = DispatchWeights(
             demand_charge_eur_per_mw=demand_charge_eur_per_mw,
             pv_curtailment_cost_eur_per_mwh=pv_curtailment_cost_eur_per_mwh,
@@ -96,6 +100,7 @@ class OptimizingController:
             n_loading_rows=self.max_loading_rows if self.network else 0,
             network_periods=self.network_periods,
             head_limit=spec.limits.p_head_max_mw is not None,
+            feed_in=self.feed_in,
         )
         if self.solver == "HIGHS" and not _is_lp(self.model):
             raise ValueError("solver HIGHS: the dispatch model is not an LP")

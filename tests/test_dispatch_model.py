@@ -353,3 +353,29 @@ def test_non_finite_inputs_fall_back_instead_of_raising() -> None:
     sol = model.solve(dataclasses.replace(inputs, price_eur_per_mwh=np.array([10, np.nan, 10, 50])))
     assert sol.fallback and "non-finite" in sol.reason
     assert sol.first_p_mw["b1"] == 0.0
+
+
+def test_feed_in_tariff_makes_storing_pv_surplus_worth_it() -> None:
+    # Hour 1 the feeder exports 1 MW, hour 2 it imports 1 MW; import costs 100, export earns 20 EUR/MWh.
+    # Without the battery: -20 + 100 = 80 EUR. A 1 MW / 1 MWh lossless battery soaking up hour 1 and
+    # discharging in hour 2 leaves the head at [0, 0]: 0 EUR. Valuing exports at the import price (the
+    # model without feed_in) sees no gain in it: -100 + 100 = 0 either way.
+    assets = table(b=asset(AssetKind.BATTERY, e_max_mwh=1.0))
+    obs = dataclasses.replace(observe(assets, [100.0, 100.0], base_load_mw={1: [-1.0, 1.0]}),
+                              signals={"feed_in_eur_per_mwh": 20.0})
+    model = DispatchModel.build(assets, step=HOUR, horizon=2, weights=NO_REG, feed_in=True)
+    sol = model.solve(model.inputs_from_observation(obs))
+    assert sol.status == "optimal"
+    np.testing.assert_allclose(sol.p_mw.loc["b"].to_numpy(), [1.0, -1.0], atol=1e-6)
+    assert sol.objective_eur == pytest.approx(0.0, abs=1e-6)
+    assert model.problem.is_dpp()
+
+
+def test_feed_in_objective_reports_the_tariff_cost_without_flexibility() -> None:
+    # Same feeder, battery unable to act (0 MW): the objective is the tariff bill, 80 EUR.
+    assets = table(b=asset(AssetKind.BATTERY, p_max_mw=0.0, e_max_mwh=1.0))
+    obs = dataclasses.replace(observe(assets, [100.0, 100.0], base_load_mw={1: [-1.0, 1.0]}),
+                              signals={"feed_in_eur_per_mwh": 20.0})
+    model = DispatchModel.build(assets, step=HOUR, horizon=2, weights=NO_REG, feed_in=True)
+    sol = model.solve(model.inputs_from_observation(obs))
+    assert sol.objective_eur == pytest.approx(80.0, rel=1e-6)

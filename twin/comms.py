@@ -206,7 +206,10 @@ class CommsModel:
                 for node in frontier:
                     self.traffic.count("mesh", size, delivered=True)  # one transmission per relay
                     for nb in self.neighbours.get(node, ()):
-                        if nb in reached or self.dropped_out(nb, time) or self.rng.random() < loss:
+                        if nb in reached or self.dropped_out(nb, time):
+                            continue
+                        if self.rng.random() < loss:
+                            self.traffic.dropped["mesh"] += 1  # this hop lost it; another path may still deliver
                             continue
                         reached.add(nb)
                         nxt.append(nb)
