@@ -8,7 +8,9 @@ only known assets, setpoints within ratings, and DPP for any cvxpy problem it ex
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
+from types import MappingProxyType
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -41,6 +43,13 @@ class FunctionController:
 def _fingerprint(obs: Observation) -> bytes:
     return pickle.dumps(
         (obs.time, obs.step, obs.assets, obs.state, obs.forecast, obs.limits, obs.grid, obs.sensitivities, dict(obs.signals))
+    )
+
+
+def _copy(obs: Observation) -> Observation:
+    """A deep copy (signals are a read-only mapping proxy, which deepcopy cannot copy as such)."""
+    return dataclasses.replace(
+        copy.deepcopy(dataclasses.replace(obs, signals={})), signals=MappingProxyType(copy.deepcopy(dict(obs.signals)))
     )
 
 
@@ -82,7 +91,7 @@ def check_controller(
         d1 = first.act(obs)
         if _fingerprint(obs) != before:
             raise ContractViolation(f"no mutation: act() changed the observation at {obs.time}")
-        d2 = second.act(copy.deepcopy(obs))
+        d2 = second.act(_copy(obs))
         if not isinstance(d1, Dispatch):
             raise ContractViolation(f"protocol: act() returned {type(d1).__name__}, expected Dispatch")
         if not (d1.p_mw.index.equals(d2.p_mw.index) and np.allclose(d1.p_mw, d2.p_mw, atol=1e-9, equal_nan=True)):

@@ -81,3 +81,27 @@ def test_dropped_participants_act_on_their_own_and_nothing_crashes() -> None:
     assert not rec.asset_fallback.loc[:, others].all().all()  # the rest are still dispatched
     assert rec.summary["converged"].all()
     assert (rec.summary["dropped_messages"] > 0).any()
+
+
+def test_control_centre_outage_costs_scada_control_while_depin_holds_the_peak_limit() -> None:
+    """A 50 kW feeder-head limit through an evening peak, the control centre down from 17:00. SCADA's
+    last setpoints expire after their 30-minute TTL and its devices fall back: the head exceeds the limit
+    (no control peaks at 52 kW). The DePIN agents keep coordinating on the premises and stay under it."""
+    limit = 0.05
+    s = make_scenario(
+        start="2016-06-06T16:00:00Z", end="2016-06-06T19:00:00Z", horizon="6h", comms={"rounds": 10},
+        limits={"p_head_max_mw": limit},
+        faults=[{"kind": "control_centre_outage", "start": "2016-06-06T17:00:00Z", "end": "2016-06-06T19:00:00Z"}],
+        controllers=[{"name": "none", "target": "controllers.baseline:NoControl"}, SCADA, DEPIN],
+    )
+    rec = run_scenario(s, runs_root=None, inputs=build_inputs(s)).records
+    outage = rec["scada"].summary.index >= pd.Timestamp("2016-06-06T17:00:00Z")
+    assert not rec["scada"].summary.loc[outage, "controller_online"].any()
+    assert rec["depin"].summary["controller_online"].all()
+    assert rec["none"].summary["p_head_mw"].max() > limit
+    assert rec["scada"].summary.loc[outage, "p_head_mw"].max() > limit
+    assert rec["scada"].summary.loc[~outage, "p_head_mw"].max() <= limit + 1e-3  # while it could, SCADA held it
+    assert rec["depin"].summary["p_head_mw"].max() <= limit + 1e-3
+    bats = rec["scada"].asset_fallback.columns[rec["scada"].asset_fallback.columns.str.startswith("bat-")]
+    late = rec["scada"].summary.index >= pd.Timestamp("2016-06-06T17:15:00Z")
+    assert rec["scada"].asset_fallback.loc[late, bats].all().all()
