@@ -12,6 +12,7 @@ from conftest import make_scenario
 from twin.commands import CommandChannel, CommandKind, OperatorCommand
 from twin.engine import iterate_policies
 from twin.inputs import RunInputs
+from twin.record import TIMING_COLUMNS
 from twin.run import run_scenario
 from twin.runstore import RunStore
 from twin.scenario import Scenario
@@ -26,8 +27,8 @@ def test_same_scenario_and_seed_give_identical_results(rural_day: tuple[Scenario
     b = run_scenario(short, runs_root=None, inputs=inputs)
     for policy in a.records:
         for table in ("summary", "vm_pu", "asset_p_mw", "asset_soc_mwh"):
-            left = getattr(a.records[policy], table).drop(columns=["compute_s"], errors="ignore")
-            right = getattr(b.records[policy], table).drop(columns=["compute_s"], errors="ignore")
+            left = getattr(a.records[policy], table).drop(columns=list(TIMING_COLUMNS), errors="ignore")
+            right = getattr(b.records[policy], table).drop(columns=list(TIMING_COLUMNS), errors="ignore")
             pd.testing.assert_frame_equal(left, right)
 
 

@@ -204,6 +204,15 @@ def _mount_live() -> None:
 _mount_live()
 
 
+def _mount_studies() -> None:
+    from twin.studies.cli import study as study_command
+
+    app.command("study")(study_command)
+
+
+_mount_studies()
+
+
 def _mount_plugins() -> None:
     """Commands other packages contribute through the ``gridtwin.commands`` entry-point group (the
     dashboard registers ``gridtwin dashboard`` this way, so the twin never imports the dashboard)."""

@@ -75,6 +75,9 @@ class StepRecord:
     #: Participants whose claimed behaviour the physics check could not confirm in this interval.
     unverified: frozenset[str] = frozenset()
     diagnostics: Any = field(default_factory=lambda: MappingProxyType({}))
+    #: Wall time of each stage of this interval (s): decide (observation + optimization + coordination
+    #: rounds), devices (setpoints and physics), power_flow, settle (verification and ledger).
+    stage_s: dict[str, float] = field(default_factory=dict)
 
 
 def monitored_buses(scenario: Scenario, inputs: RunInputs) -> list[int] | None:
@@ -344,6 +347,7 @@ class PolicyTwin:
         decide = {"ideal": self._decide_ideal, "central": self._decide_central, "agents": self._decide_agents}
         dispatch, delivered, rounds = decide[self.mode](time)
         compute_s = wallclock.perf_counter() - t0
+        t1 = wallclock.perf_counter()
         if dispatch is not None:
             self._hold(time, dispatch, delivered)
         row = self.inputs.at(time)
@@ -356,10 +360,12 @@ class PolicyTwin:
         outcome = self.physics.advance(time, p_setpoint_mw=p_set, q_setpoint_mvar=q_set, pv_avail_mw=pv_avail,
                                        flex_base_mw=flex_base)
         profiles = self.inputs.profiles
+        t2 = wallclock.perf_counter()
         self.grid.set_injections(load_p_mw=profiles.load_p_mw.iloc[row], load_q_mvar=profiles.load_q_mvar.iloc[row],
                                  sgen_p_mw=profiles.sgen_p_mw.iloc[row], asset_p_mw=outcome.p_mw,
                                  asset_q_mvar=outcome.q_mvar)
         pf = self.grid.solve(time)
+        t3 = wallclock.perf_counter()
         self.last_pf, self._last_time = pf, time
         self.last_p = outcome.p_mw
         after = self.comms.traffic.totals()
@@ -367,6 +373,7 @@ class PolicyTwin:
         reported = outcome.p_mw if scale is None else outcome.p_mw * scale
         settled, unverified = self._settle(time, load_p_mw=profiles.load_p_mw.iloc[row], outcome=outcome,
                                            reported_p_mw=reported, pf=pf)
+        t4 = wallclock.perf_counter()
         return StepRecord(
             policy=self.name, time=time, power_flow=pf, outcome=outcome, fallback=~valid,
             reported_p_mw=reported,
@@ -377,6 +384,7 @@ class PolicyTwin:
             settlement_eur=settled,
             unverified=unverified,
             diagnostics=dispatch.diagnostics if dispatch is not None else MappingProxyType({}),
+            stage_s={"decide": compute_s, "devices": t2 - t1, "power_flow": t3 - t2, "settle": t4 - t3},
         )
 
     def _settle(self, time: pd.Timestamp, *, load_p_mw: pd.Series, outcome: IntervalOutcome,

@@ -15,7 +15,7 @@ import pandas as pd
 if TYPE_CHECKING:  # the engine imports the run store, which reads these tables: no import cycle at run time
     from twin.engine import StepRecord
 
-__all__ = ["PolicyRecords", "Recorder", "SUMMARY_COLUMNS"]
+__all__ = ["PolicyRecords", "Recorder", "SUMMARY_COLUMNS", "TIMING_COLUMNS"]
 
 SUMMARY_COLUMNS = (
     "p_head_mw",
@@ -41,7 +41,14 @@ SUMMARY_COLUMNS = (
     "operator_eur",
     "participants_eur",
     "n_unverified",
+    "t_devices_s",
+    "t_power_flow_s",
+    "t_settle_s",
 )
+
+
+#: Wall-clock measurements: they describe the machine, not the scenario, so they differ run to run.
+TIMING_COLUMNS = ("compute_s", "t_devices_s", "t_power_flow_s", "t_settle_s")
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,9 @@ class _PolicyBuffer:
                 rec.settlement_eur.get("operator", 0.0),
                 rec.settlement_eur.get("participants", 0.0),
                 float(len(rec.unverified)),
+                rec.stage_s.get("devices", 0.0),
+                rec.stage_s.get("power_flow", 0.0),
+                rec.stage_s.get("settle", 0.0),
             ],
             dtype=float,
         )

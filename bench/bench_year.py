@@ -1,0 +1,67 @@
+"""Benchmark: a long run of the comparison (SCADA optimizer + DePIN agents) on a SimBench LV feeder, with
+wall time per stage. Run by hand; prints a table and the extrapolation to a year.
+
+    python bench/bench_year.py [--days 365] [--engine fast] [--rounds 4] [--horizon 12h]
+
+Stages per policy (from the run's records): decide = observation + optimization (+ coordination rounds for
+DePIN), devices = setpoints and device physics, power_flow, settle; plus inputs (telemetry/profile build)
+and recording/writing, measured around the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+
+from twin.inputs import build_inputs
+from twin.run import run_scenario
+from twin.scenario import parse_scenario
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--engine", default="fast", choices=["pandapower", "fast"])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--horizon", default="12h")
+    parser.add_argument("--start", default="2016-01-01T00:00:00Z")
+    args = parser.parse_args()
+    start = pd.Timestamp(args.start)
+    scenario = parse_scenario({
+        "name": "bench-year", "seed": 1, "feeder": "simbench:1-LV-rural1--0-sw",
+        "start": start.isoformat(), "end": (start + pd.Timedelta(days=args.days)).isoformat(),
+        "horizon": args.horizon, "power_flow": {"engine": args.engine}, "comms": {"rounds": args.rounds},
+        "fleet": {"pv_penetration": 1.0, "battery_share": 0.4, "ev_share": 0.4, "flex_share": 0.3},
+        "controllers": [
+            {"name": "scada", "mode": "central", "target": "controllers.optimizing:OptimizingController",
+             "kwargs": {"network": False}},
+            {"name": "depin", "mode": "agents", "target": "controllers.depin:AdmmAgent"},
+        ],
+    })
+    t0 = time.perf_counter()
+    inputs = build_inputs(scenario)
+    t_inputs = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    result = run_scenario(scenario, runs_root=None, inputs=inputs)
+    total = time.perf_counter() - t1
+    n = len(scenario.times)
+    print(f"{args.days} days, {n} intervals, engine {args.engine}, DePIN rounds {args.rounds}, horizon {args.horizon}")
+    print(f"inputs (profiles, fleet, sessions): {t_inputs:8.1f} s")
+    accounted = 0.0
+    for policy, rec in result.records.items():
+        s = rec.summary
+        stages = {"decide": s["compute_s"].sum(), "devices": s["t_devices_s"].sum(),
+                  "power_flow": s["t_power_flow_s"].sum(), "settle": s["t_settle_s"].sum()}
+        accounted += sum(stages.values())
+        print(f"{policy:8} " + "  ".join(f"{k} {v:8.1f} s" for k, v in stages.items()))
+    print(f"recording, KPIs and engine overhead: {total - accounted:8.1f} s")
+    print(f"total run: {total:8.1f} s  ({n / total:6.2f} intervals/s); a year (35,136 intervals) ≈ "
+          f"{35136 * total / n / 60:6.1f} min")
+    for k in ("energy_cost_eur", "peak_import_mw"):
+        print(k, {p: round(getattr(v, k), 3) for p, v in result.kpis.items()})
+
+
+if __name__ == "__main__":
+    main()
