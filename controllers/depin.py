@@ -18,6 +18,7 @@ autonomy: its own optimization at the tariff (the last prices it knows), plus IE
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -67,7 +68,10 @@ class FeederCost:
         self.limit.value = limit
         self.target.value = target
         try:
-            self.problem.solve(solver=cp.CLARABEL)
+            # cvxpy warns on an inaccurate solution; the status says the same and is checked below.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.problem.solve(solver=cp.CLARABEL)
         except cp.error.SolverError:
             return None
         if self.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
