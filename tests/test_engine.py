@@ -245,3 +245,28 @@ def test_controllers_get_the_network_linearization_refreshed_on_schedule(rural_d
         twin.step(t0 + k * pd.Timedelta("15min"))
     assert twin.observe_for_test(t0 + pd.Timedelta("1h")).sensitivities is first  # computed at 00:15
     assert twin.observe_for_test(t0 + pd.Timedelta("75min")).sensitivities is not first  # an hour later
+
+
+@pytest.mark.parametrize("kind", ["perfect", "persistence", "noisy"])
+def test_forecast_models(kind: str, rural_day: tuple[Scenario, RunInputs]) -> None:
+    from twin.engine import PolicyTwin
+
+    _, inputs = rural_day
+    s = make_scenario(forecast={"kind": kind, "noise": 0.2})
+    twin = PolicyTwin.create(s.controllers[0], inputs, s)
+    t = s.times[40]
+    f = twin.observe_for_test(t).forecast
+    truth = inputs.base_load_bus_mw.iloc[40:40 + 96]
+    assert f.base_load_mw.index.equals(truth.index) and len(f.base_load_mw) == 96
+    if kind == "perfect":
+        pd.testing.assert_frame_equal(f.base_load_mw, truth)
+    elif kind == "persistence":
+        # Every row is the interval measured last (09:45 for the 10:00 decision).
+        np.testing.assert_allclose(f.base_load_mw.to_numpy(), np.tile(inputs.base_load_bus_mw.iloc[39].to_numpy(), (96, 1)))
+    else:
+        ratio = (f.base_load_mw / truth).to_numpy()[1:]
+        ratio = ratio[np.isfinite(ratio)]
+        assert ratio.std() == pytest.approx(0.2, rel=0.1)  # the configured relative error
+        np.testing.assert_allclose(f.base_load_mw.iloc[0], truth.iloc[0])  # the current interval is measured
+        again = PolicyTwin.create(s.controllers[1], inputs, s).observe_for_test(t).forecast
+        pd.testing.assert_frame_equal(f.pv_avail_mw, again.pv_avail_mw)  # same draws for every policy

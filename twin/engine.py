@@ -197,17 +197,33 @@ class PolicyTwin:
         inputs = self.inputs
         row = inputs.at(time)
         window = slice(row, row + self.scenario.horizon_steps)
-        base = inputs.base_load_bus_mw.iloc[window]
+        base = self._forecast_frame(inputs.base_load_bus_mw, window, time, "base")
         if feeder_total:
             # An edge agent gets the DSO's published forecast of the feeder's uncontrolled load as one
             # column at the substation bus: never another participant's own data.
             slack = int(inputs.net.ext_grid.bus.iloc[0])
             base = pd.DataFrame({slack: base.sum(axis=1)})
-        pv, flex = inputs.pv_avail_mw.iloc[window], inputs.flex_base_mw.iloc[window]
+        pv = self._forecast_frame(inputs.pv_avail_mw, window, time, "pv")
+        flex = self._forecast_frame(inputs.flex_base_mw, window, time, "flex")
         if assets is not None:
             pv, flex = pv[pv.columns.intersection(assets)], flex[flex.columns.intersection(assets)]
-        return Forecast(base_load_mw=base.copy(), pv_avail_mw=pv.copy(), flex_base_mw=flex.copy(),
+        return Forecast(base_load_mw=base, pv_avail_mw=pv, flex_base_mw=flex,
                         price_eur_per_mwh=inputs.price_eur_per_mwh.iloc[window].copy())
+
+    def _forecast_frame(self, frame: pd.DataFrame, window: slice, time: pd.Timestamp, what: str) -> pd.DataFrame:
+        """The horizon of one exogenous series as the scenario's forecast model tells it."""
+        spec = self.scenario.forecast
+        truth = frame.iloc[window]
+        if spec.kind == "perfect" or truth.empty:
+            return truth.copy()
+        if spec.kind == "persistence":
+            last = frame.iloc[max(window.start - 1, 0)]  # the last interval measured before this one
+            return pd.DataFrame(np.tile(last.to_numpy(), (len(truth), 1)), index=truth.index, columns=truth.columns)
+        # Seeded from (run seed, series, time): every policy sees the same errors for the same interval.
+        rng = np.random.default_rng(derive_seed(self.scenario.seed, f"forecast:{what}:{time.value}"))
+        error = rng.normal(0.0, spec.noise, size=truth.shape)
+        error[0] = 0.0  # the interval about to start is being measured, not forecast
+        return truth * (1.0 + error)
 
     def _observation(self, time: pd.Timestamp, state: pd.DataFrame, *, assets: pd.DataFrame | None = None,
                      feeder_total: bool = False, signals: dict[str, Any] | None = None) -> Observation:

@@ -114,6 +114,18 @@ class NetworkSpec(_Strict):
         return v
 
 
+class ForecastSpec(_Strict):
+    """What controllers are told about the horizon (the physics always follows the data).
+
+    ``perfect``: the replayed data itself (the default for studies). ``persistence``: the last measured
+    interval repeated over the horizon. ``noisy``: the data times (1 + e), e ~ N(0, ``noise``) drawn per
+    interval, element and lead from the run's seed — the same draws for every policy.
+    """
+
+    kind: Literal["perfect", "persistence", "noisy"] = "perfect"
+    noise: float = Field(default=0.1, ge=0, le=1)
+
+
 class ControllerEntry(_Strict):
     """A policy in the comparison: a display name and a ``"package.module:Class"`` plug-in target.
 
@@ -211,6 +223,7 @@ class Scenario(_Strict):
     power_flow: PowerFlowSpec = Field(default_factory=PowerFlowSpec)
     comms: CommsSpec = Field(default_factory=CommsSpec)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
+    forecast: ForecastSpec = Field(default_factory=ForecastSpec)
     faults: tuple[FaultSpec, ...] = ()
     #: The ``[settlement]`` table (contracts, DR events, communities, reward pools); see
     #: twin/settlement/example_settlement.toml. Validated here, parsed again by twin.settlement.
