@@ -270,3 +270,29 @@ def test_forecast_models(kind: str, rural_day: tuple[Scenario, RunInputs]) -> No
         np.testing.assert_allclose(f.base_load_mw.iloc[0], truth.iloc[0])  # the current interval is measured
         again = PolicyTwin.create(s.controllers[1], inputs, s).observe_for_test(t).forecast
         pd.testing.assert_frame_equal(f.pv_avail_mw, again.pv_avail_mw)  # same draws for every policy
+
+
+def test_operator_declared_dr_event_is_settled_like_a_scheduled_one(tmp_path: Path) -> None:
+    """The operator calls a 30-minute DR event at 17:00 through the command channel; batteries discharging
+    5 kW then earn performance payments (meter before/after), nothing is paid before the call."""
+    from twin.inputs import build_inputs
+
+    fleet = {"pv_penetration": 0.0, "battery_share": 1.0, "ev_share": 0.0, "flex_share": 0.0}
+    base = make_scenario(feeder="cigre-lv", start="2016-06-06T16:45:00Z", end="2016-06-06T17:30:00Z", fleet=fleet)
+    inputs = build_inputs(base)
+    owners = sorted(inputs.assets["participant_id"].astype(str).unique())
+    rules = [{"kind": "performance_payment", "name": "perf", "baseline": "meter_before_meter_after",
+              "price_per_kwh": "0.50"}]
+    s = make_scenario(feeder="cigre-lv", start="2016-06-06T16:45:00Z", end="2016-06-06T17:30:00Z", fleet=fleet,
+                      settlement={"contracts": [{"participant": p, "rules": rules} for p in owners]},
+                      controllers=[{"name": "dr", "target": "engine_helpers:ChargeAllBatteries",
+                                    "kwargs": {"p_mw": -0.005, "at_hours": [17]}}])
+    steps = iterate_policies(s, inputs, run_dir=tmp_path)
+    before = next(steps)[0]
+    CommandChannel(tmp_path).submit(OperatorCommand.from_dict({"kind": "dr_event", "duration": "30min",
+                                                                "operator": "op"}))
+    during = [next(steps)[0], next(steps)[0]]
+    steps.close()
+    assert before.settlement_eur["participants"] == 0
+    assert all(r.settlement_eur["participants"] > 0 for r in during)
+    assert CommandChannel(tmp_path).history()["verdict"].tolist() == ["applied"]

@@ -31,6 +31,7 @@ class CommandKind(StrEnum):
     BACKHAUL_CUT = "backhaul_cut"
     PARTICIPANT_DROPOUT = "participant_dropout"
     CLEAR_FAULTS = "clear_faults"
+    DR_EVENT = "dr_event"  # the operator calls a demand-response event from the next interval on
 
 
 @dataclass(frozen=True)

@@ -348,6 +348,11 @@ class PolicyTwin:
         if command.kind is CommandKind.CLEAR_FAULTS:
             self.comms.clear_faults(time)
             return "applied", "all active faults cleared"
+        if command.kind is CommandKind.DR_EVENT:
+            if self.settlement is None:
+                return "rejected", "this scenario has no [settlement] contracts to call a DR event under"
+            self.settlement.declare_event(start=time, end=time + command.duration)
+            return "applied", f"DR event until {(time + command.duration).isoformat()}"
         participants: frozenset[str] = frozenset()
         if command.participant_id:
             if command.participant_id not in self.comms.participants:
@@ -467,12 +472,18 @@ def iterate_policies(
     if config is not None:
         if run_dir is None:
             raise ValueError("settlement: a scenario with a [settlement] table needs a run folder for its ledgers")
-        history = settlement_history_kw(scenario, inputs) if config.events else pd.DataFrame()
+        history: list[pd.DataFrame] = []
+
+        def history_before() -> pd.DataFrame:  # built once, on the first event, shared by every policy
+            if not history:
+                history.append(settlement_history_kw(scenario, inputs))
+            return history[0]
+
         for twin in twins:
             twin.settlement = PolicySettlement(
                 folder=policy_dir(run_dir, twin.name), config=config, run_id=f"{run_dir.name}:{twin.name}",
                 meters=Meters.create(load_index=inputs.net.load.index, assets=inputs.assets),
-                history_kw=history.copy(), step=scenario.step,
+                history_before=history_before, step=scenario.step,
             )
     channel = CommandChannel(run_dir) if run_dir is not None else None
     try:

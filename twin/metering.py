@@ -8,6 +8,7 @@ telemetry shows up here), so the physics check can refuse to pay for what the gr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from grids.profiles import feeder_profiles
 from twin.inputs import RunInputs
 from twin.scenario import Scenario
 from twin.settlement import Settlement, SettlementConfig, meters_frame
+from twin.settlement.contracts import DrEvent
 from twin.settlement.settle import IntervalSettlement
 from twin.verification import FeederVerifier
 
@@ -87,23 +89,38 @@ class Meters:
 
 
 class PolicySettlement:
-    """Settles one policy's intervals into its own ledger (``<folder>/ledger.sqlite``)."""
+    """Settles one policy's intervals into its own ledger (``<folder>/ledger.sqlite``).
+
+    Baselines need each participant's load history: before the run it comes from ``history_before`` (built
+    on first need), during the run from the metered intervals themselves.
+    """
 
     def __init__(self, *, folder: Path, config: SettlementConfig, run_id: str, meters: Meters,
-                 history_kw: pd.DataFrame, step: pd.Timedelta) -> None:
+                 history_before: Callable[[], pd.DataFrame], step: pd.Timedelta) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.settlement = Settlement.for_run(folder, config=config, run_id=run_id)
         self.meters = meters
-        self.history_kw = history_kw.reindex(columns=meters.participants, fill_value=0.0)
         self.step = step
         self.hours = step / pd.Timedelta("1h")
-        self.needs_history = bool(config.events)
-        self.events = [(pd.Timestamp(e.start), pd.Timestamp(e.end)) for e in config.events]
+        self._history_before = history_before
+        self._before: pd.DataFrame | None = None
+        self._metered_times: list[pd.Timestamp] = []
+        self._metered_kw: list[np.ndarray] = []
         self._verifier: FeederVerifier | None = None
+
+    @property
+    def events(self) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+        return [(pd.Timestamp(e.start), pd.Timestamp(e.end)) for e in self.settlement.config.events]
 
     def in_event(self, time: pd.Timestamp) -> bool:
         """Is ``[time, time + step)`` inside a DR event (where delivery is paid, so it is verified)?"""
         return any(start <= time < end for start, end in self.events)
+
+    def declare_event(self, *, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        """An operator-declared DR event joins the contracts' event list from now on."""
+        config = self.settlement.config
+        event = DrEvent(start=start.to_pydatetime(), end=end.to_pydatetime())
+        self.settlement.config = config.model_copy(update={"events": (*config.events, event)})
 
     def verifier(self, net: pp.pandapowerNet) -> FeederVerifier:
         """The state-estimation check for this twin's feeder, built on first use. Threshold 4 rather than
@@ -112,17 +129,24 @@ class PolicySettlement:
             self._verifier = FeederVerifier.from_net(net, threshold=4.0)
         return self._verifier
 
+    def _history(self) -> pd.DataFrame:
+        if self._before is None:
+            self._before = self._history_before().reindex(columns=self.meters.participants, fill_value=0.0)
+        metered = pd.DataFrame(np.vstack(self._metered_kw), index=pd.DatetimeIndex(self._metered_times),
+                               columns=self.meters.participants)
+        return pd.concat([self._before, metered])
+
     def settle(self, time: pd.Timestamp, *, load_p_mw: pd.Series, reported_asset_p_mw: pd.Series,
                unverified: frozenset[str] = frozenset()) -> IntervalSettlement:
         start = self.meters.registers()
         net_kw = self.meters.net_kw(load_p_mw=load_p_mw, asset_p_mw=reported_asset_p_mw)
         self.meters.advance(net_kw, hours=self.hours)
         end = self.meters.registers()
-        if self.needs_history:
-            self.history_kw.loc[time] = net_kw.reindex(self.history_kw.columns).to_numpy()
+        self._metered_times.append(time)
+        self._metered_kw.append(net_kw.reindex(self.meters.participants).to_numpy())
         return self.settlement.settle_interval(
             start=time, end=time + self.step, meters=meters_frame(start_registers=start, end_registers=end),
-            load_history_kw=self.history_kw if self.needs_history else None, unverified=unverified,
+            load_history_kw=self._history() if self.in_event(time) else None, unverified=unverified,
         )
 
     def close(self) -> None:
