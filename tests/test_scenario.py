@@ -24,7 +24,7 @@ def test_demo_scenario_is_valid_and_one_week() -> None:
     assert s.step == pd.Timedelta("15min")
     assert len(s.times) == 7 * 96
     assert s.times[0] == pd.Timestamp("2016-06-06", tz="UTC")
-    assert s.horizon_steps == 96
+    assert s.horizon_steps == 48  # a 12-hour look-ahead
     assert s.feeder.startswith("simbench:")
 
 
