@@ -100,7 +100,7 @@ def check_controller(
         if len(unknown):
             raise ContractViolation(f"known assets: dispatch names unknown asset_id {unknown[0]!r}")
         p = d1.p_mw.dropna()
-        bad = p[(p < lo[p.index] - tolerance_mw) | (p > hi[p.index] + tolerance_mw)]
+        bad = p[(p < lo.reindex(p.index) - tolerance_mw) | (p > hi.reindex(p.index) + tolerance_mw)]
         if len(bad):
             aid = bad.index[0]
             raise ContractViolation(
