@@ -22,9 +22,14 @@ Model, per period ``t`` of length ``h = step / 1 h`` (load convention, MW):
 
 Objective (EUR): ``h price . (feeder-head import)`` + ``demand_charge max_t(head import, billed peak)``
 + curtailment, unmet-energy and soft-limit slack penalties + a tiny battery/EV throughput cost that removes
-the simultaneous charge/discharge degeneracy. Feeder-head import is lossless and linear:
-``head[t] = sum_bus base_load[t] + sum_assets p[t]`` (an agent passes ``include_base_load=False``). The head
-limit ``NetworkLimits.p_head_max_mw`` is soft. When neither a head limit nor a demand charge is built in, no
+the simultaneous charge/discharge degeneracy. Separate ``ch``/``dis`` variables are a relaxation: charging
+and discharging at once turns ``(1 - eta_c eta_d) ch`` into conversion losses, which the twin's devices (one
+net setpoint) cannot do. When PV curtailment is in the model, that "energy dump" is a cheaper way than
+curtailment to absorb surplus PV against an over-voltage limit, unless the throughput cost is at least
+``pv_curtailment_cost (1 - eta) / (1 + eta)`` (``eta = eta_c eta_d``): so each battery and V2G charger gets
+the larger of the configured throughput cost and twice that floor (``_dump_proof_throughput_cost``).
+Feeder-head import is lossless and linear: ``head[t] = sum_bus base_load[t] + sum_assets p[t]`` (an agent
+passes ``include_base_load=False``). The head limit ``NetworkLimits.p_head_max_mw`` is soft. When neither a head limit nor a demand charge is built in, no
 constraint couples the assets and the problem stays block-separable (cheaper for the solvers).
 
 Network (optional, fixed number of *slots* chosen at build time): with ``S`` = ``dvm_dp_pu_per_mw`` and
@@ -72,6 +77,9 @@ _KIND_ORDER: tuple[AssetKind, ...] = (AssetKind.BATTERY, AssetKind.EV_CHARGER, A
 _UNMONITORED_HEADROOM = 1.0
 #: Margin (MW) above the largest reachable feeder-head import used as the bound when there is no limit.
 _NO_HEAD_LIMIT_MARGIN_MW = 1.0
+#: Factor over the break-even throughput cost at which dumping energy through simultaneous charge and
+#: discharge stops paying against PV curtailment (1 would leave a tie, and the solver may pick either).
+_DUMP_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -385,7 +393,8 @@ class DispatchModel:
                 V.bat_soc[:, T] + V.bat_short >= P.bat_target,
             ]
             cost.append(w.terminal_soc_shortfall_cost_eur_per_mwh * cp.sum(V.bat_short))
-            throughput.append(cp.sum(V.bat_ch) + cp.sum(V.bat_dis))
+            tp_bat = _dump_proof_throughput_cost(w, eta_c * eta_d, has_pv=bool(ids[AssetKind.PV]))
+            throughput.append(tp_bat @ cp.sum(V.bat_ch + V.bat_dis, axis=1))
             V.by_kind[AssetKind.BATTERY] = V.bat_ch - V.bat_dis
 
         ne = len(ids[AssetKind.EV_CHARGER])
@@ -402,7 +411,15 @@ class DispatchModel:
             delivered = sp.diags(eta_c) @ V.ev_ch
             p_ev = V.ev_ch
             cons.append(V.ev_ch <= P.ev_ch_max)
-            throughput.append(cp.sum(V.ev_ch))
+            # Only V2G chargers can dump energy (charge and discharge at once); plain chargers keep the base cost.
+            tp_ev = np.where(
+                v2g,
+                _dump_proof_throughput_cost(
+                    w, eta_c * col(AssetKind.EV_CHARGER, "eta_discharge"), has_pv=bool(ids[AssetKind.PV])
+                ),
+                w.throughput_cost_eur_per_mwh,
+            )
+            throughput.append(tp_ev @ cp.sum(V.ev_ch, axis=1))
             if v2g.any():  # discharge variables only for V2G chargers (static in the asset table)
                 sel = sp.csr_matrix(np.eye(ne)[:, v2g])
                 eta_d = col(AssetKind.EV_CHARGER, "eta_discharge")[v2g]
@@ -411,7 +428,7 @@ class DispatchModel:
                 cons.append(V.ev_dis <= P.ev_dis_max)
                 delivered = delivered - sel @ (sp.diags(1.0 / eta_d) @ V.ev_dis)
                 p_ev = p_ev - sel @ V.ev_dis
-                throughput.append(cp.sum(V.ev_dis))
+                throughput.append(tp_ev[v2g] @ cp.sum(V.ev_dis, axis=1))
             cons += [
                 V.ev_need[:, 0] == P.ev_need,
                 V.ev_need[:, 1:] == V.ev_need[:, :-1] - h * delivered,
@@ -455,8 +472,8 @@ class DispatchModel:
 
         kinds = [k for k in _KIND_ORDER if k in V.by_kind]
         coupled = head_limit or w.demand_charge_eur_per_mw > 0 or feed_in
-        if throughput and w.throughput_cost_eur_per_mwh > 0:
-            cost.append(w.throughput_cost_eur_per_mwh * h * sum(throughput))
+        if throughput:  # already weighted per asset (EUR/MWh)
+            cost.append(h * sum(throughput))
         if not kinds:
             coupled = False
         elif not coupled:
@@ -970,6 +987,18 @@ class DispatchModel:
             wall_time_s=wall,
             notes=inputs.notes,
         )
+
+
+def _dump_proof_throughput_cost(w: DispatchWeights, round_trip: np.ndarray, *, has_pv: bool) -> np.ndarray:
+    """Per-asset throughput cost (EUR/MWh of ch + dis) at which dumping energy as conversion losses never
+    beats PV curtailment: dumping 1 MWh at round-trip efficiency ``eta`` takes ``(1 + eta) / (1 - eta)`` MWh of
+    throughput. Without PV in the model there is nothing to curtail and the configured cost stands."""
+    base = np.full(np.shape(round_trip), w.throughput_cost_eur_per_mwh, dtype=float)
+    if not has_pv:
+        return base
+    eta = np.clip(np.asarray(round_trip, dtype=float), 0.0, 1.0)
+    floor = _DUMP_MARGIN * w.pv_curtailment_cost_eur_per_mwh * (1.0 - eta) / (1.0 + eta)
+    return np.maximum(base, floor)
 
 
 class _BadInput(ValueError):

@@ -164,7 +164,7 @@ def test_submit_fault_validates_and_uses_the_command_channel(tmp_path: Path) -> 
     (cmd,) = CommandChannel(tmp_path).take()
     assert cmd[0].operator == "alice" and cmd[0].duration == pd.Timedelta("30min")
     assert pages.submit_fault(data, operator="a", kind="meteor", duration="1h", participant=None) == (
-        False, "kind='meteor': expected one of control_centre_outage, backhaul_cut, participant_dropout, clear_faults")
+        False, "kind='meteor': expected one of control_centre_outage, backhaul_cut, participant_dropout, clear_faults, dr_event")
     assert pages.submit_fault(data, operator="a", kind="backhaul_cut", duration="-1h", participant=None)[1] == (
         "duration='-1h': must be positive")
     assert pages.submit_fault(data, operator="a", kind="participant_dropout", duration="1h", participant="P9")[1] == (

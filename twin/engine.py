@@ -244,12 +244,26 @@ class PolicyTwin:
     def _sensitivities(self, time: pd.Timestamp) -> Sensitivities | None:
         """The network linearization at the last converged operating point, refreshed every network.refresh."""
         spec = self.scenario.network
+        if spec.sensitivities and self.last_pf is None:
+            self._initial_operating_point(time)
         if not spec.sensitivities or self.last_pf is None or not self.last_pf.converged:
             return self._sens
         if self._sens_time is None or time - self._sens_time >= pd.Timedelta(spec.refresh):
             self._sens = self.grid.sensitivities(monitored_buses=self._monitored, monitored_branches=None)
             self._sens_time = time
         return self._sens
+
+    def _initial_operating_point(self, time: pd.Timestamp) -> None:
+        """Before the first interval the twin measures where the feeder stands (every device on its own
+        default), so the first decision already has an operating point to linearize at."""
+        row = self.inputs.at(time)
+        profiles = self.inputs.profiles
+        autonomous = self.physics.autonomous_p_mw(pv_avail_mw=self.inputs.pv_avail_mw.iloc[row],
+                                                  flex_base_mw=self.inputs.flex_base_mw.iloc[row])
+        self.grid.set_injections(load_p_mw=profiles.load_p_mw.iloc[row], load_q_mvar=profiles.load_q_mvar.iloc[row],
+                                 sgen_p_mw=profiles.sgen_p_mw.iloc[row], asset_p_mw=autonomous,
+                                 asset_q_mvar=pd.Series(0.0, index=autonomous.index))
+        self.last_pf, self._last_time = self.grid.solve(time), time - self.scenario.step
 
     def observe_for_test(self, time: pd.Timestamp) -> Observation:
         """The observation an ideal controller would get at ``time`` (for tests and debugging)."""
