@@ -293,3 +293,23 @@ def test_operator_declared_dr_event_is_settled_like_a_scheduled_one(tmp_path: Pa
     assert before.settlement_eur["participants"] == 0
     assert all(r.settlement_eur["participants"] > 0 for r in during)
     assert CommandChannel(tmp_path).history()["verdict"].tolist() == ["applied"]
+
+
+def test_backhaul_cut_leaves_scada_blind_and_its_devices_on_their_own(rural_day: tuple[Scenario, RunInputs]) -> None:
+    """A backhaul cut for every participant, 01:00-02:00: no telemetry reaches the control centre (its view
+    goes stale), its setpoints reach nobody, and the batteries fall back once the 30-minute TTL runs out."""
+    _, inputs = rural_day
+    s = make_scenario(end="2016-06-06T03:00:00Z",
+                      faults=[{"kind": "backhaul_cut", "start": "2016-06-06T01:00:00Z", "end": "2016-06-06T02:00:00Z"}],
+                      controllers=[{"name": "scada", "mode": "central", "target": "engine_helpers:ChargeAllBatteries",
+                                    "kwargs": {"p_mw": 0.0005}}])
+    rec = run_scenario(s, runs_root=None, inputs=inputs).records["scada"]
+    t = rec.summary.index
+    cut = (t >= pd.Timestamp("2016-06-06T01:00Z")) & (t < pd.Timestamp("2016-06-06T02:00Z"))
+    assert (rec.summary.loc[cut, "central_bytes"] == 0).all()  # nothing reached the centre
+    assert (rec.summary.loc[~cut, "central_bytes"] > 0).all()
+    assert rec.summary["controller_online"].all()  # the centre itself is up, just cut off
+    bats = inputs.assets.index[inputs.assets.kind.astype(str) == "battery"].astype(str)
+    on_own = rec.asset_fallback[bats].all(axis=1)
+    assert on_own[(t >= pd.Timestamp("2016-06-06T01:15Z")) & cut].all()
+    assert not on_own[~cut].any()

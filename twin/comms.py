@@ -68,16 +68,20 @@ def payload_size_bytes(payload: Any) -> int:
 
 @dataclass
 class TrafficCounter:
-    """Messages and bytes by channel; ``central_bytes`` counts participant data reaching a central point."""
+    """Messages and bytes sent by channel; ``central_bytes`` counts participant data that *reached* a
+    central point (delivered telemetry uplinks), the privacy measure compared across policies."""
 
     messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    delivered_bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def count(self, channel: str, n_bytes: int, *, delivered: bool) -> None:
         self.messages[channel] += 1
         self.bytes[channel] += n_bytes
-        if not delivered:
+        if delivered:
+            self.delivered_bytes[channel] += n_bytes
+        else:
             self.dropped[channel] += 1
 
     def totals(self) -> dict[str, int]:
@@ -85,7 +89,7 @@ class TrafficCounter:
             "messages": sum(self.messages.values()),
             "bytes": sum(self.bytes.values()),
             "dropped": sum(self.dropped.values()),
-            "central_bytes": self.bytes.get("telemetry_uplink", 0),
+            "central_bytes": self.delivered_bytes.get("telemetry_uplink", 0),
         }
 
 
