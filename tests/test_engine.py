@@ -313,3 +313,18 @@ def test_backhaul_cut_leaves_scada_blind_and_its_devices_on_their_own(rural_day:
     on_own = rec.asset_fallback[bats].all(axis=1)
     assert on_own[(t >= pd.Timestamp("2016-06-06T01:15Z")) & cut].all()
     assert not on_own[~cut].any()
+
+
+def test_report_shows_coordination_per_interval(tmp_path: Path, rural_day: tuple[Scenario, RunInputs]) -> None:
+    from twin.report import write_report
+
+    _, inputs = rural_day
+    s = make_scenario(end="2016-06-06T01:00:00Z", comms={"rounds": 3}, controllers=[
+        {"name": "scada", "mode": "central", "target": "controllers.baseline:PeakShaver"},
+        {"name": "mesh", "mode": "agents", "target": "engine_helpers:GossipAgent"}])
+    result = run_scenario(s, out=tmp_path / "run", inputs=inputs)
+    page = write_report(tmp_path / "run").read_text(encoding="utf-8")
+    assert "<h2>Coordination</h2>" in page and "gap to scada" in page
+    mesh = result.records["mesh"].summary
+    assert f"{mesh['messages'].mean():,.0f}" in page  # messages per interval of the agents
+    assert 'src="http' not in page and "<link" not in page  # plotly.js inlined: the page opens offline

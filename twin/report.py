@@ -36,6 +36,29 @@ def _kpi_table_html(kpis: pd.DataFrame) -> str:
     return f"<table><thead><tr><th>KPI</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _coordination_html(meta: dict, summaries: dict[str, pd.DataFrame]) -> str:
+    """Per policy: rounds, messages and traffic per interval, participant data reaching a central point,
+    and the energy-cost gap to the central policy (the reference every claim is measured against)."""
+    modes = {c["name"]: c.get("mode", "ideal") for c in meta.get("scenario", {}).get("controllers", [])}
+    reference = next((p for p, m in modes.items() if m == "central"), None)
+    ref_cost = float(summaries[reference]["cost_eur"].sum()) if reference in summaries else None
+    rows = []
+    for policy, s in summaries.items():
+        cost = float(s["cost_eur"].sum())
+        gap = "" if ref_cost in (None, 0.0) or policy == reference else f"{(cost - ref_cost) / abs(ref_cost):+.2%}"
+        rows.append(
+            f"<tr><th>{html.escape(policy)}</th><td>{html.escape(modes.get(policy, ''))}</td>"
+            f"<td>{s['rounds'].mean():.1f}</td><td>{s['messages'].mean():,.0f}</td>"
+            f"<td>{s['bytes'].mean() / 1e3:,.1f}</td><td>{s['central_bytes'].sum() / 1e3:,.1f}</td>"
+            f"<td>{s['compute_s'].mean() * 1e3:,.1f}</td><td>{cost:,.2f}</td><td>{gap}</td></tr>"
+        )
+    head = ("<tr><th>policy</th><th>mode</th><th>rounds / interval</th><th>messages / interval</th>"
+            "<th>kB / interval</th><th>participant data at a central point [kB]</th>"
+            "<th>decision time [ms / interval]</th><th>energy cost [EUR]</th>"
+            f"<th>gap to {html.escape(reference or 'central')}</th></tr>")
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def _battery_soc(store: RunStore, policies: list[str]) -> pd.DataFrame:
     """Total battery energy (MWh) per policy over time."""
     frames = {}
@@ -83,6 +106,7 @@ td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}th:first-
 {html.escape(str(pd.Timedelta(scenario.get("step", "15min"))).removeprefix("0 days "))} from {html.escape(str(scenario.get('start')))}, seed {meta.get('seed')}.
 Policies: {', '.join(html.escape(p) for p in policies)}.</p>
 <h2>KPIs</h2>{_kpi_table_html(kpis)}
+<h2>Coordination</h2>{_coordination_html(meta, summaries)}
 {''.join(parts)}
 </body></html>"""
     out = out or Path(run_dir) / "report.html"
