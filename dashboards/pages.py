@@ -423,7 +423,7 @@ def faults_layout(data: RunData, *, operator: str | None, auth_enabled: bool) ->
     participants = data.participants()
     if operator:
         form = html.Div([
-            html.Div([f"Logged in as operator ", html.Strong(operator), ". Commands go to the running twin through "
+            html.Div(["Logged in as operator ", html.Strong(operator), ". Commands go to the running twin through "
                       "its command channel and apply from its next interval."], className="caption"),
             html.Div([
                 html.Label(["Fault ", dcc.Dropdown(id="fault-kind", clearable=False, className="dropdown",

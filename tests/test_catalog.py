@@ -3,7 +3,6 @@ bad names fail with the list of valid ones."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pandapower as pp

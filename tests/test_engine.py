@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_scenario
-from twin.commands import CommandChannel, CommandKind, OperatorCommand
+from twin.commands import CommandChannel, OperatorCommand
 from twin.engine import iterate_policies
 from twin.inputs import RunInputs
 from twin.record import TIMING_COLUMNS

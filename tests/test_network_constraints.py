@@ -23,7 +23,6 @@ decision already has an operating point to linearize at: the band holds from the
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import make_scenario

@@ -35,7 +35,7 @@ from controllers.api import (
     load_controller,
 )
 from twin.commands import CommandChannel, CommandKind, OperatorCommand
-from twin.comms import CommsModel, Fault, FaultKind, LinkSpec, payload_size_bytes
+from twin.comms import CommsModel, Fault, FaultKind, LinkSpec
 from twin.devices import FleetPhysics, IntervalOutcome, volt_var_q_share
 from twin.inputs import RunInputs, derive_seed
 from twin.mesh import mesh_neighbours

@@ -93,7 +93,6 @@ def linearize(
 
     pvpq = np.concatenate([model.pv, model.pq])
     pq = model.pq
-    n_angle, n_bus = pvpq.size, model.n_bus
     vm = np.abs(v)
     internal_rows = model.bus_ppci[model.bus_index.get_indexer(bus_rows)]
     d_va_dp, d_vm_dp, d_vm_dq = _voltage_sensitivities(model, v, pvpq, _buses_needed(model, internal_rows, kinds, positions))
