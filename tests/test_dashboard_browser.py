@@ -172,11 +172,14 @@ def test_operator_logs_in_and_injects_a_fault(live: dict[str, Any]) -> None:
     page.wait_for_selector("#op-fault-result .notice-ok")
     assert "submitted backhaul_cut" in page.inner_text("#op-fault-result")
     submitted = time.monotonic()
-    # the twin applies it at its next interval; the page shows that within two refreshes
+    # The twin applies it at its next interval; the page shows that within two refreshes. The margin covers
+    # the browser's own latency on a loaded 2-core machine (history and active-fault panes update separately).
+    margin_s = 3.0
     page.wait_for_function("Array.from(document.querySelectorAll('#fault-history-table td'))"
-                           ".some(td => td.innerText === 'applied')",
-                           timeout=(TWIN_PERIOD_S + 2 * REFRESH_S) * 1000 + 1500)
-    assert time.monotonic() - submitted < TWIN_PERIOD_S + 2 * REFRESH_S + 1.5
+                           ".some(td => td.innerText === 'applied')"
+                           " && !document.querySelector('#fault-active').innerText.includes('pending')",
+                           timeout=(TWIN_PERIOD_S + 2 * REFRESH_S + margin_s) * 1000)
+    assert time.monotonic() - submitted < TWIN_PERIOD_S + 2 * REFRESH_S + margin_s
     assert "backhaul cut: " in page.inner_text("#fault-active") and "pending" not in page.inner_text("#fault-active")
     assert "alice" in page.inner_text("#fault-history-table")
     page.screenshot(path=str(live["shots"] / "faults-after.png"), full_page=True)
