@@ -27,8 +27,9 @@ import cvxpy as cp
 import numpy as np
 import pandas as pd
 
-from controllers.api import AgentMessage, AgentSpec, AssetKind, Dispatch, Observation, Proposal
+from controllers.api import AgentMessage, AgentSpec, Dispatch, Observation, Proposal
 from controllers.dispatch_model import DispatchModel, DispatchSolution, DispatchWeights, Proximal
+from controllers.volt_var import volt_var_q_mvar
 
 __all__ = ["AdmmAgent", "FeederCost"]
 
@@ -139,6 +140,7 @@ class AdmmAgent:
         self._last_solution: DispatchSolution | None = None
         self._inputs: Any = None
         self._zero_price: Any = None
+        self._base: np.ndarray | None = None
 
     @property
     def problems(self) -> list[cp.Problem]:
@@ -205,7 +207,7 @@ class AdmmAgent:
         self._time = time
         self._silent_rounds = 0
         self._last_target = self._last_solution = None
-        self._inputs = self._zero_price = None
+        self._inputs = self._zero_price = self._base = None
 
     def _own_sum(self) -> np.ndarray:
         if self.p_prev is None:
@@ -213,13 +215,13 @@ class AdmmAgent:
         return self.p_prev.sum(axis=0).to_numpy()
 
     def _z_update(self, obs: Observation, xbar: np.ndarray) -> None:
-        T = self.spec.horizon
-        price_imp = _horizon(obs.forecast.price_eur_per_mwh, obs, T)
-        feed_in = float(obs.signals.get("feed_in_eur_per_mwh", 0.0))
-        price_exp = np.minimum(np.full(T, feed_in), price_imp)
-        base = _horizon(obs.forecast.base_load_mw.sum(axis=1), obs, T)
+        if self._base is None:  # the feeder-level terms are the same in every round of an interval
+            self._base = _horizon(obs.forecast.base_load_mw.sum(axis=1), obs, self.spec.horizon)
+        prices = self._inputs.price_eur_per_mwh  # the dispatch model's reading of the same forecast
+        feed_in = self._inputs.feed_in_eur_per_mwh
         limit = obs.limits.p_head_max_mw
-        s = self.feeder.solve(base=base, price_imp=price_imp, price_exp=price_exp,
+        s = self.feeder.solve(base=self._base, price_imp=prices,
+                              price_exp=prices if feed_in is None else np.minimum(feed_in, prices),
                               limit=1e6 if limit is None else float(limit),
                               target=self.n_total * (self.u + xbar))
         if s is None:
@@ -236,21 +238,15 @@ class AdmmAgent:
 
     def _dispatch(self, solution: DispatchSolution, **diagnostics: Any) -> Dispatch:
         p = solution.first_p_mw.reindex(self.spec.assets.index).astype(float)
-        q = self._volt_var_q(p) if diagnostics.get("mode") == "alone" and self.volt_var else pd.Series(dtype=float)
+        q = self._volt_var_q() if diagnostics.get("mode") == "alone" and self.volt_var else pd.Series(dtype=float)
         return Dispatch(p_mw=p, q_mvar=q, diagnostics=MappingProxyType(
             {**diagnostics, "status": solution.status, "objective_eur": solution.objective_eur}))
 
-    def _volt_var_q(self, p: pd.Series) -> pd.Series:
+    def _volt_var_q(self) -> pd.Series:
         """IEEE 1547 Cat. B volt-var on the agent's own bus voltage (the last one its meter saw)."""
-        grid = self._last_grid
-        if grid is None:
+        if self._last_grid is None:
             return pd.Series(dtype=float)
-        assets = self.spec.assets
-        inverter = assets["kind"].astype(str).isin([AssetKind.PV, AssetKind.BATTERY])
-        vm = grid.reindex(assets["bus"]).to_numpy(float)
-        share = np.interp(np.nan_to_num(vm, nan=1.0), [0.92, 0.98, 1.02, 1.08], [0.44, 0.0, 0.0, -0.44])
-        q = np.where(inverter, -share * assets["s_max_mva"].to_numpy(float), 0.0)
-        return pd.Series(q, index=assets.index)
+        return volt_var_q_mvar(self.spec.assets, self._last_grid)
 
 
 def _horizon(series: pd.Series, obs: Observation, T: int) -> np.ndarray:

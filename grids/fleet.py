@@ -28,6 +28,7 @@ __all__ = [
     "FleetRatings",
     "build_fleet",
     "generate_ev_sessions",
+    "participant_id_for_load",
     "read_fleet_csv",
     "validate_ev_sessions",
     "validate_fleet",
@@ -162,6 +163,11 @@ def _pv_rows(
     return [_asset_row(AssetKind.PV, idx, loads, ratings, pv_mwp=sizes[idx]) for idx in sorted(sizes)]
 
 
+def participant_id_for_load(load_index: int) -> str:
+    """The participant behind a native load (one household or business per load): ``p-<load index>``."""
+    return f"p-{load_index}"
+
+
 def _asset_row(
     kind: AssetKind,
     load_idx: int,
@@ -176,7 +182,7 @@ def _asset_row(
         "asset_id": f"{_ID_PREFIX[kind]}-{load_idx:04d}",
         "kind": kind.value,
         "bus": int(loads.at[load_idx, "bus"]),
-        "participant_id": f"p-{load_idx}",
+        "participant_id": participant_id_for_load(load_idx),
         "p_max_mw": 0.0,
         "e_max_mwh": 0.0,
         "eta_charge": 1.0,

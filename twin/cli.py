@@ -16,7 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from twin.scenario import Scenario, ScenarioError, demo_scenario_path, load_scenario
+from twin.live.live_run import live_command
+from twin.live.simulator import broker_command, devices_command
 from twin.settlement.cli import ledger_app
+from twin.studies.cli import study as study_command
 
 app = typer.Typer(
     name="gridtwin",
@@ -191,26 +194,11 @@ def export_simbench(
     console.print(f"wrote {rows:,} rows to {out}" if isinstance(rows, int) else f"wrote {out}")
 
 
-def _mount_live() -> None:
-    """Live-telemetry commands: provision a broker, simulate the field, run the twin on the broker."""
-    from twin.live.live_run import live_command
-    from twin.live.simulator import broker_command, devices_command
-
-    app.command("broker")(broker_command)
-    app.command("devices")(devices_command)
-    app.command("live")(live_command)
-
-
-_mount_live()
-
-
-def _mount_studies() -> None:
-    from twin.studies.cli import study as study_command
-
-    app.command("study")(study_command)
-
-
-_mount_studies()
+# Commands whose modules live elsewhere in the twin: live telemetry and studies.
+app.command("broker")(broker_command)
+app.command("devices")(devices_command)
+app.command("live")(live_command)
+app.command("study")(study_command)
 
 
 def _mount_plugins() -> None:

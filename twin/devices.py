@@ -15,7 +15,7 @@ import pandas as pd
 
 from controllers.api import AssetKind
 
-__all__ = ["ClipReason", "FleetPhysics", "IntervalOutcome", "volt_var_q_share"]
+__all__ = ["ClipReason", "FleetPhysics", "IntervalOutcome"]
 
 #: Tolerance below which a clip is not worth recording (numerical noise from solvers).
 _CLIP_TOL_MW = 1e-9
@@ -29,16 +29,6 @@ class ClipReason:
     AVAILABLE = "available"
     NOT_CONNECTED = "not_connected"
     DEADLINE = "deadline"
-
-
-def volt_var_q_share(vm_pu: np.ndarray | float) -> np.ndarray:
-    """IEEE 1547-2018 Category B volt-var curve: reactive power *injection* as a share of rated S.
-
-    +0.44 at V <= 0.92, 0 on 0.98..1.02, -0.44 at V >= 1.08, linear in between (REFERENCES.md). Positive
-    injects vars and raises the voltage; in load convention the inverter's q_mvar = -share * s_max_mva.
-    """
-    v = np.asarray(vm_pu, dtype=float)
-    return np.interp(v, [0.92, 0.98, 1.02, 1.08], [0.44, 0.0, 0.0, -0.44])
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from controllers.api import (
     Agent,
     AgentMessage,
     AgentSpec,
-    AssetKind,
     Controller,
     ControllerSpec,
     Dispatch,
@@ -34,9 +33,10 @@ from controllers.api import (
     Sensitivities,
     load_controller,
 )
+from controllers.volt_var import volt_var_q_mvar
 from twin.commands import CommandChannel, CommandKind, OperatorCommand
 from twin.comms import CommsModel, Fault, FaultKind, LinkSpec
-from twin.devices import FleetPhysics, IntervalOutcome, volt_var_q_share
+from twin.devices import FleetPhysics, IntervalOutcome
 from twin.inputs import RunInputs, derive_seed
 from twin.mesh import mesh_neighbours
 from twin.metering import Meters, PolicySettlement, settlement_history_kw
@@ -140,9 +140,6 @@ class PolicyTwin:
         self.last_pf: PowerFlowResult | None = None
         self._last_time: pd.Timestamp | None = None
         self.limits = NetworkLimits(**scenario.limits.model_dump())
-        kinds = assets["kind"].astype(str)
-        self._inverter = kinds.isin([AssetKind.PV, AssetKind.BATTERY]).to_numpy()
-        self._asset_bus = assets["bus"].astype(int).to_numpy()
         # The control centre's view: the last report that reached it per asset, and when it was measured.
         self.cc_state: pd.DataFrame | None = None
         self.cc_seen = pd.Series(pd.NaT, index=ids, dtype="datetime64[ns, UTC]")
@@ -152,6 +149,8 @@ class PolicyTwin:
         self._sens: Sensitivities | None = None
         self._sens_time: pd.Timestamp | None = None
         self._monitored = monitored_buses(scenario, inputs)
+        self._decide = {"ideal": self._decide_ideal, "central": self._decide_central,
+                        "agents": self._decide_agents}[entry.mode]
 
     @classmethod
     def create(cls, entry: ControllerEntry, inputs: RunInputs, scenario: Scenario) -> PolicyTwin:
@@ -379,8 +378,7 @@ class PolicyTwin:
     def step(self, time: pd.Timestamp) -> StepRecord:
         before = self.comms.traffic.totals()
         t0 = wallclock.perf_counter()
-        decide = {"ideal": self._decide_ideal, "central": self._decide_central, "agents": self._decide_agents}
-        dispatch, delivered, rounds = decide[self.mode](time)
+        dispatch, delivered, rounds = self._decide(time)
         compute_s = wallclock.perf_counter() - t0
         t1 = wallclock.perf_counter()
         if dispatch is not None:
@@ -449,10 +447,7 @@ class PolicyTwin:
         """Autonomous inverters follow IEEE 1547 Cat. B volt-var on their bus's last measured voltage."""
         if self.last_pf is None or not self.last_pf.converged:
             return pd.Series(0.0, index=self.held_q.index)
-        vm = self.last_pf.vm_pu.reindex(self._asset_bus).to_numpy(float)
-        s_max = self.inputs.assets["s_max_mva"].to_numpy(float)
-        q = np.where(self._inverter, -volt_var_q_share(np.nan_to_num(vm, nan=1.0)) * s_max, 0.0)
-        return pd.Series(q, index=self.held_q.index)
+        return volt_var_q_mvar(self.inputs.assets, self.last_pf.vm_pu)
 
     def _hold(self, time: pd.Timestamp, dispatch: Dispatch, delivered: pd.Series) -> None:
         """Setpoints that reached their device are held until ``time + setpoint_ttl``."""

@@ -16,6 +16,7 @@ import numpy as np
 import pandapower as pp
 import pandas as pd
 
+from grids.fleet import participant_id_for_load
 from grids.profiles import feeder_profiles
 from twin.inputs import RunInputs
 from twin.scenario import Scenario
@@ -31,11 +32,9 @@ HISTORY = pd.Timedelta("46D")
 
 
 def participant_of_load(load_index: pd.Index) -> pd.Series:
-    """The participant behind each native load: one household/business per load, ``p-<load index>``.
-
-    Same naming as grids.fleet.build_fleet, so a participant's DERs and its own load meet at one meter.
-    """
-    return pd.Series([f"p-{i}" for i in load_index], index=load_index, name="participant_id")
+    """The participant behind each native load, named as grids.fleet names the owners of its DERs, so a
+    participant's DERs and its own load meet at one meter."""
+    return pd.Series([participant_id_for_load(i) for i in load_index], index=load_index, name="participant_id")
 
 
 def settlement_history_kw(scenario: Scenario, inputs: RunInputs) -> pd.DataFrame:

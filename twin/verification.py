@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -159,22 +160,16 @@ def verify_interval(
     reported_q_mvar: pd.Series,
     participant_buses: Mapping[str, Collection[int]],
     trusted_buses: Collection[int] = (),
-    sigmas: MeasurementSigmas = DEFAULT_SIGMAS,
-    threshold: float = 3.0,
-    margin: float = 3.0,
-    chi2_false_alarm: float = 0.01,
-    max_removals: int = 5,
-    max_iterations: int = 30,
+    **options: Any,
 ) -> VerificationResult:
-    """One-shot :meth:`FeederVerifier.verify` (builds the estimator model each call: ~100 ms more).
+    """One-shot :meth:`FeederVerifier.verify` (builds the estimator model each call: ~100 ms more);
+    ``options`` are those of :meth:`FeederVerifier.from_net` (sigmas, threshold, margin, ...).
 
     Never raises on bad numbers or an unusable feeder: the result then has ``failed=True`` and flags nobody.
     """
     started = wallclock.perf_counter()
     try:
-        verifier = FeederVerifier.from_net(net, sigmas=sigmas, threshold=threshold, margin=margin,
-                                           chi2_false_alarm=chi2_false_alarm, max_removals=max_removals,
-                                           max_iterations=max_iterations)
+        verifier = FeederVerifier.from_net(net, **options)
     except _VERIFICATION_ERRORS as exc:
         _log.warning("verification model could not be built: %s", exc)
         return _failed(f"{type(exc).__name__}: {exc}", elapsed_ms=(wallclock.perf_counter() - started) * 1e3)
