@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -715,6 +716,10 @@ def devices_command(
                f"commands accepted {report.commands_accepted}, refused {report.commands_refused}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def broker_command(
     scenario: ScenarioArg,
     port: Annotated[int | None, typer.Option(help="Loopback port (default: a free one).")] = None,
@@ -729,6 +734,8 @@ def broker_command(
     typer.echo(f"broker mqtt://{setup.broker.host}:{setup.broker.port} (pid {setup.broker.pid})\n"
                f"credentials: {setup.credentials_path}\nkeys: {setup.keys_path}\n"
                f"operator key: {setup.operator_key_path}\nCtrl-C to stop")
+    # A plain `kill` (SIGTERM, as service managers send) must stop the broker too, not orphan it.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while setup.broker.running:
             time.sleep(0.5)
