@@ -3,9 +3,11 @@ wall time per stage. Run by hand; prints a table and the extrapolation to a year
 
     python bench/bench_year.py [--days 365] [--engine fast] [--rounds 4] [--horizon 12h]
 
-Stages per policy (from the run's records): decide = observation + optimization (+ coordination rounds for
-DePIN), devices = setpoints and device physics, power_flow, settle; plus inputs (telemetry/profile build)
-and recording/writing, measured around the run.
+Stages per policy (from the run's records): telemetry (reading meters and the comms uplink into
+observations), optimize (the controller's or the agents' own computation), coordinate (moving setpoints and
+mesh messages through the comms model), devices (setpoints and device physics), power_flow, settle; plus
+inputs (profiles, fleet, EV sessions) and recording (everything else around the engine), measured around
+the run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import pandas as pd
 from twin.inputs import build_inputs
 from twin.run import run_scenario
 from twin.scenario import parse_scenario
+
+
+STAGES = ("telemetry", "optimize", "coordinate", "devices", "power_flow", "settle")
 
 
 def main() -> None:
@@ -52,10 +57,10 @@ def main() -> None:
     accounted = 0.0
     for policy, rec in result.records.items():
         s = rec.summary
-        stages = {"decide": s["compute_s"].sum(), "devices": s["t_devices_s"].sum(),
-                  "power_flow": s["t_power_flow_s"].sum(), "settle": s["t_settle_s"].sum()}
+        stages = {k: float(s[f"t_{k}_s"].sum()) for k in STAGES}
+        stages["decide, other"] = float(s["compute_s"].sum()) - sum(stages[k] for k in STAGES[:3])
         accounted += sum(stages.values())
-        print(f"{policy:8} " + "  ".join(f"{k} {v:8.1f} s" for k, v in stages.items()))
+        print(f"{policy:8} " + "  ".join(f"{k} {v:7.1f} s" for k, v in stages.items()))
     print(f"recording, KPIs and engine overhead: {total - accounted:8.1f} s")
     print(f"total run: {total:8.1f} s  ({n / total:6.2f} intervals/s); a year (35,136 intervals) ≈ "
           f"{35136 * total / n / 60:6.1f} min")

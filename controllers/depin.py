@@ -18,7 +18,6 @@ autonomy: its own optimization at the tariff (the last prices it knows), plus IE
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -29,55 +28,10 @@ import pandas as pd
 
 from controllers.api import AgentMessage, AgentSpec, Dispatch, Observation, Proposal
 from controllers.dispatch_model import DispatchModel, DispatchSolution, DispatchWeights, Proximal
+from controllers.feeder_cost import FeederCost
 from controllers.volt_var import volt_var_q_mvar
 
-__all__ = ["AdmmAgent", "FeederCost"]
-
-
-class FeederCost:
-    """The shared feeder-head cost g(s) of the z-update, as a DPP cvxpy problem built once.
-
-    ``s`` is the fleet's total power per period (MW, load convention); the feeder head imports
-    ``base + s``. Cost per period: ``h (lambda_exp y + (lambda_imp - lambda_exp) max(y, 0))`` — import at
-    the import price, export at the feed-in price (convex since lambda_imp >= lambda_exp) — plus a soft
-    peak limit and a demand charge on the peak import.
-    """
-
-    def __init__(self, *, horizon: int, hours: float, quad: float, demand_charge_eur_per_mw: float,
-                 head_slack_cost_eur_per_mwh: float) -> None:
-        T = horizon
-        self.s = cp.Variable(T)
-        self.imp = cp.Variable(T, nonneg=True)
-        self.over = cp.Variable(T, nonneg=True)
-        self.base = cp.Parameter(T)
-        self.price_exp = cp.Parameter(T)
-        self.price_spread = cp.Parameter(T, nonneg=True)
-        self.limit = cp.Parameter()
-        self.target = cp.Parameter(T)
-        head = self.base + self.s
-        cost = (hours * (self.price_exp @ self.s + self.price_spread @ self.imp)
-                + hours * head_slack_cost_eur_per_mwh * cp.sum(self.over)
-                + demand_charge_eur_per_mw * cp.max(self.imp)
-                + quad * cp.sum_squares(self.s - self.target))
-        self.problem = cp.Problem(cp.Minimize(cost), [self.imp >= head, self.over >= head - self.limit])
-
-    def solve(self, *, base: np.ndarray, price_imp: np.ndarray, price_exp: np.ndarray, limit: float,
-              target: np.ndarray) -> np.ndarray | None:
-        self.base.value = base
-        self.price_exp.value = price_exp
-        self.price_spread.value = np.maximum(price_imp - price_exp, 0.0)
-        self.limit.value = limit
-        self.target.value = target
-        try:
-            # cvxpy warns on an inaccurate solution; the status says the same and is checked below.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                self.problem.solve(solver=cp.CLARABEL)
-        except cp.error.SolverError:
-            return None
-        if self.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
-            return None
-        return np.asarray(self.s.value, dtype=float)
+__all__ = ["AdmmAgent"]
 
 
 class AdmmAgent:
@@ -130,7 +84,7 @@ class AdmmAgent:
                                  head_slack_cost_eur_per_mwh=self.head_slack_cost)
         T = spec.horizon
         self.heard: dict[str, np.ndarray] = {}  # sender → its latest aggregate trajectory
-        self.p_prev: pd.DataFrame | None = None  # own assets × periods, last x-update
+        self.p_prev: np.ndarray | None = None  # own assets (table order) × periods, last x-update
         self.zbar = np.zeros(T)
         self.u = np.zeros(T)
         self._time: pd.Timestamp | None = None
@@ -145,7 +99,14 @@ class AdmmAgent:
     @property
     def problems(self) -> list[cp.Problem]:
         """Every cvxpy problem this agent re-solves (checked for DPP by controllers.testing)."""
-        return [m.problem for m in (self.model, self.local) if m is not None] + [self.feeder.problem]
+        return [m.problem for m in (self.model, self.local) if m is not None]
+
+    @property
+    def plan_mw(self) -> pd.DataFrame | None:
+        """The agent's own assets × horizon periods (0 … T-1) of its last x-update (None before the first)."""
+        if self.p_prev is None:
+            return None
+        return pd.DataFrame(self.p_prev, index=self.spec.assets.index, columns=range(self.spec.horizon))
 
     # -- per round ---------------------------------------------------------------------------------
     def propose(self, observation: Observation, inbox: tuple[AgentMessage, ...], *, round_index: int) -> Proposal:
@@ -169,21 +130,18 @@ class AdmmAgent:
         own = self._own_sum()
         xbar = (own + sum(self.heard.values(), np.zeros_like(own))) / self.n_total
         self._z_update(observation, xbar)
-        prev = self.p_prev if self.p_prev is not None else pd.DataFrame(0.0, index=self.model.asset_order,
-                                                                          columns=range(self.spec.horizon))
-        target = prev.to_numpy() - xbar + self.zbar - self.u
+        prev = self.p_prev if self.p_prev is not None else np.zeros((len(self.spec.assets), self.spec.horizon))
+        target = prev - xbar + self.zbar - self.u
         if (self._last_solution is not None and self._last_target is not None
                 and np.max(np.abs(target - self._last_target), initial=0.0) < self.tolerance_mw):
             # Consensus has settled: the x-update would return what it returned last round.
             return self._proposal(self._last_solution, round_index)
-        prox = Proximal(rho=self.rho, z_mw=pd.DataFrame(target, index=prev.index, columns=prev.columns),
-                        u_mw=pd.DataFrame(0.0, index=prev.index, columns=prev.columns))
         solution = self.model.solve(self._zero_price, solver=self.solver, solver_options=self.solver_options,
-                                    proximal=prox)
+                                    proximal=Proximal(rho=self.rho, z_mw=target))
         if solution.fallback:
             return self._alone(observation, reason=solution.reason)
         self._last_target, self._last_solution = target, solution
-        self.p_prev = solution.p_mw.set_axis(range(self.spec.horizon), axis=1)
+        self.p_prev = solution.p
         return self._proposal(solution, round_index)
 
     def _proposal(self, solution: DispatchSolution, round_index: int) -> Proposal:
@@ -201,9 +159,7 @@ class AdmmAgent:
         self.heard = {k: shift(v) for k, v in self.heard.items()}
         self.zbar, self.u = shift(self.zbar), shift(self.u)
         if self.p_prev is not None:
-            arr = self.p_prev.to_numpy()
-            self.p_prev = pd.DataFrame(np.concatenate([arr[:, 1:], arr[:, -1:]], axis=1), index=self.p_prev.index,
-                                       columns=self.p_prev.columns)
+            self.p_prev = np.concatenate([self.p_prev[:, 1:], self.p_prev[:, -1:]], axis=1)
         self._time = time
         self._silent_rounds = 0
         self._last_target = self._last_solution = None
@@ -212,7 +168,7 @@ class AdmmAgent:
     def _own_sum(self) -> np.ndarray:
         if self.p_prev is None:
             return np.zeros(self.spec.horizon)
-        return self.p_prev.sum(axis=0).to_numpy()
+        return self.p_prev.sum(axis=0)
 
     def _z_update(self, obs: Observation, xbar: np.ndarray) -> None:
         if self._base is None:  # the feeder-level terms are the same in every round of an interval
@@ -224,8 +180,6 @@ class AdmmAgent:
                               price_exp=prices if feed_in is None else np.minimum(feed_in, prices),
                               limit=1e6 if limit is None else float(limit),
                               target=self.n_total * (self.u + xbar))
-        if s is None:
-            return  # keep the last consensus: a failed z-step must not move everyone
         self.zbar = s / self.n_total
         self.u = self.u + xbar - self.zbar
 

@@ -48,6 +48,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Mapping
 
 import cvxpy as cp
@@ -106,12 +107,14 @@ class DispatchWeights:
 class Proximal:
     """ADMM proximal term ``rho/2 || p - z + u ||^2`` (per asset and period; p in MW, load convention).
 
-    ``z`` and ``u`` are frames indexed by ``asset_id`` with one column per period (missing = 0).
+    ``z`` and ``u``: frames indexed by ``asset_id`` with one column per period (missing = 0), or arrays of
+    shape (assets, periods) in the row order of the model's asset table (what an agent re-solving every
+    round passes: no index alignment on the hot path).
     """
 
     rho: float
-    z_mw: pd.DataFrame
-    u_mw: pd.DataFrame
+    z_mw: pd.DataFrame | np.ndarray
+    u_mw: pd.DataFrame | np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -151,20 +154,21 @@ class DispatchInputs:
 
 @dataclass(frozen=True)
 class DispatchSolution:
-    """The result of one solve (or of the fallback). ``p_mw``: index asset_id, columns = period starts.
+    """The result of one solve (or of the fallback), as arrays; the frames are built when first read.
 
-    On a fallback, ``p_mw`` holds only the first period and the horizon quantities are empty.
+    ``p``: MW per asset (rows in ``asset_ids`` order = the model's asset table) and period (``periods``).
+    ``horizon_values``: the other trajectories by name (``soc_mwh``, ``flex_backlog_mwh``, ``pv_curtail_mw``:
+    (ids, columns, values); ``ev_unmet_mwh``: (ids, None, values)). On a fallback ``p`` holds only the
+    first period and the horizon quantities are empty.
     """
 
     status: str
     fallback: bool
     reason: str
     objective_eur: float
-    p_mw: pd.DataFrame
-    soc_mwh: pd.DataFrame
-    ev_unmet_mwh: pd.Series
-    flex_backlog_mwh: pd.DataFrame
-    pv_curtail_mw: pd.DataFrame
+    p: np.ndarray
+    asset_ids: pd.Index
+    periods: pd.DatetimeIndex
     max_voltage_slack_pu: float
     max_loading_slack_percent: float
     max_head_slack_mw: float
@@ -172,11 +176,44 @@ class DispatchSolution:
     compile_time_s: float
     wall_time_s: float
     notes: tuple[str, ...] = ()
+    horizon_values: Mapping[str, tuple[pd.Index, pd.Index | None, np.ndarray]] = field(default_factory=dict)
+
+    @cached_property
+    def p_mw(self) -> pd.DataFrame:
+        """Index asset_id, columns = period starts."""
+        return pd.DataFrame(self.p, index=self.asset_ids, columns=self.periods)
 
     @property
     def first_p_mw(self) -> pd.Series:
         """Setpoints for the first period (what a controller dispatches now)."""
-        return self.p_mw.iloc[:, 0].rename("p_mw")
+        return pd.Series(self.p[:, 0], index=self.asset_ids, name="p_mw")
+
+    @cached_property
+    def soc_mwh(self) -> pd.DataFrame:
+        return self._frame("soc_mwh")
+
+    @cached_property
+    def flex_backlog_mwh(self) -> pd.DataFrame:
+        return self._frame("flex_backlog_mwh")
+
+    @cached_property
+    def pv_curtail_mw(self) -> pd.DataFrame:
+        return self._frame("pv_curtail_mw")
+
+    @cached_property
+    def ev_unmet_mwh(self) -> pd.Series:
+        if "ev_unmet_mwh" not in self.horizon_values:
+            return pd.Series(dtype=float)
+        ids, _, values = self.horizon_values["ev_unmet_mwh"]
+        return pd.Series(values, index=ids)
+
+    def _frame(self, name: str) -> pd.DataFrame:
+        if name not in self.horizon_values:
+            return pd.DataFrame(dtype=float)
+        ids, columns, values = self.horizon_values[name]
+        if values is None:
+            return pd.DataFrame(index=ids, columns=columns, dtype=float)
+        return pd.DataFrame(values, index=ids, columns=columns)
 
     def diagnostics(self) -> dict[str, Any]:
         """Scalars for ``Dispatch.diagnostics``."""
@@ -300,6 +337,12 @@ class DispatchModel:
         self.problem = problem
         self._p = params
         self._v = variables
+        self._order = [a for k in _KIND_ORDER for a in ids[k] if k in variables.by_kind]
+        # Row permutations between the model's order (by kind) and the asset table's order.
+        position = {a: i for i, a in enumerate(self._order)}
+        self._table_from_order = np.array([position[a] for a in assets.index], dtype=int)
+        self._order_from_table = np.argsort(self._table_from_order)
+        self._table_ids = pd.Index(assets.index, name="asset_id")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -558,7 +601,7 @@ class DispatchModel:
     @property
     def asset_order(self) -> list[Any]:
         """Asset ids in the model's row order (batteries, EVs, flexible loads, PV; as in the table)."""
-        return [a for k in _KIND_ORDER for a in self.ids[k] if k in self._v.by_kind]
+        return list(self._order)
 
     @property
     def hours(self) -> float:
@@ -582,7 +625,12 @@ class DispatchModel:
             if len(df.index) == 0:
                 notes.append(f"{what}: empty forecast, zeros used")
                 return pd.DataFrame(0.0, index=periods, columns=cols)
-            out = df.reindex(columns=cols).astype(float)
+            out = df if df.columns.equals(pd.Index(cols)) else df.reindex(columns=cols)
+            if len(df.index) >= T and df.index[:T].equals(periods):  # the usual case: aligned, no gaps
+                out = out.iloc[:T].astype(float)
+                if not out.isna().to_numpy().any():
+                    return out
+            out = out.astype(float)
             out = out.reindex(out.index.union(periods)).ffill().reindex(periods)
             if out.isna().to_numpy().any():
                 notes.append(f"{what}: missing forecast values, zeros used")
@@ -598,9 +646,9 @@ class DispatchModel:
 
         # PV
         pv_ids = self.ids[AssetKind.PV]
-        pv = frame(fc.pv_avail_mw, pv_ids, "pv_avail_mw").clip(lower=0.0)
-        pv = pv.mul(avail.reindex(pv_ids).to_numpy(), axis=1)
-        pv_arr = pv.to_numpy().T
+        pv = frame(fc.pv_avail_mw, pv_ids, "pv_avail_mw")
+        pv_arr = np.maximum(pv.to_numpy().T, 0.0) * avail.reindex(pv_ids).to_numpy()[:, None]
+        pv = pd.DataFrame(pv_arr.T, index=pv.index, columns=pv.columns)
 
         head_fixed = -pv_arr.sum(axis=0)
         if include_base_load and base is not None:
@@ -654,7 +702,7 @@ class DispatchModel:
         a_f = self.assets.loc[f_ids]
         st_f = state.reindex(f_ids)
         f_avail = avail.reindex(f_ids).to_numpy()
-        fbase = frame(fc.flex_base_mw, f_ids, "flex_base_mw").clip(lower=0.0).to_numpy().T * f_avail[:, None]
+        fbase = np.maximum(frame(fc.flex_base_mw, f_ids, "flex_base_mw").to_numpy().T, 0.0) * f_avail[:, None]
         fpmax = np.tile((a_f["p_max_mw"].to_numpy(float) * f_avail)[:, None], (1, T))
         b0 = st_f.get("flex_backlog_mwh", pd.Series(0.0, index=f_ids)).fillna(0.0).clip(lower=0.0).to_numpy(float)
         deadline = pd.to_datetime(st_f.get("flex_deadline", pd.Series(pd.NaT, index=f_ids)), utc=True)
@@ -794,6 +842,23 @@ class DispatchModel:
             l_sens[:n], l_head[:n] = S_a.to_numpy()[pick], head[:, pick].T
         return v_rows, v_sens, v_lo, v_hi, l_rows, l_sens, l_head
 
+    def _per_asset(self, values: pd.DataFrame | np.ndarray | None, what: str) -> np.ndarray:
+        """An asset x period array in the model's order from a frame indexed by asset_id or from an array in
+        the asset table's order (first ``horizon`` columns; missing = 0)."""
+        T = self.horizon
+        if values is None:
+            return np.zeros((len(self._order), T))
+        if isinstance(values, pd.DataFrame):
+            arr = values.reindex(self._order).to_numpy(dtype=float)
+        else:
+            arr = np.asarray(values, dtype=float)
+            if arr.ndim != 2 or arr.shape[0] != len(self._order):
+                raise _BadInput(f"{what}: needs shape ({len(self._order)}, {T}), got {arr.shape}")
+            arr = arr[self._order_from_table]
+        if arr.shape[1] < T:
+            raise _BadInput(f"{what}: needs {T} period columns, got {arr.shape[1]}")
+        return np.nan_to_num(arr[:, :T], nan=0.0)
+
     # ------------------------------------------------------------------ solving
     def solve(
         self,
@@ -872,7 +937,7 @@ class DispatchModel:
             # priced at the export price (the spread part is inside the head-import variable).
             fixed_cost = h * float(exp @ inputs.head_fixed_mw)
         if P.asset_price is not None:
-            ap = _per_asset(asset_price, order, T, "asset_price_eur_per_mwh")
+            ap = self._per_asset(asset_price, "asset_price_eur_per_mwh")
             values.append((P.asset_price, ap))
             fixed_cost -= h * float(np.sum(ap * offset))
         elif asset_price is not None:
@@ -882,8 +947,8 @@ class DispatchModel:
             if not rho >= 0:
                 raise _BadInput(f"proximal.rho: must be >= 0, got {rho!r}")
             scale = math.sqrt(rho / 2.0)
-            z = _per_asset(None if proximal is None else proximal.z_mw, order, T, "proximal.z_mw")
-            u = _per_asset(None if proximal is None else proximal.u_mw, order, T, "proximal.u_mw")
+            z = self._per_asset(None if proximal is None else proximal.z_mw, "proximal.z_mw")
+            u = self._per_asset(None if proximal is None else proximal.u_mw, "proximal.u_mw")
             values += [(P.prox_scale, scale), (P.prox_target, scale * (offset + z - u))]
         elif proximal is not None:
             raise _BadInput("proximal given, but the model was built without proximal=True")
@@ -898,7 +963,6 @@ class DispatchModel:
 
     def _read(self, inputs: DispatchInputs, status: str, *, wall_start: float) -> DispatchSolution:
         V, T = self._v, self.horizon
-        order = self.asset_order
         parts = [V.by_kind[k].value for k in _KIND_ORDER if k in V.by_kind]
         p = np.vstack(parts) if parts else np.zeros((0, T))
         if p.size and not np.all(np.isfinite(p)):
@@ -907,20 +971,15 @@ class DispatchModel:
         if n_pv:
             p[-n_pv:] -= inputs.pv_avail_mw
         cols = inputs.periods
-        p_mw = pd.DataFrame(p, index=pd.Index(order, name="asset_id"), columns=cols).reindex(self.assets.index)
-
-        def frame(var: cp.Variable | None, kind: AssetKind, columns: pd.Index) -> pd.DataFrame:
-            ids = pd.Index(self.ids[kind], name="asset_id")
-            if var is None:
-                return pd.DataFrame(index=ids, columns=columns, dtype=float)
-            return pd.DataFrame(var.value, index=ids, columns=columns)
-
         states = cols.append(pd.DatetimeIndex([cols[-1] + self.step]))
-        unmet = np.zeros(0) if V.ev_unmet is None else np.maximum(V.ev_unmet.value, 0.0)
+
+        def trajectory(var: cp.Variable | None, kind: AssetKind, columns: pd.Index) -> tuple:
+            return pd.Index(self.ids[kind], name="asset_id"), columns, None if var is None else var.value
 
         def max_of(var: cp.Variable | None) -> float:
             return 0.0 if var is None or var.size == 0 else float(max(np.max(var.value), 0.0))
 
+        unmet = np.zeros(0) if V.ev_unmet is None else np.maximum(V.ev_unmet.value, 0.0)
         stats = self.problem.solver_stats
         wall = time.perf_counter() - wall_start
         return DispatchSolution(
@@ -928,11 +987,15 @@ class DispatchModel:
             fallback=False,
             reason="",
             objective_eur=float(self.problem.value),
-            p_mw=p_mw,
-            soc_mwh=frame(V.bat_soc, AssetKind.BATTERY, states),
-            ev_unmet_mwh=pd.Series(unmet, index=pd.Index(self.ids[AssetKind.EV_CHARGER], name="asset_id")),
-            flex_backlog_mwh=frame(V.flex_backlog, AssetKind.FLEX_LOAD, states),
-            pv_curtail_mw=frame(V.pv_curt, AssetKind.PV, cols),
+            p=p[self._table_from_order],
+            asset_ids=self._table_ids,
+            periods=cols,
+            horizon_values={
+                "soc_mwh": trajectory(V.bat_soc, AssetKind.BATTERY, states),
+                "flex_backlog_mwh": trajectory(V.flex_backlog, AssetKind.FLEX_LOAD, states),
+                "pv_curtail_mw": trajectory(V.pv_curt, AssetKind.PV, cols),
+                "ev_unmet_mwh": (pd.Index(self.ids[AssetKind.EV_CHARGER], name="asset_id"), None, unmet),
+            },
             max_voltage_slack_pu=max_of(V.v_slack),
             max_loading_slack_percent=max_of(V.l_slack),
             max_head_slack_mw=max_of(V.head_slack),
@@ -964,21 +1027,15 @@ class DispatchModel:
             values[a] = float(min(inputs.flex_p_max_mw[i, 0], want))
         for i, a in enumerate(self.ids[AssetKind.PV]):
             values[a] = -float(inputs.pv_avail_mw[i, 0])
-        p_mw = pd.DataFrame(
-            {inputs.time: pd.Series(values, dtype=float)}, index=pd.Index(list(self.assets.index), name="asset_id")
-        )
-        empty = pd.DataFrame(dtype=float)
         wall = 0.0 if wall_start is None else time.perf_counter() - wall_start
         return DispatchSolution(
             status=status,
             fallback=True,
             reason=reason,
             objective_eur=float("nan"),
-            p_mw=p_mw,
-            soc_mwh=empty,
-            ev_unmet_mwh=pd.Series(dtype=float),
-            flex_backlog_mwh=empty,
-            pv_curtail_mw=empty,
+            p=np.array([[values[a]] for a in self.assets.index], dtype=float).reshape(-1, 1),
+            asset_ids=self._table_ids,
+            periods=pd.DatetimeIndex([inputs.time]),
             max_voltage_slack_pu=float("nan"),
             max_loading_slack_percent=float("nan"),
             max_head_slack_mw=float("nan"),
@@ -1003,13 +1060,3 @@ def _dump_proof_throughput_cost(w: DispatchWeights, round_trip: np.ndarray, *, h
 
 class _BadInput(ValueError):
     """Input values the model cannot take (non-finite, wrong options): the solve falls back."""
-
-
-def _per_asset(frame: pd.DataFrame | None, order: list[Any], T: int, what: str) -> np.ndarray:
-    """An asset x period array from a frame indexed by asset_id (first T columns; missing = 0)."""
-    if frame is None:
-        return np.zeros((len(order), T))
-    arr = frame.reindex(order).to_numpy(dtype=float)
-    if arr.shape[1] < T:
-        raise _BadInput(f"{what}: needs {T} period columns, got {arr.shape[1]}")
-    return np.nan_to_num(arr[:, :T], nan=0.0)

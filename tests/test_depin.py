@@ -42,7 +42,7 @@ def test_admm_over_the_mesh_reaches_the_central_optimum(feeder: str, at: str) ->
     observation = twin.observe_for_test(t)
     _, _, rounds = twin._decide_agents(t)
     assert rounds == 40
-    plans = [a.p_prev for a in twin.agents.values() if a.p_prev is not None]
+    plans = [a.plan_mw for a in twin.agents.values() if a.plan_mw is not None]
     admm = pd.concat(plans)
     model = DispatchModel.build(inputs.assets, step=s.step, horizon=s.horizon_steps,
                                 weights=DispatchWeights(), head_limit=False, feed_in=True, proximal=True)

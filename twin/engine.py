@@ -75,8 +75,9 @@ class StepRecord:
     #: Participants whose claimed behaviour the physics check could not confirm in this interval.
     unverified: frozenset[str] = frozenset()
     diagnostics: Any = field(default_factory=lambda: MappingProxyType({}))
-    #: Wall time of each stage of this interval (s): decide (observation + optimization + coordination
-    #: rounds), devices (setpoints and physics), power_flow, settle (verification and ledger).
+    #: Wall time of each stage of this interval (s): decide (= telemetry + optimize + coordinate: reading
+    #: telemetry into observations, the controllers' or agents' own computation, moving messages over the
+    #: comms model), devices (setpoints and physics), power_flow, settle (verification and ledger).
     stage_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -133,6 +134,9 @@ class PolicyTwin:
         assets = inputs.assets
         ids = assets.index
         self.participant_of = assets["participant_id"].astype(str)
+        self._assets_of_participant = {pid: ids[(self.participant_of == pid).to_numpy()]
+                                       for pid in self.participant_of.unique()}
+        self._stage: dict[str, float] = {}  # wall time of the decide sub-stages of the current interval
         self.held_p = pd.Series(np.nan, index=ids)
         self.held_q = pd.Series(0.0, index=ids)
         self.held_until = pd.Series(pd.NaT, index=ids, dtype="datetime64[ns, UTC]")
@@ -299,37 +303,47 @@ class PolicyTwin:
 
     def _decide_central(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
         assert self.controller is not None
+        t0 = wallclock.perf_counter()
         reported = self._reported(time, self._true_state(time))
         if self.cc_state is None:
             self.cc_state = reported.copy()  # commissioning: the control centre knows the initial state
             self.cc_seen[:] = time
-        for pid, rows in reported.groupby(self.participant_of):
-            if self.comms.uplink(str(pid), time, n_bytes=TELEMETRY_BYTES_PER_ASSET * len(rows)):
-                self.cc_state.loc[rows.index] = rows
-                self.cc_seen.loc[rows.index] = time
+        arrived = [rows.index for pid, rows in reported.groupby(self.participant_of)
+                   if self.comms.uplink(str(pid), time, n_bytes=TELEMETRY_BYTES_PER_ASSET * len(rows))]
+        if arrived:
+            ids = arrived[0].append(arrived[1:])
+            self.cc_state.loc[ids] = reported.loc[ids]
+            self.cc_seen.loc[ids] = time
         delivered = pd.Series(False, index=self.inputs.assets.index)
         if not self.comms.control_centre_up(time):
+            self._stage.update(telemetry=wallclock.perf_counter() - t0)
             return None, delivered, 0
         view = self.cc_state.copy()
         age = (time - self.cc_seen).dt.total_seconds()
         view["age_s"] = age.to_numpy()
         view["quality"] = np.where(age.to_numpy() > 0, "stale", "good")
-        dispatch = self.controller.act(self._observation(time, view))
-        for pid in self.participant_of.unique():
-            ids = self.participant_of.index[self.participant_of == pid]
-            targets = ids.intersection(dispatch.p_mw.dropna().index)
+        observation = self._observation(time, view)
+        t1 = wallclock.perf_counter()
+        dispatch = self.controller.act(observation)
+        t2 = wallclock.perf_counter()
+        dispatched = dispatch.p_mw.dropna().index
+        for pid, ids in self._assets_of_participant.items():
+            targets = ids.intersection(dispatched)
             if len(targets) and self.comms.downlink(str(pid), time, n_bytes=SETPOINT_BYTES * len(targets)):
                 delivered.loc[targets] = True
+        self._stage.update(telemetry=t1 - t0, optimize=t2 - t1, coordinate=wallclock.perf_counter() - t2)
         return dispatch, delivered, 0
 
     def _decide_agents(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
+        t0 = wallclock.perf_counter()
         state = self._true_state(time)  # on the premises, an agent reads its own meters directly
         active = [pid for pid in self.agents if not self.comms.dropped_out(pid, time)]
         observations = {
-            pid: self._observation(time, state, assets=self.inputs.assets[self.participant_of == pid],
+            pid: self._observation(time, state, assets=self.inputs.assets.loc[self._assets_of_participant[pid]],
                                    feeder_total=True, signals={"participant_id": pid})
             for pid in active
         }
+        telemetry_s, optimize_s = wallclock.perf_counter() - t0, 0.0
         inbox: dict[str, list[AgentMessage]] = {pid: [] for pid in active}
         proposals: dict[str, Dispatch] = {}
         rounds = self.scenario.comms.rounds
@@ -337,7 +351,9 @@ class PolicyTwin:
         for r in range(rounds):
             outgoing: list[AgentMessage] = []
             for pid in active:
+                t = wallclock.perf_counter()
                 prop = self.agents[pid].propose(observations[pid], tuple(inbox[pid]), round_index=r)
+                optimize_s += wallclock.perf_counter() - t
                 foreign = prop.dispatch.p_mw.index.difference(observations[pid].assets.index)
                 if len(foreign):
                     raise ValueError(f"policy {self.name!r}: agent {pid!r} dispatched {foreign[0]!r}, not its own")
@@ -353,6 +369,8 @@ class PolicyTwin:
         delivered = pd.Series(False, index=self.inputs.assets.index)
         delivered.loc[p.dropna().index] = True
         diagnostics = {pid: dict(d.diagnostics) for pid, d in proposals.items()}
+        self._stage.update(telemetry=telemetry_s, optimize=optimize_s,
+                           coordinate=wallclock.perf_counter() - t0 - telemetry_s - optimize_s)
         return Dispatch(p_mw=p, q_mvar=q, diagnostics=MappingProxyType(diagnostics)), delivered, rounds
 
     # -- one interval ------------------------------------------------------------------------------
@@ -377,6 +395,7 @@ class PolicyTwin:
 
     def step(self, time: pd.Timestamp) -> StepRecord:
         before = self.comms.traffic.totals()
+        self._stage = {}
         t0 = wallclock.perf_counter()
         dispatch, delivered, rounds = self._decide(time)
         compute_s = wallclock.perf_counter() - t0
@@ -417,7 +436,8 @@ class PolicyTwin:
             settlement_eur=settled,
             unverified=unverified,
             diagnostics=dispatch.diagnostics if dispatch is not None else MappingProxyType({}),
-            stage_s={"decide": compute_s, "devices": t2 - t1, "power_flow": t3 - t2, "settle": t4 - t3},
+            stage_s={"decide": compute_s, **self._stage, "devices": t2 - t1, "power_flow": t3 - t2,
+                     "settle": t4 - t3},
         )
 
     def _settle(self, time: pd.Timestamp, *, load_p_mw: pd.Series, outcome: IntervalOutcome,

@@ -41,6 +41,9 @@ SUMMARY_COLUMNS = (
     "operator_eur",
     "participants_eur",
     "n_unverified",
+    "t_telemetry_s",
+    "t_optimize_s",
+    "t_coordinate_s",
     "t_devices_s",
     "t_power_flow_s",
     "t_settle_s",
@@ -48,7 +51,8 @@ SUMMARY_COLUMNS = (
 
 
 #: Wall-clock measurements: they describe the machine, not the scenario, so they differ run to run.
-TIMING_COLUMNS = ("compute_s", "t_devices_s", "t_power_flow_s", "t_settle_s")
+TIMING_COLUMNS = ("compute_s", "t_telemetry_s", "t_optimize_s", "t_coordinate_s", "t_devices_s", "t_power_flow_s",
+                  "t_settle_s")
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,9 @@ class _PolicyBuffer:
                 rec.settlement_eur.get("operator", 0.0),
                 rec.settlement_eur.get("participants", 0.0),
                 float(len(rec.unverified)),
+                rec.stage_s.get("telemetry", 0.0),
+                rec.stage_s.get("optimize", 0.0),
+                rec.stage_s.get("coordinate", 0.0),
                 rec.stage_s.get("devices", 0.0),
                 rec.stage_s.get("power_flow", 0.0),
                 rec.stage_s.get("settle", 0.0),
