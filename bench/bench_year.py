@@ -1,7 +1,7 @@
 """Benchmark: a long run of the comparison (SCADA optimizer + DePIN agents) on a SimBench LV feeder, with
 wall time per stage. Run by hand; prints a table and the extrapolation to a year.
 
-    python bench/bench_year.py [--days 365] [--engine fast] [--rounds 4] [--horizon 12h]
+    python bench/bench_year.py [--days 365] [--engine fast] [--rounds 4] [--horizon 12h] [--decide-every 1h]
 
 Stages per policy (from the run's records): telemetry (reading meters and the comms uplink into
 observations), optimize (the controller's or the agents' own computation), coordinate (moving setpoints and
@@ -32,12 +32,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--horizon", default="12h")
     parser.add_argument("--start", default="2016-01-01T00:00:00Z")
+    parser.add_argument("--decide-every", default=None,
+                        help="decision_period (default: every 15-min step); devices follow schedules in between")
     args = parser.parse_args()
+    cadence = {} if args.decide_every is None else {"decision_period": args.decide_every,
+                                                    "setpoint_ttl": max(pd.Timedelta(args.decide_every),
+                                                                        pd.Timedelta("30min"))}
     start = pd.Timestamp(args.start)
     scenario = parse_scenario({
         "name": "bench-year", "seed": 1, "feeder": "simbench:1-LV-rural1--0-sw",
         "start": start.isoformat(), "end": (start + pd.Timedelta(days=args.days)).isoformat(),
-        "horizon": args.horizon, "power_flow": {"engine": args.engine}, "comms": {"rounds": args.rounds},
+        "horizon": args.horizon, "power_flow": {"engine": args.engine}, "comms": {"rounds": args.rounds}, **cadence,
         "fleet": {"pv_penetration": 1.0, "battery_share": 0.4, "ev_share": 0.4, "flex_share": 0.3},
         "controllers": [
             {"name": "scada", "mode": "central", "target": "controllers.optimizing:OptimizingController",
@@ -52,7 +57,8 @@ def main() -> None:
     result = run_scenario(scenario, runs_root=None, inputs=inputs)
     total = time.perf_counter() - t1
     n = len(scenario.times)
-    print(f"{args.days} days, {n} intervals, engine {args.engine}, DePIN rounds {args.rounds}, horizon {args.horizon}")
+    print(f"{args.days} days, {n} intervals, engine {args.engine}, DePIN rounds {args.rounds}, horizon {args.horizon}, "
+          f"decisions every {scenario.decision_period or scenario.step}")
     print(f"inputs (profiles, fleet, sessions): {t_inputs:8.1f} s")
     accounted = 0.0
     for policy, rec in result.records.items():

@@ -13,6 +13,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Mapping, Protocol, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -152,12 +153,34 @@ class Dispatch:
     """Setpoints for ``[time, time + step)``, MW in load convention, by asset_id.
 
     An asset absent from ``p_mw`` gets no new setpoint (it holds its last one until that expires).
-    ``diagnostics`` is for humans and reports; the engine never reads it.
+    ``schedule_mw`` (optional, index asset_id, columns = later period starts on the step grid) goes with the
+    setpoint: a device follows it in the following periods until its setpoint expires or a new dispatch
+    arrives — what it does between decisions (scenario ``decision_period``) or when the next one is lost.
+    Without a schedule a device holds ``p_mw``. ``diagnostics`` is for humans and reports; the engine never
+    reads it.
     """
 
     p_mw: pd.Series
     q_mvar: pd.Series = field(default_factory=lambda: pd.Series(dtype=float))
     diagnostics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    schedule_mw: pd.DataFrame | None = None
+
+    def schedule_offsets(self, time: pd.Timestamp, step: pd.Timedelta) -> np.ndarray:
+        """Periods after ``time`` of each ``schedule_mw`` column (1 = the next interval); ValueError naming the
+        column when one is not a later period start on the step grid."""
+        if self.schedule_mw is None:
+            return np.zeros(0, dtype=int)
+        offsets = []
+        for column in self.schedule_mw.columns:
+            try:
+                delta = pd.Timestamp(column) - time
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"schedule_mw column {column!r} is not a UTC period start") from exc
+            if delta <= pd.Timedelta(0) or delta % step != pd.Timedelta(0):
+                raise ValueError(f"schedule_mw column {column!r} is not a period start after {time} on the "
+                                 f"{step} grid")
+            offsets.append(int(delta / step))
+        return np.asarray(offsets, dtype=int)
 
     @classmethod
     def empty(cls, **diagnostics: Any) -> Dispatch:

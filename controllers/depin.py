@@ -152,14 +152,20 @@ class AdmmAgent:
         )
 
     def _new_interval(self, time: pd.Timestamp) -> None:
-        """Warm start: the last interval's trajectories shifted by one period (the horizon recedes)."""
-        def shift(a: np.ndarray) -> np.ndarray:
-            return np.concatenate([a[1:], a[-1:]]) if len(a) else a
+        """Warm start: the last decision's trajectories shifted by the periods since (the horizon recedes;
+        the last value stands in for the periods it did not cover)."""
+        k = 0 if self._time is None else int((time - self._time) / self.spec.step)
 
-        self.heard = {k: shift(v) for k, v in self.heard.items()}
+        def shift(a: np.ndarray) -> np.ndarray:
+            if a.shape[-1] == 0 or k == 0:
+                return a
+            kept = a[..., min(k, a.shape[-1] - 1):]
+            return np.concatenate([kept] + [kept[..., -1:]] * (a.shape[-1] - kept.shape[-1]), axis=-1)
+
+        self.heard = {sender: shift(v) for sender, v in self.heard.items()}
         self.zbar, self.u = shift(self.zbar), shift(self.u)
         if self.p_prev is not None:
-            self.p_prev = np.concatenate([self.p_prev[:, 1:], self.p_prev[:, -1:]], axis=1)
+            self.p_prev = shift(self.p_prev)
         self._time = time
         self._silent_rounds = 0
         self._last_target = self._last_solution = None
@@ -194,7 +200,8 @@ class AdmmAgent:
         p = solution.first_p_mw.reindex(self.spec.assets.index).astype(float)
         q = self._volt_var_q() if diagnostics.get("mode") == "alone" and self.volt_var else pd.Series(dtype=float)
         return Dispatch(p_mw=p, q_mvar=q, diagnostics=MappingProxyType(
-            {**diagnostics, "status": solution.status, "objective_eur": solution.objective_eur}))
+            {**diagnostics, "status": solution.status, "objective_eur": solution.objective_eur}),
+            schedule_mw=solution.p_mw.iloc[:, 1:])
 
     def _volt_var_q(self) -> pd.Series:
         """IEEE 1547 Cat. B volt-var on the agent's own bus voltage (the last one its meter saw)."""

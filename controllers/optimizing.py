@@ -107,7 +107,8 @@ class OptimizingController:
         self.last_solution = None
 
     def act(self, observation: Observation) -> Dispatch:
-        """Solve for the horizon starting at ``observation.time``; dispatch the first period."""
+        """Solve for the horizon starting at ``observation.time``; dispatch the first period, the rest of the
+        plan goes with it as the devices' schedule."""
         if self.model is None or self.spec is None:
             raise RuntimeError("OptimizingController.act called before reset")
         if observation.step != self.spec.step:
@@ -122,7 +123,8 @@ class OptimizingController:
         }
         p_mw = solution.first_p_mw.reindex(self.spec.assets.index).astype(float)
         p_mw.index.name = "asset_id"
-        return Dispatch(p_mw=p_mw, q_mvar=pd.Series(dtype=float), diagnostics=MappingProxyType(diagnostics))
+        return Dispatch(p_mw=p_mw, q_mvar=pd.Series(dtype=float), diagnostics=MappingProxyType(diagnostics),
+                        schedule_mw=solution.p_mw.iloc[:, 1:])
 
 
 def _is_lp(model: DispatchModel) -> bool:

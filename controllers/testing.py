@@ -99,15 +99,29 @@ def check_controller(
         unknown = d1.p_mw.index.difference(spec.assets.index)
         if len(unknown):
             raise ContractViolation(f"known assets: dispatch names unknown asset_id {unknown[0]!r}")
-        p = d1.p_mw.dropna()
-        bad = p[(p < lo.reindex(p.index) - tolerance_mw) | (p > hi.reindex(p.index) + tolerance_mw)]
-        if len(bad):
-            aid = bad.index[0]
-            raise ContractViolation(
-                f"within ratings: {aid} p_mw={bad.iloc[0]!r} outside [{lo[aid]}, {hi[aid]}] at {obs.time}"
-            )
+        _check_ratings(d1.p_mw, lo, hi, tolerance_mw, what="p_mw", time=obs.time)
+        if d1.schedule_mw is not None:
+            try:
+                d1.schedule_offsets(obs.time, spec.step)
+            except ValueError as exc:
+                raise ContractViolation(f"schedule: {exc}") from None
+            unknown = d1.schedule_mw.index.difference(spec.assets.index)
+            if len(unknown):
+                raise ContractViolation(f"known assets: schedule_mw names unknown asset_id {unknown[0]!r}")
+            for column in d1.schedule_mw.columns:
+                _check_ratings(d1.schedule_mw[column], lo, hi, tolerance_mw, what=f"schedule_mw[{column}]",
+                               time=obs.time)
         out.append(d1)
     return out
+
+
+def _check_ratings(p: pd.Series, lo: pd.Series, hi: pd.Series, tolerance_mw: float, *, what: str,
+                   time: pd.Timestamp) -> None:
+    p = p.dropna()
+    bad = p[(p < lo.reindex(p.index) - tolerance_mw) | (p > hi.reindex(p.index) + tolerance_mw)]
+    if len(bad):
+        aid = bad.index[0]
+        raise ContractViolation(f"within ratings: {aid} {what}={bad.iloc[0]!r} outside [{lo[aid]}, {hi[aid]}] at {time}")
 
 
 def _check_dpp(controller: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from controllers.api import AgentMessage, AgentSpec, AssetKind, ControllerSpec, Dispatch, Observation, Proposal
 
 
@@ -37,3 +39,24 @@ class GossipAgent:
         bats = observation.assets.index[observation.assets["kind"].astype(str) == AssetKind.BATTERY]
         dispatch = Dispatch.from_mapping({b: 0.0 for b in bats}, heard=len(self.heard))
         return Proposal(dispatch=dispatch, outbox=(AgentMessage(self.spec.participant_id, "*", {"n": len(bats)}),))
+
+
+class RampSchedule:
+    """Dispatches every battery ``p_mw`` now and a schedule rising by ``p_mw`` each later period; counts calls."""
+
+    calls: list = []  # noqa: RUF012 — shared on purpose: the test reads what the engine's instance did
+
+    def __init__(self, *, p_mw: float, periods: int = 4, off_grid: bool = False) -> None:
+        self.p_mw, self.periods, self.off_grid = p_mw, periods, off_grid
+
+    def reset(self, spec: ControllerSpec, *, seed: int) -> None:
+        self.step = spec.step
+        self.batteries = list(spec.assets.index[spec.assets["kind"].astype(str) == AssetKind.BATTERY])
+
+    def act(self, observation: Observation) -> Dispatch:
+        RampSchedule.calls.append(observation.time)
+        shift = pd.Timedelta("7min") if self.off_grid else pd.Timedelta(0)
+        columns = [observation.time + k * self.step + shift for k in range(1, self.periods)]
+        schedule = pd.DataFrame([[self.p_mw * (k + 1) for k in range(1, self.periods)]] * len(self.batteries),
+                                index=self.batteries, columns=columns)
+        return Dispatch(p_mw=pd.Series(self.p_mw, index=self.batteries), schedule_mw=schedule)

@@ -105,3 +105,22 @@ def test_control_centre_outage_costs_scada_control_while_depin_holds_the_peak_li
     bats = rec["scada"].asset_fallback.columns[rec["scada"].asset_fallback.columns.str.startswith("bat-")]
     late = rec["scada"].summary.index >= pd.Timestamp("2016-06-06T17:15:00Z")
     assert rec["scada"].asset_fallback.loc[late, bats].all().all()
+
+
+def test_hourly_decisions_coordinate_once_an_hour_and_devices_follow_the_agreed_plan() -> None:
+    """decision_period = 1 h: the agents exchange messages only at the top of each hour; in between every
+    device follows its agent's schedule (no fallback), and the evening costs about what re-planning every
+    15 minutes costs (perfect forecast, so the plan made on the hour stays good through it)."""
+    window = {"start": "2016-06-06T16:00:00Z", "end": "2016-06-06T20:00:00Z", "horizon": "6h",
+              "comms": {"rounds": 10}, "controllers": [DEPIN]}
+    every = make_scenario(**window)
+    inputs = build_inputs(every)
+    hourly = make_scenario(**window, decision_period="1h", setpoint_ttl="1h")
+    fine = run_scenario(every, runs_root=None, inputs=inputs).records["depin"].summary
+    coarse_rec = run_scenario(hourly, runs_root=None, inputs=inputs).records["depin"]
+    coarse = coarse_rec.summary
+    on_the_hour = coarse.index.minute == 0
+    assert (coarse.loc[on_the_hour, "messages"] > 0).all() and (coarse.loc[~on_the_hour, "messages"] == 0).all()
+    assert coarse.loc[on_the_hour, "rounds"].eq(10).all() and coarse.loc[~on_the_hour, "rounds"].eq(0).all()
+    assert not coarse_rec.asset_fallback.to_numpy().any()
+    assert coarse["cost_eur"].sum() == pytest.approx(fine["cost_eur"].sum(), rel=0.005)

@@ -79,6 +79,39 @@ def test_setpoints_expire_after_their_ttl_then_devices_fall_back(rural_day: tupl
     np.testing.assert_allclose(rec.asset_p_mw.loc[t[:5], bats].to_numpy(), 0.001)
 
 
+def test_between_decisions_devices_follow_the_schedule_they_hold(rural_day: tuple[Scenario, RunInputs]) -> None:
+    """decision_period = 1 h: the controller is asked at 00:00, 01:00 and 02:00 only; in between every battery
+    runs the schedule it received (1, 2, 3, 4 kW through each hour), none falls back."""
+    from engine_helpers import RampSchedule
+
+    _, inputs = rural_day
+    RampSchedule.calls.clear()
+    s = make_scenario(end="2016-06-06T03:00:00Z", decision_period="1h", setpoint_ttl="1h", controllers=[
+        {"name": "ramp", "target": "engine_helpers:RampSchedule", "kwargs": {"p_mw": 0.001}}])
+    rec = run_scenario(s, runs_root=None, inputs=inputs).records["ramp"]
+    assert RampSchedule.calls == [pd.Timestamp(f"2016-06-06T0{h}:00Z") for h in range(3)]
+    bats = inputs.assets.index[inputs.assets.kind.astype(str) == "battery"].astype(str)
+    setpoints = rec.asset_setpoint_mw[bats].to_numpy()
+    np.testing.assert_allclose(setpoints, np.tile([[0.001], [0.002], [0.003], [0.004]], (3, len(bats))))
+    assert not rec.asset_fallback[bats].to_numpy().any()
+    assert rec.summary["controller_online"].all()
+
+
+def test_a_schedule_that_ends_early_is_held_and_one_off_the_step_grid_is_refused(
+        rural_day: tuple[Scenario, RunInputs]) -> None:
+    _, inputs = rural_day
+    short = make_scenario(end="2016-06-06T02:00:00Z", decision_period="1h", setpoint_ttl="1h", controllers=[
+        {"name": "two", "target": "engine_helpers:RampSchedule", "kwargs": {"p_mw": 0.001, "periods": 2}}])
+    rec = run_scenario(short, runs_root=None, inputs=inputs).records["two"]
+    bats = inputs.assets.index[inputs.assets.kind.astype(str) == "battery"].astype(str)
+    # now 1 kW, 00:15 2 kW, then nothing scheduled: the device holds its last value until the next decision
+    np.testing.assert_allclose(rec.asset_setpoint_mw[bats].iloc[:4, 0].to_numpy(), [0.001, 0.002, 0.002, 0.002])
+    off = make_scenario(end="2016-06-06T01:00:00Z", controllers=[
+        {"name": "off", "target": "engine_helpers:RampSchedule", "kwargs": {"p_mw": 0.001, "off_grid": True}}])
+    with pytest.raises(ValueError, match=r"controller 'off': schedule_mw column .*00:22:00.* not a period start"):
+        run_scenario(off, runs_root=None, inputs=inputs)
+
+
 def test_a_diverging_power_flow_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.csv"
     fleet.write_text(

@@ -41,6 +41,9 @@ def test_demo_scenario_is_valid_and_one_week() -> None:
         ({"controllers": [{"name": "x", "target": "no_colon"}]}, "target", "'no_colon'"),
         ({"controllers": []}, "controllers", "at least one"),
         ({"tariff": {"peak_hours": [20, 17]}}, "tariff.peak_hours", "[20, 17]"),
+        ({"decision_period": "20min"}, "decision_period", "0 days 00:20:00 is not a whole number of step"),
+        ({"decision_period": "1h"}, "decision_period", "longer than setpoint_ttl"),
+        ({"decision_period": "48h", "setpoint_ttl": "48h"}, "decision_period", "longer than horizon"),
     ],
 )
 def test_bad_scenario_names_key_and_value(patch: dict, key: str, value: str) -> None:

@@ -51,6 +51,8 @@ __all__ = ["PolicyTwin", "StepRecord", "build_comms", "iterate_policies"]
 TELEMETRY_BYTES_PER_ASSET = 160
 #: Bytes of one setpoint command (asset id, p, q, expiry, signature).
 SETPOINT_BYTES = 96
+#: Each further period of a schedule sent with a setpoint (a float and nothing else: the grid is implied).
+SCHEDULE_VALUE_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,12 @@ class PolicyTwin:
         self._assets_of_participant = {pid: ids[(self.participant_of == pid).to_numpy()]
                                        for pid in self.participant_of.unique()}
         self._stage: dict[str, float] = {}  # wall time of the decide sub-stages of the current interval
-        self.held_p = pd.Series(np.nan, index=ids)
+        # What each device holds: its setpoint and schedule (periods 0 … S-1 from when it arrived), a reactive
+        # setpoint, and when they expire. Periods past setpoint_ttl can never be used, so S stops there.
+        self._step_ns = scenario.step.value
+        self._schedule_len = max(1, -(-scenario.setpoint_ttl.value // self._step_ns))
+        self.held_plan = np.full((len(ids), self._schedule_len), np.nan)
+        self.held_from_ns = np.zeros(len(ids), dtype=np.int64)
         self.held_q = pd.Series(0.0, index=ids)
         self.held_until = pd.Series(pd.NaT, index=ids, dtype="datetime64[ns, UTC]")
         self.last_p = pd.Series(0.0, index=ids)
@@ -327,9 +334,11 @@ class PolicyTwin:
         dispatch = self.controller.act(observation)
         t2 = wallclock.perf_counter()
         dispatched = dispatch.p_mw.dropna().index
+        per_asset = SETPOINT_BYTES + SCHEDULE_VALUE_BYTES * int(np.sum(self._schedule_offsets(dispatch, time)
+                                                                       < self._schedule_len))
         for pid, ids in self._assets_of_participant.items():
             targets = ids.intersection(dispatched)
-            if len(targets) and self.comms.downlink(str(pid), time, n_bytes=SETPOINT_BYTES * len(targets)):
+            if len(targets) and self.comms.downlink(str(pid), time, n_bytes=per_asset * len(targets)):
                 delivered.loc[targets] = True
         self._stage.update(telemetry=t1 - t0, optimize=t2 - t1, coordinate=wallclock.perf_counter() - t2)
         return dispatch, delivered, 0
@@ -366,12 +375,14 @@ class PolicyTwin:
                     inbox[m.recipient].append(m)
         p = pd.concat([d.p_mw for d in proposals.values()]) if proposals else pd.Series(dtype=float)
         q = pd.concat([d.q_mvar for d in proposals.values()]) if proposals else pd.Series(dtype=float)
+        schedules = [d.schedule_mw for d in proposals.values() if d.schedule_mw is not None]
         delivered = pd.Series(False, index=self.inputs.assets.index)
         delivered.loc[p.dropna().index] = True
         diagnostics = {pid: dict(d.diagnostics) for pid, d in proposals.items()}
         self._stage.update(telemetry=telemetry_s, optimize=optimize_s,
                            coordinate=wallclock.perf_counter() - t0 - telemetry_s - optimize_s)
-        return Dispatch(p_mw=p, q_mvar=q, diagnostics=MappingProxyType(diagnostics)), delivered, rounds
+        return Dispatch(p_mw=p, q_mvar=q, diagnostics=MappingProxyType(diagnostics),
+                        schedule_mw=pd.concat(schedules) if schedules else None), delivered, rounds
 
     # -- one interval ------------------------------------------------------------------------------
     def apply_command(self, command: OperatorCommand, time: pd.Timestamp) -> tuple[str, str]:
@@ -397,7 +408,12 @@ class PolicyTwin:
         before = self.comms.traffic.totals()
         self._stage = {}
         t0 = wallclock.perf_counter()
-        dispatch, delivered, rounds = self._decide(time)
+        if self.scenario.is_decision_time(time):
+            dispatch, delivered, rounds = self._decide(time)
+            online = dispatch is not None
+        else:  # between decisions nothing is exchanged: devices follow the schedules they hold
+            dispatch, delivered, rounds = None, None, 0
+            online = self.mode != "central" or self.comms.control_centre_up(time)
         compute_s = wallclock.perf_counter() - t0
         t1 = wallclock.perf_counter()
         if dispatch is not None:
@@ -405,9 +421,9 @@ class PolicyTwin:
         row = self.inputs.at(time)
         pv_avail = self.inputs.pv_avail_mw.iloc[row]
         flex_base = self.inputs.flex_base_mw.iloc[row]
-        valid = self.held_until > time
+        planned, valid = self._held_setpoints(time)
         autonomous = self.physics.autonomous_p_mw(pv_avail_mw=pv_avail, flex_base_mw=flex_base)
-        p_set = self.held_p.where(valid, autonomous)
+        p_set = planned.where(valid, autonomous)
         q_set = self.held_q.where(valid, self._volt_var_q())
         outcome = self.physics.advance(time, p_setpoint_mw=p_set, q_setpoint_mvar=q_set, pv_avail_mw=pv_avail,
                                        flex_base_mw=flex_base)
@@ -432,7 +448,7 @@ class PolicyTwin:
             price_eur_per_mwh=float(self.inputs.price_eur_per_mwh.iloc[row]),
             feed_in_eur_per_mwh=self.scenario.tariff.feed_in_eur_per_mwh, compute_s=compute_s,
             traffic={k: after[k] - before[k] for k in after}, rounds=rounds,
-            controller_online=dispatch is not None,
+            controller_online=online,
             settlement_eur=settled,
             unverified=unverified,
             diagnostics=dispatch.diagnostics if dispatch is not None else MappingProxyType({}),
@@ -469,14 +485,43 @@ class PolicyTwin:
             return pd.Series(0.0, index=self.held_q.index)
         return volt_var_q_mvar(self.inputs.assets, self.last_pf.vm_pu)
 
+    def _held_setpoints(self, time: pd.Timestamp) -> tuple[pd.Series, pd.Series]:
+        """Per asset, the held setpoint or schedule entry for this interval, and whether one is valid."""
+        ids = self.held_q.index
+        k = (time.value - self.held_from_ns) // self._step_ns
+        usable = (self.held_until > time).to_numpy() & (k >= 0) & (k < self._schedule_len)
+        planned = np.full(len(ids), np.nan)
+        planned[usable] = self.held_plan[np.flatnonzero(usable), k[usable]]
+        return pd.Series(planned, index=ids), pd.Series(np.isfinite(planned), index=ids)
+
+    def _schedule_offsets(self, dispatch: Dispatch, time: pd.Timestamp) -> np.ndarray:
+        try:
+            return dispatch.schedule_offsets(time, self.scenario.step)
+        except ValueError as exc:
+            raise ValueError(f"controller {self.name!r}: {exc}") from None
+
     def _hold(self, time: pd.Timestamp, dispatch: Dispatch, delivered: pd.Series) -> None:
-        """Setpoints that reached their device are held until ``time + setpoint_ttl``."""
+        """Setpoints (and the schedules sent with them) that reached their device are held until
+        ``time + setpoint_ttl``."""
         p = dispatch.p_mw.dropna()
-        unknown = p.index.difference(self.held_p.index)
-        if len(unknown):
-            raise ValueError(f"controller {self.name!r} dispatched unknown asset_id {unknown[0]!r}")
+        schedule = dispatch.schedule_mw
+        for what, index in (("dispatched", p.index), ("scheduled", pd.Index([]) if schedule is None else schedule.index)):
+            unknown = index.difference(self.held_q.index)
+            if len(unknown):
+                raise ValueError(f"controller {self.name!r} {what} unknown asset_id {unknown[0]!r}")
         p = p[delivered.reindex(p.index).fillna(False).to_numpy(bool)]
-        self.held_p.loc[p.index] = p.to_numpy(float)
+        plan = np.full((len(p), self._schedule_len), np.nan)
+        plan[:, 0] = p.to_numpy(float)
+        if schedule is not None and len(p):
+            offsets = self._schedule_offsets(dispatch, time)
+            keep = offsets < self._schedule_len
+            plan[:, offsets[keep]] = schedule.reindex(p.index).to_numpy(float)[:, keep]
+        # A period the schedule leaves open holds the value before it (no schedule: p_mw throughout).
+        last = np.maximum.accumulate(np.where(np.isfinite(plan), np.arange(self._schedule_len), 0), axis=1)
+        plan = np.take_along_axis(plan, last, axis=1)
+        rows = self.held_q.index.get_indexer(p.index)
+        self.held_plan[rows] = plan
+        self.held_from_ns[rows] = time.value
         q = dispatch.q_mvar.dropna()
         q = q[q.index.isin(p.index)]
         self.held_q.loc[p.index] = 0.0

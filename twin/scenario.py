@@ -216,6 +216,9 @@ class Scenario(_Strict):
     step: pd.Timedelta = pd.Timedelta("15min")
     horizon: pd.Timedelta = pd.Timedelta("24h")
     setpoint_ttl: pd.Timedelta = pd.Timedelta("30min")
+    #: How often the controllers decide (and agents coordinate); None = every step. Between decisions
+    #: nothing is exchanged and each device follows the schedule it last received, until its setpoint_ttl.
+    decision_period: pd.Timedelta | None = None
     fleet: FleetSpec = Field(default_factory=FleetSpec)
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     tariff: TariffSpec = Field(default_factory=TariffSpec)
@@ -241,6 +244,11 @@ class Scenario(_Strict):
     @classmethod
     def _td(cls, v: Any, info: Any) -> pd.Timedelta:
         return _timedelta(v, key=info.field_name)
+
+    @field_validator("decision_period", mode="before")
+    @classmethod
+    def _optional_td(cls, v: Any, info: Any) -> pd.Timedelta | None:
+        return None if v is None else _timedelta(v, key=info.field_name)
 
     @field_validator("controllers")
     @classmethod
@@ -276,6 +284,16 @@ class Scenario(_Strict):
             raise ValueError(f"end - start = {self.end - self.start} is not a whole number of step={self.step}")
         if self.horizon < self.step:
             raise ValueError(f"horizon={self.horizon} is shorter than step={self.step}")
+        period = self.decision_period
+        if period is not None:
+            if period < self.step or period % self.step != pd.Timedelta(0):
+                raise ValueError(f"decision_period={period} is not a whole number of step={self.step}")
+            if period > self.horizon:
+                raise ValueError(f"decision_period={period} is longer than horizon={self.horizon}: the schedules "
+                                 "would run out before the next decision")
+            if period > self.setpoint_ttl:
+                raise ValueError(f"decision_period={period} is longer than setpoint_ttl={self.setpoint_ttl}: devices "
+                                 "would drop their schedule before the next decision; raise setpoint_ttl")
         return self
 
     @property
@@ -287,6 +305,10 @@ class Scenario(_Strict):
     def horizon_steps(self) -> int:
         return int(self.horizon / self.step)
 
+    def is_decision_time(self, time: pd.Timestamp) -> bool:
+        """Whether the controllers decide at the start of this interval (always, without a decision_period)."""
+        return self.decision_period is None or (time - self.start) % self.decision_period == pd.Timedelta(0)
+
     def resolve(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() else self.base_dir / p
@@ -296,8 +318,10 @@ class Scenario(_Strict):
         data = self.model_dump(mode="json", exclude={"base_dir"})
         for key in ("start", "end"):
             data[key] = getattr(self, key).isoformat()
-        for key in ("step", "horizon", "setpoint_ttl"):
+        for key in ("step", "horizon", "setpoint_ttl", "decision_period"):
             data[key] = str(getattr(self, key))
+        if self.decision_period is None:
+            del data["decision_period"]  # TOML has no null: absent means every step
         return data
 
 
