@@ -343,6 +343,21 @@ class DispatchModel:
         self._table_from_order = np.array([position[a] for a in assets.index], dtype=int)
         self._order_from_table = np.argsort(self._table_from_order)
         self._table_ids = pd.Index(assets.index, name="asset_id")
+        # Per kind, its rows in the model's order, and the static columns read every interval (as arrays).
+        self._slice: dict[AssetKind, slice] = {}
+        start = 0
+        for kind in _KIND_ORDER:
+            n = len(ids[kind])
+            if n and kind not in variables.by_kind:
+                raise ValueError(f"assets of kind {kind.value} have no variables in the model")
+            self._slice[kind] = slice(start, start + n)
+            start += n
+        ordered = assets.loc[self._order]
+        self._static = {name: ordered[name].to_numpy(float)
+                        for name in ("e_max_mwh", "soc_min", "soc_max", "soc_init", "p_max_mw", "eta_charge")}
+        self._static["v2g"] = ordered["v2g"].fillna(False).astype(bool).to_numpy()
+        self._flex_window = np.array([_periods_of(w, step) for w in ordered["flex_window"].iloc[self._slice[AssetKind.FLEX_LOAD]]],
+                                     dtype=int)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -640,14 +655,39 @@ class DispatchModel:
         price = frame(fc.price_eur_per_mwh.to_frame("price"), ["price"], "price")["price"].to_numpy()
         base_cols = list(fc.base_load_mw.columns)
         base = frame(fc.base_load_mw, base_cols, "base_load_mw") if base_cols else None
-        state = obs.state.reindex(self.asset_order)
-        available = state.get("available", pd.Series(True, index=state.index))
-        avail = available.fillna(False).astype(bool)
+        state = obs.state.reindex(self._order)
+        static = self._static
+
+        def column(name: str, kind: AssetKind | None = None) -> np.ndarray | None:
+            """One state column in the model's order (or the rows of one kind); None when absent."""
+            if name not in state.columns:
+                return None
+            values = state[name].to_numpy()
+            return values if kind is None else values[self._slice[kind]]
+
+        def flags(values: np.ndarray | None, n: int, default: bool) -> np.ndarray:
+            if values is None:
+                return np.full(n, default)
+            return np.where(pd.isna(values), False, values).astype(bool)
+
+        def amounts(values: np.ndarray | None, n: int) -> np.ndarray:
+            """Energy amounts: missing = 0, never negative."""
+            return np.zeros(n) if values is None else np.maximum(np.nan_to_num(values.astype(float)), 0.0)
+
+        def hours_until(name: str, kind: AssetKind) -> np.ndarray:
+            """Hours from now until a per-asset time (inf when unknown)."""
+            n = len(self.ids[kind])
+            if name not in state.columns or n == 0:
+                return np.full(n, np.inf)
+            at = pd.DatetimeIndex(pd.to_datetime(state[name].iloc[self._slice[kind]], utc=True))
+            return np.where(at.isna(), np.inf, ((at - obs.time) / pd.Timedelta("1h")).to_numpy(float))
+
+        avail = flags(column("available"), len(self._order), True)
 
         # PV
         pv_ids = self.ids[AssetKind.PV]
         pv = frame(fc.pv_avail_mw, pv_ids, "pv_avail_mw")
-        pv_arr = np.maximum(pv.to_numpy().T, 0.0) * avail.reindex(pv_ids).to_numpy()[:, None]
+        pv_arr = np.maximum(pv.to_numpy().T, 0.0) * avail[self._slice[AssetKind.PV]][:, None]
         pv = pd.DataFrame(pv_arr.T, index=pv.index, columns=pv.columns)
 
         head_fixed = -pv_arr.sum(axis=0)
@@ -655,13 +695,14 @@ class DispatchModel:
             head_fixed = head_fixed + base.to_numpy().sum(axis=1)
 
         # batteries
+        sb = self._slice[AssetKind.BATTERY]
         b_ids = self.ids[AssetKind.BATTERY]
-        a_b = self.assets.loc[b_ids]
-        e_max = a_b["e_max_mwh"].to_numpy(float)
-        lo, hi = a_b["soc_min"].to_numpy(float) * e_max, a_b["soc_max"].to_numpy(float) * e_max
-        soc0 = state.reindex(b_ids).get("soc_mwh", pd.Series(np.nan, index=b_ids)).to_numpy(float)
+        e_max = static["e_max_mwh"][sb]
+        lo, hi = static["soc_min"][sb] * e_max, static["soc_max"][sb] * e_max
+        soc_column = column("soc_mwh", AssetKind.BATTERY)
+        soc0 = np.full(len(b_ids), np.nan) if soc_column is None else soc_column.astype(float)
         missing = np.isnan(soc0)
-        soc0 = np.where(missing, a_b["soc_init"].to_numpy(float) * e_max, soc0)
+        soc0 = np.where(missing, static["soc_init"][sb] * e_max, soc0)
         if missing.any():
             notes.append(f"soc_mwh missing for {list(np.array(b_ids, dtype=object)[missing])}: soc_init used")
         clipped = np.clip(soc0, lo, hi)
@@ -669,27 +710,19 @@ class DispatchModel:
             notes.append("battery soc outside [soc_min, soc_max]: clipped for planning")
         soc0 = clipped
         target_map = obs.signals.get("battery_soc_target_mwh", {}) or {}
-        target = np.array([float(target_map.get(a, s)) for a, s in zip(b_ids, soc0)])
+        target = np.array([float(target_map.get(a, s)) for a, s in zip(b_ids, soc0)]) if target_map else soc0.copy()
         target = np.clip(target, lo, hi)
-        bat_pmax = np.tile((a_b["p_max_mw"].to_numpy(float) * avail.reindex(b_ids).to_numpy())[:, None], (1, T))
+        bat_pmax = np.tile((static["p_max_mw"][sb] * avail[sb])[:, None], (1, T))
 
         # EVs: connected share of each period, before departure
-        e_ids = self.ids[AssetKind.EV_CHARGER]
-        a_e = self.assets.loc[e_ids]
-        st_e = state.reindex(e_ids)
-        connected = st_e.get("ev_connected", pd.Series(False, index=e_ids)).fillna(False).astype(bool)
-        connected &= avail.reindex(e_ids)
-        need = st_e.get("ev_energy_needed_mwh", pd.Series(0.0, index=e_ids)).fillna(0.0).clip(lower=0.0)
-        need = need.where(connected, 0.0).to_numpy(float)
-        departure = pd.to_datetime(st_e.get("ev_departure", pd.Series(pd.NaT, index=e_ids)), utc=True)
-        start_h = ((periods - obs.time) / pd.Timedelta("1h")).to_numpy(float)  # period starts, hours from now
-        dep_h = np.array(
-            [np.inf if pd.isna(d) else (d - obs.time) / pd.Timedelta("1h") for d in departure], dtype=float
-        )
-        share = np.clip((dep_h[:, None] - start_h[None, :]) / h, 0.0, 1.0) * connected.to_numpy()[:, None]
-        p_e = a_e["p_max_mw"].to_numpy(float)
-        v2g = a_e["v2g"].fillna(False).astype(bool).to_numpy()
-        eta_c_e = a_e["eta_charge"].to_numpy(float)
+        se = self._slice[AssetKind.EV_CHARGER]
+        n_e = len(self.ids[AssetKind.EV_CHARGER])
+        connected = flags(column("ev_connected", AssetKind.EV_CHARGER), n_e, False) & avail[se]
+        need = np.where(connected, amounts(column("ev_energy_needed_mwh", AssetKind.EV_CHARGER), n_e), 0.0)
+        start_h = np.arange(T) * h  # period starts, hours from now
+        dep_h = hours_until("ev_departure", AssetKind.EV_CHARGER)
+        share = np.clip((dep_h[:, None] - start_h[None, :]) / h, 0.0, 1.0) * connected[:, None]
+        p_e, v2g, eta_c_e = static["p_max_mw"][se], static["v2g"][se], static["eta_charge"][se]
         ev_ch_max = share * p_e[:, None]
         ev_dis_max = ev_ch_max * v2g[:, None]
         horizon_h = T * h
@@ -698,26 +731,22 @@ class DispatchModel:
         ev_after = np.where(np.isfinite(dep_h), np.minimum(after, need), need)
 
         # flexible loads
+        sf = self._slice[AssetKind.FLEX_LOAD]
         f_ids = self.ids[AssetKind.FLEX_LOAD]
-        a_f = self.assets.loc[f_ids]
-        st_f = state.reindex(f_ids)
-        f_avail = avail.reindex(f_ids).to_numpy()
+        f_avail = avail[sf]
         fbase = np.maximum(frame(fc.flex_base_mw, f_ids, "flex_base_mw").to_numpy().T, 0.0) * f_avail[:, None]
-        fpmax = np.tile((a_f["p_max_mw"].to_numpy(float) * f_avail)[:, None], (1, T))
-        b0 = st_f.get("flex_backlog_mwh", pd.Series(0.0, index=f_ids)).fillna(0.0).clip(lower=0.0).to_numpy(float)
-        deadline = pd.to_datetime(st_f.get("flex_deadline", pd.Series(pd.NaT, index=f_ids)), utc=True)
+        fpmax = np.tile((static["p_max_mw"][sf] * f_avail)[:, None], (1, T))
+        b0 = amounts(column("flex_backlog_mwh", AssetKind.FLEX_LOAD), len(f_ids))
         # Backlog at the start of period t may only hold energy requested in the last W periods, plus the
         # initial backlog while before its deadline (energy requested in k is served by the end of k + W).
-        cap = np.zeros((len(f_ids), T))
+        deadline_h = hours_until("flex_deadline", AssetKind.FLEX_LOAD)
+        W = self._flex_window
+        deadline_h = np.where(np.isfinite(deadline_h), deadline_h, W * h)
+        requested = np.concatenate([np.zeros((len(f_ids), 1)), np.cumsum(fbase * h, axis=1)], axis=1)
         t_idx = np.arange(1, T + 1)
-        for i, a in enumerate(f_ids):
-            W = _periods_of(a_f.at[a, "flex_window"], step)
-            requested = np.concatenate([[0.0], np.cumsum(fbase[i] * h)])  # energy requested before t
-            cap[i] = requested[t_idx] - requested[np.maximum(t_idx - W, 0)]
-            dl = deadline.iloc[i]
-            if pd.isna(dl):
-                dl = obs.time + W * step
-            cap[i] += b0[i] * ((periods + step) < dl)
+        earlier = np.maximum(t_idx[None, :] - W[:, None], 0)
+        cap = requested[:, 1:] - np.take_along_axis(requested, earlier, axis=1)
+        cap += b0[:, None] * ((start_h[None, :] + h) < deadline_h[:, None] - 1e-9)  # period ends before it
 
         # network
         v_rows, v_sens, v_lo, v_hi, l_rows, l_sens, l_head = self._network_inputs(
