@@ -2,6 +2,7 @@
 wall time per stage. Run by hand; prints a table and the extrapolation to a year.
 
     python bench/bench_year.py [--days 365] [--engine fast] [--rounds 4] [--horizon 12h] [--decide-every 1h]
+                               [--agent-workers 2]
 
 Stages per policy (from the run's records): telemetry (reading meters and the comms uplink into
 observations), optimize (the controller's or the agents' own computation), coordinate (moving setpoints and
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--start", default="2016-01-01T00:00:00Z")
     parser.add_argument("--decide-every", default=None,
                         help="decision_period (default: every 15-min step); devices follow schedules in between")
+    parser.add_argument("--agent-workers", type=int, default=1, help="processes for the DePIN agents")
     args = parser.parse_args()
     cadence = {} if args.decide_every is None else {"decision_period": args.decide_every,
                                                     "setpoint_ttl": max(pd.Timedelta(args.decide_every),
@@ -54,11 +56,11 @@ def main() -> None:
     inputs = build_inputs(scenario)
     t_inputs = time.perf_counter() - t0
     t1 = time.perf_counter()
-    result = run_scenario(scenario, runs_root=None, inputs=inputs)
+    result = run_scenario(scenario, runs_root=None, inputs=inputs, agent_workers=args.agent_workers)
     total = time.perf_counter() - t1
     n = len(scenario.times)
     print(f"{args.days} days, {n} intervals, engine {args.engine}, DePIN rounds {args.rounds}, horizon {args.horizon}, "
-          f"decisions every {scenario.decision_period or scenario.step}")
+          f"decisions every {scenario.decision_period or scenario.step}, agent workers {args.agent_workers}")
     print(f"inputs (profiles, fleet, sessions): {t_inputs:8.1f} s")
     accounted = 0.0
     for policy, rec in result.records.items():

@@ -60,3 +60,16 @@ class RampSchedule:
         schedule = pd.DataFrame([[self.p_mw * (k + 1) for k in range(1, self.periods)]] * len(self.batteries),
                                 index=self.batteries, columns=columns)
         return Dispatch(p_mw=pd.Series(self.p_mw, index=self.batteries), schedule_mw=schedule)
+
+
+class FailingAgent(GossipAgent):
+    """Gossips, then raises in round ``fail_round`` of its first interval (for error-reporting tests)."""
+
+    def __init__(self, *, fail_round: int = 1) -> None:
+        super().__init__()
+        self.fail_round = fail_round
+
+    def propose(self, observation: Observation, inbox: tuple[AgentMessage, ...], *, round_index: int) -> Proposal:
+        if round_index == self.fail_round:
+            raise ValueError(f"{self.spec.participant_id}: boom in round {round_index}")
+        return super().propose(observation, inbox, round_index=round_index)

@@ -6,6 +6,7 @@ Every bad argument or input file ends with a one-paragraph error naming the fiel
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -60,10 +61,23 @@ def _load(path: Path) -> Scenario:
         raise  # unreachable: _fail exits
 
 
+def _default_agent_workers() -> int:
+    """One agent worker per core (up to 8): DePIN agents of a round solve in parallel; 1 = in-process."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+AgentWorkers = Annotated[int | None, typer.Option(
+    help="Processes the DePIN edge agents run in (default: one per core, up to 8; 1 = in this process). "
+         "Results do not depend on it.")]
+
+
 def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pace: float | None = None,
-                    report: bool = False) -> None:
+                    report: bool = False, agent_workers: int | None = None) -> None:
     from twin.kpis import KPI_LABELS
     from twin.run import run_scenario
+
+    if agent_workers is not None and agent_workers < 1:
+        _fail(f"--agent-workers={agent_workers}: must be >= 1")
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -81,6 +95,7 @@ def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pa
                 runs_root=runs_root,
                 pace=pace,
                 on_progress=lambda done, total: progress.update(task, completed=done),
+                agent_workers=_default_agent_workers() if agent_workers is None else agent_workers,
             )
         except (ValueError, FileNotFoundError) as exc:
             progress.stop()
@@ -114,9 +129,11 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log pro
 def demo(
     out: Annotated[Path | None, typer.Option(help="Run folder to write (default: runs/demo-<time>).")] = None,
     runs_root: Annotated[Path, typer.Option(help="Where new run folders go.")] = Path("runs"),
+    agent_workers: AgentWorkers = None,
 ) -> None:
     """Run the embedded default: a SimBench LV feeder with a DER fleet, one week at 15 minutes."""
-    _run_and_report(_load(demo_scenario_path()), out=out, runs_root=runs_root, report=True)
+    _run_and_report(_load(demo_scenario_path()), out=out, runs_root=runs_root, report=True,
+                    agent_workers=agent_workers)
 
 
 @app.command()
@@ -124,9 +141,10 @@ def compare(
     scenario: Annotated[Path, typer.Argument(help="Scenario TOML file with two or more [[controllers]].")],
     out: Annotated[Path | None, typer.Option(help="Run folder to write (default: runs/<name>-<time>).")] = None,
     runs_root: Annotated[Path, typer.Option(help="Where new run folders go.")] = Path("runs"),
+    agent_workers: AgentWorkers = None,
 ) -> None:
     """Run the policies side by side on the same data, print the KPI table and write RUN/report.html."""
-    _run_and_report(_load(scenario), out=out, runs_root=runs_root, report=True)
+    _run_and_report(_load(scenario), out=out, runs_root=runs_root, report=True, agent_workers=agent_workers)
 
 
 @app.command()
@@ -147,11 +165,12 @@ def run(
     pace: Annotated[float | None, typer.Option(
         help="Replay in paced time: simulated seconds per wall-clock second (e.g. 60 plays a 15-minute "
              "interval every 15 s). Records are flushed every interval so a dashboard can follow.")] = None,
+    agent_workers: AgentWorkers = None,
 ) -> None:
     """Run a scenario: every policy on its own twin copy, same data, lock-step."""
     if pace is not None and pace <= 0:
         _fail(f"--pace={pace!r}: must be a positive number of simulated seconds per second")
-    _run_and_report(_load(scenario), out=out, runs_root=runs_root, pace=pace)
+    _run_and_report(_load(scenario), out=out, runs_root=runs_root, pace=pace, agent_workers=agent_workers)
 
 
 @app.command()

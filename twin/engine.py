@@ -34,6 +34,7 @@ from controllers.api import (
     load_controller,
 )
 from controllers.volt_var import volt_var_q_mvar
+from twin.agent_pool import AgentSetup, LocalAgents, ProcessAgents, start_agents
 from twin.commands import CommandChannel, CommandKind, OperatorCommand
 from twin.comms import CommsModel, Fault, FaultKind, LinkSpec
 from twin.devices import FleetPhysics, IntervalOutcome
@@ -155,7 +156,7 @@ class PolicyTwin:
         self.cc_state: pd.DataFrame | None = None
         self.cc_seen = pd.Series(pd.NaT, index=ids, dtype="datetime64[ns, UTC]")
         self.controller: Controller | None = None
-        self.agents: dict[str, Agent] = {}
+        self.agent_pool: LocalAgents | ProcessAgents | None = None
         self.settlement: PolicySettlement | None = None
         self._sens: Sensitivities | None = None
         self._sens_time: pd.Timestamp | None = None
@@ -164,23 +165,22 @@ class PolicyTwin:
                         "agents": self._decide_agents}[entry.mode]
 
     @classmethod
-    def create(cls, entry: ControllerEntry, inputs: RunInputs, scenario: Scenario) -> PolicyTwin:
+    def create(cls, entry: ControllerEntry, inputs: RunInputs, scenario: Scenario, *,
+               agent_workers: int = 1) -> PolicyTwin:
+        """A policy's twin with its controller built (or its agents started: in this process, or over
+        ``agent_workers`` processes; call ``close`` when done)."""
         twin = cls(entry, inputs, scenario, build_comms(scenario, inputs, policy=entry.name))
         seed = derive_seed(scenario.seed, f"controller:{entry.name}")
         if entry.mode == "agents":
-            for pid in twin.comms.participants:
-                agent = load_controller(entry.target, **entry.kwargs)
-                if not isinstance(agent, Agent):
-                    raise ValueError(f"controllers.target={entry.target!r}: mode 'agents' needs an Agent "
-                                     "(reset + propose), not a Controller")
-                own = inputs.assets[twin.participant_of == pid].copy()
-                agent.reset(
-                    AgentSpec(participant_id=pid, assets=own, step=scenario.step, horizon=scenario.horizon_steps,
-                              neighbours=twin.comms.neighbours.get(pid, ()), participants=twin.comms.participants,
-                              rounds=scenario.comms.rounds, limits=twin.limits, fleet_size=len(inputs.assets)),
-                    seed=derive_seed(seed, pid),
-                )
-                twin.agents[pid] = agent
+            setups = [
+                AgentSetup(target=entry.target, kwargs=dict(entry.kwargs), seed=derive_seed(seed, pid), spec=AgentSpec(
+                    participant_id=pid, assets=inputs.assets[twin.participant_of == pid].copy(), step=scenario.step,
+                    horizon=scenario.horizon_steps, neighbours=twin.comms.neighbours.get(pid, ()),
+                    participants=twin.comms.participants, rounds=scenario.comms.rounds, limits=twin.limits,
+                    fleet_size=len(inputs.assets)))
+                for pid in twin.comms.participants
+            ]
+            twin.agent_pool = start_agents(setups, workers=agent_workers)
         else:
             controller = load_controller(entry.target, **entry.kwargs)
             if not isinstance(controller, Controller):
@@ -193,6 +193,16 @@ class PolicyTwin:
             )
             twin.controller = controller
         return twin
+
+    @property
+    def agents(self) -> dict[str, Agent]:
+        """The agents, when they run in this process (empty otherwise)."""
+        return self.agent_pool.agents if isinstance(self.agent_pool, LocalAgents) else {}
+
+    def close(self) -> None:
+        """Stop the agents' worker processes, if any."""
+        if self.agent_pool is not None:
+            self.agent_pool.close()
 
     # -- what a decider may see --------------------------------------------------------------------
     def _true_state(self, time: pd.Timestamp) -> pd.DataFrame:
@@ -346,7 +356,8 @@ class PolicyTwin:
     def _decide_agents(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
         t0 = wallclock.perf_counter()
         state = self._true_state(time)  # on the premises, an agent reads its own meters directly
-        active = [pid for pid in self.agents if not self.comms.dropped_out(pid, time)]
+        assert self.agent_pool is not None
+        active = [pid for pid in self.agent_pool.participants if not self.comms.dropped_out(pid, time)]
         observations = {
             pid: self._observation(time, state, assets=self.inputs.assets.loc[self._assets_of_participant[pid]],
                                    feeder_total=True, signals={"participant_id": pid})
@@ -359,10 +370,12 @@ class PolicyTwin:
         round_period = pd.Timedelta(self.scenario.comms.round_period)
         for r in range(rounds):
             outgoing: list[AgentMessage] = []
+            t = wallclock.perf_counter()
+            round_proposals = self.agent_pool.propose({pid: (observations[pid], tuple(inbox[pid])) for pid in active},
+                                                      round_index=r)
+            optimize_s += wallclock.perf_counter() - t
             for pid in active:
-                t = wallclock.perf_counter()
-                prop = self.agents[pid].propose(observations[pid], tuple(inbox[pid]), round_index=r)
-                optimize_s += wallclock.perf_counter() - t
+                prop = round_proposals[pid]
                 foreign = prop.dispatch.p_mw.index.difference(observations[pid].assets.index)
                 if len(foreign):
                     raise ValueError(f"policy {self.name!r}: agent {pid!r} dispatched {foreign[0]!r}, not its own")
@@ -535,13 +548,26 @@ def iterate_policies(
     *,
     entries: tuple[ControllerEntry, ...] | None = None,
     run_dir: Path | None = None,
+    agent_workers: int = 1,
 ) -> Iterator[list[StepRecord]]:
     """Yield, per interval, one StepRecord per policy — all twins advanced in lock-step.
 
     With ``run_dir``, operator commands dropped into its command channel are applied to every policy's
     twin at the start of the next interval (same fault for all, so the comparison stays fair).
+    ``agent_workers`` > 1 runs each agent policy's edge agents over that many processes (same results).
     """
-    twins = [PolicyTwin.create(e, inputs, scenario) for e in (entries or scenario.controllers)]
+    twins: list[PolicyTwin] = []
+    try:
+        for e in entries or scenario.controllers:
+            twins.append(PolicyTwin.create(e, inputs, scenario, agent_workers=agent_workers))
+        yield from _run_twins(scenario, inputs, twins, run_dir)
+    finally:
+        for twin in twins:
+            twin.close()
+
+
+def _run_twins(scenario: Scenario, inputs: RunInputs, twins: list[PolicyTwin],
+               run_dir: Path | None) -> Iterator[list[StepRecord]]:
     config = scenario.settlement_config()
     if config is not None:
         if run_dir is None:

@@ -39,12 +39,14 @@ def run_scenario(
     flush_every: int = 96,
     pace: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    agent_workers: int = 1,
 ) -> RunResult:
     """Run every policy of ``scenario``; write a run folder unless both ``out`` and ``runs_root`` are None.
 
     Records are appended to the run folder every ``flush_every`` intervals, so a dashboard can follow it.
     With ``pace`` (simulated seconds per wall-clock second) each interval waits for its wall-clock slot and
     is flushed at once: a paced replay behaves like a live feed for the dashboard and operator commands.
+    ``agent_workers`` > 1 runs the edge agents of agent policies over that many processes (same results).
     """
     inputs = inputs or build_inputs(scenario)
     path = out or (new_run_dir(runs_root, scenario.name) if runs_root is not None else None)
@@ -79,7 +81,7 @@ def run_scenario(
         flushed = len(recorder)
         store.write_status(done=flushed, total=total, state=state)
 
-    for i, records in enumerate(iterate_policies(scenario, inputs, run_dir=path), start=1):
+    for i, records in enumerate(iterate_policies(scenario, inputs, run_dir=path, agent_workers=agent_workers), start=1):
         if pace is not None:
             next_slot += interval_s
             time.sleep(max(0.0, next_slot - time.monotonic()))
