@@ -59,3 +59,47 @@ def test_not_a_controller_is_refused(case: tuple) -> None:
     with pytest.raises(ContractViolation, match="protocol"):
         check_controller(lambda: object(), spec, observations)
     assert isinstance(Dispatch.empty(), Dispatch) and pd.Series(dtype=float).empty
+
+
+def scheduled(obs: Observation, *, p_later: float, offset: str = "15min", asset: str | None = None) -> Dispatch:
+    b = first_battery(obs)
+    later = pd.DataFrame({obs.time + pd.Timedelta(offset): [p_later]}, index=[asset or b])
+    return Dispatch(p_mw=pd.Series({b: 0.001}), schedule_mw=later)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "rule"),
+    [
+        ({"p_later": 99.0}, r"within ratings: bat-\S+ schedule_mw\[.*\]=99\.0"),
+        ({"p_later": 0.0, "offset": "7min"}, "schedule: schedule_mw column .* not a period start"),
+        ({"p_later": 0.0, "offset": "-15min"}, "schedule: schedule_mw column .* not a period start"),
+        ({"p_later": 0.0, "asset": "bat-nope"}, "known assets: schedule_mw names unknown asset_id 'bat-nope'"),
+    ],
+    ids=["rating", "off-grid", "past", "unknown"],
+)
+def test_schedules_are_checked_like_setpoints(case: tuple, kwargs: dict, rule: str) -> None:
+    spec, observations = case
+
+    class Scheduler:
+        def reset(self, spec: ControllerSpec, *, seed: int) -> None:
+            pass
+
+        def act(self, observation: Observation) -> Dispatch:
+            return scheduled(observation, **kwargs)
+
+    with pytest.raises(ContractViolation, match=rule):
+        check_controller(Scheduler, spec, observations)
+
+
+def test_a_valid_schedule_passes(case: tuple) -> None:
+    spec, observations = case
+
+    class Scheduler:
+        def reset(self, spec: ControllerSpec, *, seed: int) -> None:
+            pass
+
+        def act(self, observation: Observation) -> Dispatch:
+            return scheduled(observation, p_later=-0.001, offset="30min")
+
+    out = check_controller(Scheduler, spec, observations)
+    assert out[0].schedule_offsets(observations[0].time, spec.step).tolist() == [2]
