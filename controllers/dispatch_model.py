@@ -356,8 +356,8 @@ class DispatchModel:
         self._static = {name: ordered[name].to_numpy(float)
                         for name in ("e_max_mwh", "soc_min", "soc_max", "soc_init", "p_max_mw", "eta_charge")}
         self._static["v2g"] = ordered["v2g"].fillna(False).astype(bool).to_numpy()
-        self._flex_window = np.array([_periods_of(w, step) for w in ordered["flex_window"].iloc[self._slice[AssetKind.FLEX_LOAD]]],
-                                     dtype=int)
+        windows = ordered["flex_window"].iloc[self._slice[AssetKind.FLEX_LOAD]]
+        self._flex_window = np.array([_periods_of(w, step) for w in windows], dtype=int)
 
     # ------------------------------------------------------------------ construction
     @classmethod

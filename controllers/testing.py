@@ -121,7 +121,8 @@ def _check_ratings(p: pd.Series, lo: pd.Series, hi: pd.Series, tolerance_mw: flo
     bad = p[(p < lo.reindex(p.index) - tolerance_mw) | (p > hi.reindex(p.index) + tolerance_mw)]
     if len(bad):
         aid = bad.index[0]
-        raise ContractViolation(f"within ratings: {aid} {what}={float(bad.iloc[0])!r} outside [{lo[aid]}, {hi[aid]}] at {time}")
+        raise ContractViolation(
+            f"within ratings: {aid} {what}={float(bad.iloc[0])!r} outside [{lo[aid]}, {hi[aid]}] at {time}")
 
 
 def _check_dpp(controller: Any) -> None:

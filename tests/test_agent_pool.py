@@ -37,5 +37,6 @@ def test_an_agent_failing_in_a_worker_is_reported_with_its_error() -> None:
         run_scenario(s, runs_root=None, agent_workers=2)
     wrong = make_scenario(feeder="cigre-lv", fleet=FLEET, end="2016-06-06T01:00:00Z", controllers=[
         {"name": "ctl", "mode": "agents", "target": "controllers.baseline:NoControl"}])
-    with pytest.raises(RuntimeError, match=r"(?s)agent worker gridtwin-agents-\d: ValueError: .*mode 'agents' needs an Agent"):
+    with pytest.raises(RuntimeError,
+                       match=r"(?s)agent worker gridtwin-agents-\d: ValueError: .*mode 'agents' needs an Agent"):
         run_scenario(wrong, runs_root=None, agent_workers=2)

@@ -518,7 +518,8 @@ class PolicyTwin:
         ``time + setpoint_ttl``."""
         p = dispatch.p_mw.dropna()
         schedule = dispatch.schedule_mw
-        for what, index in (("dispatched", p.index), ("scheduled", pd.Index([]) if schedule is None else schedule.index)):
+        scheduled = pd.Index([]) if schedule is None else schedule.index
+        for what, index in (("dispatched", p.index), ("scheduled", scheduled)):
             unknown = index.difference(self.held_q.index)
             if len(unknown):
                 raise ValueError(f"controller {self.name!r} {what} unknown asset_id {unknown[0]!r}")
