@@ -19,11 +19,12 @@ import time
 import pandas as pd
 
 from twin.inputs import build_inputs
+from twin.record import STAGE_COLUMNS
 from twin.run import run_scenario
 from twin.scenario import parse_scenario
 
 
-STAGES = ("telemetry", "optimize", "coordinate", "devices", "power_flow", "settle")
+DECIDE_STAGES = ("telemetry", "optimize", "coordinate")
 
 
 def main() -> None:
@@ -65,8 +66,8 @@ def main() -> None:
     accounted = 0.0
     for policy, rec in result.records.items():
         s = rec.summary
-        stages = {k: float(s[f"t_{k}_s"].sum()) for k in STAGES}
-        stages["decide, other"] = float(s["compute_s"].sum()) - sum(stages[k] for k in STAGES[:3])
+        stages = {stage: float(s[column].sum()) for stage, column in STAGE_COLUMNS.items()}
+        stages["decide, other"] = float(s["compute_s"].sum()) - sum(stages[k] for k in DECIDE_STAGES)
         accounted += sum(stages.values())
         print(f"{policy:8} " + "  ".join(f"{k} {v:7.1f} s" for k, v in stages.items()))
     print(f"recording, KPIs and engine overhead: {total - accounted:8.1f} s")

@@ -360,4 +360,6 @@ def test_report_shows_coordination_per_interval(tmp_path: Path, rural_day: tuple
     assert "<h2>Coordination</h2>" in page and "gap to scada" in page
     mesh = result.records["mesh"].summary
     assert f"{mesh['messages'].mean():,.0f}" in page  # messages per interval of the agents
+    assert "<h2>Compute time by stage</h2>" in page and "decisions every 15min" in page
+    assert f"<td>{mesh['t_optimize_s'].mean() * 1e3:,.2f}</td>" in page  # the agents' own compute, ms / interval
     assert 'src="http' not in page and "<link" not in page  # plotly.js inlined: the page opens offline

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from twin.scenario import Scenario, ScenarioError, demo_scenario_path, load_scenario
+from twin.scenario import Scenario, ScenarioError, demo_scenario_path, format_duration, load_scenario
 from twin.live.live_run import live_command
 from twin.live.simulator import broker_command, devices_command
 from twin.settlement.cli import ledger_app
@@ -40,17 +40,6 @@ err_console = Console(stderr=True)
 def _fail(message: str, code: int = 2) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
-
-
-def _duration(td: object) -> str:
-    """'15min' rather than pandas' '0 days 00:15:00'."""
-    import pandas as pd
-
-    seconds = int(pd.Timedelta(td).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _load(path: Path) -> Scenario:
@@ -177,7 +166,7 @@ def run(
 def validate(scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")]) -> None:
     """Check a scenario file without running it."""
     s = _load(scenario)
-    console.print(f"{scenario}: ok — {s.feeder}, {len(s.times)} intervals of {_duration(s.step)}, policies: "
+    console.print(f"{scenario}: ok — {s.feeder}, {len(s.times)} intervals of {format_duration(s.step)}, policies: "
                   + ", ".join(c.name for c in s.controllers))
 
 

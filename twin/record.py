@@ -15,7 +15,7 @@ import pandas as pd
 if TYPE_CHECKING:  # the engine imports the run store, which reads these tables: no import cycle at run time
     from twin.engine import StepRecord
 
-__all__ = ["PolicyRecords", "Recorder", "SUMMARY_COLUMNS", "TIMING_COLUMNS"]
+__all__ = ["STAGE_COLUMNS", "SUMMARY_COLUMNS", "TIMING_COLUMNS", "PolicyRecords", "Recorder"]
 
 SUMMARY_COLUMNS = (
     "p_head_mw",
@@ -49,6 +49,16 @@ SUMMARY_COLUMNS = (
     "t_settle_s",
 )
 
+
+#: Stages of an interval with their wall-time column (decide = telemetry + optimize + coordinate).
+STAGE_COLUMNS = {
+    "telemetry": "t_telemetry_s",
+    "optimize": "t_optimize_s",
+    "coordinate": "t_coordinate_s",
+    "devices": "t_devices_s",
+    "power_flow": "t_power_flow_s",
+    "settle": "t_settle_s",
+}
 
 #: Wall-clock measurements: they describe the machine, not the scenario, so they differ run to run.
 TIMING_COLUMNS = ("compute_s", "t_telemetry_s", "t_optimize_s", "t_coordinate_s", "t_devices_s", "t_power_flow_s",

@@ -14,7 +14,8 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["CommsSpec", "ControllerEntry", "FaultSpec", "Scenario", "ScenarioError", "load_scenario", "demo_scenario_path"]
+__all__ = ["CommsSpec", "ControllerEntry", "FaultSpec", "Scenario", "ScenarioError", "demo_scenario_path", "format_duration",
+           "load_scenario"]
 
 
 class ScenarioError(ValueError):
@@ -23,6 +24,15 @@ class ScenarioError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def format_duration(td: object) -> str:
+    """'15min' rather than pandas' '0 days 00:15:00' (whole days, hours, minutes or seconds)."""
+    seconds = int(pd.Timedelta(td).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _timedelta(value: Any, *, key: str) -> pd.Timedelta:
