@@ -343,6 +343,7 @@ class DispatchModel:
         self._table_from_order = np.array([position[a] for a in assets.index], dtype=int)
         self._order_from_table = np.argsort(self._table_from_order)
         self._table_ids = pd.Index(assets.index, name="asset_id")
+        self._assigned: dict[int, np.ndarray] = {}  # Parameter id -> the value it holds
         # Per kind, its rows in the model's order, and the static columns read every interval (as arrays).
         self._slice: dict[AssetKind, slice] = {}
         start = 0
@@ -982,13 +983,20 @@ class DispatchModel:
         elif proximal is not None:
             raise _BadInput("proximal given, but the model was built without proximal=True")
         values.append((P.fixed_cost, fixed_cost))
+        checked = []
         for param, value in values:
             if param is None:
                 continue
             arr = np.asarray(value, dtype=float).reshape(param.shape)
             if not np.all(np.isfinite(arr)):
                 raise _BadInput(f"{param.name()}: non-finite input")
-            param.value = arr
+            checked.append((param, arr))
+        for param, arr in checked:  # only after every value passed: a refused input changes nothing
+            # An agent re-solves with the same inputs every round (only its ADMM target moves): skipping the
+            # unchanged values saves cvxpy's per-Parameter validation.
+            if not np.array_equal(self._assigned.get(param.id), arr):
+                param.value = arr
+                self._assigned[param.id] = arr.copy()
 
     def _read(self, inputs: DispatchInputs, status: str, *, wall_start: float) -> DispatchSolution:
         V, T = self._v, self.horizon
