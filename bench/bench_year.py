@@ -21,7 +21,7 @@ import pandas as pd
 from twin.inputs import build_inputs
 from twin.record import STAGE_COLUMNS
 from twin.run import run_scenario
-from twin.scenario import parse_scenario
+from twin.scenario import format_duration, parse_scenario
 
 
 DECIDE_STAGES = ("telemetry", "optimize", "coordinate")
@@ -61,7 +61,7 @@ def main() -> None:
     total = time.perf_counter() - t1
     n = len(scenario.times)
     print(f"{args.days} days, {n} intervals, engine {args.engine}, DePIN rounds {args.rounds}, horizon {args.horizon}, "
-          f"decisions every {scenario.decision_period or scenario.step}, agent workers {args.agent_workers}")
+          f"decisions every {format_duration(scenario.decision_period or scenario.step)}, agent workers {args.agent_workers}")
     print(f"inputs (profiles, fleet, sessions): {t_inputs:8.1f} s")
     accounted = 0.0
     for policy, rec in result.records.items():
