@@ -353,6 +353,7 @@ def test_report_shows_coordination_per_interval(tmp_path: Path, rural_day: tuple
 
     _, inputs = rural_day
     s = make_scenario(end="2016-06-06T01:00:00Z", comms={"rounds": 3}, controllers=[
+        {"name": "ideal", "target": "controllers.baseline:PeakShaver"},
         {"name": "scada", "mode": "central", "target": "controllers.baseline:PeakShaver"},
         {"name": "mesh", "mode": "agents", "target": "engine_helpers:GossipAgent"}])
     result = run_scenario(s, out=tmp_path / "run", inputs=inputs)
@@ -362,4 +363,8 @@ def test_report_shows_coordination_per_interval(tmp_path: Path, rural_day: tuple
     assert f"{mesh['messages'].mean():,.0f}" in page  # messages per interval of the agents
     assert "<h2>Compute time by stage</h2>" in page and "decisions every 15min" in page
     assert f"<td>{mesh['t_optimize_s'].mean() * 1e3:,.2f}</td>" in page  # the agents' own compute, ms / interval
+    for rec in result.records.values():  # decide = telemetry + optimize + coordinate, whatever the mode
+        s = rec.summary
+        parts = s["t_telemetry_s"] + s["t_optimize_s"] + s["t_coordinate_s"]
+        assert (parts > 0).all() and (parts <= s["compute_s"] + 1e-9).all()
     assert 'src="http' not in page and "<link" not in page  # plotly.js inlined: the page opens offline

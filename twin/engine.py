@@ -315,7 +315,11 @@ class PolicyTwin:
     # -- deciding ----------------------------------------------------------------------------------
     def _decide_ideal(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
         assert self.controller is not None
-        dispatch = self.controller.act(self._observation(time, self._reported(time, self._true_state(time))))
+        t0 = wallclock.perf_counter()
+        observation = self._observation(time, self._reported(time, self._true_state(time)))
+        t1 = wallclock.perf_counter()
+        dispatch = self.controller.act(observation)
+        self._stage.update(telemetry=t1 - t0, optimize=wallclock.perf_counter() - t1)
         return dispatch, pd.Series(True, index=self.inputs.assets.index), 0
 
     def _decide_central(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
