@@ -170,17 +170,21 @@ class Dispatch:
         column when one is not a later period start on the step grid."""
         if self.schedule_mw is None:
             return np.zeros(0, dtype=int)
-        offsets = []
-        for column in self.schedule_mw.columns:
-            try:
-                delta = pd.Timestamp(column) - time
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"schedule_mw column {column!r} is not a UTC period start") from exc
-            if delta <= pd.Timedelta(0) or delta % step != pd.Timedelta(0):
-                raise ValueError(f"schedule_mw column {column!r} is not a period start after {time} on the "
-                                 f"{step} grid")
-            offsets.append(int(delta / step))
-        return np.asarray(offsets, dtype=int)
+        columns = self.schedule_mw.columns
+        try:
+            delta = (pd.DatetimeIndex(columns) - time).to_numpy()
+        except (TypeError, ValueError):
+            delta = None
+        if delta is not None:
+            step_ns = step.value
+            ns = delta.astype("timedelta64[ns]").astype(np.int64)
+            bad = np.flatnonzero(np.isnat(delta) | (ns <= 0) | (ns % step_ns != 0))
+            if not len(bad):
+                return ns // step_ns
+            column = columns[bad[0]]
+        else:  # not comparable with ``time``: name the first column that is not a time, else the first one
+            column = next((c for c in columns if not isinstance(c, (pd.Timestamp, np.datetime64))), columns[0])
+        raise ValueError(f"schedule_mw column {column!r} is not a period start after {time} on the {step} grid")
 
     @classmethod
     def empty(cls, **diagnostics: Any) -> Dispatch:

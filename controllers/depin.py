@@ -160,7 +160,7 @@ class AdmmAgent:
             if a.shape[-1] == 0 or k == 0:
                 return a
             kept = a[..., min(k, a.shape[-1] - 1):]
-            return np.concatenate([kept] + [kept[..., -1:]] * (a.shape[-1] - kept.shape[-1]), axis=-1)
+            return np.pad(kept, [(0, 0)] * (a.ndim - 1) + [(0, a.shape[-1] - kept.shape[-1])], mode="edge")
 
         self.heard = {sender: shift(v) for sender, v in self.heard.items()}
         self.zbar, self.u = shift(self.zbar), shift(self.u)

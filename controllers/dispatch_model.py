@@ -333,7 +333,6 @@ class DispatchModel:
         self.n_voltage_rows = n_voltage_rows
         self.n_loading_rows = n_loading_rows
         self.network_periods = network_periods
-        self._ev_v2g = assets.loc[ids[AssetKind.EV_CHARGER], "v2g"].fillna(False).astype(bool).to_numpy()
         self.problem = problem
         self._p = params
         self._v = variables
@@ -940,7 +939,7 @@ class DispatchModel:
             (P.bat_target, inputs.bat_soc_target_mwh),
             (P.bat_pmax, inputs.bat_p_max_mw),
             (P.ev_ch_max, inputs.ev_ch_max_mw),
-            (P.ev_dis_max, None if P.ev_dis_max is None else inputs.ev_dis_max_mw[self._ev_v2g]),
+            (P.ev_dis_max, None if P.ev_dis_max is None else inputs.ev_dis_max_mw[self._static["v2g"][self._slice[AssetKind.EV_CHARGER]]]),
             (P.ev_need, inputs.ev_need_mwh),
             (P.ev_need_cap, np.tile(inputs.ev_need_mwh[:, None], (1, T))),
             (P.ev_after, inputs.ev_need_after_horizon_mwh),

@@ -8,7 +8,7 @@ part of the admittance matrix (summing them in would count them twice, see REFER
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -32,20 +32,10 @@ def bus_injections(net: pp.pandapowerNet) -> tuple[pd.Series, pd.Series]:
     bus_index = net.bus.index
     p_mw = np.zeros(len(bus_index))
     q_mvar = np.zeros(len(bus_index))
-    for element, sign in INJECTION_ELEMENTS:
-        table = net[element]
-        if table.empty:
-            continue
-        factor = sign * table["scaling"].to_numpy(float) * table["in_service"].to_numpy(bool)
-        rows = _bus_positions(bus_index, table["bus"], element)
+    for _, table, factor, rows in _weighted_elements(net, INJECTION_ELEMENTS):
         np.add.at(p_mw, rows, factor * table["p_mw"].to_numpy(float))
         np.add.at(q_mvar, rows, factor * table["q_mvar"].to_numpy(float))
-    for element, sign in _ASYMMETRIC_ELEMENTS:
-        table = net[element] if element in net else None
-        if table is None or table.empty:
-            continue
-        factor = sign * table["scaling"].to_numpy(float) * table["in_service"].to_numpy(bool)
-        rows = _bus_positions(bus_index, table["bus"], element)
+    for _, table, factor, rows in _weighted_elements(net, _ASYMMETRIC_ELEMENTS):
         p_total = table[["p_a_mw", "p_b_mw", "p_c_mw"]].to_numpy(float).sum(axis=1)
         q_total = table[["q_a_mvar", "q_b_mvar", "q_c_mvar"]].to_numpy(float).sum(axis=1)
         np.add.at(p_mw, rows, factor * p_total)
@@ -80,12 +70,7 @@ def bus_injection_profiles(
             raise ValueError("profiles: all frames must share the same row index")
     bus_index = net.bus.index
     totals = {"p_mw": np.zeros((len(times), len(bus_index))), "q_mvar": np.zeros((len(times), len(bus_index)))}
-    for element, sign in INJECTION_ELEMENTS:
-        table = net[element]
-        if table.empty:
-            continue
-        factor = sign * table["scaling"].to_numpy(float) * table["in_service"].to_numpy(bool)
-        rows = _bus_positions(bus_index, table["bus"], element)
+    for element, table, factor, rows in _weighted_elements(net, INJECTION_ELEMENTS):
         to_bus = sp.csr_matrix((factor, (np.arange(len(table)), rows)), shape=(len(table), len(bus_index)))
         for column, total in totals.items():
             static = table[column].to_numpy(float)
@@ -103,6 +88,18 @@ def bus_injection_profiles(
         pd.DataFrame(totals["p_mw"], index=times, columns=bus_index),
         pd.DataFrame(totals["q_mvar"], index=times, columns=bus_index),
     )
+
+
+def _weighted_elements(
+    net: pp.pandapowerNet, elements: tuple[tuple[str, float], ...]
+) -> Iterator[tuple[str, pd.DataFrame, np.ndarray, np.ndarray]]:
+    """Each non-empty element table with its per-row weight (sign x scaling x in_service) and bus positions."""
+    for element, sign in elements:
+        table = net[element] if element in net else None
+        if table is None or table.empty:
+            continue
+        factor = sign * table["scaling"].to_numpy(float) * table["in_service"].to_numpy(bool)
+        yield element, table, factor, _bus_positions(net.bus.index, table["bus"], element)
 
 
 def _bus_positions(bus_index: pd.Index, buses: pd.Series, element: str) -> np.ndarray:
