@@ -20,7 +20,7 @@ from pathlib import Path
 from dashboards import create_app
 from dashboards.synthetic import SyntheticTwin
 from grids.catalog import load_feeder
-from twin.topology import feeder_topology
+from twin.grid.topology import feeder_topology
 
 OVERVIEW = {
     "output": "..ov-map.figure...ov-caption.children...ov-alarms.children...ov-cards.children..",

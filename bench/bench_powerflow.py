@@ -23,8 +23,8 @@ from pandapower.control import ConstControl
 from pandapower.timeseries import DFData, OutputWriter, run_timeseries
 
 from grids.catalog import DEFAULT_SIMBENCH_CODE, load_feeder
-from twin.fastpf import FastPowerFlow
-from twin.injections import bus_injection_profiles
+from twin.grid.fastpf import FastPowerFlow
+from twin.grid.injections import bus_injection_profiles
 
 STEP = pd.Timedelta(minutes=15)
 STEPS_PER_DAY = pd.Timedelta(days=1) // STEP

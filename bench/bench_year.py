@@ -19,7 +19,7 @@ import time
 import pandas as pd
 
 from twin.inputs import build_inputs
-from twin.record import STAGE_COLUMNS
+from twin.records.recorder import STAGE_COLUMNS
 from twin.run import run_scenario
 from twin.scenario import format_duration, parse_scenario
 

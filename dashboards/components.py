@@ -67,7 +67,7 @@ def fmt_duration(value: Any) -> str:
 
 def graph(component_id: str, **kwargs: Any) -> dcc.Graph:
     """A graph that says "loading…" until its callback answers (not an empty pair of axes)."""
-    from twin.figures import empty_figure
+    from twin.reporting.figures import empty_figure
 
     kwargs.setdefault("figure", empty_figure("loading…"))
     return dcc.Graph(id=component_id, config=GRAPH_CONFIG, **kwargs)

@@ -1,7 +1,7 @@
 """What the dashboard reads from a run folder, cached per app and read incrementally while the twin writes.
 
 Owns reading only: run metadata and status, per-policy tables (new Parquet parts are read once and appended),
-KPIs (the run's ``kpis.parquet``, or the same ``twin.kpis.compute_kpis`` over the parts so far while the run
+KPIs (the run's ``kpis.parquet``, or the same ``twin.records.kpis.compute_kpis`` over the parts so far while the run
 goes), the feeder topology, operator commands, the settlement ledger (through ``twin.settlement``'s public
 functions) and what-if study tables. Nothing here writes to the run folder; operator commands go through
 ``twin.commands.CommandChannel`` in the app. One ``RunData`` per app: no module-level caches.
@@ -27,10 +27,10 @@ import pyarrow.parquet as pq
 
 from controllers.api import NetworkLimits
 from twin.commands import CommandChannel
-from twin.kpis import KPI_LABELS, compute_kpis, kpi_table
-from twin.record import PolicyRecords
-from twin.runstore import RunStore, policy_dir
-from twin.topology import FEEDER_FILENAME, FeederTopology, TopologyError, read_feeder_topology
+from twin.records.kpis import KPI_LABELS, compute_kpis, kpi_table
+from twin.records.recorder import PolicyRecords
+from twin.records.runstore import RunStore, policy_dir
+from twin.grid.topology import FEEDER_FILENAME, FeederTopology, TopologyError, read_feeder_topology
 
 __all__ = ["LedgerView", "RunData", "StudyTable", "reference_policy"]
 

@@ -17,7 +17,7 @@ from dash import dcc, html
 from dashboards.components import Alarm, fmt, fmt_duration, graph, html_table, kpi_cards, notice
 from dashboards.data import RunData, age_text, reference_policy
 from twin.commands import CommandKind
-from twin.figures import (
+from twin.reporting.figures import (
     asset_figure,
     cost_figure,
     empty_figure,
@@ -28,7 +28,7 @@ from twin.figures import (
     study_figure,
     voltage_envelope_figure,
 )
-from twin.kpis import KPI_LABELS
+from twin.records.kpis import KPI_LABELS
 
 __all__ = ["PAGES", "OverviewView", "overview_alarms", "overview_view", "page_layout"]
 

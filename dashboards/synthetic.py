@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from twin.commands import CommandChannel, CommandKind, OperatorCommand
-from twin.kpis import compute_kpis
-from twin.record import SUMMARY_COLUMNS, PolicyRecords
-from twin.runstore import RunStore, policy_dir
-from twin.topology import FEEDER_FILENAME, FeederTopology, tree_layout
+from twin.records.kpis import compute_kpis
+from twin.records.recorder import SUMMARY_COLUMNS, PolicyRecords
+from twin.records.runstore import RunStore, policy_dir
+from twin.grid.topology import FEEDER_FILENAME, FeederTopology, tree_layout
 
 __all__ = ["SyntheticTwin", "radial_topology"]
 

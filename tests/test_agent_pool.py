@@ -7,7 +7,7 @@ import pytest
 
 from conftest import make_scenario
 from twin.inputs import build_inputs
-from twin.record import TIMING_COLUMNS
+from twin.records.recorder import TIMING_COLUMNS
 from twin.run import run_scenario
 
 FLEET = {"pv_penetration": 1.0, "battery_share": 0.5, "ev_share": 0.3, "flex_share": 0.3}

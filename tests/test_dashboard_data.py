@@ -18,10 +18,10 @@ from dashboards import pages
 from dashboards.data import RunData, reference_policy
 from dashboards.synthetic import SyntheticTwin, radial_topology
 from twin.commands import CommandChannel, OperatorCommand
-from twin.kpis import compute_kpis
-from twin.record import SUMMARY_COLUMNS, PolicyRecords
-from twin.runstore import RunStore
-from twin.topology import FEEDER_FILENAME
+from twin.records.kpis import compute_kpis
+from twin.records.recorder import SUMMARY_COLUMNS, PolicyRecords
+from twin.records.runstore import RunStore
+from twin.grid.topology import FEEDER_FILENAME
 
 T0 = pd.Timestamp("2016-06-06T00:00:00Z")
 STEP = pd.Timedelta("15min")

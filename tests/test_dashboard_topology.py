@@ -1,4 +1,4 @@
-"""twin.topology: feeder.json from a pandapower net — geodata when present, else a BFS tree layout."""
+"""twin.grid.topology: feeder.json from a pandapower net — geodata when present, else a BFS tree layout."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from twin.topology import (
+from twin.grid.topology import (
     TOPOLOGY_FORMAT,
     TopologyError,
     feeder_topology,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from controllers.volt_var import volt_var_q_share
-from twin.devices import ClipReason, FleetPhysics
+from twin.devices.physics import ClipReason, FleetPhysics
 
 T0 = pd.Timestamp("2016-06-06 00:00", tz="UTC")
 STEP = pd.Timedelta("15min")

@@ -12,9 +12,9 @@ from conftest import make_scenario
 from twin.commands import CommandChannel, OperatorCommand
 from twin.engine import iterate_policies
 from twin.inputs import RunInputs
-from twin.record import TIMING_COLUMNS
+from twin.records.recorder import TIMING_COLUMNS
 from twin.run import run_scenario
-from twin.runstore import RunStore
+from twin.records.runstore import RunStore
 from twin.scenario import Scenario
 
 HOUR = pd.Timedelta("1h")
@@ -349,7 +349,7 @@ def test_backhaul_cut_leaves_scada_blind_and_its_devices_on_their_own(rural_day:
 
 
 def test_report_shows_coordination_per_interval(tmp_path: Path, rural_day: tuple[Scenario, RunInputs]) -> None:
-    from twin.report import write_report
+    from twin.reporting.report import write_report
 
     _, inputs = rural_day
     s = make_scenario(end="2016-06-06T01:00:00Z", comms={"rounds": 3}, controllers=[

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from grids.catalog import load_feeder
-from twin.fastpf import FastPowerFlow
-from twin.injections import bus_injections
+from twin.grid.fastpf import FastPowerFlow
+from twin.grid.injections import bus_injections
 
 CATALOG = ["cigre-lv", "cigre-mv-der", "kerber-dorfnetz", "baran-wu-33", "ieee-eu-lv", "simbench:1-LV-rural1--0-sw"]
 VM_TOL_PU = 1e-6

@@ -1,4 +1,4 @@
-"""twin.figures: the traces carry the numbers of small hand-made tables, in the right places and colours."""
+"""twin.reporting.figures: the traces carry the numbers of small hand-made tables, in the right places and colours."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twin.figures import (
+from twin.reporting.figures import (
     LOADING_BANDS,
     asset_figure,
     cost_figure,
@@ -21,7 +21,7 @@ from twin.figures import (
     study_figure,
     voltage_envelope_figure,
 )
-from twin.topology import FeederTopology
+from twin.grid.topology import FeederTopology
 
 T = pd.date_range("2016-06-06", periods=3, freq="15min", tz="UTC", name="time")
 

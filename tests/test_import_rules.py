@@ -13,7 +13,23 @@ FORBIDDEN = {
     "grids": {"twin", "controllers", "dashboards"},
     "controllers": {"twin", "grids", "dashboards", "pandapower"},
     "twin": {"dashboards"},
-    "dashboards": {"pandapower", "twin.engine", "twin.powerflow", "twin.fastpf"},
+    "dashboards": {"pandapower", "twin.engine", "twin.grid.powerflow", "twin.grid.fastpf"},
+}
+
+#: The rooms of the twin, in the order data flows through them (README, "Packages"): a room may use the ones
+#: before it in the flow, never the sequencer or the rooms after it.
+ROOMS = {
+    "twin/grid": {"twin.engine", "twin.devices", "twin.comms", "twin.records", "twin.settlement", "twin.reporting",
+                  "twin.live", "twin.studies", "twin.run", "twin.cli"},
+    "twin/devices": {"twin.engine", "twin.grid", "twin.comms", "twin.records", "twin.settlement", "twin.reporting",
+                     "twin.live", "twin.studies", "twin.run", "twin.cli"},
+    "twin/comms": {"twin.engine", "twin.grid", "twin.devices", "twin.records", "twin.settlement",
+                   "twin.reporting", "twin.live", "twin.studies", "twin.run", "twin.cli"},
+    "twin/records": {"twin.engine", "twin.settlement", "twin.reporting", "twin.live", "twin.studies", "twin.run",
+                     "twin.cli"},
+    "twin/reporting": {"twin.engine", "twin.settlement", "twin.live", "twin.studies", "twin.run", "twin.cli"},
+    "twin/settlement": {"twin.engine", "twin.records", "twin.reporting", "twin.live", "twin.studies", "twin.run",
+                        "twin.cli"},
 }
 
 
@@ -28,11 +44,11 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def violations(package: str) -> list[str]:
+def violations(package: str, banned_modules: set[str] | None = None) -> list[str]:
     out = []
     for path in sorted((ROOT / package).rglob("*.py")):
         for lineno, module in imported_modules(path):
-            for banned in FORBIDDEN[package]:
+            for banned in FORBIDDEN[package] if banned_modules is None else banned_modules:
                 if module == banned or module.startswith(banned + "."):
                     out.append(f"{path.relative_to(ROOT)}:{lineno} imports {module}")
     return out
@@ -48,3 +64,79 @@ def test_checker_catches_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "mod.py"
     bad.write_text("import os\nfrom pandapower.networks import case33bw\n", encoding="utf-8")
     assert (2, "pandapower.networks") in imported_modules(bad)
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_twin_rooms_import_only_what_comes_before_them(room: str) -> None:
+    assert (ROOT / room / "__init__.py").exists()
+    assert violations(room, ROOMS[room]) == []
+
+
+def module_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports anywhere in its source (lazy imports included)."""
+    modules = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+
+    def owner(module: str) -> str | None:
+        while module and module not in modules:
+            module = module.rpartition(".")[0]
+        return module or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+                targets |= {owner(n) if n in modules else owner(node.module) for n in names}
+            elif isinstance(node, ast.Import):
+                targets |= {owner(alias.name) for alias in node.names}
+        graph[name] = {t for t in targets if t and t != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+@pytest.mark.parametrize("package", ["twin", "controllers", "grids", "dashboards"])
+def test_no_import_cycles(package: str) -> None:
+    assert import_cycles(module_graph(package)) == []
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

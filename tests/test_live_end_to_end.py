@@ -29,7 +29,7 @@ from twin.live.simulator import (
     run_devices,
     start_broker,
 )
-from twin.runstore import RunStore
+from twin.records.runstore import RunStore
 from twin.scenario import Scenario
 
 try:

@@ -40,7 +40,7 @@ def test_readme_plugin_runs_as_one_more_policy(outside: Path) -> None:
     result = CliRunner().invoke(app, ["compare", str(scenario), "--runs-root", str(outside / "runs")])
     assert result.exit_code == 0, result.output
     run = next((outside / "runs").iterdir())
-    from twin.runstore import RunStore
+    from twin.records.runstore import RunStore
 
     assert RunStore(run).policies()[-1] == "price-follower"
     assert "price-follower" in RunStore(run).kpis().columns

@@ -11,7 +11,7 @@ import pandapower.networks as pn
 import pytest
 
 import grids
-from twin.powerflow import GridModel
+from twin.grid.powerflow import GridModel
 
 EMPTY_FLEET = pd.DataFrame(columns=["kind", "bus", "participant_id", "p_max_mw", "e_max_mwh", "eta_charge",
                                     "eta_discharge", "soc_min", "soc_max", "soc_init", "s_max_mva", "v2g",

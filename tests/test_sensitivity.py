@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from grids.catalog import load_feeder
-from twin.fastpf import FastPowerFlow
-from twin.injections import bus_injections
-from twin.sensitivity import compute_sensitivities, sensitivities_at
+from twin.grid.fastpf import FastPowerFlow
+from twin.grid.injections import bus_injections
+from twin.grid.sensitivity import compute_sensitivities, sensitivities_at
 
 STEP_MW = 0.001
 REL_TOL = 1e-3

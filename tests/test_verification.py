@@ -13,8 +13,8 @@ import pytest
 from pandapower.estimation import estimate
 
 import grids
-from twin.powerflow import GridModel, PowerFlowResult
-from twin.verification import (
+from twin.grid.powerflow import GridModel, PowerFlowResult
+from twin.grid.verification import (
     FeederVerifier,
     MeasurementSigmas,
     participant_buses_of,

@@ -62,7 +62,7 @@ AgentWorkers = Annotated[int | None, typer.Option(
 
 def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pace: float | None = None,
                     report: bool = False, agent_workers: int | None = None) -> None:
-    from twin.kpis import KPI_LABELS
+    from twin.records.kpis import KPI_LABELS
     from twin.run import run_scenario
 
     if agent_workers is not None and agent_workers < 1:
@@ -104,7 +104,7 @@ def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pa
     if result.path is not None:
         console.print(f"run folder: [bold]{result.path}[/]")
         if report:
-            from twin.report import write_report
+            from twin.reporting.report import write_report
 
             console.print(f"report: [bold]{write_report(result.path)}[/]")
 
@@ -139,7 +139,7 @@ def compare(
 @app.command()
 def report(run: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
     """(Re)write the HTML comparison report of a finished run."""
-    from twin.report import write_report
+    from twin.reporting.report import write_report
 
     if not (run / "meta.json").exists():
         _fail(f"RUN={str(run)!r}: not a run folder (no meta.json)")

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from controllers.api import NetworkLimits
 from twin.engine import iterate_policies
+from twin.grid.topology import write_feeder_topology
 from twin.inputs import RunInputs, build_inputs
-from twin.kpis import Kpis, compute_kpis
-from twin.record import PolicyRecords, Recorder
-from twin.runstore import RunStore, new_run_dir
+from twin.records.kpis import Kpis, compute_kpis
+from twin.records.recorder import PolicyRecords, Recorder
+from twin.records.runstore import RunStore, new_run_dir
 from twin.scenario import Scenario
-from twin.topology import write_feeder_topology
 
 __all__ = ["RunResult", "run_scenario"]
 

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-import pandas as pd
 import paho.mqtt.client as mqtt
+import pandas as pd
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from grids.profiles import ExogenousProfiles
 from twin.commands import CommandChannel, CommandKind, OperatorCommand
-from twin.engine import StepRecord, iterate_policies
+from twin.engine import iterate_policies
 from twin.inputs import RunInputs, build_inputs
 from twin.live.clock import TelemetryClock
 from twin.live.device import encode_payload
@@ -43,8 +43,8 @@ from twin.live.simulator import (
     credentials_or_bad,
     fleet_devices,
 )
-from twin.record import PolicyRecords, Recorder
-from twin.runstore import RunStore
+from twin.records.recorder import PolicyRecords, Recorder, StepRecord
+from twin.records.runstore import RunStore
 
 if TYPE_CHECKING:
     from twin.scenario import Scenario
@@ -473,7 +473,7 @@ class LiveTwin:
 
     def _write_kpis(self) -> None:
         from controllers.api import NetworkLimits
-        from twin.kpis import compute_kpis
+        from twin.records.kpis import compute_kpis
 
         limits = NetworkLimits(**self.scenario.limits.model_dump())
         kpis = {}

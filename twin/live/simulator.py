@@ -1,7 +1,7 @@
 """The field side of a live run: provisioning (device ids, topics, broker credentials, keys) and a simulator
 in which every DER of the scenario's fleet and every native load is an MQTT device.
 
-DER devices run the same physics as the twin (``twin.devices.FleetPhysics``), publish signed telemetry in
+DER devices run the same physics as the twin (``twin.devices.physics.FleetPhysics``), publish signed telemetry in
 simulated UTC, obey signed setpoints from their ``cmd`` topic until they expire, acknowledge them on
 ``cmd/ack`` and otherwise run their autonomous default. Native loads publish their profile as meter readings.
 ``gridtwin broker`` and ``gridtwin devices`` are thin wrappers around :func:`start_broker` and
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from controllers.api import AssetKind
-from twin.devices import FleetPhysics
+from twin.devices.physics import FleetPhysics
 from twin.live.broker import BrokerCredentials, MosquittoBroker
 from twin.live.clock import SimClock
 from twin.live.device import DeviceClient

@@ -23,7 +23,7 @@ DELTA_KPIS = ("energy_cost_eur", "voltage_violation_bus_intervals")
 
 
 def _label(kpi: str) -> str:
-    from twin.kpis import KPI_LABELS  # pulls in pandapower; figure code should not pay for it at import
+    from twin.records.kpis import KPI_LABELS  # pulls in pandapower; figure code should not pay for it at import
 
     return KPI_LABELS.get(kpi, kpi)
 

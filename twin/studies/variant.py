@@ -45,7 +45,7 @@ _FINGERPRINT_KEY = b"gridtwin.scenario_sha256"
 
 def kpi_columns() -> list[str]:
     """Every KPI the twin computes, in the order ``Kpis`` declares them."""
-    from twin.kpis import Kpis  # twin.kpis pulls in pandapower: only when a variant actually runs
+    from twin.records.kpis import Kpis  # twin.records.kpis pulls in pandapower: only when a variant actually runs
 
     return [f.name for f in dataclasses.fields(Kpis)]
 

@@ -28,16 +28,26 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pandapower as pp
+import pandas as pd
 from pandapower.estimation.algorithm.base import WLSAlgorithm
-from pandapower.estimation.idx_bus import P, P_IDX, P_STD, Q, Q_IDX, Q_STD, VM, VM_IDX, VM_STD
+from pandapower.estimation.idx_bus import (
+    P_IDX,
+    P_STD,
+    Q_IDX,
+    Q_STD,
+    VM,
+    VM_IDX,
+    VM_STD,
+    P,
+    Q,
+)
 from pandapower.estimation.ppc_conversion import ExtendedPPCI, pp2eppci
 from pandapower.pypower.idx_bus import bus_cols
 from scipy.stats import chi2 as chi2_distribution
 
-from twin.injections import bus_injections
-from twin.powerflow import PowerFlowResult
+from twin.grid.injections import bus_injections
+from twin.grid.results import PowerFlowResult
 
 __all__ = [
     "DEFAULT_SIGMAS",

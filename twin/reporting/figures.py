@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from twin.topology import FeederTopology
+from twin.grid.topology import FeederTopology
 
 __all__ = [
     "LOADING_BANDS",

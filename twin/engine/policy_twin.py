@@ -1,18 +1,15 @@
-"""The only sequencer: steps every policy's twin copy through the same exogenous inputs in lock-step.
+"""One policy's copy of the twin and what one interval does to it.
 
-One interval, per policy: apply operator commands → telemetry over the comms model → observation(s) →
-decide (one ideal or central controller, or coordination rounds of edge agents) → setpoints reach the
-devices they can reach (held until they expire, else the autonomous default with volt-var) → device
-physics → AC power flow → record. Controllers only *return* dispatches; this module alone mutates twin
-state (DESIGN.md §2, §4, §6).
+Per interval: telemetry over the comms model → observation(s) → decide (one ideal or central controller, or
+coordination rounds of edge agents) → setpoints reach the devices they can reach (held until they expire, else
+the autonomous default with volt-var) → device physics → AC power flow → settlement. Controllers only
+*return* dispatches; this module alone mutates a twin's state (DESIGN.md §2, §4, §6); ``twin.engine.lockstep``
+sequences the policies.
 """
 
 from __future__ import annotations
 
 import time as wallclock
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -34,19 +31,19 @@ from controllers.api import (
     load_controller,
 )
 from controllers.volt_var import volt_var_q_mvar
-from twin.agent_pool import AgentSetup, LocalAgents, ProcessAgents, start_agents
-from twin.commands import CommandChannel, CommandKind, OperatorCommand
-from twin.comms import CommsModel, Fault, FaultKind, LinkSpec
-from twin.devices import FleetPhysics, IntervalOutcome
+from twin.commands import CommandKind, OperatorCommand
+from twin.comms.links import CommsModel, Fault, FaultKind, LinkSpec
+from twin.comms.mesh import mesh_neighbours
+from twin.devices.physics import FleetPhysics, IntervalOutcome
+from twin.engine.agent_pool import AgentSetup, LocalAgents, ProcessAgents, start_agents
+from twin.grid.powerflow import GridModel, PowerFlowResult
+from twin.grid.verification import participant_buses_of, reported_bus_injections
 from twin.inputs import RunInputs, derive_seed
-from twin.mesh import mesh_neighbours
-from twin.metering import Meters, PolicySettlement, settlement_history_kw
-from twin.powerflow import GridModel, PowerFlowResult
-from twin.runstore import policy_dir
+from twin.records.recorder import StepRecord
 from twin.scenario import ControllerEntry, Scenario
-from twin.verification import participant_buses_of, reported_bus_injections
+from twin.engine.metering import PolicySettlement
 
-__all__ = ["PolicyTwin", "StepRecord", "build_comms", "iterate_policies"]
+__all__ = ["PolicyTwin", "build_comms", "monitored_buses"]
 
 #: Bytes of one telemetry report of one asset (p, q, SOC, registers, seq, ts, signature) on the wire.
 TELEMETRY_BYTES_PER_ASSET = 160
@@ -56,32 +53,6 @@ SETPOINT_BYTES = 96
 SCHEDULE_VALUE_BYTES = 8
 
 
-@dataclass(frozen=True)
-class StepRecord:
-    """What one policy's twin did in one interval: the input to recording, KPIs and settlement."""
-
-    policy: str
-    time: pd.Timestamp
-    power_flow: PowerFlowResult
-    outcome: IntervalOutcome
-    fallback: pd.Series  # bool per asset: ran on its autonomous default (no valid setpoint)
-    reported_p_mw: pd.Series  # what each asset's telemetry claimed (differs from outcome under false telemetry)
-    price_eur_per_mwh: float
-    feed_in_eur_per_mwh: float
-    compute_s: float
-    traffic: dict[str, int]  # messages, bytes, dropped, central_bytes in this interval
-    rounds: int
-    controller_online: bool
-    #: Net settlement amounts of this interval (EUR, float for reporting only — the ledger holds Decimal):
-    #: "operator" (negative = pays) and "participants" (sum over participants, positive = earns).
-    settlement_eur: dict[str, float] = field(default_factory=dict)
-    #: Participants whose claimed behaviour the physics check could not confirm in this interval.
-    unverified: frozenset[str] = frozenset()
-    diagnostics: Any = field(default_factory=lambda: MappingProxyType({}))
-    #: Wall time of each stage of this interval (s): decide (= telemetry + optimize + coordinate: reading
-    #: telemetry into observations, the controllers' or agents' own computation, moving messages over the
-    #: comms model), devices (setpoints and physics), power_flow, settle (verification and ledger).
-    stage_s: dict[str, float] = field(default_factory=dict)
 
 
 def monitored_buses(scenario: Scenario, inputs: RunInputs) -> list[int] | None:
@@ -546,69 +517,3 @@ class PolicyTwin:
         self.held_q.loc[q.index] = q.to_numpy(float)
         self.held_until.loc[p.index] = time + self.scenario.setpoint_ttl
 
-
-def iterate_policies(
-    scenario: Scenario,
-    inputs: RunInputs,
-    *,
-    entries: tuple[ControllerEntry, ...] | None = None,
-    run_dir: Path | None = None,
-    agent_workers: int = 1,
-) -> Iterator[list[StepRecord]]:
-    """Yield, per interval, one StepRecord per policy — all twins advanced in lock-step.
-
-    With ``run_dir``, operator commands dropped into its command channel are applied to every policy's
-    twin at the start of the next interval (same fault for all, so the comparison stays fair).
-    ``agent_workers`` > 1 runs each agent policy's edge agents over that many processes (same results).
-    """
-    twins: list[PolicyTwin] = []
-    try:
-        for e in entries or scenario.controllers:
-            twins.append(PolicyTwin.create(e, inputs, scenario, agent_workers=agent_workers))
-        yield from _run_twins(scenario, inputs, twins, run_dir)
-    finally:
-        for twin in twins:
-            twin.close()
-
-
-def _run_twins(scenario: Scenario, inputs: RunInputs, twins: list[PolicyTwin],
-               run_dir: Path | None) -> Iterator[list[StepRecord]]:
-    config = scenario.settlement_config()
-    if config is not None:
-        if run_dir is None:
-            raise ValueError("settlement: a scenario with a [settlement] table needs a run folder for its ledgers")
-        history: list[pd.DataFrame] = []
-
-        def history_before() -> pd.DataFrame:  # built once, on the first event, shared by every policy
-            if not history:
-                history.append(settlement_history_kw(scenario, inputs))
-            return history[0]
-
-        for twin in twins:
-            twin.settlement = PolicySettlement(
-                folder=policy_dir(run_dir, twin.name), config=config, run_id=f"{run_dir.name}:{twin.name}",
-                meters=Meters.create(load_index=inputs.net.load.index, assets=inputs.assets),
-                history_before=history_before, step=scenario.step,
-            )
-    channel = CommandChannel(run_dir) if run_dir is not None else None
-    try:
-        yield from _lockstep(scenario, twins, channel)
-    finally:
-        for twin in twins:
-            if twin.settlement is not None:
-                twin.settlement.close()
-
-
-def _lockstep(scenario: Scenario, twins: list[PolicyTwin], channel: CommandChannel | None) -> Iterator[list[StepRecord]]:
-    for time in scenario.times:
-        if channel is not None:
-            taken = channel.take()
-            for command, path, reason in taken:
-                if command is None:
-                    channel.finish(path, verdict="rejected", applied_at=None, detail=reason)
-                    continue
-                verdicts = {t.name: t.apply_command(command, time) for t in twins}
-                verdict = "applied" if all(v == "applied" for v, _ in verdicts.values()) else "rejected"
-                detail = next(iter(verdicts.values()))[1]
-                channel.finish(path, verdict=verdict, applied_at=time, detail=detail)
-        yield [twin.step(time) for twin in twins]

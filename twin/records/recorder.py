@@ -1,21 +1,50 @@
 """Recording: turns each interval's StepRecords into per-policy labelled tables (time × bus, time × asset...).
 
-Owns the in-memory accumulation only; twin.runstore writes the tables to disk and twin.kpis reads them.
+Owns the in-memory accumulation only; twin.records.runstore writes the tables to disk and twin.records.kpis reads them.
 Rows are appended as numpy arrays so a year of 15-minute steps stays cheap.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:  # the engine imports the run store, which reads these tables: no import cycle at run time
-    from twin.engine import StepRecord
+from twin.devices.physics import IntervalOutcome
+from twin.grid.results import PowerFlowResult
 
-__all__ = ["STAGE_COLUMNS", "SUMMARY_COLUMNS", "TIMING_COLUMNS", "PolicyRecords", "Recorder"]
+__all__ = ["STAGE_COLUMNS", "StepRecord", "SUMMARY_COLUMNS", "TIMING_COLUMNS", "PolicyRecords", "Recorder"]
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one policy's twin did in one interval: the input to recording, KPIs and settlement."""
+
+    policy: str
+    time: pd.Timestamp
+    power_flow: PowerFlowResult
+    outcome: IntervalOutcome
+    fallback: pd.Series  # bool per asset: ran on its autonomous default (no valid setpoint)
+    reported_p_mw: pd.Series  # what each asset's telemetry claimed (differs from outcome under false telemetry)
+    price_eur_per_mwh: float
+    feed_in_eur_per_mwh: float
+    compute_s: float
+    traffic: dict[str, int]  # messages, bytes, dropped, central_bytes in this interval
+    rounds: int
+    controller_online: bool
+    #: Net settlement amounts of this interval (EUR, float for reporting only — the ledger holds Decimal):
+    #: "operator" (negative = pays) and "participants" (sum over participants, positive = earns).
+    settlement_eur: dict[str, float] = field(default_factory=dict)
+    #: Participants whose claimed behaviour the physics check could not confirm in this interval.
+    unverified: frozenset[str] = frozenset()
+    diagnostics: Any = field(default_factory=lambda: MappingProxyType({}))
+    #: Wall time of each stage of this interval (s): decide (= telemetry + optimize + coordinate: reading
+    #: telemetry into observations, the controllers' or agents' own computation, moving messages over the
+    #: comms model), devices (setpoints and physics), power_flow, settle (verification and ledger).
+    stage_s: dict[str, float] = field(default_factory=dict)
+
 
 SUMMARY_COLUMNS = (
     "p_head_mw",

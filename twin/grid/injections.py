@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import numpy as np
-import pandas as pd
 import pandapower as pp
+import pandas as pd
 import scipy.sparse as sp
 
 __all__ = ["bus_injection_profiles", "bus_injections", "INJECTION_ELEMENTS"]

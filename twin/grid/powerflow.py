@@ -1,35 +1,23 @@
 """AC power flow of one twin copy: the only module that calls pandapower's solvers.
 
-pandapower is the model of record (``PandapowerEngine``); ``twin.fastpf`` may serve long studies when the
+pandapower is the model of record (``PandapowerEngine``); ``twin.grid.fastpf`` may serve long studies when the
 scenario asks for it, and must match ``pandapower.runpp`` to 1e-6 pu.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pandapower as pp
+import pandas as pd
 
 from controllers.api import AssetKind, Sensitivities
-
-
-@dataclass(frozen=True)
-class PowerFlowResult:
-    """One solved (or failed) power flow. Series are indexed by pandapower element index."""
-
-    vm_pu: pd.Series
-    va_degree: pd.Series
-    line_loading_percent: pd.Series
-    trafo_loading_percent: pd.Series
-    #: Feeder-head exchange with the external grid, load convention (positive = import into the feeder).
-    p_head_mw: float
-    q_head_mvar: float
-    losses_mw: float
-    converged: bool
+from twin.grid.fastpf import FastPowerFlow
+from twin.grid.injections import bus_injections
+from twin.grid.results import PowerFlowResult
+from twin.grid.sensitivity import compute_sensitivities, sensitivities_at
 
 
 class GridModel:
@@ -145,20 +133,13 @@ class GridModel:
 
     def sensitivities(self, *, monitored_buses: list[int] | None, monitored_branches: list[str] | None) -> Sensitivities:
         """Linearize at the operating point of the last solve (needs a converged one)."""
-        from twin.sensitivity import compute_sensitivities, sensitivities_at
-
         if self.engine == "fast" and self._fast is not None:
-            from twin.injections import bus_injections
-
             p_bus, q_bus = bus_injections(self.net)
             return sensitivities_at(self._fast, p_bus_mw=p_bus, q_bus_mvar=q_bus, monitored_buses=monitored_buses,
                                     monitored_branches=monitored_branches)
         return compute_sensitivities(self.net, monitored_buses=monitored_buses, monitored_branches=monitored_branches)
 
     def _solve_fast(self) -> PowerFlowResult:
-        from twin.fastpf import FastPowerFlow
-        from twin.injections import bus_injections
-
         if self._fast is None:
             pp.runpp(self.net, numba=False)
             self._fast = FastPowerFlow.from_net(self.net)

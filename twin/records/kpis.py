@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from controllers.api import NetworkLimits
-from twin.record import PolicyRecords
+from twin.records.recorder import PolicyRecords
 
 __all__ = ["Kpis", "compute_kpis", "kpi_table", "KPI_LABELS"]
 

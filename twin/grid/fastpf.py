@@ -18,16 +18,16 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-import pandas as pd
 import pandapower as pp
+import pandas as pd
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from pandapower.pypower.idx_brch import F_BUS, T_BUS
 from pandapower.pypower.idx_bus import BASE_KV, PD, QD
 from pandapower.pypower.idx_gen import GEN_BUS, PG
 
-from twin.injections import INJECTION_ELEMENTS, bus_injections
-from twin.powerflow import PowerFlowResult
+from twin.grid.injections import INJECTION_ELEMENTS, bus_injections
+from twin.grid.results import PowerFlowResult
 
 __all__ = ["BatchResult", "FastPowerFlow", "NetworkModel"]
 

@@ -22,7 +22,14 @@ from multiprocessing.connection import Connection
 from types import MappingProxyType
 from typing import Any
 
-from controllers.api import Agent, AgentMessage, AgentSpec, Observation, Proposal, load_controller
+from controllers.api import (
+    Agent,
+    AgentMessage,
+    AgentSpec,
+    Observation,
+    Proposal,
+    load_controller,
+)
 
 __all__ = ["AgentSetup", "LocalAgents", "ProcessAgents", "start_agents"]
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from twin.kpis import Kpis, kpi_table
-from twin.record import PolicyRecords
+from twin.records.kpis import Kpis, kpi_table
+from twin.records.recorder import PolicyRecords
 
 __all__ = ["RunStore", "new_run_dir", "package_versions", "policy_dir"]
 

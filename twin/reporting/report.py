@@ -1,5 +1,5 @@
 """The comparison report: one self-contained HTML page per run, built from the run store with the same
-figure functions the dashboard uses (twin.figures). plotly.js is inlined once, so it opens offline.
+figure functions the dashboard uses (twin.reporting.figures). plotly.js is inlined once, so it opens offline.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from pathlib import Path
 import pandas as pd
 import plotly.io as pio
 
-from twin.figures import (
+from twin.records.kpis import KPI_LABELS
+from twin.records.recorder import STAGE_COLUMNS
+from twin.records.runstore import RunStore
+from twin.reporting.figures import (
     cost_figure,
     fallback_figure,
     head_power_figure,
@@ -19,9 +22,6 @@ from twin.figures import (
     payments_figure,
     voltage_envelope_figure,
 )
-from twin.kpis import KPI_LABELS
-from twin.record import STAGE_COLUMNS
-from twin.runstore import RunStore
 from twin.scenario import format_duration
 
 __all__ = ["write_report"]

@@ -18,12 +18,12 @@ import pandas as pd
 
 from grids.fleet import participant_id_for_load
 from grids.profiles import feeder_profiles
+from twin.grid.verification import FeederVerifier
 from twin.inputs import RunInputs
 from twin.scenario import Scenario
 from twin.settlement import Settlement, SettlementConfig, meters_frame
 from twin.settlement.contracts import DrEvent
 from twin.settlement.settle import IntervalSettlement
-from twin.verification import FeederVerifier
 
 __all__ = ["Meters", "PolicySettlement", "participant_of_load", "settlement_history_kw"]
 

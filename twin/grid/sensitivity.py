@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import pandas as pd
 import pandapower as pp
+import pandas as pd
 import scipy.sparse.linalg as spla
 
 from controllers.api import Sensitivities
-from twin.fastpf import FastPowerFlow, NetworkModel, jacobian
-from twin.injections import bus_injections
+from twin.grid.fastpf import FastPowerFlow, NetworkModel, jacobian
+from twin.grid.injections import bus_injections
 
 __all__ = ["branch_labels", "compute_sensitivities", "linearize", "sensitivities_at"]
 

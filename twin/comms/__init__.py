@@ -1,0 +1,1 @@
+"""Communications: the backhaul and mesh links, their faults, and who is a neighbour of whom."""

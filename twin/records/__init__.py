@@ -1,0 +1,1 @@
+"""What a run leaves behind: per-interval records, KPIs, and the run store on disk."""

@@ -1,0 +1,1 @@
+"""Reports and the figure functions the report and the dashboard share."""
