@@ -27,9 +27,15 @@ from twin.live.broker import BrokerCredentials, MosquittoBroker
 from twin.live.device import DeviceClient
 from twin.live.ingest import Ingestor, MqttIngest, RawMessage
 from twin.live.messages import Channel, DeviceAddress
-from twin.live.signing import KeyRegistry, derive_private_key
+from twin.live.signing import KeyRegistry, new_private_key, private_key_b64, private_key_from_b64
 
-SEED = 7
+_KEYS: dict[str, str] = {}  # device_id -> base64 private key, random per run (as provisioning makes them)
+
+
+def _key(device_id: str):  # type: ignore[no-untyped-def]
+    if device_id not in _KEYS:
+        _KEYS[device_id] = private_key_b64(new_private_key())
+    return private_key_from_b64(_KEYS[device_id])
 
 
 @dataclass(frozen=True)
@@ -51,12 +57,13 @@ def _fleet(n: int) -> list[DeviceAddress]:
     return [DeviceAddress(site=f"site{i // 50}", kind=kinds[i % 4], device_id=f"d{i:05d}") for i in range(n)]  # type: ignore[arg-type]
 
 
-def _publisher(devices, passwords, host, port, per_device, ready, go, report):  # type: ignore[no-untyped-def]
+def _publisher(devices, passwords, keys, host, port, per_device, ready, go, report):  # type: ignore[no-untyped-def]
     """One publisher process: many device sessions, pre-signed payloads, then a burst on ``go``."""
+    _KEYS.update(keys)  # the parent provisioned the keys; a spawned process starts with none
     clients = []
     for device, password in zip(devices, passwords, strict=True):
         client = DeviceClient(
-            address=device, private_key=derive_private_key(seed=SEED, device_id=device.device_id),
+            address=device, private_key=_key(device.device_id),
             credentials=BrokerCredentials(username=device.device_id, password=password), host=host, port=port,
             keepalive_s=60,
         )
@@ -82,7 +89,7 @@ def _publisher(devices, passwords, host, port, per_device, ready, go, report):  
 
 def _ingestor_only_rate(devices: list[DeviceAddress], keys: KeyRegistry, n: int, workdir: Path) -> tuple[float, float]:
     start = datetime.now(UTC)
-    clients = [DeviceClient(address=d, private_key=derive_private_key(seed=SEED, device_id=d.device_id),
+    clients = [DeviceClient(address=d, private_key=_key(d.device_id),
                             credentials=BrokerCredentials(username=d.device_id, password="-"), host="-", port=0)
                for d in devices]
     messages = []
@@ -107,7 +114,7 @@ def run(n_devices: int, total_messages: int, *, publishers: int) -> Result:
     total = per_device * n_devices
     keys = KeyRegistry()
     for d in devices:
-        keys.add(device_id=d.device_id, public_key=derive_private_key(seed=SEED, device_id=d.device_id).public_key())
+        keys.add(device_id=d.device_id, public_key=_key(d.device_id).public_key())
     with tempfile.TemporaryDirectory(prefix="gridtwin-bench-") as tmp, MosquittoBroker(devices=devices) as broker:
         workdir = Path(tmp)
         offline_rate, offline_cpu_rate = _ingestor_only_rate(devices, keys, total, workdir)
@@ -122,7 +129,8 @@ def run(n_devices: int, total_messages: int, *, publishers: int) -> Result:
             for p in range(publishers):
                 share = devices[p::publishers]
                 proc = ctx.Process(target=_publisher, args=(
-                    share, [broker.credentials(d.device_id).password for d in share], broker.host, broker.port,
+                    share, [broker.credentials(d.device_id).password for d in share],
+                    {d.device_id: _KEYS[d.device_id] for d in share}, broker.host, broker.port,
                     per_device, ready, go, report))
                 proc.start()
                 procs.append(proc)

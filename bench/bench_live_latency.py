@@ -141,6 +141,7 @@ def bench(n: int, *, speed: float, hours: float, publish_every: str, root: Path)
         for _ in procs:
             ready.get(timeout=300)
         start_at = time.time() + 1.0
+        twin.anchor_at(start_at)  # the twin keeps its own clock, anchored where the devices' is
         for _ in procs:
             go.put(start_at)
         result = twin.run()

@@ -8,6 +8,7 @@ positive p_mw is consumption from the grid; a discharging battery or producing P
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -31,7 +32,9 @@ __all__ = [
     "Observation",
     "Sensitivities",
     "Proposal",
+    "check_plugin_kwargs",
     "load_controller",
+    "resolve_plugin",
 ]
 
 
@@ -273,26 +276,92 @@ class Agent(Protocol):
     def propose(self, observation: Observation, inbox: tuple[AgentMessage, ...], *, round_index: int) -> Proposal: ...
 
 
-def load_controller(target: str, **kwargs: Any) -> Any:
-    """Instantiate a plug-in (Controller or Agent) named ``"package.module:Class"`` with keyword arguments."""
+#: Protocol -> (alternative sets of methods besides ``reset``, what to call it in an error). "agent" is what
+#: mode = "agents" runs: one Agent per participant, or one AgentNetwork simulating all participants and grid
+#: nodes (``controllers.coordination``).
+_PROTOCOLS = {
+    "controller": ((("act",),), "reset(spec, *, seed) + act(observation) (a Controller)"),
+    "agent": ((("propose",), ("begin", "coordinate", "dispatch")),
+              "reset(spec, *, seed) + propose(observation, inbox, *, round_index) (an Agent) or reset + begin + "
+              "coordinate + dispatch (an AgentNetwork)"),
+}
+
+
+def resolve_plugin(target: str, *, protocol: str | None = None) -> type:
+    """The class a plug-in target ``"package.module:Class"`` names, checked without calling anything.
+
+    Importing the module runs its top-level code, as any plug-in import does; nothing the target names is
+    called. The target must be a class (not a function, an instance or a builtin such as ``os:system``)
+    whose methods implement the Controller protocol (``protocol="controller"``), the Agent protocol
+    (``"agent"``) or either (None). Raises ValueError naming the target.
+    """
+    if not isinstance(target, str):
+        raise ValueError(f"controller target {target!r}: expected a string 'package.module:Class'")
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"controller {target!r}: expected the form 'package.module:Class'")
+    if not attr.isidentifier() or not all(part.isidentifier() for part in module_name.split(".")):
+        raise ValueError(f"controller {target!r}: {module_name!r} and {attr!r} must be dotted Python names")
+    if protocol is not None and protocol not in _PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}: expected one of {sorted(_PROTOCOLS)} or None")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"controller {target!r}: cannot import module {module_name!r} ({exc})") from exc
+    # getattr_static: no property, descriptor or module __getattr__ of the plug-in runs while we look.
     try:
-        factory = getattr(module, attr)
+        found = inspect.getattr_static(module, attr)
     except AttributeError:
         raise ValueError(f"controller {target!r}: module {module_name!r} has no attribute {attr!r}") from None
+    wanted = [protocol] if protocol is not None else list(_PROTOCOLS)
+    expected = " or ".join(_PROTOCOLS[p][1] for p in wanted)
+    if not inspect.isclass(found):
+        raise ValueError(f"controller {target!r}: {attr!r} is a {type(found).__name__}, not a class; a plug-in "
+                         f"target must name a class implementing {expected}")
+
+    def has(name: str) -> bool:
+        try:
+            member = inspect.getattr_static(found, name)
+        except AttributeError:
+            return False
+        return callable(member) or isinstance(member, (staticmethod, classmethod))
+
+    if not has("reset") or not any(all(has(m) for m in methods) for p in wanted for methods in _PROTOCOLS[p][0]):
+        raise ValueError(f"controller {target!r}: class {found.__name__} does not implement {expected}")
+    return found
+
+
+def check_plugin_kwargs(cls: type, kwargs: Mapping[str, Any], *, target: str) -> None:
+    """Raise ValueError unless ``cls(**kwargs)`` binds (names every unexpected or missing argument)."""
     try:
-        controller = factory(**kwargs)
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return  # no introspectable signature (a C extension type): the call itself will tell
+    try:
+        signature.bind(**kwargs)
+    except TypeError as exc:
+        accepted = [n for n, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        raise ValueError(f"controller {target!r}: bad keyword arguments {sorted(kwargs)} ({exc}); "
+                         f"{cls.__name__} accepts {accepted}") from None
+
+
+def load_controller(target: str, **kwargs: Any) -> Any:
+    """Instantiate a plug-in (Controller or Agent) named ``"package.module:Class"`` with keyword arguments.
+
+    The target is resolved and checked first (:func:`resolve_plugin`: a class implementing a protocol) and
+    the keyword arguments are bound to its signature; only then is the class called.
+    """
+    cls = resolve_plugin(target)
+    check_plugin_kwargs(cls, kwargs, target=target)
+    try:
+        controller = cls(**kwargs)
     except TypeError as exc:
         raise ValueError(f"controller {target!r}: bad keyword arguments {sorted(kwargs)} ({exc})") from exc
-    if not isinstance(controller, (Controller, Agent)):
+    from controllers.coordination import AgentNetwork  # it builds on this module's types
+
+    if not isinstance(controller, (Controller, Agent, AgentNetwork)):
         raise ValueError(
             f"controller {target!r}: object has neither reset(spec, *, seed) + act(observation) (a Controller) "
-            "nor reset(spec, *, seed) + propose(observation, inbox, *, round_index) (an Agent)"
+            "nor reset(spec, *, seed) + propose(observation, inbox, *, round_index) (an Agent) nor an AgentNetwork"
         )
     return controller

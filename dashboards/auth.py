@@ -1,34 +1,71 @@
 """Operator authentication: viewing is open, operator actions (fault injection) need the operator password.
 
-An operator logs in with a form (``POST /auth/login``: name + password) and gets a signed Flask session
-cookie; scripts may instead send HTTP Basic credentials (any user name, the operator password). A guard in
-front of Dash's callback endpoint answers every request whose outputs are operator components (ids starting
-with ``op-``) with 401 unless it is authenticated, and every malformed callback body with 400 (or 401 when it
-is also unauthenticated), so neither unauthenticated nor malformed requests ever reach a callback, get data,
-or cause a 500.
+Built from well-kept libraries rather than by hand: Flask-Login tracks who is logged in, Flask-Session keeps
+sessions on the server (the cookie holds only a random id; logging out deletes the session there, so a copied
+cookie dies with it; the id is rotated at login), and Flask-Limiter throttles failed passwords per client
+address (form logins and HTTP Basic attempts share one budget: 5 a minute, 20 an hour).
+
+An operator logs in with a form (``POST /auth/login``: name + password); scripts may instead send HTTP Basic
+credentials (any user name, the operator password). ``next`` after login may only be a path on this site.
+A guard in front of Dash's callback endpoint answers every request whose outputs are operator components
+(ids starting with ``op-``) with 401 unless it is authenticated, and every malformed callback body with 400
+(or 401 when it is also unauthenticated), so neither unauthenticated nor malformed requests ever reach a
+callback, get data, or cause a 500.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import json
 import re
 import secrets
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import flask
+import flask_login
+from cachelib import SimpleCache
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_session import Session
 
-__all__ = ["OPERATOR_ID_PREFIX", "OperatorAuth", "callback_body_problem", "operator_outputs"]
+__all__ = ["FAILED_LOGIN_LIMITS", "OPERATOR_ID_PREFIX", "OperatorAuth", "callback_body_problem", "operator_outputs",
+           "safe_next"]
 
 #: Components whose updates are operator actions carry ids with this prefix.
 OPERATOR_ID_PREFIX = "op-"
+#: Failed operator passwords allowed per client address (login form and HTTP Basic together).
+FAILED_LOGIN_LIMITS = "5 per minute; 20 per hour"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
 _MAX_BODY_BYTES = 1_000_000
+_DEFAULT_NEXT = "/faults"
+
+
+def safe_next(value: object, default: str = _DEFAULT_NEXT) -> str:
+    """``value`` if it is a path on this site, else ``default`` (OWASP: unvalidated redirects).
+
+    Accepted: a relative path starting with one ``/``, at most 512 characters, without control characters
+    (browsers drop tabs and newlines, so ``/<TAB>/evil`` would become ``//evil``), backslashes (``/\\evil``),
+    or a second ``/`` — also once percent-decoded — and with no scheme or host.
+    """
+    if not isinstance(value, str) or not value or len(value) > 512:
+        return default
+    for candidate in (value, unquote(value)):
+        if not candidate.startswith("/") or candidate.startswith("//") or "\\" in candidate:
+            return default
+        if any(unicodedata.category(c).startswith("C") or c.isspace() for c in candidate):
+            return default
+        parts = urlsplit(candidate)
+        if parts.scheme or parts.netloc:
+            return default
+    return value
 
 
 def _json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> flask.Response:
@@ -110,14 +147,40 @@ def callback_body_problem(body: Any, callback_spec: Callable[[str], Mapping[str,
     return ""
 
 
+class Operator(flask_login.UserMixin):
+    """A logged-in operator (Flask-Login's user): the name they gave, checked against ``_NAME_RE``."""
+
+    def __init__(self, name: str) -> None:
+        self.id = name
+        self.name = name
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return (user, password) if sep else None
+
+
 @dataclass
 class OperatorAuth:
-    """The operator role of one app. ``password=None`` disables operator actions entirely (read-only)."""
+    """The operator role of one app. ``password=None`` disables operator actions entirely (read-only).
+
+    ``failed_login_limits``: failed passwords allowed per client address (Flask-Limiter notation), counted
+    over the login form and HTTP Basic together; past it every attempt, right or wrong, gets 429 until the
+    window has passed. ``session_lifetime``: how long a server-side session lives without a new login.
+    """
 
     password: str | None
     login_path: str = "/auth/login"
     logout_path: str = "/auth/logout"
     login_page: str = "/login"
+    failed_login_limits: str = FAILED_LOGIN_LIMITS
+    session_lifetime: timedelta = timedelta(hours=8)
 
     @property
     def enabled(self) -> bool:
@@ -129,37 +192,50 @@ class OperatorAuth:
         return hmac.compare_digest(candidate.encode("utf-8"), self.password.encode("utf-8"))
 
     def current_operator(self) -> str | None:
-        """The logged-in operator's name for this request (session or HTTP Basic), else None."""
+        """The logged-in operator's name for this request (server-side session or HTTP Basic), else None."""
         if not self.enabled or not flask.has_request_context():
             return None
-        name = flask.session.get("operator")
-        if isinstance(name, str) and _NAME_RE.match(name):
-            return name
-        header = flask.request.headers.get("Authorization", "")
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic" or not encoded:
-            return None
-        try:
-            user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return None
-        if sep and _NAME_RE.match(user) and self._password_ok(password):
-            return user
+        user = flask_login.current_user
+        if user is not None and user.is_authenticated and isinstance(getattr(user, "name", None), str):
+            return str(user.name)
         return None
 
     # -- wiring into the Flask server ------------------------------------------------------------------
     def install(self, server: flask.Flask, *, callback_path: str,
                 callback_spec: Callable[[str], Mapping[str, Any] | None]) -> None:
-        """Add the login / logout routes and the guard of ``callback_path``; ``callback_spec(output)`` is the
-        app's callback definition for an output string (``app.callback_map.get``)."""
-        server.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
-                             MAX_CONTENT_LENGTH=_MAX_BODY_BYTES)
+        """Add server-side sessions, the login manager, the throttle, the login / logout routes and the guard
+        of ``callback_path``; ``callback_spec(output)`` is the app's callback definition for an output string
+        (``app.callback_map.get``). Everything is per server: two apps in one process share nothing."""
+        lifetime = self.session_lifetime
+        server.config.update(
+            SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict", MAX_CONTENT_LENGTH=_MAX_BODY_BYTES,
+            # Flask-Session: sessions live in this process's memory, the cookie holds only a random 256-bit id.
+            SESSION_TYPE="cachelib", SESSION_PERMANENT=False, PERMANENT_SESSION_LIFETIME=lifetime,
+            SESSION_CACHELIB=SimpleCache(threshold=10_000, default_timeout=int(lifetime.total_seconds())),
+            SESSION_KEY_PREFIX="gridtwin-session:",
+        )
         if not server.secret_key:
             server.secret_key = secrets.token_bytes(32)
+        Session(server)
+        manager = flask_login.LoginManager()
+        manager.session_protection = "strong"  # a session moving to another address or browser is dropped
+        manager.user_loader(self._load_user)
+        manager.request_loader(self._load_basic_user)
+        manager.init_app(server)
+        limiter = Limiter(get_remote_address, app=server, storage_uri="memory://", strategy="moving-window",
+                          headers_enabled=True)
+        throttled = "too many failed operator logins from this address; wait and try again"
 
-        def guard() -> flask.Response | None:
-            if flask.request.path != callback_path or flask.request.method != "POST":
-                return None
+        def password_budget(*, exempt_when: Callable[[], bool] | None = None) -> Any:
+            # One budget (scope) for the form and HTTP Basic; only failed passwords spend it.
+            return limiter.shared_limit(
+                self.failed_login_limits, scope="operator-password", exempt_when=exempt_when,
+                deduct_when=lambda response: response.status_code == 401 or "error=password" in response.headers.get(
+                    "Location", ""),
+                error_message=throttled)
+
+        def refusal() -> flask.Response | None:
+            """Why this callback request may not reach its callback (None when it may)."""
             operator = self.current_operator()
             body = _parse_body(flask.request.get_data(cache=True))
             problem = callback_body_problem(body, callback_spec)
@@ -176,15 +252,46 @@ class OperatorAuth:
                 return _json_error(415, "operator actions must be sent as application/json")
             return None
 
-        server.before_request(guard)
-        server.add_url_rule(self.login_path, "gridtwin_login", self._login, methods=["POST"])
+        endpoint = next(r.endpoint for r in server.url_map.iter_rules() if r.rule == callback_path)
+        dash_view = server.view_functions[endpoint]
+
+        @functools.wraps(dash_view)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            refused = refusal()
+            return refused if refused is not None else dash_view(*args, **kwargs)
+
+        # The throttle wraps the guard: a throttled request is answered 429 before a password is even looked
+        # at. HTTP Basic guesses spend the login budget; requests without credentials never do, so viewers
+        # are not throttled by someone else's guessing.
+        server.view_functions[endpoint] = password_budget(
+            exempt_when=lambda: "Authorization" not in flask.request.headers)(guarded)
+        login = limiter.limit("30 per minute", error_message="too many login requests from this address")(self._login)
+        server.add_url_rule(self.login_path, "gridtwin_login", password_budget()(login), methods=["POST"])
         server.add_url_rule(self.logout_path, "gridtwin_logout", self._logout, methods=["POST"])
+        server.register_error_handler(429, self._throttled)
+
+    @staticmethod
+    def _throttled(error: Exception) -> flask.Response:
+        description = getattr(error, "description", "too many requests")
+        response = _json_error(429, str(description))
+        retry = getattr(error, "retry_after", None)
+        if isinstance(retry, int | float) and retry > 0:
+            response.headers["Retry-After"] = str(int(retry))
+        return response
+
+    def _load_user(self, user_id: str) -> Operator | None:
+        return Operator(user_id) if self.enabled and isinstance(user_id, str) and _NAME_RE.match(user_id) else None
+
+    def _load_basic_user(self, request: flask.Request) -> Operator | None:
+        credentials = _basic_credentials(request.headers.get("Authorization", ""))
+        if credentials is None or not self.enabled:
+            return None
+        user, password = credentials
+        return Operator(user) if _NAME_RE.match(user) and self._password_ok(password) else None
 
     def _login(self) -> flask.Response:
         form = flask.request.form
-        target = form.get("next", "/faults")
-        if not isinstance(target, str) or not target.startswith("/") or target.startswith("//") or "\\" in target:
-            target = "/faults"
+        target = safe_next(form.get("next"))
         if not self.enabled:
             return flask.redirect(f"{self.login_page}?error=disabled", code=303)
         name = (form.get("operator") or "").strip()
@@ -193,9 +300,12 @@ class OperatorAuth:
         if not self._password_ok(form.get("password") or ""):
             return flask.redirect(f"{self.login_page}?error=password&next={quote(target)}", code=303)
         flask.session.clear()
-        flask.session["operator"] = name
+        flask_login.login_user(Operator(name), remember=False, fresh=True)
+        # A new session id at login: an id planted before it (session fixation) is worth nothing.
+        flask.current_app.session_interface.regenerate(flask.session)  # type: ignore[attr-defined]
         return flask.redirect(target, code=303)
 
     def _logout(self) -> flask.Response:
-        flask.session.clear()
+        flask_login.logout_user()
+        flask.session.clear()  # Flask-Session deletes it on the server and expires the cookie
         return flask.redirect("/", code=303)

@@ -29,6 +29,7 @@ from controllers.api import NetworkLimits
 from twin.commands import CommandChannel
 from twin.records.kpis import KPI_LABELS, compute_kpis, kpi_table
 from twin.records.recorder import PolicyRecords
+from twin.names import is_policy_name
 from twin.records.runstore import RunStore, policy_dir
 from twin.grid.topology import FEEDER_FILENAME, FeederTopology, TopologyError, read_feeder_topology
 
@@ -81,6 +82,12 @@ class LedgerView:
     #: time.monotonic() when this view was read, and the wall-clock time (UTC) for display
     read_at: float = 0.0
     read_utc: str = ""
+    #: "ok" | "incomplete" (no closing checkpoint yet: a run still going, or killed) | "failed"
+    status: str = "ok"
+    #: why an intact ledger is not complete, and whether signatures were checked against a trusted key
+    notes: tuple[str, ...] = ()
+    #: where the trusted operator key came from; "" when none is configured (signatures not checked)
+    trusted_key_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,10 @@ class RunData:
         return max(0.0, (pd.Timestamp(datetime.now(UTC)) - updated).total_seconds())
 
     def policies(self) -> list[str]:
-        return [str(p) for p in self.meta().get("policies", [])]
+        """The run's policies; a name that could not be a policy folder (a crafted meta.json) is left out,
+        so nothing outside the run folder is ever read."""
+        listed = self.meta().get("policies", [])
+        return [p for p in listed if is_policy_name(p)] if isinstance(listed, list) else []
 
     def run_name(self) -> str:
         scenario = self.meta().get("scenario")
@@ -221,6 +231,8 @@ class RunData:
     def table(self, policy: str, name: str) -> pd.DataFrame:
         """All parts written so far of one policy's table (empty frame when there are none). Parts are
         immutable once renamed into place, so only parts not seen before are read."""
+        if policy not in self.policies():  # only the run's own policy folders, whatever a request names
+            return pd.DataFrame()
         folder = policy_dir(self.run_dir, policy) / name
         with self._lock:
             cache = self._tables.setdefault((policy, name), _TableCache())
@@ -453,23 +465,28 @@ def _wide_to_pandas(table: pa.Table) -> pd.DataFrame:
 
 
 def _read_ledger(path: Path) -> LedgerView:
+    from twin.settlement.keystore import trusted_key
     from twin.settlement.ledger import Ledger, LedgerError, verify
     from twin.settlement.money import from_micro
 
     empty = pd.DataFrame(columns=["participants"], dtype=object)
     try:
-        report = verify(path)
+        # Only a key configured on this machine is trusted, never one found in the run folder; without one
+        # the file's consistency is still shown, flagged as not checked against a trusted key.
+        trusted = trusted_key()
+        report = verify(path, public_key=trusted.public_key if trusted else None, unsigned=trusted is None)
         ledger = Ledger.open(path, read_only=True)
     except (LedgerError, OSError, ValueError) as exc:
         return LedgerView(entries=0, verified=False, problems=(str(exc),), first_bad_entry=None, checkpoints=0,
                           last_checkpoint=None, balances={}, participants=(), payments=empty, error=str(exc),
-                          read_at=time.monotonic(), read_utc=_now_text())
+                          read_at=time.monotonic(), read_utc=_now_text(), status="failed")
     try:
         checkpoint = ledger.last_checkpoint()
         last = None
         if checkpoint is not None:
             last = {"id": checkpoint.id, "tree_size": checkpoint.tree_size, "root_hash": checkpoint.root_hash,
-                    "public_key": checkpoint.public_key, "signature_ok": checkpoint.signature_ok()}
+                    "public_key": checkpoint.public_key, "signature_ok": checkpoint.signature_ok(
+                        public_key=trusted.public_key if trusted else None)}
         paid: dict[pd.Timestamp, Decimal] = {}
         for entry in ledger.entries():
             fields = entry.fields
@@ -485,7 +502,8 @@ def _read_ledger(path: Path) -> LedgerView:
     return LedgerView(entries=report.entries, verified=report.ok, problems=tuple(report.problems),
                       first_bad_entry=report.first_bad_entry, checkpoints=report.checkpoints, last_checkpoint=last,
                       balances=balances, participants=participants, payments=payments,
-                      read_at=time.monotonic(), read_utc=_now_text())
+                      read_at=time.monotonic(), read_utc=_now_text(), status=report.status.value,
+                      notes=report.notes, trusted_key_source=trusted.source if trusted else "")
 
 
 def _now_text() -> str:

@@ -174,10 +174,15 @@ def overview_alarms(data: RunData, *, stale_after_s: float = 60.0) -> list[Alarm
                                     f"{latest['detail']}"))
     for label in data.ledgers():
         ledger = _safe_ledger(data, label)
-        if ledger is not None and not ledger.verified:
-            where = f" (first bad entry {ledger.first_bad_entry})" if ledger.first_bad_entry else ""
-            alarms.append(Alarm("critical", f"settlement ledger does not verify{where}: {'; '.join(ledger.problems)}",
-                                label))
+        if ledger is None or ledger.verified:
+            continue
+        if ledger.status == "incomplete":
+            if status.get("state") != "running":  # while the twin runs, an open ledger is expected
+                alarms.append(Alarm("warning", f"settlement ledger is incomplete: {'; '.join(ledger.notes)}", label))
+            continue
+        where = f" (first bad entry {ledger.first_bad_entry})" if ledger.first_bad_entry else ""
+        alarms.append(Alarm("critical", f"settlement ledger does not verify{where}: {'; '.join(ledger.problems)}",
+                            label))
     return alarms
 
 
@@ -341,10 +346,17 @@ def settlement_status(data: RunData, label: str | None) -> tuple[Any, Any, go.Fi
     ledger = _safe_ledger(data, label) if label else None
     if ledger is None:
         return notice(NO_LEDGER, kind="info"), None, empty_figure(NO_LEDGER), []
+    trust = (f"signatures checked against the operator key from {ledger.trusted_key_source}"
+             if ledger.trusted_key_source else
+             "signatures NOT checked against a trusted operator key (none configured on this machine)")
     if ledger.verified:
         status = [html.Span("verified", className="badge badge-ok"),
                   f" {label}: {ledger.entries:,} entries; hash chain, balances and {ledger.checkpoints} signed "
-                  f"checkpoint(s) check out (verified at {ledger.read_utc})"]
+                  f"checkpoint(s) check out, closed (verified at {ledger.read_utc}); {trust}"]
+    elif ledger.status == "incomplete":
+        status = [html.Span("open", className="badge badge-warning"),
+                  f" {label}: {ledger.entries:,} entries; intact so far, {'; '.join(ledger.notes)} "
+                  f"(at {ledger.read_utc}); {trust}"]
     else:
         where = f" — first bad entry: {ledger.first_bad_entry}" if ledger.first_bad_entry else ""
         status = [html.Span("FAILED", className="badge badge-critical"),
@@ -570,8 +582,9 @@ def page_layout(path: str, data: RunData, *, operator: str | None, auth_enabled:
     if path == "/studies":
         return studies_layout(data)
     if path == "/login":
-        nxt = query.get("next", "/faults")
-        nxt = nxt if nxt.startswith("/") and not nxt.startswith("//") else "/faults"
+        from dashboards.auth import safe_next
+
+        nxt = safe_next(query.get("next"))
         return login_layout(error=query.get("error", ""), next_path=nxt, operator=operator, auth_enabled=auth_enabled)
     return html.Div(notice(f"no page at {path}", kind="warning"), className="panel", id="not-found")
 
@@ -583,16 +596,21 @@ def submit_fault(data: RunData, *, operator: str, kind: Any, duration: Any, part
     """
     from twin.commands import CommandError, OperatorCommand
 
-    state = data.status().get("state")
+    status = data.status()
+    state = status.get("state")
     if state != "running":
         return False, f"the run is {state or 'not started'}: no twin is running to apply a command"
     payload: dict[str, Any] = {"kind": kind, "duration": duration, "operator": operator}
     if kind == CommandKind.PARTICIPANT_DROPOUT.value:
-        if participant not in data.participants():
+        if not isinstance(participant, str) or participant not in data.participants():
             return False, f"participant_id={participant!r}: not a participant of this run"
         payload["participant_id"] = participant
+    # The window must fit in what is left of the run: it applies from the twin's next interval.
+    bounds = data.commands.bounds()
+    done = status.get("done")
+    applies_at = bounds.interval_at(done) if bounds is not None and isinstance(done, int) else None
     try:
-        command = OperatorCommand.from_dict(payload)
+        command = OperatorCommand.from_dict(payload, bounds=bounds, applies_at=applies_at)
     except CommandError as exc:
         return False, str(exc)
     command_id = data.commands.submit(command)

@@ -181,10 +181,8 @@ class SyntheticTwin:
                                                     detail={"kind": "capacity"}))
                 outcome = ledger.append_all(drafts)
                 if outcome.appended and (i + 1) % checkpoint_every == 0:
-                    ledger.checkpoint()
-            if ledger.size() and (ledger.last_checkpoint() is None
-                                  or ledger.last_checkpoint().tree_size < ledger.size()):
-                ledger.checkpoint()
+                    ledger.checkpoint(closing=i + 1 == self.done)
+            ledger.checkpoint(closing=True)  # as the engine's settlement does when it stops
 
     def _take_commands(self, time: pd.Timestamp) -> None:
         for command, path, reason in self.channel.take():

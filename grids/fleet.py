@@ -377,6 +377,9 @@ def generate_ev_sessions(
     grid. ``energy_mwh`` is what the car's battery must receive by departure (about 10 kWh, sd 4 kWh, within
     2-30 kWh), capped at what the charger can deliver: ``p_max_mw × eta_charge × (departure − arrival)``.
     A departure may fall after ``end``. Columns ``asset_id, arrival, departure, energy_mwh``, sorted by arrival.
+
+    Prefix-stable: each evening's draws come from a generator of its own, seeded by ``seed`` and the date, so
+    a day's sessions are the same whether the period holds that one day or a whole year.
     """
     start_ts, end_ts = utc_timestamp(start, name="start"), utc_timestamp(end, name="end")
     step = pd.Timedelta(step)
@@ -386,12 +389,17 @@ def generate_ev_sessions(
         raise FleetError(f"step={step} must be positive")
     evs = fleet[fleet["kind"] == AssetKind.EV_CHARGER].sort_index()
     days = pd.date_range(start_ts.floor("D") - pd.Timedelta("1D"), end_ts.ceil("D"), freq="D")
-    rng = np.random.default_rng(seed)
     shape = (len(evs), len(days))
-    plugged = rng.random(shape) < EV_PLUG_IN_PROBABILITY
-    arrival_offset = _clipped_normal(rng, EV_ARRIVAL_MEAN, EV_ARRIVAL_SD, EV_ARRIVAL_RANGE, shape)
-    departure_offset = _clipped_normal(rng, EV_DEPARTURE_MEAN, EV_DEPARTURE_SD, EV_DEPARTURE_RANGE, shape)
-    energy = np.clip(rng.normal(EV_ENERGY_MEAN_MWH, EV_ENERGY_SD_MWH, shape), *EV_ENERGY_RANGE_MWH)
+    plugged = np.empty(shape, dtype=bool)
+    arrival_offset = np.empty(shape, dtype="timedelta64[ns]")
+    departure_offset = np.empty(shape, dtype="timedelta64[ns]")
+    energy = np.empty(shape)
+    for k, day in enumerate(days):
+        rng = np.random.default_rng([seed % 2**64, day.toordinal()])  # this evening's draws only: prefix-stable
+        plugged[:, k] = rng.random(len(evs)) < EV_PLUG_IN_PROBABILITY
+        arrival_offset[:, k] = _clipped_normal(rng, EV_ARRIVAL_MEAN, EV_ARRIVAL_SD, EV_ARRIVAL_RANGE, len(evs))
+        departure_offset[:, k] = _clipped_normal(rng, EV_DEPARTURE_MEAN, EV_DEPARTURE_SD, EV_DEPARTURE_RANGE, len(evs))
+        energy[:, k] = np.clip(rng.normal(EV_ENERGY_MEAN_MWH, EV_ENERGY_SD_MWH, len(evs)), *EV_ENERGY_RANGE_MWH)
     day_ns = days.tz_convert(None).to_numpy().astype("datetime64[ns]")[None, :]
     arrival = _floor_to_grid(day_ns + arrival_offset, step)
     departure = _floor_to_grid(day_ns + np.timedelta64(1, "D") + departure_offset, step)
@@ -417,7 +425,7 @@ def _clipped_normal(
     mean: pd.Timedelta,
     sd: pd.Timedelta,
     bounds: tuple[pd.Timedelta, pd.Timedelta],
-    shape: tuple[int, int],
+    shape: int | tuple[int, ...],
 ) -> np.ndarray:
     minutes = np.clip(
         rng.normal(mean / pd.Timedelta("1min"), sd / pd.Timedelta("1min"), shape),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +13,13 @@ import pytest
 
 from twin.inputs import RunInputs, build_inputs
 from twin.scenario import Scenario, parse_scenario
+
+# Tests never touch a developer's own operator key: one throw-away key store per test session, set before
+# anything opens a ledger (subprocesses inherit it).
+_KEY_STORE = tempfile.mkdtemp(prefix="gridtwin-test-keys-")
+os.environ["GRIDTWIN_KEY_DIR"] = _KEY_STORE
+os.environ.pop("GRIDTWIN_TRUSTED_KEY", None)
+atexit.register(shutil.rmtree, _KEY_STORE, ignore_errors=True)
 
 ONE_DAY_RURAL: dict[str, Any] = {
     "name": "rural-day",

@@ -18,20 +18,29 @@ from twin.live.broker import MosquittoBroker
 from twin.live.device import DeviceClient, encode_payload
 from twin.live.ingest import Ingestor, IngestPolicy, MqttIngest, RawMessage
 from twin.live.messages import Channel, DeviceAddress
-from twin.live.signing import KeyRegistry, derive_private_key, sign_payload
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-SEED = 20240601
+from twin.live.signing import KeyRegistry, new_private_key, sign_payload
+
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+_DEVICE_KEYS: dict[str, Ed25519PrivateKey] = {}
+
+
+def device_key(device_id: str) -> Ed25519PrivateKey:
+    """The device's signing key: random, made once per test process, as provisioning makes one per device."""
+    if device_id not in _DEVICE_KEYS:
+        _DEVICE_KEYS[device_id] = new_private_key()
+    return _DEVICE_KEYS[device_id]
 
 
 def make_fleet(n: int, *, site: str = "feeder1", kind: str = "battery", prefix: str = "dev") -> list[DeviceAddress]:
     return [DeviceAddress(site=site, kind=kind, device_id=f"{prefix}{i:04d}") for i in range(n)]  # type: ignore[arg-type]
 
 
-def registry_for(devices: list[DeviceAddress], *, seed: int = SEED) -> KeyRegistry:
+def registry_for(devices: list[DeviceAddress]) -> KeyRegistry:
     keys = KeyRegistry()
     for device in devices:
-        keys.add(device_id=device.device_id, public_key=derive_private_key(seed=seed, device_id=device.device_id).public_key())
+        keys.add(device_id=device.device_id, public_key=device_key(device.device_id).public_key())
     return keys
 
 
@@ -50,10 +59,10 @@ def telemetry_dict(device_id: str, *, seq: int, ts: datetime, p_kw: float = 1.5,
 
 
 def signed_telemetry(
-    device: DeviceAddress, *, seq: int, ts: datetime, seed: int = SEED, signer: str | None = None, **extra: Any
+    device: DeviceAddress, *, seq: int, ts: datetime, signer: str | None = None, **extra: Any
 ) -> bytes:
     """Telemetry for ``device`` signed for its own telemetry topic (by ``signer``'s key if given)."""
-    key = derive_private_key(seed=seed, device_id=signer or device.device_id)
+    key = device_key(signer or device.device_id)
     payload = telemetry_dict(device.device_id, seq=seq, ts=ts, **extra)
     return encode_payload(sign_payload(payload, topic=device.topic(Channel.TELEMETRY), private_key=key))
 
@@ -65,7 +74,7 @@ def raw(device: DeviceAddress, payload: bytes, *, received_at: datetime, channel
 def device_client(broker: MosquittoBroker, device: DeviceAddress, *, keepalive_s: int = 10) -> DeviceClient:
     return DeviceClient(
         address=device,
-        private_key=derive_private_key(seed=SEED, device_id=device.device_id),
+        private_key=device_key(device.device_id),
         credentials=broker.credentials(device.device_id),
         host=broker.host,
         port=broker.port,

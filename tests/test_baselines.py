@@ -180,3 +180,45 @@ def test_days_and_weekends_are_judged_in_the_local_calendar():
     assert set(local.kw) == {Decimal(100)} and local.days[0] == date(2024, 7, 16)
     utc = caiso_10_in_10(load_kw=load, event_start=start, event_end=end, adjust=False)
     assert set(utc.kw) == {Decimal(100) - Decimal(60) * 2 / 10}  # two of ten days are local Saturdays: 88 kW
+
+
+def test_pjm_pays_a_net_exporter_nothing_for_no_response():
+    # A PV household exports 2 kW all day, every day, event day included: B = −2 kW, Δ = mean(−2 − (−2)) = 0,
+    # B′ = −2 kW (no floor at 0). Event 16:00–18:00 at −2 kW → Σ max(0, −2 − (−2)) × 1 h = 0 kWh.
+    # With the old floor B′ = 0 it was paid max(0, 0 − (−2)) × 2 h = 4 kWh, 2.00 EUR at 0.50 EUR/kWh.
+    load = series(lambda ts: -2)
+    baseline = pjm_high_4_of_5(load_kw=load, event_start=EVENT_START, event_end=pd.Timestamp("2024-07-17T18:00Z"))
+    assert set(baseline.kw) == {Decimal(-2)} and baseline.adjustment == 0
+    assert performance_kwh(baseline=baseline, load_kw=load) == Decimal(0)
+    # A real reduction is still paid: exporting 3 kW more (−5 kW) for the 2 h → (−2 − (−5)) × 2 = 6 kWh.
+    responded = series(lambda ts: event_day_profile(ts, before=-2, during=-5, other=-2))
+    assert performance_kwh(baseline=baseline, load_kw=responded) == Decimal(6)
+
+
+def test_pjm_low_usage_screen_replaces_days_below_25_percent():
+    # Weekdays before Wed 17 July, most recent first: 16th 100 kW, 15th 10 kW, 12th 110 kW, 11th 15 kW,
+    # 10th 120 kW, 9th 90 kW, 8th 130 kW; older weekdays 60 kW. The 5 most recent average
+    # (100 + 10 + 110 + 15 + 120) / 5 = 71 kW over the event hours; 25 % of it is 17.75 kW, so the 15th (10) and
+    # the 11th (15) are low-usage days, replaced by the next weekdays, the 9th (90) and the 8th (130).
+    # Highest 4 of (100, 110, 120, 90, 130): 130, 120, 110, 100 → B = 115 kW; window at 115 kW → Δ = 0.
+    # Event 16:00–18:00 at 85 kW → (115 − 85) × 2 h = 60 kWh. Without the screen the highest 4 of
+    # (100, 10, 110, 15, 120) are 120, 110, 100, 15 → B = 86.25 kW.
+    levels = {date(2024, 7, 16): 100, date(2024, 7, 15): 10, date(2024, 7, 12): 110, date(2024, 7, 11): 15,
+              date(2024, 7, 10): 120, date(2024, 7, 9): 90, date(2024, 7, 8): 130}
+    load = series(lambda ts: event_day_profile(ts, before=115, during=85, other=lambda d: levels.get(d, 60)))
+    end = pd.Timestamp("2024-07-17T18:00Z")
+    baseline = pjm_high_4_of_5(load_kw=load, event_start=EVENT_START, event_end=end)
+    assert baseline.screened_out == (date(2024, 7, 15), date(2024, 7, 11))
+    assert baseline.days == (date(2024, 7, 16), date(2024, 7, 12), date(2024, 7, 10), date(2024, 7, 8))
+    assert set(baseline.unadjusted_kw) == {Decimal(115)} and baseline.adjustment == 0
+    assert performance_kwh(baseline=baseline, load_kw=load) == Decimal(60)
+    unscreened = pjm_high_4_of_5(load_kw=load, event_start=EVENT_START, event_end=end, low_usage_share=None)
+    assert set(unscreened.unadjusted_kw) == {Decimal("86.25")}
+
+
+def test_pjm_low_usage_screen_needs_enough_days_that_pass():
+    # Only the 16th and 15th are normal (100 kW); every other weekday idles at 1 kW. The first five average
+    # (100 + 100 + 1 + 1 + 1) / 5 = 40.6 kW → threshold 10.15 kW: just two days pass in 45 days.
+    load = series(lambda ts: 100 if ts.date() in (date(2024, 7, 16), date(2024, 7, 15)) else 1)
+    with pytest.raises(BaselineError, match=r"2 eligible weekday day\(s\).*screened out as low-usage days"):
+        pjm_high_4_of_5(load_kw=load, event_start=EVENT_START, event_end=EVENT_END)

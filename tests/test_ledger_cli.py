@@ -25,7 +25,7 @@ def run_dir(tmp_path):
             ledger.append(EntryDraft.create(
                 key=EntryKey(run_id="r1", interval_start=T0 + i * Q, participant=who, rule="capacity", rule_version="1"),
                 interval_end=T0 + (i + 1) * Q, postings={"operator": -amount, f"participant:{who}": amount}))
-        ledger.checkpoint()
+        ledger.checkpoint(closing=True)
     return run
 
 
@@ -73,7 +73,7 @@ def test_prove_prints_and_verifies_an_inclusion_proof(run_dir):
     result = runner.invoke(ledger_app, ["prove", str(run_dir), "4"])
     assert result.exit_code == 0, result.output
     assert "verified: entry 4 is included in the signed tree of 6 entries" in result.stdout
-    assert "path[2]" in result.stdout and "(the operator key file)" in result.stdout
+    assert "path[2]" in result.stdout and "(trusted: the key store" in result.stdout
     result = runner.invoke(ledger_app, ["prove", str(run_dir), "7"])
     assert result.exit_code == 2 and "entry 7 is not in" in result.output
 
@@ -84,4 +84,5 @@ def test_prove_refuses_entries_not_yet_covered_by_a_checkpoint(run_dir):
             key=EntryKey(run_id="r1", interval_start=T0 + 9 * Q, participant="bob", rule="capacity", rule_version="1"),
             interval_end=T0 + 10 * Q, postings={"operator": -1, "participant:bob": 1}))
     result = runner.invoke(ledger_app, ["prove", str(run_dir), "7"])
-    assert result.exit_code == 1 and "not covered by checkpoint 1" in result.stderr
+    # Appending reopened the closed ledger with a signed head at 6 entries (checkpoint 2): 7 is not covered.
+    assert result.exit_code == 1 and "not covered by checkpoint 2" in result.stderr

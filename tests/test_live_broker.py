@@ -16,11 +16,12 @@ import pytest
 from twin.live.broker import BrokerCredentials, MosquittoBroker, MosquittoNotFoundError, find_mosquitto, hash_password
 from twin.live.messages import Channel, DeviceState
 from twin.live.mqtt import MqttConnectError, connect_and_wait, make_client
+from twin.live.signing import private_key_b64
 
 try:
-    from live_fixtures import BROKER_FLEET, SEED, T0, device_client, ingest_factory, live_broker, signed_telemetry
+    from live_fixtures import BROKER_FLEET, T0, device_key, device_client, ingest_factory, live_broker, signed_telemetry
 except ImportError:  # tests/ collected as a package
-    from tests.live_fixtures import BROKER_FLEET, SEED, T0, device_client, ingest_factory, live_broker, signed_telemetry
+    from tests.live_fixtures import BROKER_FLEET, T0, device_key, device_client, ingest_factory, live_broker, signed_telemetry
 
 __all__ = ["ingest_factory", "live_broker"]  # fixtures, imported for pytest
 
@@ -128,12 +129,12 @@ _KILLABLE_DEVICE = textwrap.dedent(
     from twin.live.broker import BrokerCredentials
     from twin.live.device import DeviceClient
     from twin.live.messages import DeviceAddress
-    from twin.live.signing import derive_private_key
+    from twin.live.signing import private_key_from_b64
 
-    site, kind, device_id, host, port, seed = sys.argv[1:]
+    site, kind, device_id, host, port = sys.argv[1:]
     client = DeviceClient(
         address=DeviceAddress(site=site, kind=kind, device_id=device_id),
-        private_key=derive_private_key(seed=int(seed), device_id=device_id),
+        private_key=private_key_from_b64(os.environ["DEVICE_KEY"]),
         credentials=BrokerCredentials(username=device_id, password=os.environ["DEVICE_PASSWORD"]),
         host=host, port=int(port), keepalive_s=60,
     )
@@ -146,10 +147,11 @@ _KILLABLE_DEVICE = textwrap.dedent(
 
 def test_killed_device_gets_retained_offline_status_by_last_will(live_broker: MosquittoBroker, ingest_factory) -> None:
     ingest = ingest_factory()
-    env = {**os.environ, "DEVICE_PASSWORD": live_broker.credentials(SPARE.device_id).password}
+    env = {**os.environ, "DEVICE_PASSWORD": live_broker.credentials(SPARE.device_id).password,
+           "DEVICE_KEY": private_key_b64(device_key(SPARE.device_id))}
     process = subprocess.Popen(
         [sys.executable, "-c", _KILLABLE_DEVICE, SPARE.site, SPARE.kind.value, SPARE.device_id,
-         live_broker.host, str(live_broker.port), str(SEED)],
+         live_broker.host, str(live_broker.port)],
         stdout=subprocess.PIPE, env=env, text=True,
     )
     try:

@@ -41,6 +41,9 @@ pytestmark = pytest.mark.slow
 
 SPEED = 450.0  # a 15-minute interval every 2 s
 CHARGE_KW = 1.0
+#: The twin and the devices share one clock anchor (each keeps its own clock): enough lead for the twin's
+#: warm-up and every device's connection before simulated time starts.
+LEAD_S = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def broker(live_case: tuple[Scenario, RunInputs], tmp_path: Path) -> Iterator[Br
 class _Field:
     """The simulator in a background thread; ``sim`` is available once every device is connected."""
 
-    def __init__(self, scenario: Scenario, inputs: RunInputs, setup: BrokerSetup, *, start_in_s: float) -> None:
+    def __init__(self, scenario: Scenario, inputs: RunInputs, setup: BrokerSetup, *, start_at: float) -> None:
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.sim: FieldSimulator | None = None
@@ -91,7 +94,7 @@ class _Field:
                 self.report = run_devices(
                     scenario, broker_host=setup.broker.host, broker_port=setup.broker.port,
                     credentials=setup.credentials_path, speed=SPEED, inputs=inputs,
-                    start_at=time.time() + start_in_s, stop=self.stop, on_ready=on_ready,
+                    start_at=start_at, stop=self.stop, on_ready=on_ready,
                 )
             except BaseException as exc:  # surfaced by join()
                 self.error = exc
@@ -112,11 +115,11 @@ class _Field:
         return self.report
 
 
-def _twin(scenario: Scenario, inputs: RunInputs, setup: BrokerSetup, out: Path) -> LiveTwin:
+def _twin(scenario: Scenario, inputs: RunInputs, setup: BrokerSetup, out: Path, *, start_at: float) -> LiveTwin:
     return LiveTwin(
         scenario=scenario, credentials=LiveCredentials.from_file(setup.credentials_path),
         keys=KeyRegistry.from_file(setup.keys_path), operator_key=load_operator_key(setup.operator_key_path),
-        control="charge", speed=SPEED, out=out, inputs=inputs,
+        control="charge", speed=SPEED, out=out, inputs=inputs, start_at=start_at,
     )
 
 
@@ -153,10 +156,11 @@ def test_setpoints_reach_devices_and_a_killed_site_falls_back(live_case, broker:
     victim = str(batteries[0])
     site = str(inputs.assets.at[victim, "participant_id"])
     out = tmp_path / "run"
-    twin = _twin(scenario, inputs, broker, out).start()
+    anchor = time.time() + LEAD_S
+    twin = _twin(scenario, inputs, broker, out, start_at=anchor).start()
     stop = threading.Event()
     try:
-        field = _Field(scenario, inputs, broker, start_in_s=1.0)
+        field = _Field(scenario, inputs, broker, start_at=anchor)
         thread, box = _run_in_thread(twin, stop)
         _wait_done(out, 3, timeout_s=60)
         assert field.sim is not None
@@ -209,18 +213,19 @@ def test_setpoints_reach_devices_and_a_killed_site_falls_back(live_case, broker:
 def test_twin_restart_with_persistent_session_loses_no_telemetry(live_case, broker: BrokerSetup, tmp_path: Path) -> None:
     scenario, inputs = live_case
     out = tmp_path / "run"
-    first = _twin(scenario, inputs, broker, out).start()
+    anchor = time.time() + LEAD_S
+    first = _twin(scenario, inputs, broker, out, start_at=anchor).start()
     stop = threading.Event()
-    field = _Field(scenario, inputs, broker, start_in_s=1.0)
+    field = _Field(scenario, inputs, broker, start_at=anchor)
     thread, box = _run_in_thread(first, stop)
     _wait_done(out, 3, timeout_s=60)
     stop.set()
     thread.join(30)
     first.crash()  # no DISCONNECT: the broker keeps the session and queues QoS-1 telemetry for it
     time.sleep(2 * scenario.step.total_seconds() / SPEED)  # two intervals of telemetry pile up meanwhile
-    second = _twin(scenario, inputs, broker, out).start()
+    second = _twin(scenario, inputs, broker, out, start_at=anchor).start()  # the run's own clock and session
     try:
-        assert second.resume_at > scenario.start
+        assert second.resume_at > scenario.start and second.client_id == first.client_id
         result = second.run()
         report = field.join(timeout_s=60)
     finally:

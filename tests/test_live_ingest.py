@@ -20,16 +20,16 @@ from twin.live.broker import MosquittoBroker
 from twin.live.device import DeviceClient, encode_payload
 from twin.live.ingest import MqttIngest
 from twin.live.messages import Channel
-from twin.live.signing import derive_private_key, sign_payload
+from twin.live.signing import sign_payload
 
 try:
     from live_fixtures import (
-        BROKER_FLEET, SEED, archive_telemetry_rows, device_client, ingest_factory, live_broker, registry_for,
+        BROKER_FLEET, archive_telemetry_rows, device_key, device_client, ingest_factory, live_broker, registry_for,
         signed_telemetry, telemetry_dict,
     )
 except ImportError:  # tests/ collected as a package
     from tests.live_fixtures import (
-        BROKER_FLEET, SEED, archive_telemetry_rows, device_client, ingest_factory, live_broker, registry_for,
+        BROKER_FLEET, archive_telemetry_rows, device_key, device_client, ingest_factory, live_broker, registry_for,
         signed_telemetry, telemetry_dict,
     )
 
@@ -99,7 +99,7 @@ def test_hostile_messages_are_rejected_with_reason_and_archived(live_broker: Mos
     ingest = ingest_factory()
     device = BROKER_FLEET[10]
     other = BROKER_FLEET[11]
-    own_key = derive_private_key(seed=SEED, device_id=device.device_id)
+    own_key = device_key(device.device_id)
     now = datetime.now(UTC)
     good = signed_telemetry(device, seq=0, ts=now)
     flipped = good.replace(b'"p_kw":1.5', b'"p_kw":0.5')  # '1' (0x31) → '0' (0x30): one bit

@@ -12,13 +12,14 @@ import pytest
 
 from twin.live.ingest import SAMPLE_COLUMNS, Ingestor, IngestPolicy, RawMessage, Verdict
 from twin.live.messages import Channel, MessageError, parse_topic
-from twin.live.signing import KeyRegistry, SignatureCheck, derive_private_key, sign_payload, verify_payload
+from twin.live.signing import KeyRegistry, SignatureCheck, new_private_key, sign_payload, verify_payload
 from twin.telemetry import Quality, validate_telemetry
 
 try:
-    from live_fixtures import T0, json_bytes, make_fleet, raw, registry_for, signed_telemetry, telemetry_dict
+    from live_fixtures import T0, device_key, json_bytes, make_fleet, raw, registry_for, signed_telemetry, telemetry_dict
 except ImportError:  # tests/ collected as a package
-    from tests.live_fixtures import T0, json_bytes, make_fleet, raw, registry_for, signed_telemetry, telemetry_dict
+    from tests.live_fixtures import (T0, device_key, json_bytes, make_fleet, raw, registry_for, signed_telemetry,
+                                     telemetry_dict)
 
 FLEET = make_fleet(3)
 A, B, C = FLEET
@@ -96,12 +97,12 @@ def _cases() -> dict[str, tuple[RawMessage, str]]:
     wrong_key = signed_telemetry(A, seq=1, ts=T0, signer=B.device_id)
     mismatched = sign_payload(  # A signs, on its own topic, a payload claiming to be B
         telemetry_dict(B.device_id, seq=1, ts=T0), topic=A.topic(Channel.TELEMETRY),
-        private_key=derive_private_key(seed=20240601, device_id=A.device_id),
+        private_key=device_key(A.device_id),
     )
     other_site = A.__class__(site="feeder2", kind=A.kind, device_id=A.device_id)
     schema = sign_payload(
         telemetry_dict(A.device_id, seq=-3, ts=T0), topic=A.topic(Channel.TELEMETRY),
-        private_key=derive_private_key(seed=20240601, device_id=A.device_id),
+        private_key=device_key(A.device_id),
     )
     ahead = signed_telemetry(A, seq=1, ts=T0 + timedelta(minutes=6))
     unknown = make_fleet(1, prefix="ghost")[0]
@@ -183,7 +184,7 @@ def test_offline_devices_by_silence_and_never_seen(ingestor: Ingestor) -> None:
 
 
 def test_signature_covers_topic_and_every_field() -> None:
-    key = derive_private_key(seed=1, device_id="x")
+    key = new_private_key()
     payload = telemetry_dict("x", seq=0, ts=T0)
     signed = sign_payload(payload, topic="der/s/pv/x/telemetry", private_key=key)
     public = key.public_key()

@@ -103,3 +103,33 @@ def test_settle_community_always_balances_to_the_micro_unit(method):
     # The grid's side is λb × net import whatever the method: D = 1.234567 + 0.333333 + 6.500001, S = 3.141593.
     assert result.grid_micro == round((Decimal("8.067901") - Decimal("3.141593")) * Decimal("0.2917") * 10**6)
     assert result.amounts_micro["c"] > 0 or method == P2PMethod.BILL_SHARING
+
+
+def test_bill_sharing_charges_a_net_importer_exactly_zero_in_surplus():
+    # alice exports 2.437225 kWh, bob 1.765265, carol imports 2.934600: S = 4.202490, D = 2.934600.
+    # Net export 1.267890 kWh × 0.05 = 0.0633945 → the grid pays 0.063394 (half-even), 63394 micro-units.
+    # The sellers share exactly that: quotas 63394 × 2.437225 / 4.202490 = 36765.21 and × 1.765265 / 4.202490
+    # = 26628.79 → floors 36765 + 26628 = 63393, the leftover unit to the larger remainder (bob) → 26629.
+    # carol pays exactly 0. (Through the rounded price, sell × S rounded to 63395, and carol paid 1.)
+    result = settle_community(imports_kwh={"carol": Decimal("2.934600")},
+                              exports_kwh={"alice": Decimal("2.437225"), "bob": Decimal("1.765265")},
+                              grid_buy=LB, feed_in=LS, method=P2PMethod.BILL_SHARING)
+    assert result.grid_micro == -63394
+    assert dict(result.amounts_micro) == {"alice": 36765, "bob": 26629, "carol": 0}
+    assert sum(result.amounts_micro.values()) + result.grid_micro == 0
+
+
+def test_bill_sharing_never_bills_the_idle_side_over_many_intervals():
+    import random
+
+    rng = random.Random(15)
+    for _ in range(2000):
+        kwh = [Decimal(rng.randint(0, 9_000_000)) / 10**6 for _ in range(4)]
+        result = settle_community(imports_kwh={"a": kwh[0], "b": kwh[1]}, exports_kwh={"c": kwh[2], "d": kwh[3]},
+                                  grid_buy=Decimal("0.2917"), feed_in=Decimal("0.0613"), method="bill_sharing")
+        buyers = result.amounts_micro["a"] + result.amounts_micro["b"]
+        sellers = result.amounts_micro["c"] + result.amounts_micro["d"]
+        if result.supply_kwh >= result.demand_kwh:
+            assert buyers == 0 and sellers == -result.grid_micro
+        else:
+            assert sellers == 0 and buyers == -result.grid_micro

@@ -17,9 +17,11 @@ from twin.telemetry import (
     TelemetryError,
     align_to_step,
     export_simbench,
+    load_telemetry,
     profiles_to_telemetry,
     read_telemetry,
     telemetry_to_profiles,
+    validate_telemetry,
     write_telemetry,
 )
 
@@ -255,3 +257,84 @@ def test_export_simbench_writes_the_whole_year(tmp_path: Path, simbench_net) -> 
     assert metadata.num_rows == rows
     first = pq.read_table(path, columns=["ts", "device_id"]).slice(0, 1).to_pylist()[0]
     assert first["device_id"] == "load-0" and first["ts"] == pd.Timestamp("2016-01-01T00:00Z")
+
+
+# ------------------------------------------------------------------------------------ issue 15: duplicates,
+# dtypes, unknown devices; every error names the file, the row and the field.
+
+
+def test_a_repeated_message_is_dropped_and_counted(tmp_path: Path) -> None:
+    # Rows 1 and 3 are the same message received twice; row 2 shares the seq but is another quantity.
+    path = write_csv(tmp_path, GOOD_ROW, "2016-06-01T00:00:00Z,load-0,q_kvar,0.5,good,1", GOOD_ROW)
+    read = load_telemetry(path, known_devices={"load-0"})
+    assert read.rows_read == 3 and read.duplicates_dropped == 1
+    assert read.frame["quantity"].tolist() == ["p_kw", "q_kvar"]
+    assert read.frame["value"].tolist() == [1.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("second", "field", "shown"),
+    [
+        ("2016-06-01T00:00:00Z,load-0,p_kw,2.5,good,1", "value", "1.5 and 2.5"),
+        ("2016-06-01T00:15:00Z,load-0,p_kw,1.5,good,1", "ts", "'2016-06-01T00:00:00+00:00' and '2016-06-01T00:15:00+00:00'"),
+        ("2016-06-01T00:00:00Z,load-0,p_kw,1.5,estimated,1", "quality", "'good' and 'estimated'"),
+    ],
+)
+def test_a_repeated_seq_with_another_value_names_both_rows(tmp_path: Path, second: str, field: str, shown: str) -> None:
+    path = write_csv(tmp_path, GOOD_ROW, "2016-06-01T00:15:00Z,load-0,p_kw,9.0,good,2", second)
+    with pytest.raises(TelemetryError) as info:
+        read_telemetry(path)
+    message = str(info.value)
+    assert str(path) in message and "rows 1 and 3" in message
+    assert "device 'load-0' quantity 'p_kw' seq 1" in message and f"field {field!r}: {shown}" in message
+
+
+def test_booleans_and_other_non_numbers_are_refused(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"ts": pd.to_datetime(["2016-06-01T00:00Z", "2016-06-01T00:15Z"], utc=True),
+                          "device_id": "load-0", "quantity": "p_kw", "value": [True, False], "seq": [1, 2]})
+    path = tmp_path / "bools.parquet"
+    frame.to_parquet(path)
+    with pytest.raises(TelemetryError, match=rf"{path}: row 1: field 'value': value True is a boolean, not a number"):
+        read_telemetry(path)
+    mixed = frame.assign(value=pd.Series([1.0, True], dtype=object))
+    with pytest.raises(TelemetryError, match=r"row 2: field 'value': value True is a boolean"):
+        validate_telemetry(mixed, source="mixed")
+    stamps = frame.assign(value=frame["ts"])
+    with pytest.raises(TelemetryError, match=r"row 1: field 'value': .* has dtype datetime64\[.*\], not a number"):
+        validate_telemetry(stamps, source="stamps")
+    with pytest.raises(TelemetryError, match=r"row 1: field 'seq': value True is a boolean, not an integer"):
+        validate_telemetry(frame.assign(value=1.0, seq=[True, False]), source="seqs")
+    text = write_csv(tmp_path, "2016-06-01T00:00:00Z,load-0,p_kw,true,good,1")
+    with pytest.raises(TelemetryError, match=r"row 1: field 'value': value 'true' is not a number"):
+        read_telemetry(text)
+    huge = write_csv(tmp_path, "2016-06-01T00:00:00Z,load-0,p_kw,1.0,good,1e30")
+    with pytest.raises(TelemetryError, match=r"row 1: field 'seq': value '1e30' is not an integer"):
+        read_telemetry(huge)
+
+
+def test_unknown_devices_are_an_error_unless_ignored_and_counted(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, GOOD_ROW, "2016-06-01T00:00:00Z,meter-9,p_kw,3.0,good,1",
+                     "2016-06-01T00:15:00Z,meter-9,p_kw,3.0,good,2")
+    with pytest.raises(TelemetryError) as info:
+        read_telemetry(path, known_devices={"load-0"})
+    assert f"{path}: row 2: field 'device_id': value 'meter-9' is not a device" in str(info.value)
+    read = load_telemetry(path, known_devices={"load-0"}, unknown_devices="ignore")
+    assert read.unknown_rows_ignored == 2 and read.unknown_devices == ("meter-9",)
+    assert read.frame["device_id"].tolist() == ["load-0"]
+
+
+def test_unreadable_files_name_the_file(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("ts,device_id,quantity,value,qualité\n".encode("latin-1"))
+    with pytest.raises(TelemetryError, match=rf"{latin}: not UTF-8 text"):
+        read_telemetry(latin)
+    with pytest.raises(TelemetryError, match=r"nope.parquet: no such telemetry file"):
+        read_telemetry(tmp_path / "nope.parquet")
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    with pytest.raises(TelemetryError, match=rf"{broken}: not a readable Parquet file"):
+        read_telemetry(broken)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("ts,device_id,quantity,value,value\n", encoding="utf-8")
+    with pytest.raises(TelemetryError, match=r"header names column 'value' twice"):
+        read_telemetry(twice)

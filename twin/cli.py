@@ -1,15 +1,24 @@
 """The ``gridtwin`` command line. The only place that configures logging and talks to the terminal.
 
-Every bad argument or input file ends with a one-paragraph error naming the field and value, exit code 2.
+Every bad argument or input file ends with a one-paragraph error naming the field and value, exit code 2. A
+plug-in that fails mid-run ends it with exit code 1 and one line naming the policy, the method, the interval
+and the exception (its traceback is in ``RUN/log.txt``). No Python traceback reaches the terminal: anything
+unexpected is reported in one line with exit code 1 and its traceback written to a log file.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import tempfile
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -50,6 +59,17 @@ def _load(path: Path) -> Scenario:
         raise  # unreachable: _fail exits
 
 
+def _prepare(scenario: Scenario, source: Path) -> Any:
+    """Every check ``run`` makes before it steps (twin.preflight); exit 2 naming the key and the value."""
+    from twin.preflight import prepare_run
+
+    try:
+        return prepare_run(scenario)
+    except ScenarioError as exc:
+        _fail(f"{source}: {exc}")
+        raise  # unreachable: _fail exits
+
+
 def _default_agent_workers() -> int:
     """One agent worker per core (up to 8): DePIN agents of a round solve in parallel; 1 = in-process."""
     return max(1, min(os.cpu_count() or 1, 8))
@@ -63,7 +83,7 @@ AgentWorkers = Annotated[int | None, typer.Option(
 def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pace: float | None = None,
                     report: bool = False, agent_workers: int | None = None) -> None:
     from twin.records.kpis import KPI_LABELS
-    from twin.run import run_scenario
+    from twin.run import RunFailed, run_scenario
 
     if agent_workers is not None and agent_workers < 1:
         _fail(f"--agent-workers={agent_workers}: must be >= 1")
@@ -86,6 +106,11 @@ def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pa
                 on_progress=lambda done, total: progress.update(task, completed=done),
                 agent_workers=_default_agent_workers() if agent_workers is None else agent_workers,
             )
+        except RunFailed as exc:
+            progress.stop()
+            where = f"; traceback in {exc.log_path}" if exc.log_path is not None else ""
+            _fail(f"run stopped: {exc.message}{where}", code=exc.exit_code)
+            raise
         except (ValueError, FileNotFoundError) as exc:
             progress.stop()
             _fail(str(exc))
@@ -139,11 +164,24 @@ def compare(
 @app.command()
 def report(run: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
     """(Re)write the HTML comparison report of a finished run."""
+    from twin.records.runstore import RunStore
     from twin.reporting.report import write_report
 
     if not (run / "meta.json").exists():
         _fail(f"RUN={str(run)!r}: not a run folder (no meta.json)")
-    console.print(f"report: [bold]{write_report(run)}[/]")
+    try:
+        status = RunStore(run).status()
+    except (OSError, ValueError) as exc:
+        _fail(f"RUN={str(run)!r}: unreadable status.json ({exc})")
+        raise
+    state = status.get("state", "unknown")
+    if state != "finished" or not (run / "kpis.parquet").exists():
+        done = f", {status.get('done')} of {status.get('total')} intervals" if "done" in status else ""
+        _fail(f"RUN={str(run)!r}: the run is not finished (status {state!r}{done}); a report needs a finished run")
+    try:
+        console.print(f"report: [bold]{write_report(run)}[/]")
+    except (OSError, ValueError) as exc:
+        _fail(f"RUN={str(run)!r}: cannot read the run's tables ({exc})")
 
 
 @app.command()
@@ -164,10 +202,19 @@ def run(
 
 @app.command()
 def validate(scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")]) -> None:
-    """Check a scenario file without running it."""
+    """Check a scenario file without running it: every check `run` makes before its first interval."""
     s = _load(scenario)
-    console.print(f"{scenario}: ok — {s.feeder}, {len(s.times)} intervals of {format_duration(s.step)}, policies: "
-                  + ", ".join(c.name for c in s.controllers))
+    inputs = _prepare(s, scenario)
+    n = (s.end - s.start) // s.step
+    console.print(f"{scenario}: ok — {s.feeder}, {n} intervals of {format_duration(s.step)}, "
+                  f"{len(inputs.assets)} assets, policies: " + ", ".join(c.name for c in s.controllers),
+                  highlight=False, soft_wrap=True)
+    if inputs.telemetry is not None:
+        t = inputs.telemetry
+        ignored = f", {t.unknown_rows_ignored:,} rows of {len(t.unknown_devices)} unknown devices ignored" \
+            if t.unknown_rows_ignored else ""
+        console.print(f"telemetry {t.source}: {t.rows_read:,} rows, {t.duplicates_dropped:,} identical duplicates "
+                      f"dropped{ignored}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -202,10 +249,24 @@ def export_simbench(
     console.print(f"wrote {rows:,} rows to {out}" if isinstance(rows, int) else f"wrote {out}")
 
 
+def _broker_reachable(command: Callable[..., None]) -> Callable[..., None]:
+    """A live command whose broker does not answer ends with exit 2 naming ``--broker``, not a traceback."""
+    from twin.live.mqtt import MqttConnectError
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except MqttConnectError as exc:
+            _fail(f"--broker={kwargs.get('broker')!r}: {exc}; is the broker running (gridtwin broker SCENARIO)?")
+
+    return wrapper
+
+
 # Commands whose modules live elsewhere in the twin: live telemetry and studies.
 app.command("broker")(broker_command)
-app.command("devices")(devices_command)
-app.command("live")(live_command)
+app.command("devices")(_broker_reachable(devices_command))
+app.command("live")(_broker_reachable(live_command))
 app.command("study")(study_command)
 
 
@@ -219,6 +280,49 @@ def _mount_plugins() -> None:
 
 
 _mount_plugins()
+
+
+def _crash_log(exc: BaseException) -> Path | None:
+    """Write an unexpected exception's traceback to a file of its own; its path (None if unwritable)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    path = Path(tempfile.gettempdir()) / f"gridtwin-error-{stamp}.txt"
+    try:
+        path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    except OSError:
+        return None
+    return path
+
+
+def _no_traceback(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command so that nothing unexpected reaches the user as a traceback: one line, exit 1, and the
+    traceback in a log file. Exits, usage errors and Ctrl-C pass through unchanged."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 — the last line of defence of the terminal
+            log = _crash_log(exc)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            where = f"; traceback in {log}" if log is not None else ""
+            _fail(f"internal error: {type(exc).__name__}: {first}{where}", code=1)
+
+    return wrapper
+
+
+def _guard_every_command(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        if info.callback is not None and not getattr(info.callback, "_gridtwin_guarded", False):
+            info.callback = _no_traceback(info.callback)
+            info.callback._gridtwin_guarded = True  # type: ignore[attr-defined]
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _guard_every_command(group.typer_instance)
+
+
+_guard_every_command(app)
 
 
 def main() -> None:

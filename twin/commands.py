@@ -4,6 +4,10 @@ Commands are small JSON files dropped atomically into ``RUN/commands/pending/``;
 them at the start of an interval, applies them (it alone mutates twin state), and moves each to
 ``RUN/commands/done/`` with its verdict. Nothing submitted is lost: a malformed file is kept in ``done/``
 with the reason it was rejected.
+
+Every value is bounded before the twin sees it: a duration is a short positive duration no longer than the
+run (read from ``RUN/meta.json``), so no fault window can reach past what the twin can represent; a
+submitter that knows where the run is (the dashboard) also keeps the window inside the run.
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["CommandChannel", "CommandError", "CommandKind", "OperatorCommand"]
+__all__ = ["CommandChannel", "CommandError", "CommandKind", "OperatorCommand", "RunBounds"]
+
+#: Without a run to bound it (no meta.json), no command lasts longer than this.
+MAX_DURATION = pd.Timedelta(days=366)
+_MAX_TEXT = 64
 
 
 class CommandError(ValueError):
@@ -35,6 +43,75 @@ class CommandKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class RunBounds:
+    """The simulated period of a run, ``[start, end)`` with intervals of ``step``: what commands must fit."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    step: pd.Timedelta
+
+    @classmethod
+    def from_meta(cls, meta: Any) -> RunBounds | None:
+        """From a run's meta.json (None when it does not say)."""
+        scenario = meta.get("scenario") if isinstance(meta, dict) else None
+        if not isinstance(scenario, dict):
+            return None
+        try:
+            start, step = pd.Timestamp(scenario["start"]), pd.Timedelta(scenario["step"])
+            end = (pd.Timestamp(scenario["end"]) if "end" in scenario
+                   else start + int(meta["n_intervals"]) * step)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
+        if pd.isna(start) or pd.isna(end) or pd.isna(step) or start.tzinfo is None or end <= start:
+            return None
+        return cls(start=start.tz_convert("UTC"), end=end.tz_convert("UTC"), step=step)
+
+    @classmethod
+    def from_run(cls, run_dir: Path) -> RunBounds | None:
+        try:
+            return cls.from_meta(json.loads((Path(run_dir) / "meta.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def length(self) -> pd.Timedelta:
+        return self.end - self.start
+
+    def interval_at(self, done: int) -> pd.Timestamp:
+        """Start of the interval a twin that finished ``done`` intervals applies commands at."""
+        return self.start + max(0, done) * self.step
+
+
+def _text(data: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = data.get(key)
+    if value is None or value == "":
+        if required:
+            raise CommandError(f"{key}={value!r}: required")
+        return None
+    if not isinstance(value, str):
+        raise CommandError(f"{key}={value!r}: must be a string")
+    if len(value) > _MAX_TEXT or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise CommandError(f"{key}={value[:80]!r}: at most {_MAX_TEXT} printable characters")
+    return value
+
+
+def _duration(value: Any, bounds: RunBounds | None) -> pd.Timedelta:
+    if not isinstance(value, str) or not value.strip() or len(value) > 32:
+        raise CommandError(f"duration={value!r}: not a duration like '1h' (a string of at most 32 characters)")
+    try:
+        duration = pd.Timedelta(value)
+    except (ValueError, TypeError, OverflowError):
+        raise CommandError(f"duration={value!r}: not a duration like '1h'") from None
+    if pd.isna(duration) or duration <= pd.Timedelta(0):
+        raise CommandError(f"duration={value!r}: must be positive")
+    longest = bounds.length if bounds is not None else MAX_DURATION
+    if duration > longest:
+        what = f"the run ({bounds.start.isoformat()} .. {bounds.end.isoformat()})" if bounds else "a year"
+        raise CommandError(f"duration={value!r}: longer than {what}; at most {longest}")
+    return duration
+
+
+@dataclass(frozen=True)
 class OperatorCommand:
     kind: CommandKind
     duration: pd.Timedelta
@@ -44,38 +121,63 @@ class OperatorCommand:
     issued_utc: str = ""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> OperatorCommand:
+    def from_dict(cls, data: Any, *, bounds: RunBounds | None = None,
+                  applies_at: pd.Timestamp | None = None) -> OperatorCommand:
+        """Validate a submitted command; CommandError names the field and the value.
+
+        ``bounds``: the run's period; the duration may not exceed it. ``applies_at``: the interval the command
+        will apply from (when the submitter knows it); the window ``[applies_at, applies_at + duration)``
+        must then lie inside the run.
+        """
+        if not isinstance(data, dict):
+            raise CommandError(f"command: expected a JSON object, got {type(data).__name__}")
+        kind_value = data.get("kind")
         try:
-            kind = CommandKind(data.get("kind"))
+            kind = CommandKind(kind_value) if isinstance(kind_value, str) else None
         except ValueError:
+            kind = None
+        if kind is None:
             valid = ", ".join(k.value for k in CommandKind)
-            raise CommandError(f"kind={data.get('kind')!r}: expected one of {valid}") from None
-        try:
-            duration = pd.Timedelta(data.get("duration", "1h"))
-        except (ValueError, TypeError):
-            raise CommandError(f"duration={data.get('duration')!r}: not a duration like '1h'") from None
-        if pd.isna(duration) or duration <= pd.Timedelta(0):
-            raise CommandError(f"duration={data.get('duration')!r}: must be positive")
-        participant = data.get("participant_id")
+            raise CommandError(f"kind={kind_value!r}: expected one of {valid}")
+        duration = _duration(data.get("duration", "1h"), bounds)
+        if bounds is not None and applies_at is not None:
+            if not bounds.start <= applies_at < bounds.end:
+                raise CommandError(f"the run is over: it ends at {bounds.end.isoformat()}, nothing is left to apply "
+                                   "a command to")
+            if applies_at + duration > bounds.end:
+                raise CommandError(
+                    f"duration={data.get('duration')!r}: the window {applies_at.isoformat()} .. "
+                    f"{(applies_at + duration).isoformat()} ends after the run ({bounds.end.isoformat()}); at most "
+                    f"{bounds.end - applies_at}")
+        participant = _text(data, "participant_id")
         if kind is CommandKind.PARTICIPANT_DROPOUT and not participant:
             raise CommandError("participant_id=None: a participant dropout needs the participant's id")
-        operator = str(data.get("operator") or "")
+        operator = _text(data, "operator")
         if not operator:
             raise CommandError("operator='': commands must name the operator who issued them")
         return cls(
             kind=kind,
             duration=duration,
             operator=operator,
-            participant_id=str(participant) if participant else None,
-            command_id=str(data.get("command_id") or uuid.uuid4().hex),
-            issued_utc=str(data.get("issued_utc") or datetime.now(UTC).isoformat()),
+            participant_id=participant,
+            command_id=_text(data, "command_id") or uuid.uuid4().hex,
+            issued_utc=_text(data, "issued_utc") or datetime.now(UTC).isoformat(),
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["kind"] = self.kind.value
-        d["duration"] = str(self.duration)
+        d["duration"] = _duration_text(self.duration)
         return d
+
+
+def _duration_text(td: pd.Timedelta) -> str:
+    """A short form ('15min', '1h', '2D') that reads back as the same duration."""
+    seconds = td.total_seconds()
+    for unit, size in (("D", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{td.value}ns" if td.value % 1000 else f"{td.value // 1000}us"
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -97,16 +199,27 @@ class CommandChannel:
         _write_atomic(self.pending / f"{stamp}-{command.command_id}.json", command.to_dict())
         return command.command_id
 
+    def bounds(self) -> RunBounds | None:
+        """The run's period from its meta.json (None when there is none yet)."""
+        return RunBounds.from_run(self.pending.parent.parent)
+
     def take(self) -> list[tuple[OperatorCommand | None, Path, str]]:
-        """Pending commands in submission order as (command or None, file, rejection reason or "")."""
+        """Pending commands in submission order as (command or None, file, rejection reason or ""). A file
+        that is not a valid command within the run's bounds is returned with its reason, never raised."""
         if not self.pending.exists():
             return []
+        bounds = self.bounds()
         out = []
         for path in sorted(self.pending.glob("*.json")):
             try:
-                out.append((OperatorCommand.from_dict(json.loads(path.read_text(encoding="utf-8"))), path, ""))
-            except (CommandError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                if path.stat().st_size > 64_000:
+                    raise CommandError(f"{path.name}: {path.stat().st_size} bytes; a command is a small JSON object")
+                data = json.loads(path.read_text(encoding="utf-8"))
+                out.append((OperatorCommand.from_dict(data, bounds=bounds), path, ""))
+            except (CommandError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
                 out.append((None, path, str(exc)))
+            except OSError as exc:
+                out.append((None, path, f"{path.name}: cannot read ({exc.strerror})"))
         return out
 
     def finish(self, path: Path, *, verdict: str, applied_at: pd.Timestamp | None, detail: str = "") -> None:

@@ -8,7 +8,10 @@ Policies differ only in decisions, never in these inputs (DESIGN.md §6 "Compari
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,10 +20,13 @@ import pandapower as pp
 import grids
 from controllers.api import AssetKind
 from grids.fleet import build_fleet, generate_ev_sessions, read_fleet_csv
-from grids.profiles import ExogenousProfiles, feeder_profiles
-from twin.scenario import Scenario, TariffSpec
+from grids.profiles import DATA_END, DATA_START, ExogenousProfiles, feeder_profiles
+from twin.scenario import Scenario, ScenarioError, TariffSpec
 
-__all__ = ["RunInputs", "build_inputs", "derive_seed", "tariff_prices"]
+if TYPE_CHECKING:
+    from twin.telemetry import TelemetryFile
+
+__all__ = ["RunInputs", "build_inputs", "derive_seed", "known_device_ids", "tariff_prices"]
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -50,6 +56,8 @@ class RunInputs:
     base_load_bus_mw: pd.DataFrame  # time × bus, native loads minus native generation (load convention)
     pv_avail_mw: pd.DataFrame  # time × PV asset
     flex_base_mw: pd.DataFrame  # time × flex asset
+    #: The telemetry file the load and generation came from (with its counts of dropped rows), if any.
+    telemetry: TelemetryFile | None = None
 
     def at(self, time: pd.Timestamp) -> int:
         """Row position of interval ``time`` in the input series."""
@@ -64,26 +72,68 @@ def _bus_aggregate(frame: pd.DataFrame, buses: pd.Series, all_buses: pd.Index) -
     return pd.DataFrame(frame.to_numpy() @ incidence.to_numpy(), index=frame.index, columns=all_buses)
 
 
-def _padded_profiles(net: pp.pandapowerNet, scenario: Scenario, seed: int) -> ExogenousProfiles:
+def known_device_ids(net: pp.pandapowerNet, assets: pd.DataFrame) -> frozenset[str]:
+    """Every device a telemetry file of this feeder may report: its loads, its generators, the fleet's assets."""
+    from twin.telemetry import load_device_id, sgen_device_id
+
+    return frozenset([load_device_id(int(i)) for i in net.load.index]
+                     + [sgen_device_id(int(i)) for i in net.sgen.index] + [str(a) for a in assets.index])
+
+
+@contextmanager
+def _named(key: str, value: object) -> Iterator[None]:
+    """Turn a failure while reading what ``key`` names into a ScenarioError that names the key and value."""
+    try:
+        yield
+    except ScenarioError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise ScenarioError(f"{key}={value!r}: {exc}") from None
+
+
+def _read_telemetry_file(scenario: Scenario, net: pp.pandapowerNet, assets: pd.DataFrame) -> TelemetryFile:
+    from twin.telemetry import load_telemetry
+
+    spec = scenario.telemetry
+    path = scenario.resolve(spec.path or "")
+    with _named("telemetry.path", spec.path):
+        if not path.is_file():
+            raise ScenarioError(f"telemetry.path={spec.path!r}: no such file ({path})")
+        return load_telemetry(path, known_devices=known_device_ids(net, assets), unknown_devices=spec.unknown_devices)
+
+
+def _padded_profiles(net: pp.pandapowerNet, scenario: Scenario, seed: int,
+                     telemetry: TelemetryFile | None) -> ExogenousProfiles:
     """Profiles for the run plus one horizon; past the data's end the last day repeats (documented)."""
     end = scenario.end + scenario.horizon
-    if scenario.telemetry.source == "file":
-        from twin.telemetry import read_telemetry, telemetry_to_profiles
+    if telemetry is not None:
+        from twin.telemetry import telemetry_to_profiles
 
-        shapes = feeder_profiles(net, start=scenario.start, end=end, step=scenario.step, seed=seed)
-        frame = read_telemetry(scenario.resolve(scenario.telemetry.path or ""))
-        return telemetry_to_profiles(
-            frame, net, start=scenario.start, end=end, step=scenario.step,
-            pv_per_mwp=shapes.pv_per_mwp, flex_per_mw=shapes.flex_per_mw,
-        )
-    try:
+        shapes = _padded_profiles(net, scenario, seed, None)  # PV and flexible-load shapes, padded alike
+        with _named("telemetry.path", scenario.telemetry.path):
+            return telemetry_to_profiles(
+                telemetry.frame, net, start=scenario.start, end=end, step=scenario.step,
+                pv_per_mwp=shapes.pv_per_mwp, flex_per_mw=shapes.flex_per_mw, source=telemetry.source,
+            )
+    if end <= DATA_END:
         return feeder_profiles(net, start=scenario.start, end=end, step=scenario.step, seed=seed)
-    except ValueError:
-        # The horizon runs past the shipped year (e.g. a run ending on 31 December): use what exists
-        # and repeat the final day's values, so the last intervals still get a full forecast window.
-        day = pd.Timedelta("1D")
-        base = feeder_profiles(net, start=scenario.start - day, end=scenario.end, step=scenario.step, seed=seed)
-        return _extend(base.window(scenario.start, scenario.end), end, day)
+    # The horizon runs past the shipped year (e.g. a run ending on 31 December): use what exists
+    # and repeat the final day's values, so the last intervals still get a full forecast window.
+    day = pd.Timedelta("1D")
+    base = feeder_profiles(net, start=scenario.start - day, end=scenario.end, step=scenario.step, seed=seed)
+    return _extend(base.window(scenario.start, scenario.end), end, day)
+
+
+def check_period_in_data(scenario: Scenario) -> None:
+    """The run's period must lie inside the profile data (2016): both telemetry sources take shapes from it."""
+    span = f"[{DATA_START.isoformat()}, {DATA_END.isoformat()})"
+    if not DATA_START <= scenario.start < DATA_END:
+        raise ScenarioError(f"start={scenario.start.isoformat()!r} is outside the profile data {span}")
+    if scenario.end > DATA_END:
+        raise ScenarioError(f"end={scenario.end.isoformat()!r} is after the profile data {span}")
+    if scenario.start - pd.Timedelta("1D") < DATA_START and scenario.end + scenario.horizon > DATA_END:
+        raise ScenarioError(f"start={scenario.start.isoformat()!r} .. end={scenario.end.isoformat()!r}: a run over "
+                            f"the whole data year {span} leaves no day to repeat for the last horizon; end earlier")
 
 
 def _extend(profiles: ExogenousProfiles, end: pd.Timestamp, period: pd.Timedelta) -> ExogenousProfiles:
@@ -106,12 +156,21 @@ def _extend(profiles: ExogenousProfiles, end: pd.Timestamp, period: pd.Timedelta
 
 
 def build_inputs(scenario: Scenario) -> RunInputs:
-    """Load the feeder, place or read the fleet, and build every exogenous series for the run."""
-    net = grids.load_feeder(scenario.feeder)
+    """Load the feeder, place or read the fleet, and build every exogenous series for the run.
+
+    Anything the scenario names that cannot be used (an unknown feeder, a missing or bad fleet or telemetry
+    file, a period outside the data) raises ``ScenarioError`` naming the key and the value.
+    """
+    with _named("feeder", scenario.feeder):
+        net = grids.load_feeder(scenario.feeder)
     seed = scenario.seed
     fleet_spec = scenario.fleet
     if fleet_spec.csv:
-        assets = read_fleet_csv(scenario.resolve(fleet_spec.csv), net)
+        path = scenario.resolve(fleet_spec.csv)
+        with _named("fleet.csv", fleet_spec.csv):
+            if not path.is_file():
+                raise ScenarioError(f"fleet.csv={fleet_spec.csv!r}: no such file ({path})")
+            assets = read_fleet_csv(path, net)
     else:
         assets = build_fleet(
             net,
@@ -121,7 +180,10 @@ def build_inputs(scenario: Scenario) -> RunInputs:
             flex_share=fleet_spec.flex_share,
             seed=derive_seed(seed, "fleet"),
         )
-    profiles = _padded_profiles(net, scenario, derive_seed(seed, "profiles"))
+    check_period_in_data(scenario)
+    telemetry = _read_telemetry_file(scenario, net, assets) if scenario.telemetry.source == "file" else None
+    with _named("start", scenario.start.isoformat()):
+        profiles = _padded_profiles(net, scenario, derive_seed(seed, "profiles"), telemetry)
     index = profiles.load_p_mw.index
     sessions = generate_ev_sessions(
         assets, start=scenario.start, end=scenario.end + scenario.horizon, step=scenario.step,
@@ -149,4 +211,5 @@ def build_inputs(scenario: Scenario) -> RunInputs:
         base_load_bus_mw=base,
         pv_avail_mw=pv_avail,
         flex_base_mw=flex_base,
+        telemetry=telemetry,
     )

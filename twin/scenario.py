@@ -6,16 +6,32 @@ embedded default scenario (``gridtwin demo``) ships as package data, so it runs 
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
+from collections.abc import Mapping
+from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["CommsSpec", "ControllerEntry", "FaultSpec", "Scenario", "ScenarioError", "demo_scenario_path", "format_duration",
-           "load_scenario"]
+from twin.names import check_policy_names, check_run_name
+
+__all__ = ["CommsSpec", "ControllerEntry", "FaultSpec", "MAX_HORIZON", "MAX_INTERVALS", "Scenario", "ScenarioError",
+           "demo_scenario_path", "format_duration", "load_scenario", "parse_scenario"]
+
+#: The longest look-ahead (and setpoint lifetime) a scenario may ask for: a week. Longer horizons build
+#: optimization problems and forecast windows nobody can solve or hold in memory.
+MAX_HORIZON = pd.Timedelta("7D")
+#: The most intervals one run may have (about two years at 1 minute, or 28 years at 15 minutes).
+MAX_INTERVALS = 1_000_000
+#: The profile data's own resolution: a step must divide it or be a whole multiple of it.
+DATA_STEP = pd.Timedelta("15min")
+_HAS_UNIT = re.compile(r"[A-Za-z]")
+_ISO_DATE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}")
 
 
 class ScenarioError(ValueError):
@@ -23,7 +39,50 @@ class ScenarioError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _number(value: Any) -> Any:
+    """A TOML number for a float field: booleans and text are refused (pydantic would read them as 1.0 / 1.5)."""
+    if isinstance(value, bool) or isinstance(value, str):
+        raise ValueError(f"{value!r} is not a number")
+    return value
+
+
+def _integer(value: Any) -> Any:
+    """A TOML integer: booleans, floats and text are refused (pydantic would read True as 1 and 2.0 as 2)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not an integer")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+Integer = Annotated[int, BeforeValidator(_integer)]
+
+
+def first_non_finite(value: Any, path: str = "") -> tuple[str, float] | None:
+    """The dotted path and value of the first NaN or infinite float inside ``value`` (dicts, lists), if any."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, Mapping):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = first_non_finite(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+def _finite_inside(value: Any) -> Any:
+    found = first_non_finite(value)
+    if found is not None:
+        where, number = found
+        raise ValueError(f"{where or 'value'} = {number!r} is not a finite number")
+    return value
 
 
 def format_duration(td: object) -> str:
@@ -35,23 +94,53 @@ def format_duration(td: object) -> str:
     return f"{seconds}s"
 
 
-def _timedelta(value: Any, *, key: str) -> pd.Timedelta:
-    try:
-        td = pd.Timedelta(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{key}={value!r} is not a duration like '15min' or '24h'") from exc
-    if pd.isna(td) or td <= pd.Timedelta(0):
-        raise ValueError(f"{key}={value!r} must be a positive duration")
+#: The unit a bare number most likely meant, for the hint (``step = 15`` → write "15min").
+_UNIT_HINT = {"step": "min", "horizon": "h", "setpoint_ttl": "min", "decision_period": "min", "refresh": "min",
+              "round_period": "s", "latency": "ms"}
+
+
+def _duration(value: Any, *, key: str, allow_zero: bool = False) -> pd.Timedelta:
+    """A duration written as a string with a unit ("15min", "24h", "200ms"); a bare number gets a hint."""
+    if isinstance(value, pd.Timedelta) and not pd.isna(value):
+        td = value
+    else:
+        unit = _UNIT_HINT.get(key.rsplit(".", 1)[-1], "min")
+        if isinstance(value, bool) or not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                raise ValueError(f"{value!r} is not a duration; write \"{value:g}{unit}\"")
+            raise ValueError(f"{value!r} is not a duration like \"15min\" or \"24h\"")
+        if not _HAS_UNIT.search(value):
+            raise ValueError(f"{value!r} has no unit; write \"{value.strip()}{unit}\"")
+        try:
+            td = pd.Timedelta(value)
+        except (ValueError, TypeError, OverflowError):
+            raise ValueError(f"{value!r} is not a duration like \"15min\" or \"24h\"") from None
+        if pd.isna(td):
+            raise ValueError(f"{value!r} is not a duration like \"15min\" or \"24h\"")
+    if td < pd.Timedelta(0) or (td == pd.Timedelta(0) and not allow_zero):
+        raise ValueError(f"{value!r} must be a {'non-negative' if allow_zero else 'positive'} duration")
     return td
 
 
+def _timedelta(value: Any, *, key: str) -> pd.Timedelta:
+    return _duration(value, key=key)
+
+
 def _utc(value: Any, *, key: str) -> pd.Timestamp:
-    try:
+    """A UTC timestamp from ISO 8601 text or a TOML date-time (no offset = UTC)."""
+    if isinstance(value, pd.Timestamp):
+        ts = value
+    elif isinstance(value, (datetime, date)):
         ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{key}={value!r} is not a timestamp like '2016-06-06T00:00:00Z'") from exc
+    elif isinstance(value, str) and _ISO_DATE.match(value):
+        try:
+            ts = pd.Timestamp(value)
+        except (ValueError, TypeError, OverflowError):
+            raise ValueError(f"{value!r} is not a timestamp like '2016-06-06T00:00:00Z'") from None
+    else:
+        raise ValueError(f"{value!r} is not a timestamp like '2016-06-06T00:00:00Z'")
     if pd.isna(ts):
-        raise ValueError(f"{key}={value!r} is not a timestamp")
+        raise ValueError(f"{value!r} is not a timestamp like '2016-06-06T00:00:00Z'")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
@@ -59,17 +148,22 @@ class FleetSpec(_Strict):
     """Either a CSV asset table or seeded placement from penetration levels."""
 
     csv: str | None = None
-    pv_penetration: float = Field(default=0.5, ge=0)
-    battery_share: float = Field(default=0.3, ge=0, le=1)
-    ev_share: float = Field(default=0.3, ge=0, le=1)
-    flex_share: float = Field(default=0.2, ge=0, le=1)
+    pv_penetration: Number = Field(default=0.5, ge=0, le=100)
+    battery_share: Number = Field(default=0.3, ge=0, le=1)
+    ev_share: Number = Field(default=0.3, ge=0, le=1)
+    flex_share: Number = Field(default=0.2, ge=0, le=1)
 
 
 class TelemetrySpec(_Strict):
-    """Replay source: the feeder's own profiles (SimBench / synthetic) or a canonical telemetry file."""
+    """Replay source: the feeder's own profiles (SimBench / synthetic) or a canonical telemetry file.
+
+    ``unknown_devices``: rows of devices that are neither a feeder element nor a fleet asset are an error
+    (``"error"``, the default) or are left out and counted (``"ignore"``).
+    """
 
     source: Literal["profiles", "file"] = "profiles"
     path: str | None = None
+    unknown_devices: Literal["error", "ignore"] = "error"
 
     @model_validator(mode="after")
     def _path_for_file(self) -> TelemetrySpec:
@@ -81,11 +175,11 @@ class TelemetrySpec(_Strict):
 class TariffSpec(_Strict):
     """Time-of-use energy price (EUR/MWh) for imports, a flat feed-in price for exports."""
 
-    offpeak_eur_per_mwh: float = 180.0
-    peak_eur_per_mwh: float = 400.0
-    peak_hours: tuple[int, int] = (17, 21)
-    feed_in_eur_per_mwh: float = 60.0
-    demand_charge_eur_per_mw: float = 0.0
+    offpeak_eur_per_mwh: Number = 180.0
+    peak_eur_per_mwh: Number = 400.0
+    peak_hours: tuple[Integer, Integer] = (17, 21)
+    feed_in_eur_per_mwh: Number = 60.0
+    demand_charge_eur_per_mw: Number = Field(default=0.0, ge=0)
 
     @field_validator("peak_hours")
     @classmethod
@@ -96,10 +190,16 @@ class TariffSpec(_Strict):
 
 
 class LimitsSpec(_Strict):
-    v_min_pu: float = 0.95
-    v_max_pu: float = 1.05
-    loading_max_percent: float = 100.0
-    p_head_max_mw: float | None = None
+    v_min_pu: Number = Field(default=0.95, gt=0, lt=2)
+    v_max_pu: Number = Field(default=1.05, gt=0, lt=2)
+    loading_max_percent: Number = Field(default=100.0, gt=0)
+    p_head_max_mw: Number | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _band(self) -> LimitsSpec:
+        if not self.v_min_pu < self.v_max_pu:
+            raise ValueError(f"limits.v_min_pu={self.v_min_pu!r} must be below limits.v_max_pu={self.v_max_pu!r}")
+        return self
 
 
 class PowerFlowSpec(_Strict):
@@ -115,12 +215,12 @@ class NetworkSpec(_Strict):
 
     sensitivities: bool = False
     refresh: str = "15min"
-    monitored_buses: Literal["all", "assets"] | tuple[int, ...] = "assets"
+    monitored_buses: Literal["all", "assets"] | tuple[Integer, ...] = "assets"
 
-    @field_validator("refresh")
+    @field_validator("refresh", mode="before")
     @classmethod
-    def _refresh(cls, v: str) -> str:
-        _timedelta(v, key="network.refresh")
+    def _refresh(cls, v: Any) -> str:
+        _duration(v, key="network.refresh")
         return v
 
 
@@ -133,7 +233,7 @@ class ForecastSpec(_Strict):
     """
 
     kind: Literal["perfect", "persistence", "noisy"] = "perfect"
-    noise: float = Field(default=0.1, ge=0, le=1)
+    noise: Number = Field(default=0.1, ge=0, le=1)
 
 
 class ControllerEntry(_Strict):
@@ -146,7 +246,7 @@ class ControllerEntry(_Strict):
     ``agents`` — DePIN: one Agent per participant on its premises, coordinating over the mesh.
     """
 
-    name: str
+    name: str = Field(min_length=1)
     target: str
     mode: Literal["ideal", "central", "agents"] = "ideal"
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -159,17 +259,20 @@ class ControllerEntry(_Strict):
             raise ValueError(f"controllers.target={v!r} must look like 'package.module:Class'")
         return v
 
+    @field_validator("kwargs")
+    @classmethod
+    def _finite_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _finite_inside(v)
+
 
 class LinkModel(_Strict):
     latency: str = "1s"
-    loss: float = Field(default=0.0, ge=0, lt=1)
+    loss: Number = Field(default=0.0, ge=0, lt=1)
 
-    @field_validator("latency")
+    @field_validator("latency", mode="before")
     @classmethod
-    def _lat(cls, v: str) -> str:
-        td = pd.Timedelta(v) if isinstance(v, str) else None
-        if td is None or pd.isna(td) or td < pd.Timedelta(0):
-            raise ValueError(f"latency={v!r} must be a non-negative duration like '200ms'")
+    def _lat(cls, v: Any) -> str:
+        _duration(v, key="latency", allow_zero=True)
         return v
 
 
@@ -179,9 +282,16 @@ class CommsSpec(_Strict):
 
     backhaul: LinkModel = Field(default_factory=lambda: LinkModel(latency="2s"))
     mesh: LinkModel = Field(default_factory=lambda: LinkModel(latency="100ms"))
-    rounds: int = Field(default=20, ge=1, le=1000)
+    rounds: Integer = Field(default=20, ge=1, le=1000)
     round_period: str = "2s"
-    mesh_hops: int = Field(default=2, ge=1, description="participants this many feeder hops apart are mesh neighbours")
+    mesh_hops: Integer = Field(default=2, ge=1, le=1000,
+                               description="participants this many feeder hops apart are mesh neighbours")
+
+    @field_validator("round_period", mode="before")
+    @classmethod
+    def _round_period(cls, v: Any) -> str:
+        _duration(v, key="comms.round_period")
+        return v
 
 
 class FaultSpec(_Strict):
@@ -191,9 +301,15 @@ class FaultSpec(_Strict):
     start: str
     end: str
     participants: tuple[str, ...] = ()
-    share: float | None = Field(default=None, gt=0, le=1)
-    loss: float = Field(default=0.0, ge=0, lt=1)
-    scale: float = 1.0
+    share: Number | None = Field(default=None, gt=0, le=1)
+    loss: Number = Field(default=0.0, ge=0, lt=1)
+    scale: Number = Field(default=1.0, ge=0)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _time_text(cls, v: Any, info: Any) -> str:
+        ts = _utc(v, key=f"faults.{info.field_name}")
+        return v if isinstance(v, str) else ts.isoformat()
 
     @property
     def start_utc(self) -> pd.Timestamp:
@@ -205,8 +321,7 @@ class FaultSpec(_Strict):
 
     @model_validator(mode="after")
     def _window(self) -> FaultSpec:
-        start, end = _utc(self.start, key="faults.start"), _utc(self.end, key="faults.end")
-        if end <= start:
+        if self.end_utc <= self.start_utc:
             raise ValueError(f"faults.end={self.end!r} must be after faults.start={self.start!r}")
         if self.kind == "false_telemetry" and not self.participants and self.share is None:
             raise ValueError("faults.participants=[]: false_telemetry needs participants or share")
@@ -216,11 +331,11 @@ class FaultSpec(_Strict):
 class Scenario(_Strict):
     """A validated scenario. Durations are ``pd.Timedelta``; times are UTC ``pd.Timestamp``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, allow_inf_nan=False)
 
     name: str = "scenario"
-    seed: int = 0
-    feeder: str
+    seed: Integer = 0
+    feeder: str = Field(min_length=1)
     start: pd.Timestamp
     end: pd.Timestamp
     step: pd.Timedelta = pd.Timedelta("15min")
@@ -253,23 +368,45 @@ class Scenario(_Strict):
     @field_validator("step", "horizon", "setpoint_ttl", mode="before")
     @classmethod
     def _td(cls, v: Any, info: Any) -> pd.Timedelta:
-        return _timedelta(v, key=info.field_name)
+        return _duration(v, key=info.field_name)
 
     @field_validator("decision_period", mode="before")
     @classmethod
     def _optional_td(cls, v: Any, info: Any) -> pd.Timedelta | None:
-        return None if v is None else _timedelta(v, key=info.field_name)
+        return None if v is None else _duration(v, key=info.field_name)
+
+    @field_validator("step")
+    @classmethod
+    def _step_on_data_grid(cls, v: pd.Timedelta) -> pd.Timedelta:
+        if v > pd.Timedelta("1D") or v < pd.Timedelta("1min") or (DATA_STEP % v and v % DATA_STEP):
+            raise ValueError(f"{format_duration(v)!r} must be between 1min and 1d and divide {format_duration(DATA_STEP)} "
+                             f"or be a whole multiple of it (the profile data are {format_duration(DATA_STEP)})")
+        return v
+
+    @field_validator("horizon", "setpoint_ttl")
+    @classmethod
+    def _bounded(cls, v: pd.Timedelta, info: Any) -> pd.Timedelta:
+        if v > MAX_HORIZON:
+            raise ValueError(f"{format_duration(v)!r} is longer than the {format_duration(MAX_HORIZON)} maximum")
+        return v
 
     @field_validator("controllers")
     @classmethod
     def _unique_names(cls, v: tuple[ControllerEntry, ...]) -> tuple[ControllerEntry, ...]:
         if not v:
             raise ValueError("controllers: at least one [[controllers]] entry is needed")
-        names = [c.name for c in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"controllers.name={dupes[0]!r} is used twice; names must be unique")
+        check_policy_names(c.name for c in v)  # issue 14: each name is its folder: safe, unique, no clash
         return v
+
+    @field_validator("name")
+    @classmethod
+    def _run_name(cls, v: str) -> str:
+        return check_run_name(v)  # issue 14: the name starts the run folder's name
+
+    @field_validator("settlement", mode="before")
+    @classmethod
+    def _settlement_finite(cls, v: Any) -> Any:
+        return _finite_inside(v) if v is not None else v
 
     @field_validator("settlement")
     @classmethod
@@ -290,8 +427,16 @@ class Scenario(_Strict):
     def _period(self) -> Scenario:
         if self.end <= self.start:
             raise ValueError(f"end={self.end.isoformat()!r} must be after start={self.start.isoformat()!r}")
+        grid = min(self.step, DATA_STEP)
+        if (self.start - self.start.normalize()) % grid != pd.Timedelta(0):
+            raise ValueError(f"start={self.start.isoformat()!r} is not on the {format_duration(grid)} grid "
+                             f"(interval starts are whole multiples of {format_duration(grid)} from midnight UTC)")
         if (self.end - self.start) % self.step != pd.Timedelta(0):
             raise ValueError(f"end - start = {self.end - self.start} is not a whole number of step={self.step}")
+        n = (self.end - self.start) // self.step
+        if n > MAX_INTERVALS:
+            raise ValueError(f"end - start = {self.end - self.start} is {n:,} intervals of step="
+                             f"{format_duration(self.step)}; at most {MAX_INTERVALS:,} are allowed")
         if self.horizon < self.step:
             raise ValueError(f"horizon={self.horizon} is shorter than step={self.step}")
         period = self.decision_period
@@ -304,7 +449,25 @@ class Scenario(_Strict):
             if period > self.setpoint_ttl:
                 raise ValueError(f"decision_period={period} is longer than setpoint_ttl={self.setpoint_ttl}: devices "
                                  "would drop their schedule before the next decision; raise setpoint_ttl")
+        for i, fault in enumerate(self.faults):
+            self._inside_period(f"faults[{i}]", fault.start_utc, fault.end_utc)
+        config = self.settlement_config()
+        if config is not None:
+            for i, event in enumerate(config.events):
+                start, end = pd.Timestamp(event.start).tz_convert("UTC"), pd.Timestamp(event.end).tz_convert("UTC")
+                self._inside_period(f"settlement.events[{i}]", start, end)
+                for key, ts in (("start", start), ("end", end)):
+                    if (ts - self.start) % self.step != pd.Timedelta(0):
+                        raise ValueError(f"settlement.events[{i}].{key}={ts.isoformat()!r} is not an interval "
+                                         f"boundary of step={format_duration(self.step)} from start="
+                                         f"{self.start.isoformat()!r}")
         return self
+
+    def _inside_period(self, key: str, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        if start < self.start:
+            raise ValueError(f"{key}.start={start.isoformat()!r} is before the run's start={self.start.isoformat()!r}")
+        if end > self.end:
+            raise ValueError(f"{key}.end={end.isoformat()!r} is after the run's end={self.end.isoformat()!r}")
 
     @property
     def times(self) -> pd.DatetimeIndex:
@@ -335,18 +498,42 @@ class Scenario(_Strict):
         return data
 
 
+def _location(loc: tuple[Any, ...]) -> str:
+    """pydantic's error location as the user writes it: ``controllers[0].target``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _format_error(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid scenario"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        value = err.get("input")
+        key = _location(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {key}: {msg}{shown}")
+        if not key:  # a check across keys: its message names them
+            lines.append(f"  {msg}")
+            continue
+        value = err.get("input")
+        shown = _shown(value)
+        # Our own checks of a table name the offending values themselves; repeating the table adds nothing.
+        own_table_check = err["type"] == "value_error" and isinstance(value, Mapping)
+        lines.append(f"  {key}: {msg}" + ("" if shown in msg or own_table_check else f" (got {shown})"))
     return "\n".join(lines)
 
 
-def parse_scenario(data: dict[str, Any], *, base_dir: Path = Path("."), source: str = "scenario") -> Scenario:
+def parse_scenario(data: Mapping[str, Any], *, base_dir: Path = Path("."), source: str = "scenario") -> Scenario:
+    """Validate a scenario document (a parsed TOML table); ``ScenarioError`` names each bad key and value."""
+    if not isinstance(data, Mapping):
+        raise ScenarioError(f"{source}: invalid scenario: expected a table of keys, got {_shown(data)}")
+    if "base_dir" in data:
+        raise ScenarioError(f"{source}: invalid scenario\n  base_dir: not a scenario key (relative paths resolve "
+                            f"from the scenario file's folder) (got {_shown(data['base_dir'])})")
     try:
         return Scenario.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
@@ -354,12 +541,18 @@ def parse_scenario(data: dict[str, Any], *, base_dir: Path = Path("."), source: 
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario TOML file."""
+    """Read and validate a scenario TOML file (UTF-8)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read scenario file ({exc.strerror})") from None
+        raise ScenarioError(f"{path}: cannot read scenario file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ScenarioError(f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} on line {line}); save the "
+                            "scenario file as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -33,6 +33,7 @@ from grids.profiles import DATA_END, DATA_START, ExogenousProfiles, feeder_profi
 
 __all__ = [
     "AlignedTelemetry",
+    "TelemetryFile",
     "Quality",
     "Quantity",
     "TELEMETRY_COLUMNS",
@@ -40,6 +41,7 @@ __all__ = [
     "align_to_step",
     "export_simbench",
     "load_device_id",
+    "load_telemetry",
     "profiles_to_telemetry",
     "read_telemetry",
     "sgen_device_id",
@@ -112,30 +114,74 @@ def sgen_device_id(index: int) -> str:
 # ----------------------------------------------------------------------------------------------- reading
 
 
+@dataclass(frozen=True)
+class TelemetryFile:
+    """A validated telemetry file: the canonical ``frame`` and what was left out of it, counted.
+
+    ``duplicates_dropped``: rows identical to an earlier row with the same (device_id, quantity, seq) — the
+    same message received twice. ``unknown_rows_ignored`` / ``unknown_devices``: rows (and the distinct ids)
+    of devices the feeder does not have, when told to ignore them.
+    """
+
+    frame: pd.DataFrame
+    source: str
+    rows_read: int
+    duplicates_dropped: int = 0
+    unknown_rows_ignored: int = 0
+    unknown_devices: tuple[str, ...] = ()
+
+
 def read_telemetry(
-    path: str | os.PathLike[str], *, known_devices: Collection[str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    known_devices: Collection[str] | None = None,
+    unknown_devices: str = "error",
 ) -> pd.DataFrame:
     """Read a CSV or Parquet telemetry file (by suffix) and validate it (see ``validate_telemetry``).
 
     Rows are numbered from 1 in file order (for CSV, row ``n`` is on line ``n + 1``, after the header).
     """
+    return load_telemetry(path, known_devices=known_devices, unknown_devices=unknown_devices).frame
+
+
+def load_telemetry(
+    path: str | os.PathLike[str],
+    *,
+    known_devices: Collection[str] | None = None,
+    unknown_devices: str = "error",
+) -> TelemetryFile:
+    """``read_telemetry`` with the counts of what was dropped (identical duplicates, ignored devices)."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in _PARQUET_SUFFIXES:
-        raw = pd.read_parquet(path)
-    elif suffix in _CSV_SUFFIXES:
-        raw = _read_csv_text(path)
-    else:
+    if suffix not in _PARQUET_SUFFIXES | _CSV_SUFFIXES:
         raise TelemetryError(f"{path}: unknown telemetry file suffix {path.suffix!r}; use .csv or .parquet")
-    return validate_telemetry(raw, known_devices=known_devices, source=str(path))
+    if not path.is_file():
+        raise TelemetryError(f"{path}: no such telemetry file")
+    if suffix in _PARQUET_SUFFIXES:
+        try:
+            raw = pd.read_parquet(path)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise TelemetryError(f"{path}: not a readable Parquet file ({exc})") from None
+    else:
+        raw = _read_csv_text(path)
+    return _validate(raw, known_devices=known_devices, unknown_devices=unknown_devices, source=str(path))
 
 
 def _read_csv_text(path: Path) -> pd.DataFrame:
     """Every column as text, so a bad value is reported exactly as written (pyarrow: ~10x pandas' speed)."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        header = next(csv.reader(handle), [])
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle), [])
+    except UnicodeDecodeError as exc:
+        raise TelemetryError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start} "
+                             "of the header); save the file as UTF-8") from None
+    except (OSError, csv.Error) as exc:
+        raise TelemetryError(f"{path}: cannot read the header ({exc})") from None
     if not header:
         raise TelemetryError(f"{path}: empty file; expected a header {list(TELEMETRY_COLUMNS)}")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise TelemetryError(f"{path}: header names column {repeated[0]!r} twice")
     try:
         table = pacsv.read_csv(
             path,
@@ -143,23 +189,38 @@ def _read_csv_text(path: Path) -> pd.DataFrame:
                 column_types={name: pa.string() for name in header}, strings_can_be_null=False
             ),
         )
-    except pa.ArrowInvalid as exc:
+    except (pa.ArrowInvalid, OSError) as exc:
         raise TelemetryError(f"{path}: not a readable CSV file ({exc})") from None
     return table.to_pandas()
 
 
 def validate_telemetry(
-    raw: pd.DataFrame, *, known_devices: Collection[str] | None = None, source: str = "telemetry"
+    raw: pd.DataFrame,
+    *,
+    known_devices: Collection[str] | None = None,
+    unknown_devices: str = "error",
+    source: str = "telemetry",
 ) -> pd.DataFrame:
     """Check ``raw`` and return it in canonical form (columns TELEMETRY_COLUMNS, ``ts`` as UTC microseconds).
 
-    Timestamps keep microseconds (finer digits are truncated). Raises ``TelemetryError`` naming the first
-    bad row (numbered from 1), its field and value: a timestamp
-    that does not parse or has no UTC offset, an unknown device (when ``known_devices`` is given), an unknown
-    quantity or quality, a non-numeric or infinite value, a non-integer ``seq``. ``quality`` and ``seq`` are
-    optional: quality defaults to ``good`` and seq to the row number. A NaN value (empty, ``nan``, ``null``)
-    is kept, and marked ``missing`` unless it was ``rejected``: nothing received is dropped.
+    Timestamps keep microseconds (finer digits are truncated). Raises ``TelemetryError`` naming the source,
+    the first bad row (numbered from 1), its field and value: a timestamp that does not parse or has no UTC
+    offset, an unknown quantity or quality, a non-numeric, boolean or infinite value, a non-integer ``seq``,
+    and two rows with the same (device_id, quantity, seq) that differ in any field (both rows are named).
+    Identical repeats of a row are dropped (counted by ``load_telemetry``). With ``known_devices``, a row of
+    any other device is an error (``unknown_devices="error"``) or is left out (``"ignore"``).
+    ``quality`` and ``seq`` are optional: quality defaults to ``good`` and seq to the row number. A NaN
+    value (empty, ``nan``, ``null``) is kept, and marked ``missing`` unless it was ``rejected``: nothing
+    received is dropped.
     """
+    return _validate(raw, known_devices=known_devices, unknown_devices=unknown_devices, source=source).frame
+
+
+def _validate(
+    raw: pd.DataFrame, *, known_devices: Collection[str] | None, unknown_devices: str, source: str
+) -> TelemetryFile:
+    if unknown_devices not in ("error", "ignore"):
+        raise TelemetryError(f"unknown_devices={unknown_devices!r} must be 'error' or 'ignore'")
     missing = [c for c in _REQUIRED if c not in raw.columns]
     if missing:
         raise TelemetryError(f"{source}: missing columns {missing}; expected {list(TELEMETRY_COLUMNS)}")
@@ -168,9 +229,6 @@ def validate_telemetry(
     device_id = _checked_text(
         raw["device_id"], lambda d: isinstance(d, str) and d != "", source, "device_id", "is not a non-empty string"
     )
-    if known_devices is not None:
-        known = frozenset(known_devices)
-        _checked_text(raw["device_id"], known.__contains__, source, "device_id", "is not a known device")
     quantity = _checked_text(
         raw["quantity"], _QUANTITIES.__contains__, source, "quantity", f"is not a known quantity {sorted(_QUANTITIES)}"
     )
@@ -185,13 +243,64 @@ def validate_telemetry(
     nan_kept = np.isnan(value) & (quality != Quality.REJECTED.value)
     quality = np.where(nan_kept, Quality.MISSING.value, quality).astype(object)
     seq = _parse_seq(raw["seq"], source) if "seq" in raw.columns else np.arange(len(raw), dtype="int64")
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {"ts": ts, "device_id": device_id, "quantity": quantity, "value": value, "quality": quality, "seq": seq}
     )
+    repeats = _identical_repeats(frame, source) if "seq" in raw.columns else np.zeros(len(frame), dtype=bool)
+    unknown = np.zeros(len(frame), dtype=bool)
+    ignored: tuple[str, ...] = ()
+    if known_devices is not None:
+        known = frozenset(known_devices)
+        codes, uniques = pd.factorize(frame["device_id"])
+        unknown = ~np.fromiter((u in known for u in uniques), dtype=bool, count=len(uniques))[codes]
+        if unknown.any() and unknown_devices == "error":
+            _fail_at(int(np.flatnonzero(unknown)[0]), raw["device_id"], source, "device_id",
+                     "is not a device of this feeder or fleet (set telemetry.unknown_devices = \"ignore\" "
+                     "to leave such rows out)")
+        ignored = tuple(sorted(set(frame["device_id"][unknown])))
+    keep = ~(repeats | unknown)
+    kept = frame[keep].reset_index(drop=True) if not keep.all() else frame
+    return TelemetryFile(frame=kept, source=source, rows_read=len(frame), duplicates_dropped=int(repeats.sum()),
+                         unknown_rows_ignored=int((unknown & ~repeats).sum()), unknown_devices=ignored)
+
+
+def _identical_repeats(frame: pd.DataFrame, source: str) -> np.ndarray:
+    """Rows that repeat an earlier row with the same (device_id, quantity, seq) exactly (True = drop);
+    a ``TelemetryError`` naming both rows and the field when a repeat differs."""
+    key = ["device_id", "quantity", "seq"]
+    dup = frame.duplicated(key, keep=False).to_numpy()
+    repeat = np.zeros(len(frame), dtype=bool)
+    if not dup.any():
+        return repeat
+    rows = np.flatnonzero(dup)
+    first = frame.iloc[rows][key].assign(_row=rows).groupby(key, sort=False)["_row"].transform("min").to_numpy()
+    columns = {"ts": pd.DatetimeIndex(frame["ts"]).asi8, "value": frame["value"].to_numpy(float),
+               "quality": frame["quality"].to_numpy(object)}
+    for field, column in columns.items():
+        a, b = column[rows], column[first]
+        same = (a == b) | (np.isnan(a) & np.isnan(b)) if field == "value" else (a == b)
+        if not np.all(same):
+            i = int(np.flatnonzero(~same)[0])
+            j, k = int(first[i]), int(rows[i])
+            shown = [_plain(frame[field].iloc[r]) for r in (j, k)]
+            raise TelemetryError(
+                f"{source}: rows {j + 1} and {k + 1}: device {frame['device_id'].iloc[k]!r} quantity "
+                f"{frame['quantity'].iloc[k]!r} seq {frame['seq'].iloc[k]} is reported twice with different field "
+                f"{field!r}: {shown[0]!r} and {shown[1]!r}"
+            )
+    repeat[rows] = rows != first
+    return repeat
+
+
+def _plain(value: Any) -> Any:
+    """A value as the user wrote it: Python scalars (numpy's repr is ``np.float64(1.5)``), times in ISO 8601."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value.isoformat() if isinstance(value, pd.Timestamp) else value
 
 
 def _fail_at(i: int, column: pd.Series, source: str, field: str, problem: str) -> None:
-    raise TelemetryError(f"{source}: row {i + 1}: field {field!r}: value {column.iloc[i]!r} {problem}")
+    raise TelemetryError(f"{source}: row {i + 1}: field {field!r}: value {_plain(column.iloc[i])!r} {problem}")
 
 
 def _checked_text(
@@ -229,28 +338,61 @@ def _parse_ts(column: pd.Series, source: str) -> pd.DatetimeIndex:
 
 
 def _parse_values(column: pd.Series, source: str) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
-        value = column.to_numpy(dtype="float64")
-    else:
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        if len(column):
+            _fail_at(0, column, source, "value", "is a boolean, not a number")
+        return np.zeros(0)
+    if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype):
+        value = column.to_numpy(dtype="float64", na_value=np.nan)
+    elif dtype == object or pd.api.types.is_string_dtype(dtype):
         text = column.astype(object)
-        is_token = text.map(lambda v: v is None or (isinstance(v, str) and v.strip().lower() in _NAN_TOKENS))
+        is_bool = text.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+        if is_bool.any():
+            _fail_at(int(np.flatnonzero(is_bool)[0]), column, source, "value", "is a boolean, not a number")
+        is_token = text.map(lambda v: v is None or (isinstance(v, float) and np.isnan(v))
+                            or (isinstance(v, str) and v.strip().lower() in _NAN_TOKENS))
         text = text.where(~is_token, "nan")
+        numeric = text.map(lambda v: isinstance(v, (str, int, float, np.integer, np.floating))).to_numpy(dtype=bool)
         try:
+            if not numeric.all():
+                raise TypeError("not text or a number")
             # numpy parses text with Python's float(): correctly rounded, unlike pandas' fast to_numeric.
             value = text.to_numpy().astype("float64")
-        except (ValueError, TypeError):
-            bad = pd.to_numeric(text, errors="coerce").isna().to_numpy() & ~is_token.to_numpy(dtype=bool)
+        except (ValueError, TypeError, OverflowError):
+            parsed = pd.to_numeric(text.where(numeric, None), errors="coerce")
+            bad = (parsed.isna().to_numpy() | ~numeric) & ~is_token.to_numpy(dtype=bool)
             _fail_at(int(np.flatnonzero(bad)[0]) if bad.any() else 0, column, source, "value", "is not a number")
+    else:
+        if len(column):
+            _fail_at(0, column, source, "value", f"has dtype {dtype}, not a number")
+        return np.zeros(0)
     if np.isinf(value).any():
         _fail_at(int(np.flatnonzero(np.isinf(value))[0]), column, source, "value", "is not a finite number")
     return value
 
 
 def _parse_seq(column: pd.Series, source: str) -> np.ndarray:
-    if pd.api.types.is_integer_dtype(column.dtype):
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        if len(column):
+            _fail_at(0, column, source, "seq", "is a boolean, not an integer")
+        return np.zeros(0, dtype="int64")
+    if pd.api.types.is_integer_dtype(dtype) and not column.isna().any():
         return column.to_numpy(dtype="int64")
-    numeric = pd.to_numeric(column.astype(object), errors="coerce")
-    bad = (numeric.isna() | (numeric != np.floor(numeric))).to_numpy(dtype=bool)
+    if not (pd.api.types.is_numeric_dtype(dtype) or dtype == object or pd.api.types.is_string_dtype(dtype)) \
+            or pd.api.types.is_complex_dtype(dtype):
+        if len(column):
+            _fail_at(0, column, source, "seq", f"has dtype {dtype}, not an integer")
+        return np.zeros(0, dtype="int64")
+    values = column.astype(object)
+    is_bool = values.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+    if is_bool.any():
+        _fail_at(int(np.flatnonzero(is_bool)[0]), column, source, "seq", "is a boolean, not an integer")
+    numeric = pd.to_numeric(values.where(values.map(lambda v: isinstance(v, (str, int, float, np.number))), None),
+                            errors="coerce").astype("float64")
+    with np.errstate(invalid="ignore"):
+        bad = (numeric.isna() | (numeric != np.floor(numeric)) | (numeric.abs() >= 2.0**63)).to_numpy(dtype=bool)
     if bad.any():
         _fail_at(int(np.flatnonzero(bad)[0]), column, source, "seq", "is not an integer")
     return numeric.to_numpy().astype("int64")
@@ -453,10 +595,12 @@ def telemetry_to_profiles(
     pv_per_mwp: pd.Series,
     flex_per_mw: pd.Series,
     max_fill: int = 4,
+    source: str = "telemetry",
 ) -> ExogenousProfiles:
     """Rebuild ``ExogenousProfiles`` for ``net`` from long-format telemetry (the inverse of
     ``profiles_to_telemetry``), aligned with ``align_to_step``. Stale fills are accepted; an interval still
-    missing for some device, or shapes that do not cover the grid, raise ``TelemetryError``.
+    missing for some device, or shapes that do not cover the grid, raise ``TelemetryError`` (prefixed with
+    ``source``, the file's name).
     """
     load_ids = [load_device_id(int(i)) for i in net.load.index]
     sgen_ids = [sgen_device_id(int(i)) for i in net.sgen.index]
@@ -470,7 +614,7 @@ def telemetry_to_profiles(
             device = gaps.any()[gaps.any()].index[0]
             first = gaps[device].idxmax()
             raise TelemetryError(
-                f"device {device!r} quantity {quantity.value!r}: no value at {first.isoformat()} "
+                f"{source}: device {device!r} quantity {quantity.value!r}: no value at {first.isoformat()} "
                 f"(nor within {max_fill} steps before it)"
             )
     index = load_p.values.index

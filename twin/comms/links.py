@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from controllers.api import AgentMessage
+from controllers.coordination import ROUND_PASSES, RoundDelivery
 
 __all__ = ["CommsModel", "Fault", "FaultKind", "LinkSpec", "TrafficCounter", "payload_size_bytes"]
 
@@ -177,6 +178,34 @@ class CommsModel:
         )
         self.traffic.count("setpoint_downlink", n_bytes, delivered=ok)
         return ok
+
+    def draw_round(self, time: pd.Timestamp, *, active: np.ndarray, n_nodes: int) -> RoundDelivery:
+        """The fate of every message of one coordination round along the feeder tree, drawn at once.
+
+        Participants that dropped out (``active`` False) neither send nor receive; every other message (the
+        participants' links to their bus node and each branch of the tree, once per pass) is lost with the
+        mesh's loss probability (plus any message-loss fault). Grid nodes never drop out.
+        """
+        loss = self._loss(self.mesh.loss, time)
+        active = np.asarray(active, dtype=bool)
+        party = self.rng.random((2, active.size)) >= loss
+        tree = self.rng.random((4, n_nodes)) >= loss
+        tree[:, 0] = False  # the root has no branch
+        return RoundDelivery(active=active, uplink=active & party[0], flows_up=tree[0], voltages_down=tree[1],
+                             duals_up=tree[2], prices_down=tree[3], downlink=active & party[1])
+
+    def count_round(self, delivery: RoundDelivery, message_bytes: Mapping[str, int]) -> None:
+        """Count one round's tree messages: every link sends once per pass (a dropped-out participant sends
+        nothing); bytes count once per transmission."""
+        n_part, n_nodes = delivery.active.size, delivery.flows_up.size
+        for name in ROUND_PASSES:
+            sent = int(delivery.active.sum()) if name == "uplink" else n_part if name == "downlink" else n_nodes - 1
+            arrived = int(np.count_nonzero(getattr(delivery, name)))
+            size = int(message_bytes.get(name, 0))
+            self.traffic.messages["mesh"] += sent
+            self.traffic.bytes["mesh"] += sent * size
+            self.traffic.delivered_bytes["mesh"] += arrived * size
+            self.traffic.dropped["mesh"] += sent - arrived
 
     def deliver_mesh(
         self, messages: Iterable[AgentMessage], time: pd.Timestamp, *, round_period: pd.Timedelta

@@ -23,15 +23,20 @@ def mesh_neighbours(net: pp.pandapowerNet, assets: pd.DataFrame, *, hops: int = 
     participants = sorted(bus_of)
     slack = int(net.ext_grid.bus.iloc[0])
     order = {b: i for i, b in enumerate(nx.dfs_preorder_nodes(graph, slack))}
-    near: dict[int, set[int]] = {}
-    for bus in {b for buses in bus_of.values() for b in buses}:
-        near[bus] = set(nx.single_source_shortest_path_length(graph, bus, cutoff=hops))
+    at_bus: dict[int, set[str]] = {}
+    for pid, buses in bus_of.items():
+        for bus in buses:
+            at_bus.setdefault(bus, set()).add(pid)
     links: dict[str, set[str]] = {p: set() for p in participants}
-    for a in participants:
-        for b in participants:
-            if a < b and any(nb in near[x] for x in bus_of[a] for nb in bus_of[b]):
-                links[a].add(b)
-                links[b].add(a)
+    # Participants within ``hops`` of each other: a bounded breadth-first search from each DER bus, then the
+    # participants at the buses it reached (linear in the fleet, not quadratic).
+    for bus, here in at_bus.items():
+        for nearby in nx.single_source_shortest_path_length(graph, bus, cutoff=hops):
+            for other in at_bus.get(nearby, ()):
+                for pid in here:
+                    if other != pid:
+                        links[pid].add(other)
+                        links[other].add(pid)
     chain = sorted(participants, key=lambda p: (min(order.get(b, 10**9) for b in bus_of[p]), p))
     for a, b in zip(chain, chain[1:]):
         links[a].add(b)

@@ -2,7 +2,9 @@
 
 Owns the dynamic state of batteries (SOC), EV sessions (energy still needed), flexible loads (deferred
 energy with deadlines) and PV (available vs produced power), and the clipping of setpoints to ratings and
-state limits. Vectorized over assets of a kind; exposed as labelled Series (index = asset_id).
+state limits. Array-native: every method works on arrays in asset order (``FleetPhysics.ids``), vectorized
+over the whole fleet; the labelled wrappers (``advance``, ``autonomous_p_mw``, ``state_frame``) are for the
+edges (observations, the live device simulator, tests).
 Load convention throughout: positive p_mw charges / consumes, negative discharges / produces.
 """
 
@@ -15,7 +17,7 @@ import pandas as pd
 
 from controllers.api import AssetKind
 
-__all__ = ["ClipReason", "FleetPhysics", "IntervalOutcome"]
+__all__ = ["CLIP_REASONS", "ClipReason", "FleetPhysics", "IntervalOutcome", "STATE_COLUMNS"]
 
 #: Tolerance below which a clip is not worth recording (numerical noise from solvers).
 _CLIP_TOL_MW = 1e-9
@@ -31,25 +33,75 @@ class ClipReason:
     DEADLINE = "deadline"
 
 
+#: Clip reasons by code (``IntervalOutcome.clip_code``): 0 = the setpoint applied as asked.
+CLIP_REASONS: tuple[str, ...] = ("", ClipReason.RATING, ClipReason.SOC, ClipReason.AVAILABLE,
+                                 ClipReason.NOT_CONNECTED, ClipReason.DEADLINE)
+_CODE = {reason: np.int8(code) for code, reason in enumerate(CLIP_REASONS)}
+_REASON_OBJECTS = np.array(CLIP_REASONS, dtype=object)
+
+#: Columns of ``FleetPhysics.state_arrays`` / ``state_frame``, in order.
+STATE_COLUMNS: tuple[str, ...] = ("soc_mwh", "ev_connected", "ev_energy_needed_mwh", "ev_departure",
+                                  "flex_backlog_mwh", "flex_deadline", "e_imp_mwh", "e_exp_mwh")
+
+
 @dataclass(frozen=True)
 class IntervalOutcome:
-    """What the fleet did over ``[time, time + step)`` (index = asset_id)."""
+    """What the fleet did over ``[time, time + step)``: arrays in the order of ``ids`` (asset_id); the
+    labelled Series (``p_mw``, ``clipped``, ...) are built on access."""
 
     time: pd.Timestamp
-    p_mw: pd.Series
-    q_mvar: pd.Series
-    p_requested_mw: pd.Series
-    clipped: pd.Series  # reason string, "" when the setpoint applied as asked
-    soc_mwh: pd.Series  # batteries at the interval end; NaN for other kinds
+    ids: pd.Index
+    p: np.ndarray
+    q: np.ndarray
+    p_requested: np.ndarray
+    clip_code: np.ndarray  # int8 codes into CLIP_REASONS
+    soc: np.ndarray  # batteries at the interval end; NaN for other kinds
     pv_curtailed_mwh: float
     ev_unmet_mwh: float  # energy still needed by EVs that departed during this interval
     flex_unserved_mwh: float  # deferred energy that missed its deadline
-    e_imp_mwh: pd.Series  # energy drawn from the grid in this interval, >= 0
-    e_exp_mwh: pd.Series  # energy fed into the grid in this interval, >= 0
+    e_imp: np.ndarray  # energy drawn from the grid in this interval, >= 0
+    e_exp: np.ndarray  # energy fed into the grid in this interval, >= 0
+
+    def _series(self, values: np.ndarray) -> pd.Series:
+        return pd.Series(values.copy(), index=self.ids)
+
+    @property
+    def p_mw(self) -> pd.Series:
+        return self._series(self.p)
+
+    @property
+    def q_mvar(self) -> pd.Series:
+        return self._series(self.q)
+
+    @property
+    def p_requested_mw(self) -> pd.Series:
+        return self._series(self.p_requested)
+
+    @property
+    def soc_mwh(self) -> pd.Series:
+        return self._series(self.soc)
+
+    @property
+    def e_imp_mwh(self) -> pd.Series:
+        return self._series(self.e_imp)
+
+    @property
+    def e_exp_mwh(self) -> pd.Series:
+        return self._series(self.e_exp)
+
+    @property
+    def clipped(self) -> pd.Series:
+        """Clip reason per asset ("" when the setpoint applied as asked)."""
+        return pd.Series(_REASON_OBJECTS[self.clip_code], index=self.ids, dtype=object).astype(str)
+
+    @property
+    def n_clipped(self) -> int:
+        return int(np.count_nonzero(self.clip_code))
 
 
 class FleetPhysics:
-    """The engine-owned dynamic state of one fleet. ``advance`` applies one interval and returns what happened."""
+    """The engine-owned dynamic state of one fleet. ``advance_arrays`` applies one interval and returns what
+    happened; every per-asset quantity is an array in ``ids`` order."""
 
     def __init__(self, assets: pd.DataFrame, ev_sessions: pd.DataFrame, *, step: pd.Timedelta) -> None:
         self.assets = assets
@@ -58,6 +110,7 @@ class FleetPhysics:
         ids = assets.index
         kinds = assets["kind"].astype(str)
         self.ids = ids
+        n = len(ids)
         self.is_kind = {kind: (kinds == kind).to_numpy() for kind in AssetKind}
         self.p_max = assets["p_max_mw"].to_numpy(float)
         self.e_max = assets["e_max_mwh"].to_numpy(float)
@@ -68,64 +121,88 @@ class FleetPhysics:
         self.s_max = assets["s_max_mva"].to_numpy(float)
         self.v2g = assets["v2g"].to_numpy(bool)
         self.soc = np.where(self.is_kind[AssetKind.BATTERY], assets["soc_init"].to_numpy(float) * self.e_max, np.nan)
-        # EV sessions: per charger, the active session's need and departure.
+        self._inverter = self.is_kind[AssetKind.PV] | self.is_kind[AssetKind.BATTERY]
+        self._ev_or_flex = self.is_kind[AssetKind.FLEX_LOAD] | self.is_kind[AssetKind.EV_CHARGER]
+        self._zeros = np.zeros(n)
+        # EV sessions (sorted by arrival once): per charger, the active session's need and departure.
         self.sessions = ev_sessions.sort_values("arrival").reset_index(drop=True)
-        self.ev_need = np.zeros(len(ids))
-        self.ev_departure = np.full(len(ids), np.datetime64("NaT"), dtype="datetime64[ns]")
-        self.ev_connected = np.zeros(len(ids), dtype=bool)
+        self._session_arrival_ns = _utc_ns(self.sessions["arrival"])
+        self._session_departure = _utc_ns(self.sessions["departure"]).astype("datetime64[ns]")
+        self._session_pos = ids.get_indexer(self.sessions["asset_id"]) if n else np.full(len(self.sessions), -1)
+        self._session_energy = self.sessions["energy_mwh"].to_numpy(float)
+        self.ev_need = np.zeros(n)
+        self.ev_departure = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+        self.ev_connected = np.zeros(n, dtype=bool)
         self._next_session = 0
-        self._pos = pd.Series(np.arange(len(ids)), index=ids)
         # Flexible loads: a request made in interval k may be served in intervals k .. k + w - 1 (w = window
         # in steps, at least 1 = not deferrable). Unserved energy is kept by age; stored ages 0 .. w - 2.
         window_steps = (assets["flex_window"] / step).fillna(0).astype(int).to_numpy()
         self.flex_window_steps = np.where(self.is_kind[AssetKind.FLEX_LOAD], np.maximum(window_steps, 1), 0)
-        self.flex_buckets = np.zeros((len(ids), max(1, int(self.flex_window_steps.max(initial=1)) - 1)))
-        self.e_imp_register_mwh = np.zeros(len(ids))
-        self.e_exp_register_mwh = np.zeros(len(ids))
+        self.flex_buckets = np.zeros((n, max(1, int(self.flex_window_steps.max(initial=1)) - 1)))
+        self._flex_rows = np.flatnonzero(self.is_kind[AssetKind.FLEX_LOAD])
+        w = self.flex_window_steps[self._flex_rows]
+        width = int(w.max(initial=1))
+        # Serving order j = 0, 1, ... is oldest first: order j of flex row i holds age w_i - 1 - j (if >= 0).
+        self._flex_age = w[:, None] - 1 - np.arange(width)[None, :]
+        self._flex_order_valid = self._flex_age >= 0
+        self._flex_age_clipped = np.maximum(self._flex_age, 0)
+        self._flex_due_column = np.maximum(w - 2, 0)
+        self._flex_single = w == 1
+        self._flex_width = width
+        self.e_imp_register_mwh = np.zeros(n)
+        self.e_exp_register_mwh = np.zeros(n)
 
     # -- state the controllers may see -------------------------------------------------------------
+    def state_arrays(self, time: pd.Timestamp) -> dict[str, np.ndarray]:
+        """The state at the start of ``time`` (EVs that arrived plugged in), as copies: column -> array in
+        ``ids`` order (``STATE_COLUMNS``; times are UTC ``datetime64[ns]``, NaT where none)."""
+        self.update_sessions(time)
+        return {
+            "soc_mwh": self.soc.copy(),
+            "ev_connected": self.ev_connected.copy(),
+            "ev_energy_needed_mwh": np.where(self.ev_connected, self.ev_need, 0.0),
+            "ev_departure": self.ev_departure.copy(),
+            "flex_backlog_mwh": self.flex_buckets.sum(axis=1),
+            "flex_deadline": self.flex_deadline_ns(time).astype("datetime64[ns]"),
+            "e_imp_mwh": self.e_imp_register_mwh.copy(),
+            "e_exp_mwh": self.e_exp_register_mwh.copy(),
+        }
+
     def state_frame(self, time: pd.Timestamp) -> pd.DataFrame:
-        self._update_sessions(time)
-        backlog = self.flex_buckets.sum(axis=1)
-        return pd.DataFrame(
-            {
-                "soc_mwh": self.soc,
-                "ev_connected": self.ev_connected,
-                "ev_energy_needed_mwh": np.where(self.ev_connected, self.ev_need, 0.0),
-                "ev_departure": pd.to_datetime(self.ev_departure).tz_localize("UTC"),
-                "flex_backlog_mwh": backlog,
-                "flex_deadline": self._flex_deadline(time),
-                "e_imp_mwh": self.e_imp_register_mwh,
-                "e_exp_mwh": self.e_exp_register_mwh,
-            },
-            index=self.ids,
-        )
+        """``state_arrays`` as a table (index asset_id; times tz-aware UTC)."""
+        return state_frame_of(self.state_arrays(time), self.ids)
 
-    def _flex_deadline(self, time: pd.Timestamp) -> pd.Series:
-        # Stored bucket a is age a + 1 in the interval starting at ``time``; its last allowed interval is
-        # the one where it reaches age w - 1, which ends at time + (w - 1 - a) steps.
-        deadlines = []
-        for i in range(len(self.ids)):
-            nonzero = np.nonzero(self.flex_buckets[i] > _CLIP_TOL_MW)[0]
-            if len(nonzero) == 0:
-                deadlines.append(pd.NaT)
-            else:
-                oldest = int(nonzero.max())
-                deadlines.append(time + (int(self.flex_window_steps[i]) - 1 - oldest) * self.step)
-        return pd.Series(pd.to_datetime(deadlines, utc=True), index=self.ids)
+    def flex_deadline_ns(self, time: pd.Timestamp) -> np.ndarray:
+        """Per asset, when its oldest deferred energy must be served (int64 ns; NaT's value where none).
 
-    def autonomous_p_mw(self, *, pv_avail_mw: pd.Series, flex_base_mw: pd.Series) -> pd.Series:
+        Stored bucket a is age a + 1 in the interval starting at ``time``; its last allowed interval is the one
+        where it reaches age w - 1, which ends at time + (w - 1 - a) steps."""
+        owed = self.flex_buckets > _CLIP_TOL_MW
+        width = owed.shape[1]
+        oldest = width - 1 - np.argmax(owed[:, ::-1], axis=1)
+        deadline = time.value + (self.flex_window_steps - 1 - oldest).astype(np.int64) * self.step.value
+        return np.where(owed.any(axis=1), deadline, np.iinfo(np.int64).min)
+
+    def autonomous(self, *, pv_avail: np.ndarray, flex_base: np.ndarray) -> np.ndarray:
         """The default a device falls back to without a valid setpoint: batteries idle, EVs at full rate
-        until full, flexible loads serve their request (and anything due), PV at full output."""
+        until full, flexible loads serve their request (and anything due), PV at full output. ``pv_avail`` and
+        ``flex_base`` are arrays in ``ids`` order (0 for other kinds)."""
         p = np.zeros(len(self.ids))
         ev = self.is_kind[AssetKind.EV_CHARGER] & self.ev_connected
         p[ev] = np.minimum(self.p_max[ev], self.ev_need[ev] / (self.eta_c[ev] * self.hours))
         flex = self.is_kind[AssetKind.FLEX_LOAD]
-        base = flex_base_mw.reindex(self.ids).fillna(0.0).to_numpy()
-        p[flex] = base[flex] + self.flex_buckets[flex].sum(axis=1) / self.hours
+        p[flex] = flex_base[flex] + self.flex_buckets[flex].sum(axis=1) / self.hours
         pv = self.is_kind[AssetKind.PV]
-        p[pv] = -pv_avail_mw.reindex(self.ids).fillna(0.0).to_numpy()[pv]
-        return pd.Series(np.minimum(p, np.where(flex | ev, self.p_max, np.inf)), index=self.ids)
+        p[pv] = -pv_avail[pv]
+        return np.minimum(p, np.where(self._ev_or_flex, self.p_max, np.inf))
+
+    def autonomous_p_mw(self, *, pv_avail_mw: pd.Series, flex_base_mw: pd.Series) -> pd.Series:
+        """``autonomous`` by label (``pv_avail_mw`` / ``flex_base_mw`` by asset_id; missing = 0)."""
+        return pd.Series(self.autonomous(pv_avail=self._by_id(pv_avail_mw), flex_base=self._by_id(flex_base_mw)),
+                         index=self.ids)
+
+    def _by_id(self, values: pd.Series) -> np.ndarray:
+        return values.reindex(self.ids).fillna(0.0).to_numpy(float)
 
     # -- one interval ------------------------------------------------------------------------------
     def advance(
@@ -137,71 +214,75 @@ class FleetPhysics:
         pv_avail_mw: pd.Series,
         flex_base_mw: pd.Series,
     ) -> IntervalOutcome:
-        """Apply setpoints (index asset_id; every asset present) for ``[time, time + step)``."""
-        self._update_sessions(time)
+        """``advance_arrays`` by label: setpoints by asset_id (every asset present), missing Q = 0."""
+        return self.advance_arrays(
+            time, p_setpoint=p_setpoint_mw.reindex(self.ids).to_numpy(float),
+            q_setpoint=self._by_id(q_setpoint_mvar), pv_avail=self._by_id(pv_avail_mw),
+            flex_base=self._by_id(flex_base_mw))
+
+    def advance_arrays(self, time: pd.Timestamp, *, p_setpoint: np.ndarray, q_setpoint: np.ndarray,
+                       pv_avail: np.ndarray, flex_base: np.ndarray) -> IntervalOutcome:
+        """Apply setpoints (arrays in ``ids`` order) for ``[time, time + step)``: clip them to ratings and
+        state limits, integrate SOC, EV need and deferred load, and return what happened."""
+        self.update_sessions(time)
         h = self.hours
-        req = p_setpoint_mw.reindex(self.ids).to_numpy(float)
+        req = np.array(p_setpoint, dtype=float)
         p = req.copy()
-        reason = np.full(len(self.ids), "", dtype=object)
+        reason = np.zeros(len(self.ids), dtype=np.int8)
+        zeros = self._zeros
 
         def clip(mask: np.ndarray, lo: np.ndarray, hi: np.ndarray, why: str) -> None:
             new = np.clip(p, lo, hi)
             changed = mask & (np.abs(new - p) > _CLIP_TOL_MW)
-            reason[changed & (reason == "")] = why
+            reason[changed & (reason == 0)] = _CODE[why]
             p[mask] = new[mask]
 
         # Batteries: rating, then what the SOC allows in this interval.
         bat = self.is_kind[AssetKind.BATTERY]
-        clip(bat, -self.p_max, self.p_max, ClipReason.RATING)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p_charge_max = np.maximum(self.soc_max - self.soc, 0.0) / (self.eta_c * h)
-            p_dis_max = np.maximum(self.soc - self.soc_min, 0.0) * self.eta_d / h
-        clip(bat, -p_dis_max, p_charge_max, ClipReason.SOC)
+        if bat.any():
+            clip(bat, -self.p_max, self.p_max, ClipReason.RATING)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                p_charge_max = np.maximum(self.soc_max - self.soc, 0.0) / (self.eta_c * h)
+                p_dis_max = np.maximum(self.soc - self.soc_min, 0.0) * self.eta_d / h
+            clip(bat, -p_dis_max, p_charge_max, ClipReason.SOC)
         # EVs: nothing when unplugged; otherwise rating, need, and V2G only where allowed.
         ev = self.is_kind[AssetKind.EV_CHARGER]
-        clip(ev & ~self.ev_connected, np.zeros_like(p), np.zeros_like(p), ClipReason.NOT_CONNECTED)
-        evc = ev & self.ev_connected
-        lo_ev = np.where(self.v2g, -self.p_max, 0.0)
-        clip(evc, lo_ev, self.p_max, ClipReason.RATING)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p_need_max = self.ev_need / (self.eta_c * h)
-            v2g_room = np.maximum(self.e_max - self.ev_need, 0.0) * self.eta_d / h
-        clip(evc, np.where(self.v2g, -v2g_room, 0.0), p_need_max, ClipReason.SOC)
+        if ev.any():
+            clip(ev & ~self.ev_connected, zeros, zeros, ClipReason.NOT_CONNECTED)
+            evc = ev & self.ev_connected
+            lo_ev = np.where(self.v2g, -self.p_max, 0.0)
+            clip(evc, lo_ev, self.p_max, ClipReason.RATING)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                p_need_max = self.ev_need / (self.eta_c * h)
+                v2g_room = np.maximum(self.e_max - self.ev_need, 0.0) * self.eta_d / h
+            clip(evc, np.where(self.v2g, -v2g_room, 0.0), p_need_max, ClipReason.SOC)
         # Flexible loads: serve at least what falls due, at most request + backlog, within rating.
         flex = self.is_kind[AssetKind.FLEX_LOAD]
-        base = flex_base_mw.reindex(self.ids).fillna(0.0).to_numpy()
-        due = self._flex_due_mwh(base) / h
-        clip(flex, np.zeros_like(p), self.p_max, ClipReason.RATING)
-        hi_flex = base + self.flex_buckets.sum(axis=1) / h
-        clip(flex, np.minimum(due, self.p_max), np.maximum(hi_flex, 0.0), ClipReason.DEADLINE)
+        if flex.any():
+            due = self._flex_due_mwh(flex_base) / h
+            clip(flex, zeros, self.p_max, ClipReason.RATING)
+            hi_flex = flex_base + self.flex_buckets.sum(axis=1) / h
+            clip(flex, np.minimum(due, self.p_max), np.maximum(hi_flex, 0.0), ClipReason.DEADLINE)
         # PV: produce between 0 and what the sun offers.
         pv = self.is_kind[AssetKind.PV]
-        avail = pv_avail_mw.reindex(self.ids).fillna(0.0).to_numpy()
-        clip(pv, -avail, np.zeros_like(p), ClipReason.AVAILABLE)
+        if pv.any():
+            clip(pv, -pv_avail, zeros, ClipReason.AVAILABLE)
 
-        q = self._clip_q(p, q_setpoint_mvar.reindex(self.ids).fillna(0.0).to_numpy(float))
-        soc_end, ev_unmet, flex_unserved, curtailed = self._integrate(time, p, base, avail)
+        q = self.clip_q(p, np.asarray(q_setpoint, dtype=float))
+        soc_end, ev_unmet, flex_unserved, curtailed = self._integrate(time, p, flex_base, pv_avail)
         e = p * h
-        self.e_imp_register_mwh += np.maximum(e, 0.0)
-        self.e_exp_register_mwh += np.maximum(-e, 0.0)
-        return IntervalOutcome(
-            time=time,
-            p_mw=pd.Series(p, index=self.ids),
-            q_mvar=pd.Series(q, index=self.ids),
-            p_requested_mw=pd.Series(req, index=self.ids),
-            clipped=pd.Series(reason, index=self.ids, dtype=object).astype(str),
-            soc_mwh=pd.Series(soc_end, index=self.ids),
-            pv_curtailed_mwh=curtailed,
-            ev_unmet_mwh=ev_unmet,
-            flex_unserved_mwh=flex_unserved,
-            e_imp_mwh=pd.Series(np.maximum(e, 0.0), index=self.ids),
-            e_exp_mwh=pd.Series(np.maximum(-e, 0.0), index=self.ids),
-        )
+        e_imp, e_exp = np.maximum(e, 0.0), np.maximum(-e, 0.0)
+        self.e_imp_register_mwh += e_imp
+        self.e_exp_register_mwh += e_exp
+        return IntervalOutcome(time=time, ids=self.ids, p=p, q=q, p_requested=req, clip_code=reason, soc=soc_end,
+                               pv_curtailed_mwh=curtailed, ev_unmet_mwh=ev_unmet, flex_unserved_mwh=flex_unserved,
+                               e_imp=e_imp, e_exp=e_exp)
 
-    def _clip_q(self, p: np.ndarray, q: np.ndarray) -> np.ndarray:
-        # Only inverters (PV, battery) make reactive power, within what their rating leaves beside P.
-        inverter = self.is_kind[AssetKind.PV] | self.is_kind[AssetKind.BATTERY]
-        q_room = np.sqrt(np.maximum(self.s_max**2 - p**2, 0.0))
+    def clip_q(self, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Only inverters (PV, battery) make reactive power, within what their rating leaves beside P. Works
+        on (n_asset,) or (n_asset, n_interval) arrays."""
+        q_room = np.sqrt(np.maximum(self.s_max.reshape((-1,) + (1,) * (p.ndim - 1)) ** 2 - p**2, 0.0))
+        inverter = self._inverter.reshape((-1,) + (1,) * (p.ndim - 1))
         return np.where(inverter, np.clip(q, -q_room, q_room), 0.0)
 
     def _integrate(
@@ -215,18 +296,18 @@ class FleetPhysics:
             delta = charge * self.eta_c * h - discharge / self.eta_d * h
         self.soc = np.where(bat, np.clip(self.soc + delta, self.soc_min, self.soc_max), self.soc)
 
+        ev_unmet = 0.0
         ev = self.is_kind[AssetKind.EV_CHARGER] & self.ev_connected
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ev_delta = charge * self.eta_c * h - discharge / self.eta_d * h
-        self.ev_need = np.where(ev, np.maximum(self.ev_need - ev_delta, 0.0), self.ev_need)
-        end = time + self.step
-        departing = ev & (self.ev_departure <= end.tz_convert(None).to_datetime64())
-        ev_unmet = float(self.ev_need[departing].sum())
-        self.ev_need[departing] = 0.0
-        self.ev_connected[departing] = False
-        self.ev_departure[departing] = np.datetime64("NaT")
+        if ev.any():
+            self.ev_need = np.where(ev, np.maximum(self.ev_need - delta, 0.0), self.ev_need)
+            end = np.datetime64(time.value + self.step.value, "ns")
+            departing = ev & (self.ev_departure <= end)
+            ev_unmet = float(self.ev_need[departing].sum())
+            self.ev_need[departing] = 0.0
+            self.ev_connected[departing] = False
+            self.ev_departure[departing] = np.datetime64("NaT")
 
-        flex_unserved = self._serve_flex(p, base)
+        flex_unserved = self._serve_flex(p, base) if len(self._flex_rows) else 0.0
         pv = self.is_kind[AssetKind.PV]
         curtailed = float(((avail + p) * h)[pv].sum())
         return self.soc.copy(), ev_unmet, flex_unserved, max(curtailed, 0.0)
@@ -234,36 +315,66 @@ class FleetPhysics:
     def _flex_due_mwh(self, base: np.ndarray) -> np.ndarray:
         """Energy whose last allowed interval is this one (the request itself when w = 1)."""
         due = np.zeros(len(self.ids))
-        for i in np.nonzero(self.is_kind[AssetKind.FLEX_LOAD])[0]:
-            w = int(self.flex_window_steps[i])
-            due[i] = base[i] * self.hours if w == 1 else self.flex_buckets[i, w - 2]
+        rows = self._flex_rows
+        due[rows] = np.where(self._flex_single, base[rows] * self.hours, self.flex_buckets[rows, self._flex_due_column])
         return due
 
     def _serve_flex(self, p: np.ndarray, base: np.ndarray) -> float:
-        """Add this interval's request, serve oldest first, age the rest; return energy past its deadline."""
+        """Add this interval's request, serve oldest first, age the rest; return energy past its deadline.
+
+        Vectorized over flexible loads: in serving order (oldest first) the energy taken from each age is
+        what the served energy leaves after the older ones, clipped to [0, pending]."""
         h = self.hours
-        unserved = 0.0
-        for i in np.nonzero(self.is_kind[AssetKind.FLEX_LOAD])[0]:
-            w = int(self.flex_window_steps[i])
-            pending = np.concatenate([[base[i] * h], self.flex_buckets[i, : w - 1]])  # ages 0 .. w - 1
-            served = p[i] * h
-            for age in range(w - 1, -1, -1):  # oldest first
-                take = min(served, pending[age])
-                pending[age] -= take
-                served -= take
-            unserved += float(pending[w - 1])
-            self.flex_buckets[i, : w - 1] = pending[: w - 1]
+        rows = self._flex_rows
+        width = self._flex_width
+        pending = np.zeros((len(rows), width))  # by age 0 .. width - 1
+        pending[:, 0] = base[rows] * h
+        pending[:, 1:] = self.flex_buckets[rows, : width - 1]
+        ordered = np.where(self._flex_order_valid, np.take_along_axis(pending, self._flex_age_clipped, axis=1), 0.0)
+        before = np.cumsum(ordered, axis=1) - ordered
+        taken = np.clip((p[rows] * h)[:, None] - before, 0.0, ordered)
+        left = ordered - taken  # by serving order: column 0 is the oldest age, w - 1
+        unserved = float(left[:, 0].sum())
+        # Back to ages: age a sits at serving order w - 1 - a, the same index map as the other way round.
+        by_age = np.take_along_axis(left, self._flex_age_clipped, axis=1)
+        kept = self._flex_age[:, : width - 1] > 0  # ages 0 .. w - 2 are stored; order index w-1-a > 0
+        current = self.flex_buckets[rows, : width - 1]
+        self.flex_buckets[rows, : width - 1] = np.where(kept, by_age[:, : width - 1], current)
         return unserved
 
-    def _update_sessions(self, time: pd.Timestamp) -> None:
+    def update_sessions(self, time: pd.Timestamp) -> None:
         """Plug in every EV whose session has started by ``time`` (sessions sorted by arrival)."""
-        sessions = self.sessions
-        while self._next_session < len(sessions) and sessions.at[self._next_session, "arrival"] <= time:
-            row = sessions.iloc[self._next_session]
-            self._next_session += 1
-            if row["asset_id"] not in self._pos.index or row["departure"] <= time:
+        t = time.value
+        arrival = self._session_arrival_ns
+        k = self._next_session
+        while k < len(arrival) and arrival[k] <= t:
+            i = self._session_pos[k]
+            departure = self._session_departure[k]
+            k += 1
+            if i < 0 or departure.astype(np.int64) <= t:
                 continue
-            i = int(self._pos[row["asset_id"]])
             self.ev_connected[i] = True
-            self.ev_need[i] = float(row["energy_mwh"])
-            self.ev_departure[i] = pd.Timestamp(row["departure"]).tz_convert(None).to_datetime64()
+            self.ev_need[i] = self._session_energy[k - 1]
+            self.ev_departure[i] = departure
+        self._next_session = k
+
+    _update_sessions = update_sessions
+
+
+def state_frame_of(state: dict[str, np.ndarray], ids: pd.Index) -> pd.DataFrame:
+    """A state table from ``FleetPhysics.state_arrays``-style columns (datetime64 columns become UTC)."""
+    columns = {}
+    for name, values in state.items():
+        if values.dtype.kind == "M":
+            columns[name] = pd.DatetimeIndex(values).tz_localize("UTC")
+        else:
+            columns[name] = values
+    return pd.DataFrame(columns, index=ids)
+
+
+def _utc_ns(column: pd.Series) -> np.ndarray:
+    """A column of UTC times as int64 nanoseconds."""
+    values = pd.DatetimeIndex(column)
+    if values.tz is not None:
+        values = values.tz_convert(None)
+    return values.as_unit("ns").asi8.copy()

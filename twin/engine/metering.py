@@ -2,7 +2,8 @@
 
 Owns each participant's cumulative import/export registers (kWh) — the household's own load plus its
 DERs, netted at the meter every interval — and the hand-off of their register differences to
-``twin.settlement`` once per interval. Registers are built from what the participant *reports* (false
+``twin.settlement`` once per interval. Meters net by incidence matrices built once (native load -> owner,
+asset -> owner), so an ordinary interval is two sparse products, never a groupby. Registers are built from what the participant *reports* (false
 telemetry shows up here), so the physics check can refuse to pay for what the grid did not see.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandapower as pp
 import pandas as pd
+import scipy.sparse as sp
 
 from grids.fleet import participant_id_for_load
 from grids.profiles import feeder_profiles
@@ -52,6 +54,12 @@ def settlement_history_kw(scenario: Scenario, inputs: RunInputs) -> pd.DataFrame
     return before.load_p_mw.T.groupby(owner).sum().T * 1e3
 
 
+def _owner_incidence(owner: pd.Series, participants: pd.Index) -> sp.csr_matrix:
+    """(n_participant x n_element) 0/1 matrix: which participant owns each element."""
+    rows = participants.get_indexer(owner.to_numpy())
+    return sp.csr_matrix((np.ones(len(owner)), (rows, np.arange(len(owner)))), shape=(len(participants), len(owner)))
+
+
 @dataclass
 class Meters:
     """Cumulative registers per participant (kWh). ``advance`` nets one interval at each meter."""
@@ -61,6 +69,10 @@ class Meters:
     asset_owner: pd.Series  # asset id → participant id
     e_imp_kwh: np.ndarray
     e_exp_kwh: np.ndarray
+
+    def __post_init__(self) -> None:
+        self._load_incidence = _owner_incidence(self.load_owner, self.participants)
+        self._asset_incidence = _owner_incidence(self.asset_owner, self.participants)
 
     @classmethod
     def create(cls, *, load_index: pd.Index, assets: pd.DataFrame) -> Meters:
@@ -74,15 +86,19 @@ class Meters:
         return pd.DataFrame({"e_imp_kwh": self.e_imp_kwh.copy(), "e_exp_kwh": self.e_exp_kwh.copy()},
                             index=self.participants)
 
-    def net_kw(self, *, load_p_mw: pd.Series, asset_p_mw: pd.Series) -> pd.Series:
-        """Each participant's net power at its meter (kW, load convention)."""
-        own_load = load_p_mw.groupby(self.load_owner.reindex(load_p_mw.index)).sum()
-        own_assets = asset_p_mw.groupby(self.asset_owner.reindex(asset_p_mw.index)).sum()
-        total = own_load.reindex(self.participants, fill_value=0.0) + own_assets.reindex(self.participants, fill_value=0.0)
-        return total * 1e3
+    def net_kw_arrays(self, *, load_p_mw: np.ndarray, asset_p_mw: np.ndarray) -> np.ndarray:
+        """Each participant's net power at its meter (kW, load convention, ``participants`` order) from native
+        load power (``load_owner`` order) and asset power (``asset_owner`` order)."""
+        return (self._load_incidence @ load_p_mw + self._asset_incidence @ asset_p_mw) * 1e3
 
-    def advance(self, net_kw: pd.Series, *, hours: float) -> None:
-        kw = net_kw.reindex(self.participants).to_numpy(float)
+    def net_kw(self, *, load_p_mw: pd.Series, asset_p_mw: pd.Series) -> pd.Series:
+        """``net_kw_arrays`` by label (loads by pandapower index, assets by asset_id; missing = 0)."""
+        kw = self.net_kw_arrays(load_p_mw=load_p_mw.reindex(self.load_owner.index, fill_value=0.0).to_numpy(float),
+                                asset_p_mw=asset_p_mw.reindex(self.asset_owner.index, fill_value=0.0).to_numpy(float))
+        return pd.Series(kw, index=self.participants)
+
+    def advance(self, net_kw: np.ndarray, *, hours: float) -> None:
+        kw = np.asarray(net_kw, dtype=float)
         self.e_imp_kwh += np.maximum(kw, 0.0) * hours
         self.e_exp_kwh += np.maximum(-kw, 0.0) * hours
 
@@ -135,14 +151,16 @@ class PolicySettlement:
                                columns=self.meters.participants)
         return pd.concat([self._before, metered])
 
-    def settle(self, time: pd.Timestamp, *, load_p_mw: pd.Series, reported_asset_p_mw: pd.Series,
+    def settle(self, time: pd.Timestamp, *, load_p_mw: np.ndarray, reported_asset_p_mw: np.ndarray,
                unverified: frozenset[str] = frozenset()) -> IntervalSettlement:
+        """Meter and settle ``[time, time + step)``: native load power in ``meters.load_owner`` order and the
+        assets' reported power in ``meters.asset_owner`` order (arrays, MW)."""
         start = self.meters.registers()
-        net_kw = self.meters.net_kw(load_p_mw=load_p_mw, asset_p_mw=reported_asset_p_mw)
+        net_kw = self.meters.net_kw_arrays(load_p_mw=load_p_mw, asset_p_mw=reported_asset_p_mw)
         self.meters.advance(net_kw, hours=self.hours)
         end = self.meters.registers()
         self._metered_times.append(time)
-        self._metered_kw.append(net_kw.reindex(self.meters.participants).to_numpy())
+        self._metered_kw.append(net_kw)
         return self.settlement.settle_interval(
             start=time, end=time + self.step, meters=meters_frame(start_registers=start, end_registers=end),
             load_history_kw=self._history() if self.in_event(time) else None, unverified=unverified,

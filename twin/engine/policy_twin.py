@@ -10,6 +10,7 @@ sequences the policies.
 from __future__ import annotations
 
 import time as wallclock
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -20,6 +21,7 @@ from controllers.api import (
     Agent,
     AgentMessage,
     AgentSpec,
+    AssetKind,
     Controller,
     ControllerSpec,
     Dispatch,
@@ -30,12 +32,15 @@ from controllers.api import (
     Sensitivities,
     load_controller,
 )
-from controllers.volt_var import volt_var_q_mvar
+from controllers.volt_var import volt_var_q_share
 from twin.commands import CommandKind, OperatorCommand
 from twin.comms.links import CommsModel, Fault, FaultKind, LinkSpec
 from twin.comms.mesh import mesh_neighbours
-from twin.devices.physics import FleetPhysics, IntervalOutcome
+from twin.devices.physics import FleetPhysics, IntervalOutcome, state_frame_of
+from twin.engine.agent_network import AgentNetworkRunner
 from twin.engine.agent_pool import AgentSetup, LocalAgents, ProcessAgents, start_agents
+from twin.engine.input_arrays import InputArrays
+from twin.engine.observe import LazyObservation
 from twin.grid.powerflow import GridModel, PowerFlowResult
 from twin.grid.verification import participant_buses_of, reported_bus_injections
 from twin.inputs import RunInputs, derive_seed
@@ -43,7 +48,7 @@ from twin.records.recorder import StepRecord
 from twin.scenario import ControllerEntry, Scenario
 from twin.engine.metering import PolicySettlement
 
-__all__ = ["PolicyTwin", "build_comms", "monitored_buses"]
+__all__ = ["IntervalParts", "PolicyTwin", "build_comms", "monitored_buses"]
 
 #: Bytes of one telemetry report of one asset (p, q, SOC, registers, seq, ts, signature) on the wire.
 TELEMETRY_BYTES_PER_ASSET = 160
@@ -94,8 +99,37 @@ def build_comms(scenario: Scenario, inputs: RunInputs, *, policy: str) -> CommsM
     )
 
 
+#: State columns a telemetry report carries besides the device physics' own (STATE_COLUMNS).
+_REPORT_COLUMNS = ("p_mw", "available", "quality", "age_s")
+_NOT_HELD = np.iinfo(np.int64).min  # held_until of a device that holds nothing
+
+
+@dataclass(frozen=True)
+class IntervalParts:
+    """What one interval did up to the power flow: the decision and the devices (arrays in asset order).
+
+    ``q_held`` / ``valid`` keep what the devices' reactive setpoints were made of, so an open-loop replay can
+    redo the autonomous inverters' volt-var once the voltages are known (``twin.engine.open_loop``)."""
+
+    time: pd.Timestamp
+    row: int
+    outcome: IntervalOutcome
+    valid: np.ndarray
+    q_held: np.ndarray
+    dispatch: Dispatch | None
+    rounds: int
+    online: bool
+    compute_s: float
+    devices_s: float
+    traffic: dict[str, int]
+    stage_s: dict[str, float]
+
+
 class PolicyTwin:
-    """One policy's copy of the twin: its own grid model, device state, comms, held setpoints and decider."""
+    """One policy's copy of the twin: its own grid model, device state, comms, held setpoints and decider.
+
+    Its per-step state is arrays in asset order (held setpoints and schedules, the control centre's view,
+    device physics) and the grid model's element order; observations are built from them lazily."""
 
     def __init__(self, entry: ControllerEntry, inputs: RunInputs, scenario: Scenario, comms: CommsModel) -> None:
         self.name = entry.name
@@ -105,11 +139,23 @@ class PolicyTwin:
         self.comms = comms
         self.grid = GridModel(inputs.net, inputs.assets, engine=scenario.power_flow.engine)
         self.physics = FleetPhysics(inputs.assets, inputs.ev_sessions, step=scenario.step)
+        self.arrays = InputArrays.of(inputs)
         assets = inputs.assets
         ids = assets.index
         self.participant_of = assets["participant_id"].astype(str)
         self._assets_of_participant = {pid: ids[(self.participant_of == pid).to_numpy()]
                                        for pid in self.participant_of.unique()}
+        self._rows_of_participant = {pid: np.flatnonzero((self.participant_of == pid).to_numpy())
+                                     for pid in self._assets_of_participant}
+        # Uplinks go participant by participant in sorted order (as a groupby by participant would).
+        self._uplink_order = [(pid, self._rows_of_participant[pid]) for pid in sorted(self._rows_of_participant)]
+        participant_index = pd.Index(sorted(self._rows_of_participant))
+        self._participants_sorted = participant_index
+        self._participant_pos = participant_index.get_indexer(self.participant_of.to_numpy())
+        kinds = assets["kind"].astype(str)
+        self._inverter = kinds.isin([AssetKind.PV, AssetKind.BATTERY]).to_numpy()
+        self._s_max = assets["s_max_mva"].to_numpy(float)
+        self._asset_bus_pos = self.grid.labels.bus.get_indexer(assets["bus"].to_numpy())
         self._stage: dict[str, float] = {}  # wall time of the decide sub-stages of the current interval
         # What each device holds: its setpoint and schedule (periods 0 … S-1 from when it arrived), a reactive
         # setpoint, and when they expire. Periods past setpoint_ttl can never be used, so S stops there.
@@ -117,17 +163,19 @@ class PolicyTwin:
         self._schedule_len = max(1, -(-scenario.setpoint_ttl.value // self._step_ns))
         self.held_plan = np.full((len(ids), self._schedule_len), np.nan)
         self.held_from_ns = np.zeros(len(ids), dtype=np.int64)
-        self.held_q = pd.Series(0.0, index=ids)
-        self.held_until = pd.Series(pd.NaT, index=ids, dtype="datetime64[ns, UTC]")
-        self.last_p = pd.Series(0.0, index=ids)
+        self.held_q = np.zeros(len(ids))
+        self.held_until_ns = np.full(len(ids), _NOT_HELD, dtype=np.int64)
+        self.last_p = np.zeros(len(ids))
         self.last_pf: PowerFlowResult | None = None
         self._last_time: pd.Timestamp | None = None
         self.limits = NetworkLimits(**scenario.limits.model_dump())
         # The control centre's view: the last report that reached it per asset, and when it was measured.
-        self.cc_state: pd.DataFrame | None = None
-        self.cc_seen = pd.Series(pd.NaT, index=ids, dtype="datetime64[ns, UTC]")
+        self.cc_state: dict[str, np.ndarray] | None = None
+        self.cc_seen_ns = np.full(len(ids), _NOT_HELD, dtype=np.int64)
+        self._open_loop = False  # stepping ahead of the power flow (twin.engine.open_loop): no grid to read
         self.controller: Controller | None = None
         self.agent_pool: LocalAgents | ProcessAgents | None = None
+        self.agent_network: AgentNetworkRunner | None = None
         self.settlement: PolicySettlement | None = None
         self._sens: Sensitivities | None = None
         self._sens_time: pd.Timestamp | None = None
@@ -142,7 +190,10 @@ class PolicyTwin:
         ``agent_workers`` processes; call ``close`` when done)."""
         twin = cls(entry, inputs, scenario, build_comms(scenario, inputs, policy=entry.name))
         seed = derive_seed(scenario.seed, f"controller:{entry.name}")
-        if entry.mode == "agents":
+        if entry.mode == "agents" and _is_agent_network_target(entry.target):
+            network = load_controller(entry.target, **entry.kwargs)
+            twin.agent_network = AgentNetworkRunner.create(network, twin, seed=seed)
+        elif entry.mode == "agents":
             setups = [
                 AgentSetup(target=entry.target, kwargs=dict(entry.kwargs), seed=derive_seed(seed, pid), spec=AgentSpec(
                     participant_id=pid, assets=inputs.assets[twin.participant_of == pid].copy(), step=scenario.step,
@@ -176,13 +227,27 @@ class PolicyTwin:
             self.agent_pool.close()
 
     # -- what a decider may see --------------------------------------------------------------------
-    def _true_state(self, time: pd.Timestamp) -> pd.DataFrame:
-        state = self.physics.state_frame(time)
-        state["p_mw"] = self.last_p
-        state["available"] = True
-        state["quality"] = "good"
-        state["age_s"] = 0.0
+    @property
+    def reads_grid(self) -> bool:
+        """Does this policy's decision need the last power flow (``Observation.grid`` or sensitivities)? A
+        controller says no with a class attribute ``reads_grid = False``; agents and anything that does not
+        say so are taken to need it."""
+        if self.mode == "agents" or self.controller is None or self.scenario.network.sensitivities:
+            return True
+        return bool(getattr(self.controller, "reads_grid", True))
+
+    def _true_state_arrays(self, time: pd.Timestamp) -> dict[str, np.ndarray]:
+        """The fleet's state as its meters measure it (column -> array in asset order; copies)."""
+        state = self.physics.state_arrays(time)
+        n = len(self.last_p)
+        state["p_mw"] = self.last_p.copy()
+        state["available"] = np.ones(n, dtype=bool)
+        state["quality"] = np.full(n, "good", dtype=object)
+        state["age_s"] = np.zeros(n)
         return state
+
+    def _true_state(self, time: pd.Timestamp) -> pd.DataFrame:
+        return state_frame_of(self._true_state_arrays(time), self.inputs.assets.index)
 
     def _forecast(self, time: pd.Timestamp, assets: pd.Index | None = None, *, feeder_total: bool = False) -> Forecast:
         inputs = self.inputs
@@ -216,20 +281,35 @@ class PolicyTwin:
         error[0] = 0.0  # the interval about to start is being measured, not forecast
         return truth * (1.0 + error)
 
-    def _observation(self, time: pd.Timestamp, state: pd.DataFrame, *, assets: pd.DataFrame | None = None,
-                     feeder_total: bool = False, signals: dict[str, Any] | None = None) -> Observation:
+    def _observation(self, time: pd.Timestamp, state: pd.DataFrame | dict[str, np.ndarray], *,
+                     assets: pd.DataFrame | None = None, feeder_total: bool = False,
+                     signals: dict[str, Any] | None = None) -> Observation:
+        """What a decider sees at ``time``: built lazily (only what it reads), from values taken now.
+
+        ``state``: a state table, or state arrays in asset order (``_true_state_arrays``)."""
         assets = self.inputs.assets if assets is None else assets
-        return Observation(
+        ids = assets.index
+        if isinstance(state, dict):
+            def state_table() -> pd.DataFrame:
+                table = state_frame_of(state, self.inputs.assets.index)
+                return table if ids.equals(table.index) else table.loc[ids].copy()
+        else:
+            def state_table() -> pd.DataFrame:
+                return state.loc[ids].copy()
+        sensitivities = None if feeder_total else self._sensitivities(time)
+        return LazyObservation(
             time=time,
             step=self.scenario.step,
-            assets=assets.copy(),
-            state=state.loc[assets.index].copy(),
-            forecast=self._forecast(time, assets.index if feeder_total else None, feeder_total=feeder_total),
             limits=self.limits,
-            grid=self._snapshot(),
-            sensitivities=None if feeder_total else self._sensitivities(time),
+            sensitivities=sensitivities,
             signals=MappingProxyType({"feed_in_eur_per_mwh": self.scenario.tariff.feed_in_eur_per_mwh,
                                       **(signals or {})}),
+            build={
+                "assets": assets.copy,
+                "state": state_table,
+                "forecast": lambda: self._forecast(time, ids if feeder_total else None, feeder_total=feeder_total),
+                "grid": self._snapshot_builder(),
+            },
         )
 
     def _sensitivities(self, time: pd.Timestamp) -> Sensitivities | None:
@@ -248,87 +328,103 @@ class PolicyTwin:
         """Before the first interval the twin measures where the feeder stands (every device on its own
         default), so the first decision already has an operating point to linearize at."""
         row = self.inputs.at(time)
-        profiles = self.inputs.profiles
-        autonomous = self.physics.autonomous_p_mw(pv_avail_mw=self.inputs.pv_avail_mw.iloc[row],
-                                                  flex_base_mw=self.inputs.flex_base_mw.iloc[row])
-        self.grid.set_injections(load_p_mw=profiles.load_p_mw.iloc[row], load_q_mvar=profiles.load_q_mvar.iloc[row],
-                                 sgen_p_mw=profiles.sgen_p_mw.iloc[row], asset_p_mw=autonomous,
-                                 asset_q_mvar=pd.Series(0.0, index=autonomous.index))
+        a = self.arrays
+        autonomous = self.physics.autonomous(pv_avail=a.pv_avail(row), flex_base=a.flex_base(row))
+        self.grid.set_injection_arrays(load_p_mw=a.load_p_mw[row], load_q_mvar=a.load_q_mvar[row],
+                                       sgen_p_mw=a.sgen_p_mw[row], asset_p_mw=autonomous,
+                                       asset_q_mvar=np.zeros(len(autonomous)))
         self.last_pf, self._last_time = self.grid.solve(time), time - self.scenario.step
 
     def observe_for_test(self, time: pd.Timestamp) -> Observation:
         """The observation an ideal controller would get at ``time`` (for tests and debugging)."""
-        return self._observation(time, self._true_state(time))
+        return self._observation(time, self._true_state_arrays(time))
 
     def _snapshot(self) -> GridSnapshot | None:
-        pf = self.last_pf
-        if pf is None or self._last_time is None:
-            return None
-        return GridSnapshot(time=self._last_time, vm_pu=pf.vm_pu, line_loading_percent=pf.line_loading_percent,
-                            trafo_loading_percent=pf.trafo_loading_percent, p_head_mw=pf.p_head_mw,
-                            q_head_mvar=pf.q_head_mvar, losses_mw=pf.losses_mw, converged=pf.converged)
+        return self._snapshot_builder()()
 
-    def _telemetry_scale(self, time: pd.Timestamp) -> pd.Series | None:
+    def _snapshot_builder(self) -> Any:
+        """Makes the grid snapshot of the last power flow, as it stands now, when called (later)."""
+        pf, at = self.last_pf, self._last_time
+        if self._open_loop:
+            def refuse() -> GridSnapshot | None:
+                raise RuntimeError(f"policy {self.name!r}: its controller declares reads_grid = False but read "
+                                   "observation.grid; remove the declaration (the grid is then solved every step)")
+            return refuse
+
+        def snapshot() -> GridSnapshot | None:
+            if pf is None or at is None:
+                return None
+            return GridSnapshot(time=at, vm_pu=pf.vm_pu, line_loading_percent=pf.line_loading_percent,
+                                trafo_loading_percent=pf.trafo_loading_percent, p_head_mw=pf.p_head_mw,
+                                q_head_mvar=pf.q_head_mvar, losses_mw=pf.losses_mw, converged=pf.converged)
+        return snapshot
+
+    def _telemetry_scale(self, time: pd.Timestamp) -> np.ndarray | None:
         """Per asset, reported ÷ true power; None when every participant reports truthfully (the usual case)."""
         if not self.comms.false_telemetry_active(time):
             return None
-        return self.participant_of.map(lambda pid: self.comms.false_telemetry_scale(pid, time))
+        per_participant = np.array([self.comms.false_telemetry_scale(pid, time) for pid in self._participants_sorted],
+                                   dtype=float)
+        return per_participant[self._participant_pos]
 
-    def _reported(self, time: pd.Timestamp, state: pd.DataFrame) -> pd.DataFrame:
+    def _reported(self, time: pd.Timestamp, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Telemetry as the devices report it: a participant with false telemetry scales its power."""
         scale = self._telemetry_scale(time)
         if scale is None:
             return state
-        reported = state.copy()
-        reported["p_mw"] = state["p_mw"] * scale
-        return reported
+        return {**state, "p_mw": state["p_mw"] * scale}
 
     # -- deciding ----------------------------------------------------------------------------------
     def _decide_ideal(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
         assert self.controller is not None
         t0 = wallclock.perf_counter()
-        observation = self._observation(time, self._reported(time, self._true_state(time)))
+        observation = self._observation(time, self._reported(time, self._true_state_arrays(time)))
         t1 = wallclock.perf_counter()
         dispatch = self.controller.act(observation)
         self._stage.update(telemetry=t1 - t0, optimize=wallclock.perf_counter() - t1)
-        return dispatch, pd.Series(True, index=self.inputs.assets.index), 0
+        return dispatch, np.ones(len(self.last_p), dtype=bool), 0
 
     def _decide_central(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
         assert self.controller is not None
         t0 = wallclock.perf_counter()
-        reported = self._reported(time, self._true_state(time))
-        if self.cc_state is None:
-            self.cc_state = reported.copy()  # commissioning: the control centre knows the initial state
-            self.cc_seen[:] = time
-        arrived = [rows.index for pid, rows in reported.groupby(self.participant_of)
-                   if self.comms.uplink(str(pid), time, n_bytes=TELEMETRY_BYTES_PER_ASSET * len(rows))]
-        if arrived:
-            ids = arrived[0].append(arrived[1:])
-            self.cc_state.loc[ids] = reported.loc[ids]
-            self.cc_seen.loc[ids] = time
-        delivered = pd.Series(False, index=self.inputs.assets.index)
+        reported = self._reported(time, self._true_state_arrays(time))
+        if self.cc_state is None:  # commissioning: the control centre knows the initial state
+            self.cc_state = {k: v.copy() for k, v in reported.items()}
+            self.cc_seen_ns[:] = time.value
+        for pid, rows in self._uplink_order:
+            if self.comms.uplink(str(pid), time, n_bytes=TELEMETRY_BYTES_PER_ASSET * len(rows)):
+                for column, values in reported.items():
+                    self.cc_state[column][rows] = values[rows]
+                self.cc_seen_ns[rows] = time.value
+        delivered = np.zeros(len(self.last_p), dtype=bool)
         if not self.comms.control_centre_up(time):
             self._stage.update(telemetry=wallclock.perf_counter() - t0)
             return None, delivered, 0
-        view = self.cc_state.copy()
-        age = (time - self.cc_seen).dt.total_seconds()
-        view["age_s"] = age.to_numpy()
-        view["quality"] = np.where(age.to_numpy() > 0, "stale", "good")
+        view = {k: v.copy() for k, v in self.cc_state.items()}
+        age = (time.value - self.cc_seen_ns) / 10**9  # as pandas' total_seconds
+        view["age_s"] = age
+        view["quality"] = np.where(age > 0, "stale", "good").astype(object)
         observation = self._observation(time, view)
         t1 = wallclock.perf_counter()
         dispatch = self.controller.act(observation)
         t2 = wallclock.perf_counter()
-        dispatched = dispatch.p_mw.dropna().index
+        dispatched = self.inputs.assets.index.isin(dispatch.p_mw.dropna().index)
         per_asset = SETPOINT_BYTES + SCHEDULE_VALUE_BYTES * int(np.sum(self._schedule_offsets(dispatch, time)
                                                                        < self._schedule_len))
-        for pid, ids in self._assets_of_participant.items():
-            targets = ids.intersection(dispatched)
+        for pid, rows in self._rows_of_participant.items():
+            targets = rows[dispatched[rows]]
             if len(targets) and self.comms.downlink(str(pid), time, n_bytes=per_asset * len(targets)):
-                delivered.loc[targets] = True
+                delivered[targets] = True
         self._stage.update(telemetry=t1 - t0, optimize=t2 - t1, coordinate=wallclock.perf_counter() - t2)
         return dispatch, delivered, 0
 
     def _decide_agents(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
+        if self.agent_network is not None:
+            if self.last_pf is None:  # the operating point the grid nodes linearize at
+                self._initial_operating_point(time)
+            dispatch, delivered, rounds, stages = self.agent_network.decide(self, time)
+            self._stage.update(stages)
+            return dispatch, delivered, rounds
         t0 = wallclock.perf_counter()
         state = self._true_state(time)  # on the premises, an agent reads its own meters directly
         assert self.agent_pool is not None
@@ -393,6 +489,16 @@ class PolicyTwin:
         return "applied", f"{kind.value} until {(time + command.duration).isoformat()}"
 
     def step(self, time: pd.Timestamp) -> StepRecord:
+        """One interval: decide, devices, power flow, settle; what happened."""
+        parts = self.advance_devices(time)
+        t0 = wallclock.perf_counter()
+        pf = self.solve_grid(parts)
+        return self.finish(parts, pf, power_flow_s=wallclock.perf_counter() - t0)
+
+    def advance_devices(self, time: pd.Timestamp, *, volt_var: bool = True) -> IntervalParts:
+        """Decide (at decision times), hold what reached the devices, and advance their physics over
+        ``[time, time + step)``. ``volt_var=False`` leaves the autonomous inverters' reactive power at 0 for the
+        caller to settle once the voltages are known (``twin.engine.open_loop``)."""
         before = self.comms.traffic.totals()
         self._stage = {}
         t0 = wallclock.perf_counter()
@@ -405,55 +511,67 @@ class PolicyTwin:
         compute_s = wallclock.perf_counter() - t0
         t1 = wallclock.perf_counter()
         if dispatch is not None:
-            self._hold(time, dispatch, delivered)
+            self._hold(time, dispatch, np.asarray(delivered, dtype=bool))  # agents send a Series in asset order
         row = self.inputs.at(time)
-        pv_avail = self.inputs.pv_avail_mw.iloc[row]
-        flex_base = self.inputs.flex_base_mw.iloc[row]
+        pv_avail, flex_base = self.arrays.pv_avail(row), self.arrays.flex_base(row)
         planned, valid = self._held_setpoints(time)
-        autonomous = self.physics.autonomous_p_mw(pv_avail_mw=pv_avail, flex_base_mw=flex_base)
-        p_set = planned.where(valid, autonomous)
-        q_set = self.held_q.where(valid, self._volt_var_q())
-        outcome = self.physics.advance(time, p_setpoint_mw=p_set, q_setpoint_mvar=q_set, pv_avail_mw=pv_avail,
-                                       flex_base_mw=flex_base)
-        profiles = self.inputs.profiles
-        t2 = wallclock.perf_counter()
-        self.grid.set_injections(load_p_mw=profiles.load_p_mw.iloc[row], load_q_mvar=profiles.load_q_mvar.iloc[row],
-                                 sgen_p_mw=profiles.sgen_p_mw.iloc[row], asset_p_mw=outcome.p_mw,
-                                 asset_q_mvar=outcome.q_mvar)
-        pf = self.grid.solve(time)
-        t3 = wallclock.perf_counter()
-        self.last_pf, self._last_time = pf, time
-        self.last_p = outcome.p_mw
+        autonomous = self.physics.autonomous(pv_avail=pv_avail, flex_base=flex_base)
+        p_set = np.where(valid, planned, autonomous)
+        q_held = self.held_q.copy()
+        q_set = np.where(valid, q_held, self._volt_var_q() if volt_var else 0.0)
+        outcome = self.physics.advance_arrays(time, p_setpoint=p_set, q_setpoint=q_set, pv_avail=pv_avail,
+                                              flex_base=flex_base)
+        self.last_p = outcome.p
         after = self.comms.traffic.totals()
+        return IntervalParts(time=time, row=row, outcome=outcome, valid=valid, q_held=q_held, dispatch=dispatch,
+                             rounds=rounds, online=online, compute_s=compute_s,
+                             devices_s=wallclock.perf_counter() - t1,
+                             traffic={k: after[k] - before[k] for k in after}, stage_s=dict(self._stage))
+
+    def solve_grid(self, parts: IntervalParts) -> PowerFlowResult:
+        """The AC power flow of an interval's injections; it becomes the twin's last power flow."""
+        a, row, outcome = self.arrays, parts.row, parts.outcome
+        self.grid.set_injection_arrays(load_p_mw=a.load_p_mw[row], load_q_mvar=a.load_q_mvar[row],
+                                       sgen_p_mw=a.sgen_p_mw[row], asset_p_mw=outcome.p, asset_q_mvar=outcome.q)
+        pf = self.grid.solve(parts.time)
+        self.last_pf, self._last_time = pf, parts.time
+        return pf
+
+    def finish(self, parts: IntervalParts, pf: PowerFlowResult, *, power_flow_s: float) -> StepRecord:
+        """Settle the interval and record what happened."""
+        time, row, outcome = parts.time, parts.row, parts.outcome
+        t3 = wallclock.perf_counter()
         scale = self._telemetry_scale(time)
-        reported = outcome.p_mw if scale is None else outcome.p_mw * scale
-        settled, unverified = self._settle(time, load_p_mw=profiles.load_p_mw.iloc[row], outcome=outcome,
+        reported = outcome.p if scale is None else outcome.p * scale
+        settled, unverified = self._settle(time, load_p_mw=self.arrays.load_p_mw[row], outcome=outcome,
                                            reported_p_mw=reported, pf=pf)
         t4 = wallclock.perf_counter()
+        dispatch = parts.dispatch
         return StepRecord(
-            policy=self.name, time=time, power_flow=pf, outcome=outcome, fallback=~valid,
-            reported_p_mw=reported,
-            price_eur_per_mwh=float(self.inputs.price_eur_per_mwh.iloc[row]),
-            feed_in_eur_per_mwh=self.scenario.tariff.feed_in_eur_per_mwh, compute_s=compute_s,
-            traffic={k: after[k] - before[k] for k in after}, rounds=rounds,
-            controller_online=online,
+            policy=self.name, time=time, power_flow=pf, outcome=outcome, fallback_mask=~parts.valid,
+            reported_p=reported,
+            price_eur_per_mwh=float(self.arrays.price_eur_per_mwh[row]),
+            feed_in_eur_per_mwh=self.scenario.tariff.feed_in_eur_per_mwh, compute_s=parts.compute_s,
+            traffic=parts.traffic, rounds=parts.rounds,
+            controller_online=parts.online,
             settlement_eur=settled,
             unverified=unverified,
             diagnostics=dispatch.diagnostics if dispatch is not None else MappingProxyType({}),
-            stage_s={"decide": compute_s, **self._stage, "devices": t2 - t1, "power_flow": t3 - t2,
-                     "settle": t4 - t3},
+            stage_s={"decide": parts.compute_s, **parts.stage_s, "devices": parts.devices_s,
+                     "power_flow": power_flow_s, "settle": t4 - t3},
         )
 
-    def _settle(self, time: pd.Timestamp, *, load_p_mw: pd.Series, outcome: IntervalOutcome,
-                reported_p_mw: pd.Series, pf: PowerFlowResult) -> tuple[dict[str, float], frozenset[str]]:
-        """Settle the interval; in DR-event intervals, first check the claims against the physics."""
+    def _settle(self, time: pd.Timestamp, *, load_p_mw: np.ndarray, outcome: IntervalOutcome,
+                reported_p_mw: np.ndarray, pf: PowerFlowResult) -> tuple[dict[str, float], frozenset[str]]:
+        """Settle the interval; in DR-event intervals, first check the claims against the physics (labelled
+        data only there: an event interval is the exception)."""
         if self.settlement is None:
             return {}, frozenset()
         unverified: frozenset[str] = frozenset()
         if self.settlement.in_event(time) and pf.converged:
             p_books, q_books = reported_bus_injections(
                 self.grid.net, asset_bus=self.inputs.assets["bus"], true_p_mw=outcome.p_mw,
-                reported_p_mw=reported_p_mw, true_q_mvar=outcome.q_mvar,
+                reported_p_mw=pd.Series(reported_p_mw, index=outcome.ids), true_q_mvar=outcome.q_mvar,
             )
             check = self.settlement.verifier(self.grid.net).verify(
                 measured=pf, reported_p_mw=p_books, reported_q_mvar=q_books,
@@ -467,20 +585,28 @@ class PolicyTwin:
         participants = float(sum(v for k, v in amounts.items() if k.startswith("participant:")))
         return {"operator": operator, "participants": participants}, unverified
 
-    def _volt_var_q(self) -> pd.Series:
+    def _volt_var_q(self) -> np.ndarray:
         """Autonomous inverters follow IEEE 1547 Cat. B volt-var on their bus's last measured voltage."""
         if self.last_pf is None or not self.last_pf.converged:
-            return pd.Series(0.0, index=self.held_q.index)
-        return volt_var_q_mvar(self.inputs.assets, self.last_pf.vm_pu)
+            return np.zeros(len(self.held_q))
+        return self.volt_var_q(self.last_pf.vm)
 
-    def _held_setpoints(self, time: pd.Timestamp) -> tuple[pd.Series, pd.Series]:
+    def volt_var_q(self, vm: np.ndarray) -> np.ndarray:
+        """Each asset's volt-var setpoint (Mvar, load convention) from bus voltages ``vm`` (grid bus order;
+        (n_bus,) or (n_bus, n_interval)); an unknown voltage counts as 1 pu, as in controllers.volt_var."""
+        pos = self._asset_bus_pos
+        vm_asset = np.where((pos >= 0).reshape((-1,) + (1,) * (vm.ndim - 1)), vm[np.maximum(pos, 0)], np.nan)
+        share = volt_var_q_share(np.nan_to_num(vm_asset, nan=1.0))
+        shape = (-1,) + (1,) * (vm.ndim - 1)
+        return np.where(self._inverter.reshape(shape), -share * self._s_max.reshape(shape), 0.0)
+
+    def _held_setpoints(self, time: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
         """Per asset, the held setpoint or schedule entry for this interval, and whether one is valid."""
-        ids = self.held_q.index
         k = (time.value - self.held_from_ns) // self._step_ns
-        usable = (self.held_until > time).to_numpy() & (k >= 0) & (k < self._schedule_len)
-        planned = np.full(len(ids), np.nan)
+        usable = (self.held_until_ns > time.value) & (k >= 0) & (k < self._schedule_len)
+        planned = np.full(len(k), np.nan)
         planned[usable] = self.held_plan[np.flatnonzero(usable), k[usable]]
-        return pd.Series(planned, index=ids), pd.Series(np.isfinite(planned), index=ids)
+        return planned, np.isfinite(planned)
 
     def _schedule_offsets(self, dispatch: Dispatch, time: pd.Timestamp) -> np.ndarray:
         try:
@@ -488,32 +614,48 @@ class PolicyTwin:
         except ValueError as exc:
             raise ValueError(f"controller {self.name!r}: {exc}") from None
 
-    def _hold(self, time: pd.Timestamp, dispatch: Dispatch, delivered: pd.Series) -> None:
-        """Setpoints (and the schedules sent with them) that reached their device are held until
-        ``time + setpoint_ttl``."""
+    def _hold(self, time: pd.Timestamp, dispatch: Dispatch, delivered: np.ndarray) -> None:
+        """Setpoints (and the schedules sent with them) that reached their device (``delivered``: bool per
+        asset) are held until ``time + setpoint_ttl``."""
+        ids = self.inputs.assets.index
         p = dispatch.p_mw.dropna()
         schedule = dispatch.schedule_mw
         scheduled = pd.Index([]) if schedule is None else schedule.index
         for what, index in (("dispatched", p.index), ("scheduled", scheduled)):
-            unknown = index.difference(self.held_q.index)
+            unknown = index.difference(ids)
             if len(unknown):
                 raise ValueError(f"controller {self.name!r} {what} unknown asset_id {unknown[0]!r}")
-        p = p[delivered.reindex(p.index).fillna(False).to_numpy(bool)]
+        rows = ids.get_indexer(p.index)
+        reached = delivered[rows]
+        if not reached.any():
+            return
+        p, rows = p[reached], rows[reached]
         plan = np.full((len(p), self._schedule_len), np.nan)
         plan[:, 0] = p.to_numpy(float)
-        if schedule is not None and len(p):
+        if schedule is not None:
             offsets = self._schedule_offsets(dispatch, time)
             keep = offsets < self._schedule_len
             plan[:, offsets[keep]] = schedule.reindex(p.index).to_numpy(float)[:, keep]
         # A period the schedule leaves open holds the value before it (no schedule: p_mw throughout).
         last = np.maximum.accumulate(np.where(np.isfinite(plan), np.arange(self._schedule_len), 0), axis=1)
         plan = np.take_along_axis(plan, last, axis=1)
-        rows = self.held_q.index.get_indexer(p.index)
         self.held_plan[rows] = plan
         self.held_from_ns[rows] = time.value
         q = dispatch.q_mvar.dropna()
         q = q[q.index.isin(p.index)]
-        self.held_q.loc[p.index] = 0.0
-        self.held_q.loc[q.index] = q.to_numpy(float)
-        self.held_until.loc[p.index] = time + self.scenario.setpoint_ttl
+        self.held_q[rows] = 0.0
+        self.held_q[ids.get_indexer(q.index)] = q.to_numpy(float)
+        self.held_until_ns[rows] = (time + self.scenario.setpoint_ttl).value
 
+
+def _is_agent_network_target(target: str) -> bool:
+    """Does ``target`` name an agent network (one object simulating every participant and grid node) rather
+    than a per-participant Agent class? Decided on the class, before anything is instantiated."""
+    import importlib
+
+    module_name, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and all(callable(getattr(cls, m, None)) for m in ("begin", "coordinate", "dispatch"))

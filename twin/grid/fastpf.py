@@ -27,11 +27,13 @@ from pandapower.pypower.idx_bus import BASE_KV, PD, QD
 from pandapower.pypower.idx_gen import GEN_BUS, PG
 
 from twin.grid.injections import INJECTION_ELEMENTS, bus_injections
-from twin.grid.results import PowerFlowResult
+from twin.grid.results import GridLabels, PowerFlowResult
 
-__all__ = ["BatchResult", "FastPowerFlow", "NetworkModel"]
+__all__ = ["BatchArrays", "BatchResult", "FastPowerFlow", "NetworkModel"]
 
 _SQRT3 = np.sqrt(3.0)
+#: Complex values per column block of a batch solve (bounds its memory: 2e6 x 16 B per work array).
+_BATCH_VALUES = 2_000_000
 #: Element tables whose power pandapower adds to bus demand but ``bus_injections`` does not model.
 _UNMODELLED_ELEMENTS = ("ward", "xward", "motor", "svc", "ssc", "tcsc", "vsc", "dcline")
 
@@ -310,6 +312,33 @@ def newton_raphson(
 
 
 @dataclass(frozen=True)
+class BatchArrays:
+    """Power flows of many cases as arrays, one column per case (``vm``: n_bus x n_case in ``labels.bus``
+    order, loadings n_line / n_trafo x n_case); the scalars are per case."""
+
+    labels: GridLabels
+    vm: np.ndarray
+    va: np.ndarray
+    line_loading: np.ndarray
+    trafo_loading: np.ndarray
+    p_head_mw: np.ndarray
+    q_head_mvar: np.ndarray
+    losses_mw: np.ndarray
+    converged: np.ndarray
+    #: Internal (ppci) complex voltages, n_internal x n_case (NaN where a case did not converge): a warm start.
+    v_internal: np.ndarray
+
+    def result(self, case: int) -> PowerFlowResult:
+        """The single-case result of column ``case``."""
+        return PowerFlowResult(
+            labels=self.labels, vm=self.vm[:, case].copy(), va=self.va[:, case].copy(),
+            line_loading=self.line_loading[:, case].copy(), trafo_loading=self.trafo_loading[:, case].copy(),
+            p_head_mw=float(self.p_head_mw[case]), q_head_mvar=float(self.q_head_mvar[case]),
+            losses_mw=float(self.losses_mw[case]), converged=bool(self.converged[case]),
+        )
+
+
+@dataclass(frozen=True)
 class BatchResult:
     """Power flows of many cases (rows = the index of the injection frames, e.g. time)."""
 
@@ -325,11 +354,14 @@ class BatchResult:
 
     def result_at(self, label: object) -> PowerFlowResult:
         """The single-case result of one row."""
+        labels = GridLabels(bus=self.vm_pu.columns, line=self.line_loading_percent.columns,
+                            trafo=self.trafo_loading_percent.columns)
         return PowerFlowResult(
-            vm_pu=self.vm_pu.loc[label],
-            va_degree=self.va_degree.loc[label],
-            line_loading_percent=self.line_loading_percent.loc[label],
-            trafo_loading_percent=self.trafo_loading_percent.loc[label],
+            labels=labels,
+            vm=self.vm_pu.loc[label].to_numpy(float),
+            va=self.va_degree.loc[label].to_numpy(float),
+            line_loading=self.line_loading_percent.loc[label].to_numpy(float),
+            trafo_loading=self.trafo_loading_percent.loc[label].to_numpy(float),
             p_head_mw=float(self.p_head_mw.loc[label]),
             q_head_mvar=float(self.q_head_mvar.loc[label]),
             losses_mw=float(self.losses_mw.loc[label]),
@@ -353,6 +385,7 @@ class FastPowerFlow:
         self._v_no_load = self._no_load_voltage()
         self._v_last = self._v_no_load.copy()
         self._bus_positions = _energized_positions(model)
+        self.labels = GridLabels(bus=model.bus_index, line=model.line_index, trafo=model.trafo_index)
 
     @classmethod
     def from_net(
@@ -383,10 +416,15 @@ class FastPowerFlow:
 
         Never raises on non-convergence: returns ``converged=False`` with NaN results.
         """
-        p = self._bus_vector(p_bus_mw, "p_bus_mw")
-        q = self._bus_vector(q_bus_mvar, "q_bus_mvar")
+        return self.solve_arrays(self._bus_vector(p_bus_mw, "p_bus_mw"), self._bus_vector(q_bus_mvar, "q_bus_mvar"))
+
+    def solve_arrays(self, p_bus_mw: np.ndarray, q_bus_mvar: np.ndarray) -> PowerFlowResult:
+        """``solve`` for injection arrays ordered like ``bus_index`` (the engine's per-step call: no pandas)."""
+        return self.solve_specified(self.model.specified_power_pu(p_bus_mw, q_bus_mvar))
+
+    def solve_specified(self, s_spec: np.ndarray) -> PowerFlowResult:
+        """``solve`` for the net injection per internal bus (generator convention, per unit)."""
         model = self.model
-        s_spec = model.specified_power_pu(p, q)
         v, converged = self._solve_vector(s_spec)
         if converged:
             self._v_last = v
@@ -394,18 +432,9 @@ class FastPowerFlow:
             v = np.full(model.n_bus, np.nan + 0j)
         line_loading, trafo_loading, losses, head = model.evaluate(v, s_spec)
         vm, va = self._bus_values(v)
-        return PowerFlowResult(
-            vm_pu=pd.Series(vm, index=model.bus_index, name="vm_pu", copy=False),
-            va_degree=pd.Series(va, index=model.bus_index, name="va_degree", copy=False),
-            line_loading_percent=pd.Series(line_loading, index=model.line_index, name="loading_percent", copy=False),
-            trafo_loading_percent=pd.Series(
-                trafo_loading, index=model.trafo_index, name="loading_percent", copy=False
-            ),
-            p_head_mw=float(head.real),
-            q_head_mvar=float(head.imag),
-            losses_mw=float(losses),
-            converged=bool(converged),
-        )
+        return PowerFlowResult(labels=self.labels, vm=vm, va=va, line_loading=line_loading,
+                               trafo_loading=trafo_loading, p_head_mw=float(head.real), q_head_mvar=float(head.imag),
+                               losses_mw=float(losses), converged=bool(converged))
 
     def solve_voltages(self, *, p_bus_mw: np.ndarray, q_bus_mvar: np.ndarray) -> tuple[np.ndarray, bool]:
         """Internal complex voltages for injection arrays ordered like ``bus_index`` (no pandas overhead)."""
@@ -432,33 +461,59 @@ class FastPowerFlow:
         if not p_bus_mw.index.equals(q_bus_mvar.index):
             raise ValueError("p_bus_mw and q_bus_mvar must have the same row index")
         model = self.model
-        p = self._bus_matrix(p_bus_mw, "p_bus_mw")
-        q = self._bus_matrix(q_bus_mvar, "q_bus_mvar")
-        s_spec = model.specified_power_pu(p, q)
+        batch = self.solve_many_arrays(self._bus_matrix(p_bus_mw, "p_bus_mw"), self._bus_matrix(q_bus_mvar, "q_bus_mvar"))
+        rows = p_bus_mw.index
+        return BatchResult(
+            vm_pu=pd.DataFrame(batch.vm.T, index=rows, columns=model.bus_index),
+            va_degree=pd.DataFrame(batch.va.T, index=rows, columns=model.bus_index),
+            line_loading_percent=pd.DataFrame(batch.line_loading.T, index=rows, columns=model.line_index),
+            trafo_loading_percent=pd.DataFrame(batch.trafo_loading.T, index=rows, columns=model.trafo_index),
+            p_head_mw=pd.Series(batch.p_head_mw, index=rows, name="p_head_mw"),
+            q_head_mvar=pd.Series(batch.q_head_mvar, index=rows, name="q_head_mvar"),
+            losses_mw=pd.Series(batch.losses_mw, index=rows, name="losses_mw"),
+            converged=pd.Series(batch.converged, index=rows, name="converged"),
+        )
+
+    def solve_many_arrays(self, p_bus_mw: np.ndarray, q_bus_mvar: np.ndarray, *,
+                          v_start: np.ndarray | None = None) -> BatchArrays:
+        """``solve_many`` on arrays: injections ``n_bus x n_case`` ordered like ``bus_index``. ``v_start``
+        (internal voltages, ``n_internal x n_case``) warm-starts the fixed point (a cache: the answers agree to
+        the tolerance either way). Cases are solved in column blocks that bound the memory on large feeders.
+        The last converged case becomes the warm start of the next single ``solve``."""
+        model = self.model
+        s_all = model.specified_power_pu(np.asarray(p_bus_mw, float), np.asarray(q_bus_mvar, float))
+        n_case = s_all.shape[1]
+        block = max(1, _BATCH_VALUES // max(model.n_bus, 1))
+        v = np.empty((model.n_bus, n_case), dtype=complex)
+        converged = np.zeros(n_case, dtype=bool)
+        for first in range(0, n_case, block):
+            cols = slice(first, min(first + block, n_case))
+            v[:, cols], converged[cols] = self._solve_block(
+                s_all[:, cols], None if v_start is None else v_start[:, cols])
+        if converged.any():
+            self._v_last = v[:, np.flatnonzero(converged)[-1]].copy()
+        v_out = v.copy()
+        v_out[:, ~converged] = np.nan
+        line_loading, trafo_loading, losses, head = model.evaluate(v_out, s_all)
+        vm, va = self._bus_values(v_out)
+        return BatchArrays(labels=self.labels, vm=vm, va=va, line_loading=line_loading, trafo_loading=trafo_loading,
+                           p_head_mw=np.asarray(head.real, float), q_head_mvar=np.asarray(head.imag, float),
+                           losses_mw=np.asarray(losses, float), converged=converged, v_internal=v_out)
+
+    def _solve_block(self, s_spec: np.ndarray, v_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         n_case = s_spec.shape[1]
         if self._use_zbus:
-            v, converged = self._zbus(s_spec, np.repeat(self._v_no_load[:, None], n_case, axis=1))
+            no_load = np.repeat(self._v_no_load[:, None], n_case, axis=1)
+            start = no_load if v_start is None else np.where(np.isfinite(v_start), v_start, no_load)
+            v, converged = self._zbus(s_spec, start)
         else:
             v = np.repeat(self._v_no_load[:, None], n_case, axis=1)
             converged = np.zeros(n_case, dtype=bool)
         for case in np.flatnonzero(~converged):
             v[:, case], converged[case] = newton_raphson(
-                model, s_spec[:, case], self._v_no_load, tolerance_pu=self._tolerance_pu, max_iteration=30
+                self.model, s_spec[:, case], self._v_no_load, tolerance_pu=self._tolerance_pu, max_iteration=30
             )
-        v[:, ~converged] = np.nan
-        line_loading, trafo_loading, losses, head = model.evaluate(v, s_spec)
-        vm, va = self._bus_values(v)
-        rows = p_bus_mw.index
-        return BatchResult(
-            vm_pu=pd.DataFrame(vm.T, index=rows, columns=model.bus_index),
-            va_degree=pd.DataFrame(va.T, index=rows, columns=model.bus_index),
-            line_loading_percent=pd.DataFrame(line_loading.T, index=rows, columns=model.line_index),
-            trafo_loading_percent=pd.DataFrame(trafo_loading.T, index=rows, columns=model.trafo_index),
-            p_head_mw=pd.Series(head.real, index=rows, name="p_head_mw"),
-            q_head_mvar=pd.Series(head.imag, index=rows, name="q_head_mvar"),
-            losses_mw=pd.Series(losses, index=rows, name="losses_mw"),
-            converged=pd.Series(converged, index=rows, name="converged"),
-        )
+        return v, converged
 
     # ------------------------------------------------------------------ internals
     def _no_load_voltage(self) -> np.ndarray:

@@ -15,7 +15,7 @@ import pandapower as pp
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["bus_injection_profiles", "bus_injections", "INJECTION_ELEMENTS"]
+__all__ = ["bus_injection_profiles", "bus_injections", "element_incidence", "INJECTION_ELEMENTS"]
 
 #: Element tables summed into bus injections, with their sign in load convention.
 INJECTION_ELEMENTS: tuple[tuple[str, float], ...] = (("load", 1.0), ("sgen", -1.0), ("storage", 1.0))
@@ -44,6 +44,21 @@ def bus_injections(net: pp.pandapowerNet) -> tuple[pd.Series, pd.Series]:
         pd.Series(p_mw, index=bus_index, name="p_mw"),
         pd.Series(q_mvar, index=bus_index, name="q_mvar"),
     )
+
+
+def element_incidence(net: pp.pandapowerNet, element: str, positions: np.ndarray) -> sp.csr_matrix:
+    """(n_bus x len(positions)) matrix that sums the ``p_mw`` (or ``q_mvar``) of the rows ``positions`` of
+    ``net[element]`` onto their buses as ``bus_injections`` does: sign (load convention) x scaling x in_service.
+    Built once; the engine then turns a vector of element powers into bus injections with one product."""
+    bus_index = net.bus.index
+    sign = dict(INJECTION_ELEMENTS)[element]
+    table = net[element]
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) == 0:
+        return sp.csr_matrix((len(bus_index), 0))
+    weight = sign * table["scaling"].to_numpy(float)[positions] * table["in_service"].to_numpy(bool)[positions]
+    rows = _bus_positions(bus_index, table["bus"].iloc[positions], element)
+    return sp.csr_matrix((weight, (rows, np.arange(len(positions)))), shape=(len(bus_index), len(positions)))
 
 
 def bus_injection_profiles(

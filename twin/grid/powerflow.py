@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import pandapower as pp
 import pandas as pd
+import scipy.sparse as sp
 
 from controllers.api import AssetKind, Sensitivities
 from twin.grid.fastpf import FastPowerFlow
-from twin.grid.injections import bus_injections
-from twin.grid.results import PowerFlowResult
+from twin.grid.injections import bus_injections, element_incidence
+from twin.grid.results import GridLabels, PowerFlowResult
 from twin.grid.sensitivity import compute_sensitivities, sensitivities_at
 
 
@@ -31,32 +32,81 @@ class GridModel:
     def __init__(self, net: pp.pandapowerNet, assets: pd.DataFrame, *, engine: str = "pandapower") -> None:
         if engine not in ("pandapower", "fast"):
             raise ValueError(f"power_flow.engine={engine!r}: expected 'pandapower' or 'fast'")
-        self.net = copy.deepcopy(net)
+        self._net = copy.deepcopy(net)
         self.engine = engine
-        self.native_load_index = self.net.load.index.copy()
-        self.native_sgen_index = self.net.sgen.index.copy()
+        self.native_load_index = self._net.load.index.copy()
+        self.native_sgen_index = self._net.sgen.index.copy()
         self.asset_ids = assets.index
         kinds = assets["kind"].astype(str)
         self._pv = assets.index[kinds == AssetKind.PV]
         self._bat = assets.index[kinds == AssetKind.BATTERY]
         self._load_like = assets.index[kinds.isin([AssetKind.EV_CHARGER, AssetKind.FLEX_LOAD])]
-        self._pv_el = self._add(pp.create_sgen, assets.loc[self._pv], prefix="fleet-pv")
-        self._bat_el = self._add(pp.create_storage, assets.loc[self._bat], prefix="fleet-bat", max_e_mwh=0.0)
-        self._load_el = self._add(pp.create_load, assets.loc[self._load_like], prefix="fleet-load")
-        self.ext_grid_index = self.net.ext_grid.index
-        self._native_load_pos = self.net.load.index.get_indexer(self.native_load_index)
-        self._fleet_load_pos = self.net.load.index.get_indexer(self._load_el)
-        self._native_sgen_pos = self.net.sgen.index.get_indexer(self.native_sgen_index)
-        self._fleet_sgen_pos = self.net.sgen.index.get_indexer(self._pv_el)
-        self._fleet_storage_pos = self.net.storage.index.get_indexer(self._bat_el)
+        self._pv_el = self._add(pp.create_sgens, assets.loc[self._pv], prefix="fleet-pv")
+        self._bat_el = self._add(pp.create_storages, assets.loc[self._bat], prefix="fleet-bat", max_e_mwh=0.0)
+        self._load_el = self._add(pp.create_loads, assets.loc[self._load_like], prefix="fleet-load")
+        self.ext_grid_index = self._net.ext_grid.index
+        self._native_load_pos = self._net.load.index.get_indexer(self.native_load_index)
+        self._fleet_load_pos = self._net.load.index.get_indexer(self._load_el)
+        self._native_sgen_pos = self._net.sgen.index.get_indexer(self.native_sgen_index)
+        self._fleet_sgen_pos = self._net.sgen.index.get_indexer(self._pv_el)
+        self._fleet_storage_pos = self._net.storage.index.get_indexer(self._bat_el)
         self._fast: Any = None
+        net = self._net
+        self.labels = GridLabels(bus=net.bus.index, line=net.line.index, trafo=net.trafo.index)
+        self._pv_pos = assets.index.get_indexer(self._pv)
+        self._bat_pos = assets.index.get_indexer(self._bat)
+        self._load_like_pos = assets.index.get_indexer(self._load_like)
+        self._build_incidence(len(assets))
+        self._x_p: np.ndarray | None = None  # [native load p, native sgen p, asset p] of the current interval
+        self._x_q: np.ndarray | None = None  # [native load q, asset q]
+        self._tables_stale = False
 
-    def _add(self, create: Any, rows: pd.DataFrame, *, prefix: str, **extra: Any) -> np.ndarray:
-        return np.array(
-            [create(self.net, bus=int(r.bus), p_mw=0.0, q_mvar=0.0, name=f"{prefix}:{aid}", **extra)
-             for aid, r in rows.iterrows()],
-            dtype=int,
-        )
+    @property
+    def net(self) -> pp.pandapowerNet:
+        """The pandapower net, with the current interval's injections in its tables (the fast engine solves
+        from arrays and writes the tables only when someone reads the net)."""
+        if self._tables_stale:
+            self._write_tables()
+        return self._net
+
+    def _build_incidence(self, n_assets: int) -> None:
+        """Bus injections as one sparse product per interval: element / asset powers -> bus P and Q (load
+        convention), weighted as ``bus_injections`` weighs them; what the engine never writes (native sgen Q,
+        native storage, asymmetric elements) is a constant."""
+        net = self._net
+        asset_p = sp.lil_matrix((len(net.bus), n_assets))
+        # PV is an sgen (generator convention: sgen p = -asset p), so its weight is minus the sgen's (-1) weight.
+        for positions, element, table_rows, sign in ((self._pv_pos, "sgen", self._fleet_sgen_pos, -1.0),
+                                                     (self._bat_pos, "storage", self._fleet_storage_pos, 1.0),
+                                                     (self._load_like_pos, "load", self._fleet_load_pos, 1.0)):
+            if len(positions):
+                asset_p[:, positions] = sign * element_incidence(net, element, table_rows)
+        asset_p = sp.csr_matrix(asset_p)
+        load = element_incidence(net, "load", self._native_load_pos)
+        sgen = element_incidence(net, "sgen", self._native_sgen_pos)
+        self._inj_p = sp.csr_matrix(sp.hstack([load, sgen, asset_p]))
+        self._inj_q = sp.csr_matrix(sp.hstack([load, asset_p]))
+        written = copy.deepcopy(net)
+        for element, rows, columns in (("load", self._native_load_pos, ("p_mw", "q_mvar")),
+                                       ("load", self._fleet_load_pos, ("p_mw", "q_mvar")),
+                                       ("sgen", self._native_sgen_pos, ("p_mw",)),
+                                       ("sgen", self._fleet_sgen_pos, ("p_mw", "q_mvar")),
+                                       ("storage", self._fleet_storage_pos, ("p_mw", "q_mvar"))):
+            for column in columns:
+                values = written[element][column].to_numpy(float, copy=True)
+                values[rows] = 0.0
+                written[element][column] = values
+        p_const, q_const = bus_injections(written)
+        self._inj_p_const, self._inj_q_const = p_const.to_numpy(float), q_const.to_numpy(float)
+
+    def _add(self, create_many: Any, rows: pd.DataFrame, *, prefix: str, **extra: Any) -> np.ndarray:
+        """One pandapower element per asset, created in one call (one by one costs ~10 ms each: minutes for a
+        fleet of thousands)."""
+        if rows.empty:
+            return np.zeros(0, dtype=int)
+        index = create_many(self._net, buses=rows["bus"].astype(int).to_numpy(), p_mw=np.zeros(len(rows)), q_mvar=0.0,
+                            name=[f"{prefix}:{aid}" for aid in rows.index], **extra)
+        return np.asarray(index, dtype=int)
 
     def set_injections(
         self,
@@ -67,47 +117,81 @@ class GridModel:
         asset_p_mw: pd.Series,
         asset_q_mvar: pd.Series,
     ) -> None:
-        """Write one interval's powers into the net. Native sgen_p_mw is generator output (>= 0)."""
-        net = self.net
-        p = asset_p_mw.reindex(self.asset_ids).fillna(0.0)
-        q = asset_q_mvar.reindex(self.asset_ids).fillna(0.0)
-        # Whole-column assignment: per-cell .loc writes cost ~1 ms each and dominate small feeders.
+        """One interval's powers by label (native loads / sgens by pandapower index, assets by asset_id; missing
+        assets = 0). Native sgen_p_mw is generator output (>= 0)."""
+        self.set_injection_arrays(
+            load_p_mw=load_p_mw.reindex(self.native_load_index).to_numpy(float),
+            load_q_mvar=load_q_mvar.reindex(self.native_load_index).to_numpy(float),
+            sgen_p_mw=sgen_p_mw.reindex(self.native_sgen_index).to_numpy(float),
+            asset_p_mw=asset_p_mw.reindex(self.asset_ids).fillna(0.0).to_numpy(float),
+            asset_q_mvar=asset_q_mvar.reindex(self.asset_ids).fillna(0.0).to_numpy(float),
+        )
+
+    def set_injection_arrays(self, *, load_p_mw: np.ndarray, load_q_mvar: np.ndarray, sgen_p_mw: np.ndarray,
+                             asset_p_mw: np.ndarray, asset_q_mvar: np.ndarray) -> None:
+        """One interval's powers as arrays: native loads in ``native_load_index`` order, native sgens in
+        ``native_sgen_index`` order, assets in ``asset_ids`` order. The pandapower engine writes them into the
+        net's tables now (runpp reads them); the fast engine keeps the arrays and solves from them."""
+        self._x_p = np.concatenate([load_p_mw, sgen_p_mw, asset_p_mw])
+        self._x_q = np.concatenate([load_q_mvar, asset_q_mvar])
+        if self.engine == "pandapower":
+            self._write_tables()
+        else:
+            self._tables_stale = True
+
+    def bus_injection_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """P (MW) and Q (Mvar) per bus (``labels.bus`` order, load convention) of the current injections."""
+        if self._x_p is None or self._x_q is None:
+            p_bus, q_bus = bus_injections(self._net)
+            return p_bus.to_numpy(float), q_bus.to_numpy(float)
+        return self._inj_p_const + self._inj_p @ self._x_p, self._inj_q_const + self._inj_q @ self._x_q
+
+    def _write_tables(self) -> None:
+        """Write the current injection arrays into the net (whole columns: per-cell writes cost ~1 ms each)."""
+        self._tables_stale = False
+        if self._x_p is None or self._x_q is None:
+            return
+        net = self._net
+        n_load, n_sgen = len(self._native_load_pos), len(self._native_sgen_pos)
+        load_p_mw, sgen_p_mw, p = np.split(self._x_p, [n_load, n_load + n_sgen])
+        load_q_mvar, q = np.split(self._x_q, [n_load])
         load_p = net.load["p_mw"].to_numpy(float, copy=True)
         load_q = net.load["q_mvar"].to_numpy(float, copy=True)
-        load_p[self._native_load_pos] = load_p_mw.reindex(self.native_load_index).to_numpy(float)
-        load_q[self._native_load_pos] = load_q_mvar.reindex(self.native_load_index).to_numpy(float)
-        load_p[self._fleet_load_pos] = p[self._load_like].to_numpy(float)
-        load_q[self._fleet_load_pos] = q[self._load_like].to_numpy(float)
+        load_p[self._native_load_pos] = load_p_mw
+        load_q[self._native_load_pos] = load_q_mvar
+        load_p[self._fleet_load_pos] = p[self._load_like_pos]
+        load_q[self._fleet_load_pos] = q[self._load_like_pos]
         net.load["p_mw"], net.load["q_mvar"] = load_p, load_q
         sgen_p = net.sgen["p_mw"].to_numpy(float, copy=True)
         sgen_q = net.sgen["q_mvar"].to_numpy(float, copy=True)
-        sgen_p[self._native_sgen_pos] = sgen_p_mw.reindex(self.native_sgen_index).to_numpy(float)
+        sgen_p[self._native_sgen_pos] = sgen_p_mw
         # sgen is generator convention: producing PV (negative load-convention p) is a positive sgen p.
-        sgen_p[self._fleet_sgen_pos] = -p[self._pv].to_numpy(float)
-        sgen_q[self._fleet_sgen_pos] = -q[self._pv].to_numpy(float)
+        sgen_p[self._fleet_sgen_pos] = -p[self._pv_pos]
+        sgen_q[self._fleet_sgen_pos] = -q[self._pv_pos]
         net.sgen["p_mw"], net.sgen["q_mvar"] = sgen_p, sgen_q
         if len(net.storage):
             st_p = net.storage["p_mw"].to_numpy(float, copy=True)
             st_q = net.storage["q_mvar"].to_numpy(float, copy=True)
-            st_p[self._fleet_storage_pos] = p[self._bat].to_numpy(float)
-            st_q[self._fleet_storage_pos] = q[self._bat].to_numpy(float)
+            st_p[self._fleet_storage_pos] = p[self._bat_pos]
+            st_q[self._fleet_storage_pos] = q[self._bat_pos]
             net.storage["p_mw"], net.storage["q_mvar"] = st_p, st_q
 
     def solve(self, time: pd.Timestamp | None = None) -> PowerFlowResult:
         """Run the AC power flow on the injections currently in the net; never raises on divergence."""
         if self.engine == "fast":
             return self._solve_fast()
-        net = self.net
+        net = self._net
         try:
             # numba=False: its JIT compile costs ~15 s per process, more than a week of small-feeder steps.
             pp.runpp(net, init="results" if self._has_results() else "auto", numba=False)
         except pp.LoadflowNotConverged:
             return self._failed()
         return PowerFlowResult(
-            vm_pu=net.res_bus.vm_pu.copy(),
-            va_degree=net.res_bus.va_degree.copy(),
-            line_loading_percent=net.res_line.loading_percent.copy(),
-            trafo_loading_percent=net.res_trafo.loading_percent.copy(),
+            labels=self.labels,
+            vm=net.res_bus.vm_pu.to_numpy(float, copy=True),
+            va=net.res_bus.va_degree.to_numpy(float, copy=True),
+            line_loading=net.res_line.loading_percent.to_numpy(float, copy=True),
+            trafo_loading=net.res_trafo.loading_percent.to_numpy(float, copy=True),
             p_head_mw=float(net.res_ext_grid.p_mw.sum()),
             q_head_mvar=float(net.res_ext_grid.q_mvar.sum()),
             losses_mw=float(net.res_line.pl_mw.sum() + net.res_trafo.pl_mw.sum()),
@@ -115,33 +199,40 @@ class GridModel:
         )
 
     def _has_results(self) -> bool:
-        return bool(self.net.converged) if "converged" in self.net else False
+        return bool(self._net.converged) if "converged" in self._net else False
 
     def _failed(self) -> PowerFlowResult:
-        nan = float("nan")
-        net = self.net
-        return PowerFlowResult(
-            vm_pu=pd.Series(nan, index=net.bus.index),
-            va_degree=pd.Series(nan, index=net.bus.index),
-            line_loading_percent=pd.Series(nan, index=net.line.index),
-            trafo_loading_percent=pd.Series(nan, index=net.trafo.index),
-            p_head_mw=nan,
-            q_head_mvar=nan,
-            losses_mw=nan,
-            converged=False,
-        )
+        return PowerFlowResult.failed(self.labels)
 
     def sensitivities(self, *, monitored_buses: list[int] | None, monitored_branches: list[str] | None) -> Sensitivities:
         """Linearize at the operating point of the last solve (needs a converged one)."""
         if self.engine == "fast" and self._fast is not None:
-            p_bus, q_bus = bus_injections(self.net)
+            p, q = self.bus_injection_arrays()
+            p_bus, q_bus = pd.Series(p, index=self.labels.bus), pd.Series(q, index=self.labels.bus)
             return sensitivities_at(self._fast, p_bus_mw=p_bus, q_bus_mvar=q_bus, monitored_buses=monitored_buses,
                                     monitored_branches=monitored_branches)
         return compute_sensitivities(self.net, monitored_buses=monitored_buses, monitored_branches=monitored_branches)
+
+    def operating_point(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The last converged solve: internal (ppci) voltages and the bus injections behind them (MW / Mvar,
+        load convention, in ``net.bus`` order). Needs a converged solve."""
+        p_bus, q_bus = bus_injections(self.net)
+        if self.engine == "fast" and self._fast is not None:
+            v = self._fast._v_last
+        else:
+            v = np.asarray(self._net._ppc["internal"]["V"], dtype=complex)
+        return v, p_bus.to_numpy(float), q_bus.to_numpy(float)
 
     def _solve_fast(self) -> PowerFlowResult:
         if self._fast is None:
             pp.runpp(self.net, numba=False)
             self._fast = FastPowerFlow.from_net(self.net)
-        p_bus, q_bus = bus_injections(self.net)
-        return self._fast.solve(p_bus_mw=p_bus, q_bus_mvar=q_bus)
+        return self._fast.solve_arrays(*self.bus_injection_arrays())
+
+    @property
+    def fast(self) -> FastPowerFlow:
+        """The fast engine's solver (built on first use: one ``runpp`` for the admittance model)."""
+        if self._fast is None:
+            pp.runpp(self.net, numba=False)
+            self._fast = FastPowerFlow.from_net(self.net)
+        return self._fast

@@ -1,8 +1,10 @@
-"""Simulated time for live runs: the field simulator's paced clock and the twin's clock read off device timestamps.
+"""Simulated time for live runs: a paced clock anchored at a wall-clock instant, for the field simulator and
+for the twin, each holding its own.
 
-Simulated UTC runs ``speed`` times faster than the wall clock. The simulator anchors simulated ``start`` at a
-wall-clock instant (Unix time, so several device processes agree); the twin has no anchor of its own and
-extrapolates from the newest device timestamp it received (DESIGN.md §6: telemetry drives the twin).
+Simulated UTC runs ``speed`` times faster than the wall clock: simulated ``sim_start`` happens at Unix time
+``wall_start``. The twin's clock is its own (DESIGN.md §7): device timestamps are judged against it and never
+move it, so a device claiming a time ahead of the twin cannot make it skip intervals. To agree, the twin and
+the devices are given the same anchor (``--start-at``).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
-__all__ = ["SimClock", "TelemetryClock"]
+__all__ = ["SimClock"]
 
 
 def _check_speed(speed: float) -> float:
@@ -53,28 +56,13 @@ class SimClock:
             return not stop.is_set()
         return not stop.wait(delay)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"sim_start": self.sim_start.isoformat(), "speed": self.speed, "wall_start": self.wall_start}
 
-class TelemetryClock:
-    """The twin's estimate of simulated time: the newest device ``ts`` seen, advanced at ``speed`` since then.
-
-    Thread-safe; ``observe`` is fed with every accepted sample's ``ts``.
-    """
-
-    def __init__(self, *, speed: float) -> None:
-        self.speed = _check_speed(speed)
-        self._lock = threading.Lock()
-        self._newest: pd.Timestamp | None = None
-        self._wall_at_newest = 0.0
-
-    def observe(self, ts: pd.Timestamp, *, wall: float | None = None) -> None:
-        with self._lock:
-            if self._newest is None or ts > self._newest:
-                self._newest = ts
-                self._wall_at_newest = time.time() if wall is None else wall
-
-    def now(self) -> pd.Timestamp | None:
-        """None until the first sample arrived."""
-        with self._lock:
-            if self._newest is None:
-                return None
-            return self._newest + pd.Timedelta(seconds=(time.time() - self._wall_at_newest) * self.speed)
+    @classmethod
+    def from_json(cls, data: Any) -> SimClock:
+        try:
+            return cls(sim_start=pd.Timestamp(data["sim_start"]), speed=float(data["speed"]),
+                       wall_start=float(data["wall_start"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"clock: missing or malformed field {exc}") from None

@@ -104,8 +104,9 @@ class IngestPolicy:
     watermark: pd.Timedelta = field(default_factory=lambda: pd.Timedelta(minutes=5))
     #: An accepted sample that arrives more than this after its device ts gets quality ``stale``.
     stale_after: pd.Timedelta = field(default_factory=lambda: pd.Timedelta(seconds=60))
-    #: A device ts further than this ahead of our clock is rejected: it would push the watermark forward
-    #: and make every honest sample look late.
+    #: A device ts further than this ahead of our clock (the twin's own, or the receive time) is rejected: it
+    #: would push the watermark forward, make every honest sample look late, and claim an interval that has
+    #: not begun.
     max_clock_skew: pd.Timedelta = field(default_factory=lambda: pd.Timedelta(minutes=5))
 
     def __post_init__(self) -> None:
@@ -215,12 +216,16 @@ class Ingestor:
     """Judges and archives raw messages; keeps per-device sequence, watermark, last-seen and status state.
 
     Not thread-safe: one thread at a time (``MqttIngest`` holds a lock). Build it with ``Ingestor.open``.
+    ``clock`` is the twin's own clock (tz-aware UTC; a live twin's simulated time): device timestamps are
+    judged against it, never the other way round. Without one, the receive time is the clock.
     """
 
-    def __init__(self, *, archive: TelemetryArchive, keys: KeyRegistry, policy: IngestPolicy) -> None:
+    def __init__(self, *, archive: TelemetryArchive, keys: KeyRegistry, policy: IngestPolicy,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.archive = archive
         self.keys = keys
         self.policy = policy
+        self._clock = clock
         self._devices: dict[str, _DeviceTrack] = {}
         self._samples: list[tuple[Any, ...]] = []
         self._acks: list[CommandAckPayload] = []
@@ -241,11 +246,12 @@ class Ingestor:
         keys: KeyRegistry,
         policy: IngestPolicy | None = None,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        clock: Callable[[], datetime] | None = None,
     ) -> Ingestor:
         """Open (or create) the archive at ``path`` and restore dedupe/watermark/status state from it, so a
         restarted ingest recognises messages the broker redelivers as duplicates."""
         archive = TelemetryArchive.open(path, synchronous=synchronous)
-        ingestor = cls(archive=archive, keys=keys, policy=policy or IngestPolicy())
+        ingestor = cls(archive=archive, keys=keys, policy=policy or IngestPolicy(), clock=clock)
         ingestor._restore()
         return ingestor
 
@@ -379,12 +385,13 @@ class Ingestor:
         self, payload: TelemetryPayload, *, base: dict[str, Any], track: _DeviceTrack, received_at: datetime
     ) -> ArchiveRow:
         base = {**base, "seq": payload.seq, "device_ts": _iso(payload.ts)}
-        ahead = payload.ts - received_at
+        now = self._clock() if self._clock is not None else received_at
+        ahead = payload.ts - now
         if ahead > self._max_clock_skew:
             return ArchiveRow(
                 **base, verdict=Verdict.REJECTED, reason=RejectReason.FUTURE_TIMESTAMP,
                 detail=f"field 'ts' value {_iso(payload.ts)!r} is {ahead} ahead of the twin clock "
-                f"(max_clock_skew {self.policy.max_clock_skew})",
+                f"{_iso(now)!r} (max_clock_skew {self.policy.max_clock_skew})",
             )
         if not track.seqs.add(payload.seq):
             return ArchiveRow(**base, verdict=Verdict.DUPLICATE, reason="duplicate",
@@ -465,6 +472,8 @@ class MqttIngest:
     The paho network thread only enqueues; one worker thread judges and archives batches under a lock, then
     acknowledges them (paho ``manual_ack``). A message is therefore PUBACKed only once archived: after a crash
     the broker redelivers it to the next session and the restored ``Ingestor`` marks it ``duplicate``.
+    ``clean_start`` discards whatever session the broker kept for ``client_id`` (a new run starts clean; a
+    resumed one passes False to get what was queued for it meanwhile).
     """
 
     def __init__(
@@ -477,6 +486,7 @@ class MqttIngest:
         client_id: str = "gridtwin-ingest",
         site: str = "+",
         session_expiry: pd.Timedelta = pd.Timedelta(days=1),
+        clean_start: bool = False,
         keepalive_s: int = 10,
         max_batch: int = 1000,
     ) -> None:
@@ -487,6 +497,7 @@ class MqttIngest:
         self._client_id = client_id
         self._site = site
         self._session_expiry = session_expiry
+        self._clean_start = clean_start
         self._keepalive_s = keepalive_s
         self._max_batch = max_batch
         self._lock = threading.Lock()
@@ -564,7 +575,8 @@ class MqttIngest:
         self._client = client
         try:
             self.session_present = connect_and_wait(
-                client, host=self._host, port=self._port, keepalive_s=self._keepalive_s, clean_start=False,
+                client, host=self._host, port=self._port, keepalive_s=self._keepalive_s,
+                clean_start=self._clean_start,
                 session_expiry_s=int(self._session_expiry.total_seconds()), timeout_s=timeout_s,
             )
             if not self._subscribed.wait(timeout_s):

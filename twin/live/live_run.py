@@ -1,17 +1,25 @@
 """The live twin: MQTT telemetry in, the engine's lock-step policies, the controlling policy's setpoints out.
 
 Owns the live loop around ``twin.engine.iterate_policies`` (which stays the only sequencer): it waits for an
-interval's telemetry (simulated time = device timestamps), writes the measured exogenous values into that
-interval's row of the run inputs (``LiveInputs``), steps every policy, publishes the controlling policy's
-setpoints as signed ``CommandPayload``s (the other policies run as shadow twins), turns devices that went
-offline into ``participant_dropout`` operator commands, and writes the run store every interval.
+interval's telemetry, writes the measured exogenous values into that interval's row of the run inputs
+(``LiveInputs``), steps every policy, publishes the controlling policy's setpoints as signed
+``CommandPayload``s (the other policies run as shadow twins), turns devices that went offline into
+``participant_dropout`` operator commands, and writes the run store every interval.
+
+The twin keeps its own clock (wall clock × speed from an anchor, ``SimClock``): it steps an interval once
+that interval has begun on its clock and every device reported, or its deadline passed. A device timestamp
+never moves the clock; a sample stamped ahead of it is rejected by the ingest and archived with the reason.
+Each run has its own MQTT session (``RUN/live/session.json``: a client id unique to the run, and the clock
+anchor): a new run connects with a clean start, a resumed run resumes its own session and clock.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,21 +35,22 @@ from grids.profiles import ExogenousProfiles
 from twin.commands import CommandChannel, CommandKind, OperatorCommand
 from twin.engine import iterate_policies
 from twin.inputs import RunInputs, build_inputs
-from twin.live.clock import TelemetryClock
+from twin.live.clock import SimClock
 from twin.live.device import encode_payload
 from twin.live.ingest import Ingestor, IngestPolicy, MqttIngest
 from twin.live.messages import Channel, DeviceAddress
 from twin.live.mqtt import connect_and_wait, format_ts, make_client
 from twin.live.signing import KeyRegistry, public_key_b64, sign_payload
 from twin.live.simulator import (
-    OPERATOR_KEY_FILE,
     CredentialsOpt,
     LiveCredentials,
     ScenarioArg,
     SpeedOpt,
+    StartAtOpt,
     broker_url_or_bad,
     credentials_or_bad,
     fleet_devices,
+    start_at_or_bad,
 )
 from twin.records.recorder import PolicyRecords, Recorder, StepRecord
 from twin.records.runstore import RunStore
@@ -49,14 +58,52 @@ from twin.records.runstore import RunStore
 if TYPE_CHECKING:
     from twin.scenario import Scenario
 
-__all__ = ["LIVE_DIR", "LiveInputs", "LiveResult", "LiveTwin", "live_command", "load_operator_key", "read_live_table", "run_live"]
+__all__ = ["LIVE_DIR", "LiveInputs", "LiveResult", "LiveSession", "LiveTwin", "live_command", "load_operator_key",
+           "read_live_table", "run_live"]
 
 #: Sub-folder of the run folder with the live extras: the raw-message archive and the per-interval live table.
 LIVE_DIR = "live"
 ARCHIVE_FILE = "telemetry.sqlite"
+SESSION_FILE = "session.json"
 #: The ingest judges staleness against the wall clock, but simulated device time may be years in the past: the
 #: twin judges freshness itself, in simulated time, so the ingest's own stale mark is switched off.
 _NEVER_STALE = pd.Timedelta(days=36500)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveSession:
+    """What makes a live run its own: its MQTT client id (unique per run) and its clock's anchor."""
+
+    client_id: str
+    clock: SimClock
+
+    @classmethod
+    def new(cls, *, sim_start: pd.Timestamp, speed: float, wall_start: float) -> LiveSession:
+        return cls(client_id=f"gridtwin-live-{uuid.uuid4().hex[:16]}",
+                   clock=SimClock(sim_start=sim_start, speed=speed, wall_start=wall_start))
+
+    @classmethod
+    def read(cls, run_dir: Path) -> LiveSession | None:
+        """The session a run folder was started with (None for a new run)."""
+        path = Path(run_dir) / LIVE_DIR / SESSION_FILE
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            client_id = data["client_id"]
+            if not isinstance(client_id, str) or not client_id:
+                raise ValueError(f"client_id={client_id!r}")
+            return cls(client_id=client_id, clock=SimClock.from_json(data["clock"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a live session file ({exc}); it belongs to the run, do not edit it") from None
+
+    def write(self, run_dir: Path) -> None:
+        path = Path(run_dir) / LIVE_DIR / SESSION_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"client_id": self.client_id, "clock": self.clock.to_json()}, indent=2),
+                       encoding="utf-8")
+        os.replace(tmp, path)
 
 
 class LiveInputs:
@@ -131,7 +178,12 @@ _LIVE_COLUMNS = ("measured", "expected", "forecast_filled", "offline", "dropouts
 class LiveTwin:
     """One live session. ``start()`` connects; ``run()`` steps the intervals until the scenario ends or
     ``stop`` is set; ``crash()`` (tests) drops the sessions as a killed process would; ``close()`` ends cleanly.
-    A new ``LiveTwin`` on the same ``out`` folder resumes after the last recorded interval.
+    A new ``LiveTwin`` on the same ``out`` folder resumes after the last recorded interval, with that run's
+    MQTT session and clock.
+
+    ``start_at``: the Unix time at which the scenario's start happens on the twin's clock (give the devices
+    the same); default: when ``start()`` is called. A resumed run keeps the anchor it was started with.
+    ``warm_up=False`` skips stepping a throw-away interval at start (only for sessions that step nothing).
     """
 
     def __init__(
@@ -145,9 +197,10 @@ class LiveTwin:
         speed: float,
         out: Path,
         inputs: RunInputs | None = None,
-        client_id: str = "gridtwin-live",
+        start_at: float | None = None,
         deadline: float = 0.25,
         offline_after: float = 2.5,
+        warm_up: bool = True,
     ) -> None:
         names = [c.name for c in scenario.controllers]
         if control not in names:
@@ -169,14 +222,17 @@ class LiveTwin:
         missing = sorted(set(self.devices) - set(keys))
         if missing:
             raise ValueError(f"keys: device_id {missing[0]!r} has no registered public key ({len(missing)} missing)")
-        self.client_id = client_id
+        self.start_at = start_at
+        self.warm_up = warm_up
         self.deadline = deadline
         self.offline_timeout = pd.Timedelta(seconds=offline_after * scenario.step.total_seconds() / speed)
         assets = base.assets
         self._kind = assets["kind"].astype(str)
         self._participant = assets["participant_id"].astype(str)
         self._loads = {d: int(d.removeprefix("load-")) for d in self.devices if d.startswith("load-")}
-        self.clock = TelemetryClock(speed=speed)
+        self.session = self._session()
+        self.client_id = self.session.client_id
+        self.clock = self.session.clock
         self.store = RunStore(self.out)
         self.channel = CommandChannel(self.out)
         self._buckets: dict[pd.Timestamp, dict[str, dict[str, float]]] = {}
@@ -191,16 +247,53 @@ class LiveTwin:
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
+    def _session(self) -> LiveSession:
+        """This run's session: the saved one when resuming (its clock must not change), else a new one."""
+        saved = LiveSession.read(self.out)
+        self.resumed = saved is not None
+        if saved is None:
+            wall = self.start_at if self.start_at is not None else time.time()
+            return LiveSession.new(sim_start=self.scenario.start, speed=self.speed, wall_start=wall)
+        clock = saved.clock
+        if clock.speed != self.speed or clock.sim_start != self.scenario.start:
+            raise ValueError(f"speed={self.speed!r}: the run in {self.out} was started at speed {clock.speed!r} "
+                             f"from {clock.sim_start.isoformat()}; a resumed run keeps its clock")
+        if self.start_at is not None and abs(self.start_at - clock.wall_start) > 1e-3:
+            raise ValueError(f"start_at={self.start_at!r}: the run in {self.out} has its clock anchored at "
+                             f"{clock.wall_start!r}; a resumed run keeps its clock")
+        return saved
+
+    def anchor_at(self, wall_start: float) -> None:
+        """Anchor a new run's clock (the scenario's start happens at Unix time ``wall_start``) once it is
+        known, before ``run()``; a resumed run keeps its own."""
+        if self.resumed:
+            raise ValueError(f"the run in {self.out} is resumed: it keeps its clock (anchored at "
+                             f"{self.clock.wall_start!r})")
+        self.session = LiveSession(client_id=self.client_id, clock=SimClock(
+            sim_start=self.scenario.start, speed=self.speed, wall_start=wall_start))
+        self.clock = self.session.clock
+        self.session.write(self.out)
+
     def start(self, *, timeout_s: float = 10.0) -> LiveTwin:
         live_dir = self.out / LIVE_DIR
         live_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resumed and self.start_at is None:  # anchored now, not when the object was built
+            self.session = LiveSession(client_id=self.client_id, clock=SimClock(
+                sim_start=self.scenario.start, speed=self.speed, wall_start=time.time()))
+            self.clock = self.session.clock
         self.resume_at = self._resume_point()
+        # Device timestamps are judged against the twin's clock; never more than half a step ahead.
+        skew = min(pd.Timedelta(minutes=5), self.scenario.step / 2)
         self._ingestor = Ingestor.open(live_dir / ARCHIVE_FILE, keys=self.keys,
-                                       policy=IngestPolicy(stale_after=_NEVER_STALE))
+                                       policy=IngestPolicy(stale_after=_NEVER_STALE, max_clock_skew=skew),
+                                       clock=lambda: self.clock.now().to_pydatetime())
         self._restore_buckets(since=self.resume_at)
+        self.session.write(self.out)
         c = self.credentials
+        # A new run starts a clean session (nothing queued for an earlier run can reach it); a resumed run
+        # resumes its own, and gets what the broker queued for it while it was away.
         self._ingest = MqttIngest(ingestor=self._ingestor, host=c.host, port=c.port, credentials=c.twin,
-                                  client_id=self.client_id)
+                                  client_id=self.client_id, clean_start=not self.resumed)
         try:
             self._ingest.start(timeout_s=timeout_s)
             publisher = make_client(client_id=f"{self.client_id}-cmd", credentials=c.twin)
@@ -210,15 +303,22 @@ class LiveTwin:
         except BaseException:
             self.close()
             raise
-        self._warm_up()
+        if self.warm_up:
+            self._warm_up()
         if not (self.out / "meta.json").exists():
-            self.store.write_meta({
+            meta = {
                 "scenario": self.scenario.to_toml_dict(), "seed": self.scenario.seed,
                 "policies": [e.name for e in self.scenario.controllers], "n_intervals": len(self.scenario.times),
                 "feeder": self.scenario.feeder,
                 "assets": self.live.inputs.assets.reset_index().astype(str).to_dict(orient="records"),
-                "live": {"control": self.control, "speed": self.speed, "broker": f"mqtt://{c.host}:{c.port}"},
-            })
+                "live": {"control": self.control, "speed": self.speed, "broker": f"mqtt://{c.host}:{c.port}",
+                         "client_id": self.client_id, "clock": self.clock.to_json()},
+            }
+            if self.scenario.settlement is not None:
+                from twin.settlement.keystore import run_public_key
+
+                meta["operator_public_key"] = run_public_key(self.out)
+            self.store.write_meta(meta)
         return self
 
     def _warm_up(self) -> None:
@@ -293,10 +393,10 @@ class LiveTwin:
 
     def _add_sample(self, ts: pd.Timestamp, device_id: str, values: dict[str, float]) -> None:
         # The first sample of an interval is the one taken at its start: it is what the interval is built from.
+        # Never moves the clock: the ingest already refused samples stamped ahead of it.
         bucket = self._buckets.setdefault(self._interval_of(ts), {})
         if device_id not in bucket:
             bucket[device_id] = values
-        self.clock.observe(ts)
 
     def _drain(self) -> None:
         assert self._ingest is not None
@@ -321,19 +421,22 @@ class LiveTwin:
                     if d in self.devices]
 
     def _wait_for(self, t: pd.Timestamp, stop: threading.Event) -> str | None:
-        """Block until interval ``t`` can be stepped; return why ("complete" | "deadline"), None if stopped."""
+        """Block until interval ``t`` can be stepped; return why ("complete" | "deadline"), None if stopped.
+
+        Only the twin's clock says when: not before ``t`` begins on it, however complete the telemetry looks."""
         grace = self.deadline * self.scenario.step
         while not stop.is_set():
             self._drain()
-            offline = set(self._offline())
-            expected = set(self.devices) - offline
-            if expected and expected <= set(self._buckets.get(t, {})):
-                return "complete"
             now = self.clock.now()
-            # Past the deadline, step with what arrived once the ingest has gone quiet (during a catch-up
-            # burst after a restart the interval's samples are still being archived).
-            if now is not None and now >= t + grace and time.monotonic() - self._quiet_since > 0.1:
-                return "deadline"
+            if now >= t:
+                offline = set(self._offline())
+                expected = set(self.devices) - offline
+                if expected and expected <= set(self._buckets.get(t, {})):
+                    return "complete"
+                # Past the deadline, step with what arrived once the ingest has gone quiet (during a catch-up
+                # burst after a restart the interval's samples are still being archived).
+                if now >= t + grace and time.monotonic() - self._quiet_since > 0.1:
+                    return "deadline"
             time.sleep(0.01)
         return None
 
@@ -378,8 +481,7 @@ class LiveTwin:
     def _publish_setpoints(self, t: pd.Timestamp, record: StepRecord, offline: set[str]) -> tuple[int, int]:
         """Signed commands for every asset the controlling policy holds a setpoint for; a release (expired
         command) for one it stopped holding. Skipped for intervals already over (catch-up after a restart)."""
-        now = self.clock.now()
-        if self._publisher is None or (now is not None and now >= t + self.scenario.step):
+        if self._publisher is None or self.clock.now() >= t + self.scenario.step:
             return 0, 0
         held = record.fallback.index[~record.fallback.to_numpy(bool)]
         sent = released = 0
@@ -520,19 +622,20 @@ def run_live(
     out: Path,
     inputs: RunInputs | None = None,
     stop: threading.Event | None = None,
+    start_at: float | None = None,
 ) -> LiveResult:
     """Run the live twin until the scenario's end (or ``stop``); blocking. Re-running on the same ``out``
-    resumes after the last recorded interval; the persistent MQTT session replays what arrived meanwhile."""
+    resumes after the last recorded interval, with the run's own MQTT session (which replays what arrived
+    meanwhile) and clock. ``start_at``: Unix time of the scenario's start on the twin's clock (new runs)."""
     creds = credentials if isinstance(credentials, LiveCredentials) else LiveCredentials.from_file(credentials)
-    creds = LiveCredentials(host=broker_host, port=broker_port, twin=creds.twin,
-                            device_passwords=creds.device_passwords, operator_public_key=creds.operator_public_key)
+    creds = creds.with_address(broker_host, broker_port)
     registry = keys if isinstance(keys, KeyRegistry) else KeyRegistry.from_file(keys)
     key = operator_key if isinstance(operator_key, Ed25519PrivateKey) else load_operator_key(operator_key)
     if public_key_b64(key) != creds.operator_public_key:
         raise ValueError("operator_key: its public key is not the credentials' operator_public_key "
                          f"{creds.operator_public_key!r}: the devices would refuse every setpoint")
     twin = LiveTwin(scenario=scenario, credentials=creds, keys=registry, operator_key=key, control=control,
-                    speed=speed, out=out, inputs=inputs)
+                    speed=speed, out=out, inputs=inputs, start_at=start_at)
     with twin:
         return twin.run(stop=stop)
 
@@ -547,12 +650,15 @@ def live_command(
     out: Annotated[Path, typer.Option("--out", help="Run folder (an existing one is resumed).")] = Path("runs/live"),
     keys: Annotated[Path, typer.Option("--keys", help="Device public-key registry JSON.")] = Path("live/device_keys.json"),
     credentials: CredentialsOpt = Path("live/credentials.json"),
+    start_at: StartAtOpt = None,
 ) -> None:
     """Run the live twin: ingest MQTT telemetry, step every policy, command the devices with one of them."""
     from twin.live.simulator import _check_speed, _load_or_bad
+    from twin.settlement import keystore
 
     host, port = broker_url_or_bad(broker)
     _check_speed(speed)
+    anchor = start_at_or_bad(start_at)
     loaded = _load_or_bad(scenario)
     creds = credentials_or_bad(credentials)
     names = [c.name for c in loaded.controllers]
@@ -565,9 +671,15 @@ def live_command(
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"--keys={str(keys)!r}: {exc}", param_hint="--keys") from None
     try:
-        operator_key = load_operator_key(credentials.parent / OPERATOR_KEY_FILE)
+        session = LiveSession.read(out)
+        if session is None and anchor is None:
+            anchor = time.time()
+        clock_anchor = session.clock.wall_start if session is not None and anchor is None else anchor
+        typer.echo(f"twin clock: {loaded.start.isoformat()} happens at Unix time {clock_anchor:.3f} at speed {speed:g}"
+                   f" ({'resumed run' if session else 'new run'}); start the devices with --start-at {clock_anchor:.3f}")
+        operator_key = keystore.operator_key(create=False, name=keystore.SETPOINT_KEY_FILENAME)
         result = run_live(loaded, broker_host=host, broker_port=port, credentials=creds, keys=registry,
-                          operator_key=operator_key, control=chosen, speed=speed, out=out)
+                          operator_key=operator_key, control=chosen, speed=speed, out=out, start_at=anchor)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"run folder {result.path}: {result.intervals} intervals, {result.commands_sent} setpoints sent, "

@@ -1,14 +1,14 @@
 """Ed25519 signatures of live messages and the registry of device public keys.
 
 A signature covers the topic and the payload's canonical form (sorted-key compact JSON without ``sig``),
-so a payload replayed onto another topic, or with any value changed, fails verification.
+so a payload replayed onto another topic, or with any value changed, fails verification. Device keys are
+random, made at provisioning (``twin.live.simulator.start_broker``): nothing in a scenario derives them.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import tempfile
@@ -19,13 +19,15 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 __all__ = [
     "KeyRegistry",
     "SignatureCheck",
     "canonical_bytes",
-    "derive_private_key",
+    "new_private_key",
+    "private_key_b64",
+    "private_key_from_b64",
     "public_key_b64",
     "sign_payload",
     "verify_payload",
@@ -86,10 +88,23 @@ def verify_payload(payload: Mapping[str, Any], *, topic: str, public_key: Ed2551
     return SignatureCheck.VALID
 
 
-def derive_private_key(*, seed: int, device_id: str) -> Ed25519PrivateKey:
-    """A deterministic key for simulated devices (same seed and id ⇒ same key). Never for real devices."""
-    material = hashlib.sha256(f"gridtwin-sim/{seed}/{device_id}".encode()).digest()
-    return Ed25519PrivateKey.from_private_bytes(material)
+def new_private_key() -> Ed25519PrivateKey:
+    """A fresh random device key (from the operating system's CSPRNG)."""
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_b64(key: Ed25519PrivateKey) -> str:
+    """Base64 of the raw 32-byte private key, the form provisioning hands to a device."""
+    raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return base64.b64encode(raw).decode("ascii")
+
+
+def private_key_from_b64(encoded: str, *, what: str = "private key") -> Ed25519PrivateKey:
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+        return Ed25519PrivateKey.from_private_bytes(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise ValueError(f"{what} is not a base64 32-byte Ed25519 private key") from None
 
 
 def public_key_b64(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:

@@ -1,6 +1,10 @@
 """The field side of a live run: provisioning (device ids, topics, broker credentials, keys) and a simulator
 in which every DER of the scenario's fleet and every native load is an MQTT device.
 
+Provisioning makes a random Ed25519 key per device (never derived from anything in the scenario) and hands
+it to the device with its broker account in ``credentials.json`` (0600); the twin gets only the public keys
+(``device_keys.json``). The simulated devices sign with the keys they were provisioned with.
+
 DER devices run the same physics as the twin (``twin.devices.physics.FleetPhysics``), publish signed telemetry in
 simulated UTC, obey signed setpoints from their ``cmd`` topic until they expire, acknowledge them on
 ``cmd/ack`` and otherwise run their autonomous default. Native loads publish their profile as meter readings.
@@ -26,7 +30,7 @@ import numpy as np
 import pandas as pd
 import paho.mqtt.client as mqtt
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
 from controllers.api import AssetKind
@@ -43,7 +47,15 @@ from twin.live.messages import (
     describe_validation_error,
 )
 from twin.live.mqtt import format_ts
-from twin.live.signing import KeyRegistry, SignatureCheck, derive_private_key, public_key_b64, verify_payload
+from twin.live.signing import (
+    KeyRegistry,
+    SignatureCheck,
+    new_private_key,
+    private_key_b64,
+    private_key_from_b64,
+    public_key_b64,
+    verify_payload,
+)
 from twin.telemetry import load_device_id
 
 if TYPE_CHECKING:
@@ -59,7 +71,6 @@ __all__ = [
     "LiveCredentials",
     "SimulatorReport",
     "broker_command",
-    "device_keys",
     "devices_command",
     "fleet_devices",
     "parse_broker_url",
@@ -74,7 +85,6 @@ NATIVE_LOAD_SITE = "feeder"
 #: kinds; a flexible load is the nearest (a consumer, load convention). The twin tells meters apart by their
 #: ``load-<idx>`` device id, never by this kind.
 METER_KIND = AssetKind.FLEX_LOAD
-OPERATOR_KEY_FILE = "operator_ed25519.pem"
 
 
 # --------------------------------------------------------------------------------------------- provisioning
@@ -91,14 +101,6 @@ def fleet_devices(inputs: RunInputs) -> dict[str, DeviceAddress]:
         device_id = load_device_id(int(index))
         devices[device_id] = DeviceAddress(site=NATIVE_LOAD_SITE, kind=METER_KIND, device_id=device_id)
     return devices
-
-
-def device_keys(device_ids: Collection[str], *, seed: int) -> KeyRegistry:
-    """The public keys of simulated devices, whose private keys are derived from ``seed``."""
-    keys = KeyRegistry()
-    for device_id in sorted(device_ids):
-        keys.add(device_id=device_id, public_key=derive_private_key(seed=seed, device_id=device_id).public_key())
-    return keys
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
@@ -129,19 +131,39 @@ def _write_private(path: Path, text: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class LiveCredentials:
-    """What provisioning hands out: the broker address, every account's password and the operator's public key
-    (devices check setpoint signatures with it). Written by whoever starts the broker (``start_broker``)."""
+    """What provisioning hands out: the broker address, every account's password, every device's signing key
+    and the operator's public key (devices check setpoint signatures with it). Written by whoever starts the
+    broker (``start_broker``); a real deployment hands each device only its own entries."""
 
     host: str
     port: int
     twin: BrokerCredentials
     device_passwords: Mapping[str, str] = field(repr=False)
     operator_public_key: str  # base64 raw Ed25519
+    #: device_id → base64 raw Ed25519 private key, random at provisioning
+    device_signing_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def device(self, device_id: str) -> BrokerCredentials:
         if device_id not in self.device_passwords:
             raise KeyError(f"device_id {device_id!r} has no broker account in these credentials")
         return BrokerCredentials(username=device_id, password=self.device_passwords[device_id])
+
+    def device_key(self, device_id: str) -> Ed25519PrivateKey:
+        """The signing key provisioned for ``device_id``."""
+        encoded = self.device_signing_keys.get(device_id)
+        if encoded is None:
+            raise KeyError(f"device_id {device_id!r} has no signing key in these credentials (field 'device_keys'); "
+                           "provision again with `gridtwin broker`")
+        return private_key_from_b64(encoded, what=f"credentials field 'device_keys.{device_id}'")
+
+    def public_keys(self) -> KeyRegistry:
+        """The registry of the devices' public keys (what the twin verifies telemetry with)."""
+        return KeyRegistry({d: self.device_key(d).public_key() for d in sorted(self.device_signing_keys)})
+
+    def with_address(self, host: str, port: int) -> LiveCredentials:
+        return LiveCredentials(host=host, port=port, twin=self.twin, device_passwords=self.device_passwords,
+                               operator_public_key=self.operator_public_key,
+                               device_signing_keys=self.device_signing_keys)
 
     def operator_key(self) -> Ed25519PublicKey:
         return KeyRegistry.from_json(
@@ -153,6 +175,7 @@ class LiveCredentials:
             "format": CREDENTIALS_FORMAT, "host": self.host, "port": self.port,
             "twin": {"username": self.twin.username, "password": self.twin.password},
             "devices": dict(sorted(self.device_passwords.items())),
+            "device_keys": dict(sorted(self.device_signing_keys.items())),
             "operator_public_key": self.operator_public_key,
         }
 
@@ -168,10 +191,13 @@ class LiveCredentials:
                 twin=BrokerCredentials(username=str(twin["username"]), password=str(twin["password"])),
                 device_passwords={str(k): str(v) for k, v in dict(data["devices"]).items()},
                 operator_public_key=str(data["operator_public_key"]),
+                device_signing_keys={str(k): str(v) for k, v in dict(data.get("device_keys") or {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"credentials: missing or malformed field {exc}") from None
         creds.operator_key()  # fail here, naming the field, rather than at the first command
+        for device_id in creds.device_signing_keys:
+            creds.device_key(device_id)
         return creds
 
     @classmethod
@@ -206,28 +232,29 @@ def start_broker(
     workdir: Path | None = None,
 ) -> BrokerSetup:
     """Start a private mosquitto for the scenario's devices and write, into ``out``: ``credentials.json``
-    (broker accounts, 0600), ``device_keys.json`` (device public keys for the twin, from the scenario seed) and
-    ``operator_ed25519.pem`` (the key the twin signs setpoints with; created once). Stop it with
-    ``setup.broker.stop()``."""
+    (broker accounts and every device's random signing key, 0600) and ``device_keys.json`` (the devices'
+    public keys, for the twin). The twin signs setpoints with its key from the operator's key store
+    (``setpoints_ed25519.pem``, created once; never in ``out``). Stop it with ``setup.broker.stop()``."""
     from twin.inputs import build_inputs
-    from twin.settlement.signing import load_or_create_operator_key
+    from twin.settlement import keystore
 
     inputs = inputs if inputs is not None else build_inputs(scenario)
     devices = fleet_devices(inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    operator_key_path = out / OPERATOR_KEY_FILE
-    operator = load_or_create_operator_key(operator_key_path)
+    operator_key_path = keystore.operator_key_path().with_name(keystore.SETPOINT_KEY_FILENAME)
+    operator = keystore.operator_key(create=True, name=keystore.SETPOINT_KEY_FILENAME)
     broker = MosquittoBroker(devices=list(devices.values()), host=host, port=port, workdir=workdir).start()
     try:
         credentials = LiveCredentials(
             host=broker.host, port=broker.port, twin=broker.twin_credentials,
             device_passwords={d: broker.credentials(d).password for d in devices},
             operator_public_key=public_key_b64(operator),
+            device_signing_keys={d: private_key_b64(new_private_key()) for d in sorted(devices)},
         )
         credentials_path, keys_path = out / "credentials.json", out / "device_keys.json"
         credentials.save(credentials_path)
-        device_keys(devices, seed=scenario.seed).save(keys_path)
+        credentials.public_keys().save(keys_path)
     except BaseException:
         broker.stop()
         raise
@@ -279,7 +306,6 @@ class FieldSimulator:
         scenario: Scenario,
         inputs: RunInputs,
         credentials: LiveCredentials,
-        seed: int | None = None,
         speed: float = 60.0,
         publish_every: pd.Timedelta | None = None,
         device_ids: Collection[str] | None = None,
@@ -290,7 +316,6 @@ class FieldSimulator:
         self.scenario = scenario
         self.inputs = inputs
         self.credentials = credentials
-        self.seed = scenario.seed if seed is None else seed
         self.speed = speed
         self.step = scenario.step
         self.publish_every = publish_every if publish_every is not None else scenario.step
@@ -307,6 +332,10 @@ class FieldSimulator:
         if unknown:
             raise ValueError(f"device_ids: {unknown[0]!r} is not a device of this scenario")
         self.addresses = {d: a for d, a in every.items() if d in wanted}
+        unkeyed = sorted(d for d in self.addresses if d not in credentials.device_signing_keys)
+        if unkeyed:
+            raise ValueError(f"credentials: device_id {unkeyed[0]!r} has no provisioned signing key "
+                             f"({len(unkeyed)} devices without one); provision again with `gridtwin broker`")
         self._operator_key = credentials.operator_key()
         assets = inputs.assets.loc[[d for d in inputs.assets.index if d in wanted]]
         sessions = inputs.ev_sessions[inputs.ev_sessions["asset_id"].isin(assets.index)]
@@ -345,7 +374,7 @@ class FieldSimulator:
         try:
             for device_id, address in sorted(self.addresses.items()):
                 client = DeviceClient(
-                    address=address, private_key=derive_private_key(seed=self.seed, device_id=device_id),
+                    address=address, private_key=self.credentials.device_key(device_id),
                     credentials=self.credentials.device(device_id), host=self.credentials.host,
                     port=self.credentials.port, keepalive_s=self.keepalive_s,
                 )
@@ -611,7 +640,6 @@ def run_devices(
     keys: Path | None = None,
     speed: float = 60.0,
     publish_every: pd.Timedelta | None = None,
-    seed: int | None = None,
     inputs: RunInputs | None = None,
     device_ids: Collection[str] | None = None,
     keepalive_s: int = 10,
@@ -621,9 +649,9 @@ def run_devices(
 ) -> SimulatorReport:
     """Run the scenario's field devices against the broker until the scenario's end (blocking).
 
-    ``credentials`` are the broker accounts (a ``LiveCredentials`` or its JSON file); ``broker_host`` /
-    ``broker_port`` override the address in it. With ``keys``, the devices' public-key registry is written
-    there for the twin. ``start_at`` (Unix time) anchors simulated ``scenario.start`` so several device
+    ``credentials`` are the broker accounts and device signing keys (a ``LiveCredentials`` or its JSON file);
+    ``broker_host`` / ``broker_port`` override the address in it. With ``keys``, the devices' public-key
+    registry is written there for the twin. ``start_at`` (Unix time) anchors simulated ``scenario.start`` so several device
     processes share one clock (a callable is asked once every device is connected, after ``on_ready``);
     default: as soon as every device is connected. ``publish_every`` defaults to
     ``scenario.step``. ``on_ready`` is called once connected (tests use it to get the simulator).
@@ -631,15 +659,14 @@ def run_devices(
     from twin.inputs import build_inputs
 
     creds = credentials if isinstance(credentials, LiveCredentials) else LiveCredentials.from_file(credentials)
-    creds = LiveCredentials(host=broker_host, port=broker_port, twin=creds.twin,
-                            device_passwords=creds.device_passwords, operator_public_key=creds.operator_public_key)
+    creds = creds.with_address(broker_host, broker_port)
     inputs = inputs if inputs is not None else build_inputs(scenario)
     simulator = FieldSimulator(
-        scenario=scenario, inputs=inputs, credentials=creds, seed=seed, speed=speed, publish_every=publish_every,
+        scenario=scenario, inputs=inputs, credentials=creds, speed=speed, publish_every=publish_every,
         device_ids=device_ids, keepalive_s=keepalive_s,
     )
     if keys is not None:
-        device_keys(simulator.addresses, seed=simulator.seed).save(keys)
+        KeyRegistry({d: creds.device_key(d).public_key() for d in sorted(simulator.addresses)}).save(keys)
     simulator.connect()
     try:
         if on_ready is not None:
@@ -696,6 +723,37 @@ def credentials_or_bad(path: Path) -> LiveCredentials:
         raise typer.BadParameter(f"--credentials={str(path)!r}: {exc}", param_hint="--credentials") from None
 
 
+StartAtOpt = Annotated[str | None, typer.Option(
+    "--start-at", metavar="WHEN",
+    help="Wall-clock time (Unix seconds or ISO 8601 UTC) at which simulated time starts; give `gridtwin live` "
+         "and `gridtwin devices` the same value so both clocks agree (the twin prints its own).")]
+
+
+def parse_start_at(value: str) -> float:
+    """``--start-at``: Unix seconds, or an ISO 8601 time with a zone; errors name the value."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        stamp = pd.NaT
+    if pd.isna(stamp) or stamp.tzinfo is None:
+        raise ValueError(f"--start-at={value!r}: expected Unix seconds or an ISO 8601 time with a zone "
+                         "(e.g. 2026-01-01T12:00:00Z)")
+    return stamp.timestamp()
+
+
+def start_at_or_bad(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_start_at(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--start-at") from None
+
+
 def devices_command(
     scenario: ScenarioArg,
     broker: BrokerOpt = "mqtt://127.0.0.1:1883",
@@ -703,15 +761,19 @@ def devices_command(
     keys: Annotated[Path | None, typer.Option(
         "--keys", help="Write the devices' public-key registry (JSON) here, for the twin.")] = None,
     credentials: CredentialsOpt = Path("live/credentials.json"),
-    seed: Annotated[int | None, typer.Option(help="Key-derivation seed (default: the scenario's).")] = None,
+    start_at: StartAtOpt = None,
 ) -> None:
     """Simulate the scenario's field devices (every DER and native load) against a broker."""
     host, port = broker_url_or_bad(broker)
     _check_speed(speed)
+    anchor = start_at_or_bad(start_at)
     loaded = _load_or_bad(scenario)
     creds = credentials_or_bad(credentials)
-    report = run_devices(loaded, broker_host=host, broker_port=port, credentials=creds, keys=keys, speed=speed,
-                         seed=seed)
+    try:
+        report = run_devices(loaded, broker_host=host, broker_port=port, credentials=creds, keys=keys, speed=speed,
+                             start_at=anchor)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     typer.echo(f"published {report.total_published} telemetry messages from {len(report.published)} devices; "
                f"commands accepted {report.commands_accepted}, refused {report.commands_refused}")
 
@@ -723,17 +785,22 @@ def _interrupt(signum: int, frame: object) -> None:
 def broker_command(
     scenario: ScenarioArg,
     port: Annotated[int | None, typer.Option(help="Loopback port (default: a free one).")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for credentials.json, device_keys.json and the operator key.")]
+    out: Annotated[Path, typer.Option(help="Folder for credentials.json (accounts, device signing keys) and "
+                                           "device_keys.json (public keys).")]
     = Path("live"),
 ) -> None:
-    """Start a private mosquitto for the scenario's devices, write credentials and keys, run until Ctrl-C."""
+    """Start a private mosquitto for the scenario's devices, provision accounts and random device keys, run
+    until Ctrl-C."""
     loaded = _load_or_bad(scenario)
     if port is not None and not 0 < port < 65536:
         raise typer.BadParameter(f"--port={port!r} must be in 1..65535", param_hint="--port")
-    setup = start_broker(loaded, out=out, port=port)
+    try:
+        setup = start_broker(loaded, out=out, port=port)
+    except ValueError as exc:  # the key store (KeyStoreError), or a scenario the fleet cannot be built from
+        raise typer.BadParameter(str(exc)) from None
     typer.echo(f"broker mqtt://{setup.broker.host}:{setup.broker.port} (pid {setup.broker.pid})\n"
                f"credentials: {setup.credentials_path}\nkeys: {setup.keys_path}\n"
-               f"operator key: {setup.operator_key_path}\nCtrl-C to stop")
+               f"setpoint signing key: {setup.operator_key_path}\nCtrl-C to stop")
     # A plain `kill` (SIGTERM, as service managers send) must stop the broker too, not orphan it.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

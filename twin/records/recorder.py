@@ -1,7 +1,9 @@
 """Recording: turns each interval's StepRecords into per-policy labelled tables (time × bus, time × asset...).
 
 Owns the in-memory accumulation only; twin.records.runstore writes the tables to disk and twin.records.kpis reads them.
-Rows are appended as numpy arrays so a year of 15-minute steps stays cheap.
+A StepRecord carries arrays (power flow, device outcome, fallbacks, reported power) in the order of labels held
+once per run; rows are appended as those arrays and become labelled tables only in ``freeze``, so a year of
+15-minute steps stays cheap.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from twin.devices.physics import IntervalOutcome
+from twin.devices.physics import CLIP_REASONS, IntervalOutcome
 from twin.grid.results import PowerFlowResult
 
 __all__ = ["STAGE_COLUMNS", "StepRecord", "SUMMARY_COLUMNS", "TIMING_COLUMNS", "PolicyRecords", "Recorder"]
@@ -26,8 +28,8 @@ class StepRecord:
     time: pd.Timestamp
     power_flow: PowerFlowResult
     outcome: IntervalOutcome
-    fallback: pd.Series  # bool per asset: ran on its autonomous default (no valid setpoint)
-    reported_p_mw: pd.Series  # what each asset's telemetry claimed (differs from outcome under false telemetry)
+    fallback_mask: np.ndarray  # bool per asset (outcome.ids order): ran on its autonomous default
+    reported_p: np.ndarray  # per asset, what its telemetry claimed (differs from outcome under false telemetry)
     price_eur_per_mwh: float
     feed_in_eur_per_mwh: float
     compute_s: float
@@ -45,6 +47,18 @@ class StepRecord:
     #: comms model), devices (setpoints and physics), power_flow, settle (verification and ledger).
     stage_s: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def fallback(self) -> pd.Series:
+        """Per asset_id: True = ran on its autonomous default (no valid setpoint)."""
+        return pd.Series(self.fallback_mask.copy(), index=self.outcome.ids)
+
+    @property
+    def reported_p_mw(self) -> pd.Series:
+        """Per asset_id, the power its telemetry claimed (MW)."""
+        return pd.Series(self.reported_p.copy(), index=self.outcome.ids)
+
+
+_CLIP_TEXT = np.array(CLIP_REASONS, dtype=object)
 
 SUMMARY_COLUMNS = (
     "p_head_mw",
@@ -135,23 +149,25 @@ class _PolicyBuffer:
     def add(self, rec: StepRecord, hours: float) -> None:
         pf, out = rec.power_flow, rec.outcome
         if not self.columns:
-            soc_cols = out.soc_mwh.dropna().index
+            self._soc_rows = np.flatnonzero(np.isfinite(out.soc))
+            labels = pf.labels
             self.columns = {
-                "vm_pu": pf.vm_pu.index,
-                "line_loading_percent": pf.line_loading_percent.index,
-                "trafo_loading_percent": pf.trafo_loading_percent.index,
-                "asset_p_mw": out.p_mw.index,
-                "asset_setpoint_mw": out.p_mw.index,
-                "asset_soc_mwh": soc_cols,
-                "asset_clipped": out.p_mw.index,
-                "asset_fallback": out.p_mw.index,
-                "asset_reported_p_mw": out.p_mw.index,
+                "vm_pu": labels.bus,
+                "line_loading_percent": labels.line,
+                "trafo_loading_percent": labels.trafo,
+                "asset_p_mw": out.ids,
+                "asset_setpoint_mw": out.ids,
+                "asset_soc_mwh": out.ids[self._soc_rows],
+                "asset_clipped": out.ids,
+                "asset_fallback": out.ids,
+                "asset_reported_p_mw": out.ids,
                 "summary": pd.Index(SUMMARY_COLUMNS),
             }
         imp = max(pf.p_head_mw, 0.0) * hours
         exp = max(-pf.p_head_mw, 0.0) * hours
         cost = rec.price_eur_per_mwh * imp - rec.feed_in_eur_per_mwh * exp
-        vm = pf.vm_pu.to_numpy(float)
+        vm = pf.vm
+        traffic, stage, settled = rec.traffic, rec.stage_s, rec.settlement_eur
         summary = np.array(
             [
                 pf.p_head_mw,
@@ -165,24 +181,24 @@ class _PolicyBuffer:
                 out.pv_curtailed_mwh,
                 out.ev_unmet_mwh,
                 out.flex_unserved_mwh,
-                float((out.clipped != "").sum()),
-                float(rec.fallback.sum()),
+                float(np.count_nonzero(out.clip_code)),
+                float(np.count_nonzero(rec.fallback_mask)),
                 rec.compute_s,
-                rec.traffic.get("messages", 0),
-                rec.traffic.get("bytes", 0),
-                rec.traffic.get("dropped", 0),
-                rec.traffic.get("central_bytes", 0),
+                traffic.get("messages", 0),
+                traffic.get("bytes", 0),
+                traffic.get("dropped", 0),
+                traffic.get("central_bytes", 0),
                 rec.rounds,
                 float(rec.controller_online),
-                rec.settlement_eur.get("operator", 0.0),
-                rec.settlement_eur.get("participants", 0.0),
+                settled.get("operator", 0.0),
+                settled.get("participants", 0.0),
                 float(len(rec.unverified)),
-                rec.stage_s.get("telemetry", 0.0),
-                rec.stage_s.get("optimize", 0.0),
-                rec.stage_s.get("coordinate", 0.0),
-                rec.stage_s.get("devices", 0.0),
-                rec.stage_s.get("power_flow", 0.0),
-                rec.stage_s.get("settle", 0.0),
+                stage.get("telemetry", 0.0),
+                stage.get("optimize", 0.0),
+                stage.get("coordinate", 0.0),
+                stage.get("devices", 0.0),
+                stage.get("power_flow", 0.0),
+                stage.get("settle", 0.0),
             ],
             dtype=float,
         )
@@ -190,14 +206,14 @@ class _PolicyBuffer:
         r = self.rows
         r["summary"].append(summary)
         r["vm_pu"].append(vm)
-        r["line_loading_percent"].append(pf.line_loading_percent.to_numpy(float))
-        r["trafo_loading_percent"].append(pf.trafo_loading_percent.to_numpy(float))
-        r["asset_p_mw"].append(out.p_mw.to_numpy(float))
-        r["asset_setpoint_mw"].append(out.p_requested_mw.to_numpy(float))
-        r["asset_soc_mwh"].append(out.soc_mwh.reindex(self.columns["asset_soc_mwh"]).to_numpy(float))
-        r["asset_clipped"].append(out.clipped.to_numpy(object))
-        r["asset_fallback"].append(rec.fallback.to_numpy(bool))
-        r["asset_reported_p_mw"].append(rec.reported_p_mw.to_numpy(float))
+        r["line_loading_percent"].append(pf.line_loading)
+        r["trafo_loading_percent"].append(pf.trafo_loading)
+        r["asset_p_mw"].append(out.p)
+        r["asset_setpoint_mw"].append(out.p_requested)
+        r["asset_soc_mwh"].append(out.soc[self._soc_rows])
+        r["asset_clipped"].append(out.clip_code)
+        r["asset_fallback"].append(rec.fallback_mask)
+        r["asset_reported_p_mw"].append(rec.reported_p)
 
     def freeze(self, step: pd.Timedelta, *, since: int = 0) -> PolicyRecords:
         index = pd.DatetimeIndex(self.times[since:], name="time")
@@ -206,6 +222,8 @@ class _PolicyBuffer:
             cols = self.columns.get(name, pd.Index([]))
             rows = self.rows[name][since:]
             data = np.vstack(rows) if rows else np.empty((0, len(cols)))
+            if name == "asset_clipped":
+                data = _CLIP_TEXT[data.astype(np.intp)] if rows else data.astype(object)
             frame = pd.DataFrame(data, index=index, columns=cols)
             frame.columns = frame.columns.astype(str)
             tables[name] = frame

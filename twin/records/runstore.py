@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from twin.names import check_policy_name, check_run_name
 from twin.records.kpis import Kpis, kpi_table
 from twin.records.recorder import PolicyRecords
 
@@ -46,7 +47,9 @@ def package_versions() -> dict[str, str]:
 
 
 def new_run_dir(root: Path, name: str) -> Path:
-    """``root/<name>-<UTC timestamp>``, made unique if that folder exists."""
+    """``root/<name>-<UTC timestamp>``, made unique if that folder exists; ``name`` is a run name
+    (twin.names.check_run_name: no path components)."""
+    check_run_name(name, field="run name")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = root / f"{slug}-{stamp}"
@@ -69,13 +72,10 @@ def _atomic_json(data: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _safe_policy_dir(policy: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", policy)
-
-
 def policy_dir(run_dir: Path, policy: str) -> Path:
-    """The folder of one policy inside a run folder (its tables, and its ledger when it settles)."""
-    return Path(run_dir) / _safe_policy_dir(policy)
+    """The folder of one policy inside a run folder (its tables, and its ledger when it settles): the name
+    itself, which must be a safe policy name (twin.names: no path components; ValueError otherwise)."""
+    return Path(run_dir) / check_policy_name(policy, field="policy")
 
 
 class RunStore:

@@ -2,7 +2,8 @@
 event had there been no event, and the performance measured against it (REFERENCES.md, demand response).
 
 Methods: CAISO 10-in-10 with a capped multiplicative same-day adjustment, PJM high-4-of-5 with a symmetric
-additive adjustment, and meter-before/meter-after for storage. Inputs are load series in kW (load
+additive adjustment and the low-usage screen, and meter-before/meter-after for storage. No baseline is
+floored: a net exporter's baseline is negative, so it is paid only for a reduction it measurably made. Inputs are load series in kW (load
 convention, average over each interval, labelled by interval start, tz-aware UTC); days, weekdays and
 holidays are judged in the local calendar ``tz``. All arithmetic is Decimal so settlement stays exact.
 """
@@ -71,7 +72,7 @@ class Baseline:
     ``kw`` is the adjusted baseline B′ (kW, Decimal) per slot of the event, indexed by slot start (UTC);
     ``unadjusted_kw`` is B before the same-day adjustment. ``adjustment`` is the capped ratio (CAISO), the
     additive offset in kW (PJM) or 0 (meter-before/meter-after); ``days`` are the local dates averaged,
-    most recent first.
+    most recent first; ``screened_out`` the candidate days PJM's low-usage screen replaced.
     """
 
     method: BaselineMethod
@@ -80,6 +81,7 @@ class Baseline:
     adjustment: Decimal
     days: tuple[date, ...]
     step: pd.Timedelta
+    screened_out: tuple[date, ...] = ()
 
     def kw_at(self, ts: pd.Timestamp) -> Decimal:
         """B′ of the slot containing ``ts``; a KeyError outside the event window."""
@@ -146,9 +148,10 @@ def _eligible_days(
     event_days: Collection[date],
     holidays: Collection[date],
     lookback_days: int,
-    wanted: int,
+    wanted: int | None,
 ) -> list[tuple[date, list[Decimal]]]:
-    """Up to ``wanted`` most recent like days before the event day that had no event and full readings."""
+    """Up to ``wanted`` (None: all) most recent like days before the event day that had no event and full
+    readings, most recent first."""
     found: list[tuple[date, list[Decimal]]] = []
     for back in range(1, lookback_days + 1):
         day = date.fromordinal(event_day.toordinal() - back)
@@ -260,22 +263,32 @@ def pjm_high_4_of_5(
     adjustment_window: pd.Timedelta = pd.Timedelta("3h"),
     adjustment_gap: pd.Timedelta = pd.Timedelta("1h"),
     adjust: bool = True,
+    low_usage_share: Decimal | None = Decimal("0.25"),
 ) -> Baseline:
     """PJM economic default: of the 5 most recent eligible weekdays take the 4 with the highest load over the
     event hours (weekend/holiday events: highest 2 of the 3 most recent like days — Saturdays for a
     Saturday, Sundays and holidays for a Sunday or holiday), average them, then add
-    Δ = mean over the adjustment window of (L − B). B′ is floored at 0.
+    Δ = mean over the adjustment window of (L − B). B′ = B + Δ is not floored: for a net exporter it is
+    negative, and performance max(0, B′ − L) pays only a reduction below it.
+
+    Low-usage screen (PJM Manual 11, wording to be checked against the current revision): a candidate day
+    whose average event-period usage is below ``low_usage_share`` (25 %) of the average event-period usage
+    over the 5 (weekend: 3) most recent eligible days is replaced by the next most recent eligible day that
+    is not low, within ``lookback_days``. The screen applies to consumers (a positive average); ``None``
+    turns it off.
     """
     history = _History(load_kw, tz)
     win = _window(history, event_start, event_end, adjustment_window, adjustment_gap)
     kind = day_type(win.event_day, holidays=holidays)
     pool, keep = (5, 4) if kind == DayType.WEEKDAY else (3, 2)
-    days = _eligible_days(history, event_day=win.event_day, places=win.places, like=(kind,),
-                          event_days=event_days, holidays=holidays, lookback_days=lookback_days, wanted=pool)
-    if len(days) < pool:
-        raise BaselineError(f"pjm_high_4_of_5: {len(days)} eligible {kind} day(s) in {lookback_days} days before "
-                            f"{win.event_day}; need {pool}")
     n_event = len(win.event)
+    candidates = _eligible_days(history, event_day=win.event_day, places=win.places, like=(kind,),
+                                event_days=event_days, holidays=holidays, lookback_days=lookback_days, wanted=None)
+    days, screened = _screen_low_usage(candidates, n_event=n_event, pool=pool, share=low_usage_share)
+    if len(days) < pool:
+        low = f" ({len(screened)} more screened out as low-usage days)" if screened else ""
+        raise BaselineError(f"pjm_high_4_of_5: {len(days)} eligible {kind} day(s) in {lookback_days} days before "
+                            f"{win.event_day}{low}; need {pool}")
     # Rank by energy over the event hours; on a tie the more recent day wins (stable sort keeps recency).
     ranked = sorted(days, key=lambda dv: -sum(dv[1][:n_event], _ZERO))[:keep]
     ranked.sort(key=lambda dv: dv[0], reverse=True)
@@ -287,12 +300,34 @@ def pjm_high_4_of_5(
         delta = sum((a - b for a, b in zip(actual, base_adjust)), _ZERO) / len(actual)
     return Baseline(
         method=BaselineMethod.PJM_HIGH_4_OF_5,
-        kw=_series(win.event, [max(_ZERO, b + delta) for b in base_event]),
+        kw=_series(win.event, [b + delta for b in base_event]),
         unadjusted_kw=_series(win.event, base_event),
         adjustment=delta,
         days=tuple(day for day, _ in ranked),
         step=history.step,
+        screened_out=screened,
     )
+
+
+def _screen_low_usage(
+    candidates: list[tuple[date, list[Decimal]]], *, n_event: int, pool: int, share: Decimal | None
+) -> tuple[list[tuple[date, list[Decimal]]], tuple[date, ...]]:
+    """The ``pool`` most recent candidates that pass PJM's low-usage screen, and the days it replaced."""
+    first = candidates[:pool]
+    if share is None or len(first) < pool:
+        return first, ()
+
+    def usage(values: list[Decimal]) -> Decimal:  # average event-period usage of one day
+        return sum(values[:n_event], _ZERO) / n_event
+
+    average = sum((usage(v) for _, v in first), _ZERO) / pool
+    if average <= 0:
+        return first, ()
+    threshold = share * average
+    kept = [(day, v) for day, v in candidates if usage(v) >= threshold][:pool]
+    last = kept[-1][0] if len(kept) == pool else None
+    screened = tuple(day for day, v in candidates if usage(v) < threshold and (last is None or day > last))
+    return kept, screened
 
 
 def meter_before_meter_after(

@@ -1,7 +1,9 @@
-"""``gridtwin ledger ...``: verify a run's ledger, print a participant's statement, prove an entry.
+"""``gridtwin ledger ...``: verify a run's ledger, audit it against a participant's kept heads, print a
+participant's statement, prove an entry, show the operator's public key.
 
-The lead mounts :data:`ledger_app` on the main CLI. Exit codes: 0 good, 1 the ledger fails verification
-(or a proof does not verify), 2 bad arguments (typer's convention), each with a message naming the value.
+The lead mounts :data:`ledger_app` on the main CLI. Exit codes: 0 good; 1 the ledger fails verification (or
+an audit finds a rewrite, or a proof does not verify); 3 the ledger is incomplete (no closing checkpoint: a
+killed or still running writer); 2 bad arguments (typer's convention), each with a message naming the value.
 """
 
 from __future__ import annotations
@@ -13,25 +15,38 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from twin.settlement import keystore
 from twin.settlement.ledger import (
     Ledger,
     LedgerError,
+    LedgerStatus,
+    audit,
     resolve_ledger_path,
     verify,
     verify_inclusion,
 )
-from twin.settlement.signing import OPERATOR_KEY_FILENAME, load_operator_public_key, public_key_hex
+from twin.settlement.witness import WITNESS_DIRNAME, WitnessError, WitnessStore, read_heads
 
-__all__ = ["ledger_app"]
+__all__ = ["EXIT_INCOMPLETE", "ledger_app"]
+
+#: ``gridtwin ledger verify`` on a ledger without its closing checkpoint.
+EXIT_INCOMPLETE = 3
 
 ledger_app = typer.Typer(
-    help="Settlement ledger: verify the hash chain and signed checkpoints, print statements, prove entries.",
+    help="Settlement ledger: verify the hash chain and signed checkpoints, audit against kept heads, print "
+         "statements, prove entries.",
     no_args_is_help=True,
 )
 
 RunArg = Annotated[Path, typer.Argument(metavar="RUN",
-                                        help="Run folder holding ledger.sqlite, or the path of a ledger .sqlite file.",
+                                        help="Policy folder holding ledger.sqlite, or the path of a ledger .sqlite file.",
                                         show_default=False)]
+PublicKeyOpt = Annotated[Optional[Path], typer.Option(
+    "--public-key", metavar="FILE",
+    help="The operator's published public key (PEM, or hex / base64 of the raw 32 bytes) to check signatures "
+         f"with. Default: ${keystore.TRUSTED_KEY_ENV}, else this machine's key store.")]
+UnsignedOpt = Annotated[bool, typer.Option(
+    "--unsigned", help="Check the file's own consistency without a trusted key (proves nothing about who signed).")]
 
 
 def _ledger_file(run: Path) -> Path:
@@ -49,30 +64,105 @@ def _open(path: Path) -> Ledger:
         raise typer.BadParameter(str(exc), param_hint="RUN") from None
 
 
-def _pinned_key(path: Path) -> str | None:
-    key_file = path.parent / OPERATOR_KEY_FILENAME
-    return public_key_hex(load_operator_public_key(key_file)) if key_file.is_file() else None
+def _trusted(public_key: Path | None, *, unsigned: bool) -> keystore.TrustedKey | None:
+    """The key to check signatures with; a usage error (exit 2) when there is none and not ``unsigned``."""
+    if unsigned and public_key is not None:
+        raise typer.BadParameter("--unsigned and --public-key exclude each other", param_hint="--unsigned")
+    if unsigned:
+        return None
+    try:
+        trusted = keystore.trusted_key(public_key)
+    except keystore.KeyStoreError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--public-key") from None
+    if trusted is None:
+        raise typer.BadParameter(
+            f"no trusted operator key: name the operator's published public key with --public-key FILE (or set "
+            f"{keystore.TRUSTED_KEY_ENV}=FILE); a key found in the run folder is never trusted. --unsigned checks "
+            "the file without one", param_hint="--public-key")
+    return trusted
 
 
 @ledger_app.command("verify")
-def verify_command(run: RunArg) -> None:
-    """Check every entry, the hash chain, the signed checkpoints and the balances; name the first bad entry."""
+def verify_command(run: RunArg, public_key: PublicKeyOpt = None, unsigned: UnsignedOpt = False) -> None:
+    """Check every entry, the hash chain, the signed checkpoints, their coverage and the balances; name the
+    first bad entry. Exit 0 OK, 1 FAILED, 3 INCOMPLETE (no closing checkpoint: a killed run)."""
     path = _ledger_file(run)
+    trusted = _trusted(public_key, unsigned=unsigned)
     try:
-        report = verify(path)
+        report = verify(path, public_key=trusted.public_key if trusted else None, unsigned=unsigned)
     except LedgerError as exc:
         raise typer.BadParameter(str(exc), param_hint="RUN") from None
     out = Console(soft_wrap=True)
+    whose = f"signatures by {trusted.public_key} ({trusted.source})" if trusted else "signatures NOT checked"
+    summary = (f"{report.entries} entries, {report.checkpoints} signed checkpoint(s) (last covers "
+               f"{report.last_checkpoint_size}), {len(report.balances)} accounts")
     if report.ok:
-        out.print(f"OK {path}: {report.entries} entries, {report.checkpoints} signed checkpoint(s) "
-                  f"(last covers {report.last_checkpoint_size}), {len(report.balances)} accounts, postings sum to 0")
+        out.print(f"OK {path}: {summary}, postings sum to 0, closed; {whose}", markup=False)
+        for note in report.notes:
+            out.print(f"  - {note}", markup=False)
         return
     err = Console(stderr=True, soft_wrap=True)
+    if report.status is LedgerStatus.INCOMPLETE:
+        err.print(f"INCOMPLETE {path}: {summary}; {whose}", markup=False)
+        for note in report.notes:
+            err.print(f"  - {note}", markup=False)
+        raise typer.Exit(EXIT_INCOMPLETE)
     first = f"first bad entry: {report.first_bad_entry}" if report.first_bad_entry else "no single bad entry"
-    err.print(f"FAILED {path}: {first}")
+    err.print(f"FAILED {path}: {first}", markup=False)
     for problem in report.problems:
         err.print(f"  - {problem}", markup=False)
     raise typer.Exit(1)
+
+
+@ledger_app.command("audit")
+def audit_command(
+    run: RunArg,
+    heads: Annotated[Optional[list[Path]], typer.Option(
+        "--heads", metavar="FILE", help="A participant's kept heads (JSON lines, as delivered). Repeatable.")] = None,
+    participant: Annotated[Optional[list[str]], typer.Option(
+        "--participant", metavar="ID", help=f"Use RUN/{WITNESS_DIRNAME}/<ID>.heads.jsonl. Repeatable.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help=f"Every participant's heads in RUN/{WITNESS_DIRNAME}/.")] = False,
+    public_key: PublicKeyOpt = None,
+) -> None:
+    """Check signed tree heads participants kept against the ledger with RFC 6962 consistency proofs: a history
+    rewritten after a head was handed out — even by the key holder — fails. Exit 0 consistent, 1 not."""
+    path = _ledger_file(run)
+    folder = path.parent / WITNESS_DIRNAME
+    files = [*(heads or [])]
+    store = WitnessStore(folder)
+    try:
+        files += [store.path_for(p) for p in participant or []]
+    except WitnessError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--participant") from None
+    if all_:
+        files += sorted(folder.glob("*.heads.jsonl"))
+    if not files:
+        raise typer.BadParameter(f"name the heads to audit: --heads FILE, --participant ID or --all (found none in "
+                                 f"{folder})", param_hint="--heads")
+    trusted = _trusted(public_key, unsigned=False)
+    assert trusted is not None
+    out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
+    failed = False
+    for file in files:
+        try:
+            kept = read_heads(file)
+            report = audit(path, kept, public_key=trusted.public_key)
+        except WitnessError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--heads") from None
+        except LedgerError as exc:
+            raise typer.BadParameter(str(exc), param_hint="RUN") from None
+        if report.ok:
+            latest = report.latest
+            assert latest is not None
+            out.print(f"CONSISTENT {file}: {report.heads} kept head(s) (sizes up to {max(report.consistent)}) are "
+                      f"prefixes of checkpoint {latest.id} ({latest.tree_size} entries)", markup=False)
+            continue
+        failed = True
+        err.print(f"INCONSISTENT {file} against {path}:", markup=False)
+        for problem in report.problems:
+            err.print(f"  - {problem}", markup=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @ledger_app.command("statement")
@@ -114,9 +204,12 @@ def statement_command(
 def prove_command(
     run: RunArg,
     entry: Annotated[int, typer.Argument(metavar="ENTRY", help="Entry sequence number (1-based).", show_default=False)],
+    public_key: PublicKeyOpt = None,
+    unsigned: UnsignedOpt = False,
 ) -> None:
     """Print the Merkle inclusion proof of ENTRY and verify it against the last signed checkpoint."""
     path = _ledger_file(run)
+    trusted = _trusted(public_key, unsigned=unsigned)
     ledger = _open(path)
     try:
         if not 1 <= entry <= ledger.size():
@@ -128,8 +221,7 @@ def prove_command(
             raise typer.Exit(1) from None
     finally:
         ledger.close()
-    pinned = _pinned_key(path)
-    ok = verify_inclusion(proof, public_key=pinned)
+    ok = verify_inclusion(proof, public_key=trusted.public_key if trusted else None)
     ck = proof.checkpoint
     out = Console(soft_wrap=True)
     out.print(f"entry {proof.entry_seq}: {proof.entry_body.decode('ascii')}", markup=False)
@@ -137,8 +229,27 @@ def prove_command(
     for level, sibling in enumerate(proof.path):
         out.print(f"  path[{level}]: {sibling}")
     out.print(f"checkpoint {ck.id}: tree size {ck.tree_size}, root {ck.root_hash}")
-    out.print(f"signed by {ck.public_key}" + (" (the operator key file)" if pinned else " (no key file to pin)"))
+    out.print(f"signed by {ck.public_key}" + (f" (trusted: {trusted.source})" if trusted else " (NOT checked: --unsigned)"),
+              markup=False)
     if not ok:
         Console(stderr=True).print(f"NOT VERIFIED: entry {entry} does not prove against checkpoint {ck.id}")
         raise typer.Exit(1)
     out.print(f"verified: entry {entry} is included in the signed tree of {ck.tree_size} entries")
+
+
+@ledger_app.command("public-key")
+def public_key_command(
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Also write it (PEM) here.")] = None,
+) -> None:
+    """Print the operator's public key from this machine's key store (to publish to verifiers)."""
+    try:
+        key = keystore.operator_key(create=False)
+    except keystore.KeyStoreError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    public = keystore.public_key_hex(key)
+    pem = keystore.public_key_pem(public)
+    typer.echo(f"operator public key (hex): {public}")
+    typer.echo(pem.decode("ascii"), nl=False)
+    if out is not None:
+        out.write_bytes(pem)
+        typer.echo(f"wrote {out}")

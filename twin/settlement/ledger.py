@@ -4,9 +4,16 @@ RFC 6962 Merkle checkpoints, inclusion and consistency proofs, verification, bal
 File layout (one file per run, ``ledger.sqlite``): ``entries`` (one row per entry; ``body`` is the canonical
 JSON that is hashed, chained and Merkle-leafed; the other columns are copies for querying), ``postings``
 (account, integer micro-units; each entry's postings sum to zero), ``checkpoints`` (tree size, root, chain
-head, Ed25519 public key and signature) and ``ledger_meta``. Triggers RAISE on every UPDATE and DELETE.
-Writes use WAL, ``synchronous=FULL`` and ``BEGIN IMMEDIATE``, so a killed writer leaves either the whole
-batch or none of it. Nothing wall-clock goes into the file: the same settlement writes the same bytes.
+head, Ed25519 public key and signature), ``closings`` (the checkpoints that closed the ledger; the flag is
+inside the signed message) and ``ledger_meta`` (format, the operator's public key). Triggers RAISE on every
+UPDATE and DELETE. Writes use WAL, ``synchronous=FULL`` and ``BEGIN IMMEDIATE``, so a killed writer leaves
+either the whole batch or none of it. Nothing wall-clock goes into the file: the same settlement writes the
+same bytes.
+
+Coverage: a writer that finishes signs a *closing* checkpoint over every entry; a writer that appends to a
+closed ledger first signs a (non-closing) checkpoint that reopens it. So a ledger whose last checkpoint is
+closing and covers every entry is complete; one without (a killed run) is reported incomplete; entries after
+a closing checkpoint were appended by someone without the key.
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -25,18 +33,13 @@ from typing import Any
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from twin.settlement import merkle
+from twin.settlement import keystore, merkle
 from twin.settlement.money import from_micro
-from twin.settlement.signing import (
-    OPERATOR_KEY_FILENAME,
-    load_operator_public_key,
-    load_or_create_operator_key,
-    public_key_hex,
-    signature_valid,
-)
+from twin.settlement.signing import public_key_hex, signature_valid
 
 __all__ = [
     "AppendOutcome",
+    "AuditReport",
     "Checkpoint",
     "ConsistencyProof",
     "EntryDraft",
@@ -47,11 +50,13 @@ __all__ = [
     "Ledger",
     "LedgerConflictError",
     "LedgerError",
+    "LedgerStatus",
     "Posting",
     "Statement",
     "StoredEntry",
     "UnbalancedEntryError",
     "VerifyReport",
+    "audit",
     "participant_account",
     "resolve_ledger_path",
     "verify",
@@ -63,7 +68,9 @@ LEDGER_FILENAME = "ledger.sqlite"
 FORMAT = "gridtwin-ledger/1"
 #: The "previous hash" of entry 1.
 GENESIS_HASH = "0" * 64
-_TABLES = ("ledger_meta", "entries", "postings", "checkpoints")
+_TABLES = ("ledger_meta", "entries", "postings", "checkpoints", "closings")
+#: ledger_meta key of the operator's public key (hex), recorded when a writer first opens the ledger.
+PUBLIC_KEY_META = "operator_public_key"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -95,6 +102,7 @@ CREATE TABLE IF NOT EXISTS checkpoints(
     public_key TEXT NOT NULL,
     signature TEXT NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS closings(checkpoint_id INTEGER PRIMARY KEY REFERENCES checkpoints(id)) STRICT;
 """ + "".join(
     f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t} "
     f"BEGIN SELECT RAISE(ABORT, '{t} is append-only'); END;\n"
@@ -242,9 +250,11 @@ class Checkpoint:
     head_hash: str
     public_key: str
     signature: str
+    #: Signed by a writer that finished: the ledger is complete at ``tree_size`` entries.
+    closing: bool = False
 
     def message(self) -> bytes:
-        return _checkpoint_message(self.tree_size, self.root_hash, self.head_hash)
+        return _checkpoint_message(self.tree_size, self.root_hash, self.head_hash, closing=self.closing)
 
     def signature_ok(self, *, public_key: str | None = None) -> bool:
         if public_key is not None and public_key != self.public_key:
@@ -252,8 +262,11 @@ class Checkpoint:
         return signature_valid(public_key_hex_=self.public_key, signature_hex=self.signature, message=self.message())
 
 
-def _checkpoint_message(tree_size: int, root: str, head: str) -> bytes:
-    return _canonical({"v": FORMAT, "tree_size": tree_size, "root": root, "head": head})
+def _checkpoint_message(tree_size: int, root: str, head: str, *, closing: bool = False) -> bytes:
+    fields: dict[str, Any] = {"v": FORMAT, "tree_size": tree_size, "root": root, "head": head}
+    if closing:  # absent rather than false, so checkpoints from before closings existed still verify
+        fields["closing"] = True
+    return _canonical(fields)
 
 
 @dataclass(frozen=True)
@@ -313,10 +326,22 @@ class Statement:
     total: Decimal
 
 
+class LedgerStatus(StrEnum):
+    """``ok``: intact, every entry covered by signed checkpoints, closed by its writer. ``incomplete``: intact
+    so far, but no closing checkpoint (a killed run, or one still running): entries after the last checkpoint
+    are not yet vouched for. ``failed``: something was altered, removed, added behind the key, or forged."""
+
+    OK = "ok"
+    INCOMPLETE = "incomplete"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     """``first_bad_entry`` is the sequence number of the first entry that fails (None when the fault is not
-    in one entry, e.g. missing triggers or a bad checkpoint signature); ``problems`` say what failed."""
+    in one entry, e.g. missing triggers or a bad checkpoint signature); ``problems`` say what failed;
+    ``uncovered`` is the range of entries no signed checkpoint covers (None when every entry is covered);
+    ``trusted_key`` is the key the signatures were checked against (None when verified ``unsigned``)."""
 
     path: Path
     entries: int
@@ -326,10 +351,24 @@ class VerifyReport:
     problems: tuple[str, ...]
     balances: Mapping[str, Decimal]
     postings_sum_micro: int
+    status: LedgerStatus = LedgerStatus.OK
+    closed: bool = True
+    uncovered: tuple[int, int] | None = None
+    trusted_key: str | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return self.status is LedgerStatus.OK
+
+    @property
+    def intact(self) -> bool:
+        """Nothing failed (the ledger may still be incomplete)."""
+        return self.status is not LedgerStatus.FAILED
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 def resolve_ledger_path(run: Path | str) -> Path:
@@ -368,6 +407,8 @@ class Ledger:
         self.signer = signer
         self.read_only = read_only
         self._leaves: list[bytes] = []  # leaf hashes of entries 1..len, cached: entries never change
+        #: Called with every checkpoint this ledger signs, once it is committed (witness delivery).
+        self.on_checkpoint: list[Callable[[Checkpoint], None]] = []
 
     # -- opening ---------------------------------------------------------------------------------------
     @classmethod
@@ -395,12 +436,36 @@ class Ledger:
 
     @classmethod
     def open_run(cls, run_dir: Path | str) -> Ledger:
-        """Open ``<run_dir>/ledger.sqlite`` for writing with the operator key next to it (created on first
-        use; demo key management, see :mod:`twin.settlement.signing`)."""
+        """Open ``<run_dir>/ledger.sqlite`` for writing, signing with the operator key from the key store
+        (:mod:`twin.settlement.keystore`, created there on first use; never inside a run folder). The key's
+        public half is recorded in the ledger; a ledger begun under another key is refused."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        key = load_or_create_operator_key(run_dir / OPERATOR_KEY_FILENAME)
-        return cls.open(run_dir / LEDGER_FILENAME, signer=key)
+        keystore.check_outside(run_dir)
+        if (run_dir.parent / "meta.json").exists():  # a policy folder: its parent is the run folder
+            keystore.check_outside(run_dir.parent)
+        key = keystore.operator_key(create=True)
+        ledger = cls.open(run_dir / LEDGER_FILENAME, signer=key)
+        try:
+            ledger._record_public_key(public_key_hex(key.public_key()))
+        except BaseException:
+            ledger.close()
+            raise
+        return ledger
+
+    def _record_public_key(self, public: str) -> None:
+        recorded = self.public_key()
+        if recorded is None:
+            self._conn.execute("INSERT OR IGNORE INTO ledger_meta(key, value) VALUES (?, ?)", (PUBLIC_KEY_META, public))
+        elif recorded != public:
+            raise LedgerError(f"{self.path} was begun under operator key {recorded}, but the key store "
+                              f"({keystore.key_dir()}) holds {public}: set {keystore.KEY_DIR_ENV} to the key "
+                              "store this ledger was written with")
+
+    def public_key(self) -> str | None:
+        """The operator public key recorded when the ledger was begun (None for a ledger opened without one)."""
+        row = self._conn.execute("SELECT value FROM ledger_meta WHERE key = ?", (PUBLIC_KEY_META,)).fetchone()
+        return str(row[0]) if row else None
 
     def close(self) -> None:
         self._conn.close()
@@ -421,10 +486,12 @@ class Ledger:
         if self.read_only:
             raise LedgerError(f"{self.path} is open read-only")
         conn = self._conn
+        reopened: Checkpoint | None = None
         conn.execute("BEGIN IMMEDIATE")
         try:
             head = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+            before = seq - 1
             appended: list[int] = []
             existing: list[int] = []
             for draft in drafts:
@@ -451,14 +518,28 @@ class Ledger:
                                  [(seq, p.account, p.amount_micro) for p in draft.postings])
                 appended.append(seq)
                 seq, prev = seq + 1, digest
+            last = self.last_checkpoint()
+            if appended and last is not None and last.closing:
+                # The ledger was closed at `before` entries: say so with a signed head before growing it, or
+                # the new entries would look appended behind the operator's back.
+                if self.signer is None:
+                    raise LedgerError(f"{self.path} was closed by checkpoint {last.id} at {last.tree_size} entries; "
+                                      "appending to it needs the operator key (to sign its reopening)")
+                reopened = self._insert_checkpoint(before, closing=False)
             conn.execute("COMMIT" if appended else "ROLLBACK")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        if reopened is not None:
+            self._announce(reopened)
         return AppendOutcome(appended=tuple(appended), existing=tuple(existing))
 
-    def checkpoint(self) -> Checkpoint:
-        """Sign the Merkle root over every entry so far; returns the last checkpoint if nothing is new."""
+    def checkpoint(self, *, closing: bool = False) -> Checkpoint:
+        """Sign the Merkle root over every entry so far; returns the last checkpoint if nothing is new.
+
+        ``closing``: the writer is done; the signed head says the ledger is complete at this size (signed
+        even when the last checkpoint already covers every entry, unless that one closed the ledger too).
+        """
         if self.read_only or self.signer is None:
             raise LedgerError(f"{self.path}: checkpoints need a writable ledger with an operator key")
         conn = self._conn
@@ -466,21 +547,35 @@ class Ledger:
         try:
             last = self.last_checkpoint()
             size = self.size()
-            if last is not None and last.tree_size == size:
+            if last is not None and last.tree_size == size and (last.closing or not closing):
                 conn.execute("ROLLBACK")
                 return last
-            root = merkle.root_hash(self._leaf_hashes(size)).hex()
-            head = self.entry(size).hash if size else GENESIS_HASH
-            signature = self.signer.sign(_checkpoint_message(size, root, head)).hex()
-            public = public_key_hex(self.signer.public_key())
-            cur = conn.execute(
-                "INSERT INTO checkpoints(tree_size, root_hash, head_hash, public_key, signature) VALUES (?,?,?,?,?)",
-                (size, root, head, public, signature))
+            checkpoint = self._insert_checkpoint(size, closing=closing)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return Checkpoint(int(cur.lastrowid or 0), size, root, head, public, signature)
+        self._announce(checkpoint)
+        return checkpoint
+
+    def _insert_checkpoint(self, size: int, *, closing: bool) -> Checkpoint:
+        """Sign and insert a checkpoint over entries 1..size; the caller holds the transaction."""
+        assert self.signer is not None
+        root = merkle.root_hash(self._leaf_hashes(size)).hex()
+        head = self.entry(size).hash if size else GENESIS_HASH
+        signature = self.signer.sign(_checkpoint_message(size, root, head, closing=closing)).hex()
+        public = public_key_hex(self.signer.public_key())
+        cur = self._conn.execute(
+            "INSERT INTO checkpoints(tree_size, root_hash, head_hash, public_key, signature) VALUES (?,?,?,?,?)",
+            (size, root, head, public, signature))
+        checkpoint_id = int(cur.lastrowid or 0)
+        if closing:
+            self._conn.execute("INSERT INTO closings(checkpoint_id) VALUES (?)", (checkpoint_id,))
+        return Checkpoint(checkpoint_id, size, root, head, public, signature, closing)
+
+    def _announce(self, checkpoint: Checkpoint) -> None:
+        for callback in self.on_checkpoint:
+            callback(checkpoint)
 
     # -- reading ---------------------------------------------------------------------------------------
     def size(self) -> int:
@@ -501,15 +596,20 @@ class Ledger:
             "SELECT 1 FROM entries WHERE run_id=? AND interval_start=? AND participant=? AND rule=? AND rule_version=?",
             key.columns()).fetchone() is not None
 
+    def _checkpoint_sql(self) -> str:
+        if _has_table(self._conn, "closings"):
+            return ("SELECT c.id, c.tree_size, c.root_hash, c.head_hash, c.public_key, c.signature, "
+                    "x.checkpoint_id IS NOT NULL FROM checkpoints c LEFT JOIN closings x ON x.checkpoint_id = c.id")
+        # A ledger written before closings existed: none of its checkpoints closed it.
+        return "SELECT c.id, c.tree_size, c.root_hash, c.head_hash, c.public_key, c.signature, 0 FROM checkpoints c"
+
     def checkpoints(self) -> list[Checkpoint]:
-        rows = self._conn.execute(
-            "SELECT id, tree_size, root_hash, head_hash, public_key, signature FROM checkpoints ORDER BY id")
-        return [Checkpoint(*row) for row in rows]
+        rows = self._conn.execute(self._checkpoint_sql() + " ORDER BY c.id")
+        return [Checkpoint(*row[:6], closing=bool(row[6])) for row in rows]
 
     def last_checkpoint(self) -> Checkpoint | None:
-        row = self._conn.execute("SELECT id, tree_size, root_hash, head_hash, public_key, signature FROM checkpoints "
-                                 "ORDER BY id DESC LIMIT 1").fetchone()
-        return Checkpoint(*row) if row else None
+        row = self._conn.execute(self._checkpoint_sql() + " ORDER BY c.id DESC LIMIT 1").fetchone()
+        return Checkpoint(*row[:6], closing=bool(row[6])) if row else None
 
     def _leaf_hashes(self, size: int) -> list[bytes]:
         if len(self._leaves) < size:
@@ -615,11 +715,19 @@ def _check_entries(conn: sqlite3.Connection) -> tuple[int, list[str], int | None
 
 def _check_checkpoints(checkpoints: list[Checkpoint], leaves: list[bytes], heads: Mapping[int, str],
                        public_key: str | None) -> tuple[list[str], int | None]:
+    """Each checkpoint is signed by ``public_key`` (by its own embedded key when None: ``unsigned``), never
+    shrinks the tree, and its root and chain head match the entries it covers."""
     covered = 0
     for ck in checkpoints:
         if not ck.signature_ok(public_key=public_key):
-            whose = "the operator key" if public_key else "its own key"
+            if public_key is not None and ck.public_key != public_key:
+                return [f"checkpoint {ck.id}: signed by key {ck.public_key}, not by the trusted operator key "
+                        f"{public_key}"], None
+            whose = "the trusted operator key" if public_key else "its own key"
             return [f"checkpoint {ck.id}: signature does not verify with {whose}"], None
+        if ck.tree_size < covered:
+            return [f"checkpoint {ck.id} covers {ck.tree_size} entries, fewer than the {covered} of the checkpoint "
+                    f"before it: a signed head never shrinks"], ck.tree_size + 1
         if ck.tree_size > len(leaves):
             return [f"checkpoint {ck.id} is signed over {ck.tree_size} entries but the ledger holds {len(leaves)}: "
                     f"entries {len(leaves) + 1}..{ck.tree_size} were removed (truncated)"], len(leaves) + 1
@@ -630,18 +738,52 @@ def _check_checkpoints(checkpoints: list[Checkpoint], leaves: list[bytes], heads
     return [], None
 
 
-def verify(path: Path | str, *, public_key: str | None = None) -> VerifyReport:
+def _coverage(checkpoints: list[Checkpoint], entries: int) -> tuple[LedgerStatus, list[str], int | None,
+                                                                    tuple[int, int] | None]:
+    """(status, problems or notes, first bad entry, uncovered range) of an otherwise intact ledger."""
+    last = checkpoints[-1] if checkpoints else None
+    covered = last.tree_size if last else 0
+    uncovered = (covered + 1, entries) if covered < entries else None
+    if last is not None and last.closing:
+        if uncovered is None:
+            return LedgerStatus.OK, [], None, None
+        return LedgerStatus.FAILED, [
+            f"entries {covered + 1}..{entries} are not covered by any signed checkpoint: the ledger was closed by "
+            f"checkpoint {last.id} at {covered} entries, and these were appended after it without the operator "
+            f"key"], covered + 1, uncovered
+    why = "the run was killed, or is still running"
+    if uncovered is None:
+        where = f"every entry is covered by checkpoint {last.id}" if last else "it holds no entries"
+        return LedgerStatus.INCOMPLETE, [f"no closing checkpoint ({why}); {where}"], None, None
+    return LedgerStatus.INCOMPLETE, [
+        f"no closing checkpoint ({why}): entries {covered + 1}..{entries} are not covered by a signed checkpoint"
+        + (f" (the last, checkpoint {last.id}, covers 1..{covered})" if last else "")], None, uncovered
+
+
+def _resolve_trust(public_key: str | None, unsigned: bool) -> str | None:
+    if public_key is not None or unsigned:
+        return public_key
+    trusted = keystore.trusted_key()
+    if trusted is None:
+        raise LedgerError(f"no trusted operator key to check the signatures with: name the operator's public key "
+                          f"(--public-key FILE, or {keystore.TRUSTED_KEY_ENV}=FILE), or verify --unsigned")
+    return trusted.public_key
+
+
+def verify(path: Path | str, *, public_key: str | None = None, unsigned: bool = False) -> VerifyReport:
     """Check a ledger file end to end without writing to it; the report names the first bad entry.
 
     Checks, in order: every entry is present, numbered, chained, hashes to itself, matches its posting and
-    key rows and balances; every checkpoint is validly signed (by ``public_key``, or by the operator key file
-    next to the ledger when there is one) and its root matches the entries it covers, which catches a
-    truncated tail; the append-only triggers are in place. A ledger whose tail *and* checkpoints were
-    both removed cannot be caught from the file alone: compare against a checkpoint kept elsewhere.
+    key rows and balances; every checkpoint is signed by the trusted operator key (``public_key``, hex; by
+    default the configured trusted key, see :func:`twin.settlement.keystore.trusted_key`; never a key found
+    in the run folder or the ledger) and its root matches the entries it covers, which catches a truncated
+    tail; every entry is covered by a signed checkpoint and the last one closed the ledger; the append-only
+    triggers are in place. ``unsigned`` checks each signature only against the key it names itself, which
+    proves nothing about who signed. A ledger rewritten by someone holding the operator key verifies: only a
+    head kept elsewhere catches that (:func:`audit`).
     """
     path = resolve_ledger_path(path)
-    if public_key is None and (path.parent / OPERATOR_KEY_FILENAME).is_file():
-        public_key = public_key_hex(load_operator_public_key(path.parent / OPERATOR_KEY_FILENAME))
+    trusted = _resolve_trust(public_key, unsigned)
     ledger = Ledger.open(path, read_only=True)
     try:
         conn = ledger._conn
@@ -649,17 +791,123 @@ def verify(path: Path | str, *, public_key: str | None = None) -> VerifyReport:
         heads = {seq: h for seq, h in conn.execute("SELECT seq, hash FROM entries WHERE seq <= ?", (good,))}
         checkpoints = ledger.checkpoints()
         if not problems:
-            problems, first_bad = _check_checkpoints(checkpoints, leaves, heads, public_key)
+            problems, first_bad = _check_checkpoints(checkpoints, leaves, heads, trusted)
         have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-        if not _TRIGGERS <= have:
-            problems = [*problems, f"append-only triggers missing: {sorted(_TRIGGERS - have)}"]
+        # A ledger from before closings existed has neither the table nor its triggers.
+        needed = _TRIGGERS if _has_table(conn, "closings") else frozenset(
+            t for t in _TRIGGERS if not t.startswith("closings_"))
+        if not needed <= have:
+            problems = [*problems, f"append-only triggers missing: {sorted(needed - have)}"]
         total = int(conn.execute("SELECT COALESCE(SUM(amount_micro), 0) FROM postings").fetchone()[0])
         if total != 0 and not problems:
             problems = [f"postings sum to {total} micro-units, not zero"]
+        size = ledger.size()
+        notes: list[str] = []
+        uncovered: tuple[int, int] | None = None
+        if problems:
+            status = LedgerStatus.FAILED
+        else:
+            status, found, first_bad, uncovered = _coverage(checkpoints, size)
+            if status is LedgerStatus.FAILED:
+                problems = found
+            else:
+                notes = found
+        if unsigned:
+            notes.append("signatures checked only against the keys they name themselves (--unsigned): this shows "
+                         "the file is self-consistent, not who signed it")
         return VerifyReport(
-            path=path, entries=ledger.size(), checkpoints=len(checkpoints),
+            path=path, entries=size, checkpoints=len(checkpoints),
             last_checkpoint_size=checkpoints[-1].tree_size if checkpoints else 0, first_bad_entry=first_bad,
-            problems=tuple(problems), balances=MappingProxyType(ledger.balances()), postings_sum_micro=total)
+            problems=tuple(problems), balances=MappingProxyType(ledger.balances()), postings_sum_micro=total,
+            status=status, closed=bool(checkpoints and checkpoints[-1].closing), uncovered=uncovered,
+            trusted_key=trusted, notes=tuple(notes))
     finally:
         ledger.close()
 
+
+# -- audit: a participant's kept heads against the ledger ---------------------------------------------------
+@dataclass(frozen=True)
+class AuditReport:
+    """The outcome of checking kept signed tree heads against a ledger. ``consistent`` holds the tree sizes of
+    the heads the ledger's latest signed checkpoint extends (by an RFC 6962 consistency proof); ``problems``
+    say which heads it does not, and why."""
+
+    path: Path
+    heads: int
+    consistent: tuple[int, ...]
+    latest: Checkpoint | None
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.heads > 0
+
+
+def _stored_leaves(ledger: Ledger) -> tuple[list[bytes], str | None]:
+    """Leaf hashes of the stored entries in order, stopping at a gap (and saying where)."""
+    leaves: list[bytes] = []
+    for entry in ledger.entries():
+        if entry.seq != len(leaves) + 1:
+            return leaves, f"entry {len(leaves) + 1} is missing (the next stored entry is {entry.seq})"
+        leaves.append(merkle.leaf_hash(entry.body))
+    return leaves, None
+
+
+def audit(path: Path | str, heads: Sequence[Any], *, public_key: str | None = None) -> AuditReport:
+    """Check signed tree heads a participant kept (``witness.SignedTreeHead``) against the ledger at ``path``.
+
+    For each kept head the ledger must prove, with an RFC 6962 consistency proof built from its entries, that
+    its latest signed checkpoint extends that head. A head the operator signed which the ledger cannot extend
+    is evidence of a rewritten, forked or truncated history — whoever holds the key now. Heads must be signed
+    by the trusted operator key (``public_key``; by default the configured trusted key).
+    """
+    path = resolve_ledger_path(path)
+    trusted = _resolve_trust(public_key, unsigned=False)
+    assert trusted is not None
+    ledger = Ledger.open(path, read_only=True)
+    try:
+        latest = ledger.last_checkpoint()
+        leaves, gap = _stored_leaves(ledger)
+    finally:
+        ledger.close()
+    problems: list[str] = []
+    if not heads:
+        problems.append("no kept heads to audit: the participant received none")
+    if latest is None:
+        problems.append("the ledger holds no signed checkpoint: its history cannot be shown to extend any kept head"
+                        " (checkpoints deleted?)")
+        return AuditReport(path, len(heads), (), None, tuple(problems))
+    if not latest.signature_ok(public_key=trusted):
+        problems.append(f"the ledger's latest checkpoint {latest.id} is not signed by the trusted operator key "
+                        f"{trusted}")
+    elif latest.tree_size > len(leaves):
+        problems.append(f"the ledger's latest checkpoint {latest.id} covers {latest.tree_size} entries, but "
+                        f"{gap or f'only {len(leaves)} are stored'}")
+    elif merkle.root_hash(leaves[:latest.tree_size]).hex() != latest.root_hash:
+        problems.append(f"the ledger's entries 1..{latest.tree_size} do not match its latest checkpoint "
+                        f"{latest.id}: run `gridtwin ledger verify`")
+    if problems:
+        return AuditReport(path, len(heads), (), latest, tuple(problems))
+    new_root = bytes.fromhex(latest.root_hash)
+    consistent: list[int] = []
+    for number, head in enumerate(heads, start=1):
+        label = f"kept head {number} (checkpoint {head.checkpoint_id}, {head.tree_size} entries)"
+        if not signature_valid(public_key_hex_=trusted, signature_hex=head.signature,
+                               message=_checkpoint_message(head.tree_size, head.root_hash, head.head_hash,
+                                                           closing=head.closing)) or head.public_key != trusted:
+            problems.append(f"{label}: not signed by the trusted operator key {trusted}: it proves nothing "
+                            "(the participant's copy was tampered with?)")
+            continue
+        if head.tree_size > latest.tree_size:
+            problems.append(f"{label}: the ledger's latest signed checkpoint {latest.id} covers only "
+                            f"{latest.tree_size} entries: entries {latest.tree_size + 1}..{head.tree_size}, which "
+                            f"the operator signed, were removed (truncated or rolled back)")
+            continue
+        proof = merkle.consistency_path(head.tree_size, leaves[:latest.tree_size])
+        if not merkle.verify_consistency_path(old_size=head.tree_size, new_size=latest.tree_size,
+                                              old_root=bytes.fromhex(head.root_hash), new_root=new_root, path=proof):
+            problems.append(f"{label}: not a prefix of the ledger's signed tree of {latest.tree_size} entries "
+                            f"(checkpoint {latest.id}): the history the operator signed was rewritten")
+            continue
+        consistent.append(head.tree_size)
+    return AuditReport(path, len(heads), tuple(consistent), latest, tuple(problems))

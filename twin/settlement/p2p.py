@@ -145,7 +145,9 @@ def settle_community(
 
     Rounding: the grid's amount is rounded to micro-units, the sellers' total once, and the buyers' total is
     their sum, so the entry balances exactly; each side is split by largest remainder over the members' kWh.
-    Whatever the price method, the grid's amount is λb × net community import, or −λs × net export.
+    Whatever the price method, the grid's amount is λb × net community import, or −λs × net export. Under
+    bill sharing the side that exchanges nothing with the grid gets exactly 0 (sellers in a deficit
+    interval, buyers in a surplus one).
     """
     grid_buy, feed_in = money(grid_buy), money(feed_in)
     members = sorted(set(imports_kwh) | set(exports_kwh))
@@ -159,7 +161,13 @@ def settle_community(
     grid_exact = grid_buy * (total_demand - total_supply) if total_demand >= total_supply \
         else -feed_in * (total_supply - total_demand)
     grid_micro = to_micro(grid_exact)
-    sellers_micro = to_micro(prices.sell * total_supply)
+    if method is P2PMethod.BILL_SHARING:
+        # Only the grid exchange is billed: in surplus the sellers share exactly what the grid pays and the
+        # buyers pay exactly 0; in deficit the buyers share exactly what the grid is owed. (Going through the
+        # rounded pro-rata price could leave ±1 micro-unit with the other side.)
+        sellers_micro = max(0, -grid_micro)
+    else:
+        sellers_micro = to_micro(prices.sell * total_supply)
     buyers_micro = sellers_micro + grid_micro
     amounts = {m: 0 for m in members}
     if supply:

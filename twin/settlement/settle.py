@@ -7,7 +7,10 @@ Usage (the engine, once per interval, after the power flow and verification)::
     result = settlement.settle_interval(start=t, end=t + step, meters=meters_frame(...),
                                         load_history_kw=history, unverified=rejected_participants)
     ...
-    settlement.close()   # signs a final checkpoint and closes the ledger
+    settlement.close()   # signs the closing checkpoint and closes the ledger
+
+Every checkpoint the ledger signs is delivered at once to every participant's witness file
+(``<run_dir>/witnesses/``, :mod:`twin.settlement.witness`), so each keeps the heads that pin its history.
 
 Energy comes only from differences of cumulative registers (DESIGN.md §7), so a lost telemetry message
 delays settled energy but never changes it. Every amount is computed in Decimal and stored in micro-units;
@@ -40,6 +43,7 @@ from twin.settlement.ledger import Checkpoint, EntryDraft, EntryKey, Ledger, par
 from twin.settlement.money import allocate_largest_remainder, from_micro, to_decimal, to_micro
 from twin.settlement.p2p import settle_community
 from twin.settlement.rules import capacity_payment_micro, hours, penalty_rate_per_mwh
+from twin.settlement.witness import WITNESS_DIRNAME, WitnessStore
 
 __all__ = [
     "GRID_ACCOUNT",
@@ -161,14 +165,25 @@ class Settlement:
 
     @classmethod
     def for_run(cls, run_dir: Path | str, *, config: SettlementConfig, run_id: str) -> Settlement:
-        """Open (or resume) ``<run_dir>/ledger.sqlite`` with the run's operator key."""
-        return cls(ledger=Ledger.open_run(run_dir), config=config, run_id=run_id)
+        """Open (or resume) ``<run_dir>/ledger.sqlite`` with the operator key from the key store; signed heads
+        go to every participant's witness file in ``<run_dir>/witnesses/`` as they are made (heads a killed
+        writer signed but never delivered are delivered now)."""
+        ledger = Ledger.open_run(run_dir)
+        try:
+            witnesses = WitnessStore(Path(run_dir) / WITNESS_DIRNAME)
+            participants = sorted(config.participants())
+            witnesses.catch_up(ledger.checkpoints(), participants)
+            ledger.on_checkpoint.append(lambda checkpoint: witnesses.deliver(checkpoint, participants))
+        except BaseException:
+            ledger.close()
+            raise
+        return cls(ledger=ledger, config=config, run_id=run_id)
 
     def close(self) -> Checkpoint | None:
-        """Sign a final checkpoint (if there is a key and anything to sign) and close the ledger."""
+        """Sign the closing checkpoint (when there is a key) and close the ledger."""
         try:
-            if self.ledger.signer is not None and self.ledger.size():
-                return self.ledger.checkpoint()
+            if self.ledger.signer is not None:
+                return self.ledger.checkpoint(closing=True)
             return None
         finally:
             self.ledger.close()

@@ -1,0 +1,125 @@
+"""The participant side of the DePIN policy: every participant's local step, batched or one agent at a time.
+
+Each participant's agent knows only its own assets, its own meters and forecasts, and what its bus node sends
+it (the locational signal σ and the weight W of ``controllers.depin.grid_nodes``). Its local step moves each of
+its assets to ``argmin f_a(p) + W/2 ‖p − (p⁻ − σ/W)‖²`` (``controllers.local_steps``), and it reports its own net
+trajectory (one number per period) to its node. The simulation may solve every participant's step in one
+vectorized call (``batch=True``): the asset problems are independent, so the result equals the agents solving
+one by one (``batch=False``, the reference, tested). The time a real edge device would need is measured on a
+few participants solved alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from controllers.api import Forecast, Observation
+from controllers.dispatch_inputs import DispatchReader
+from controllers.dispatch_model import DispatchWeights
+from controllers.local_steps import AssetProx
+
+__all__ = ["Participants", "restrict_observation"]
+
+
+def restrict_observation(obs: Observation, assets: pd.Index) -> Observation:
+    """What one participant sees of a fleet-wide participant observation: its own assets' rows and columns."""
+    fc = obs.forecast
+    return replace(
+        obs,
+        assets=obs.assets.loc[assets],
+        state=obs.state.loc[assets],
+        forecast=Forecast(base_load_mw=fc.base_load_mw.iloc[:, :0], pv_avail_mw=fc.pv_avail_mw.loc[:, fc.pv_avail_mw.columns.intersection(assets)],
+                          flex_base_mw=fc.flex_base_mw.loc[:, fc.flex_base_mw.columns.intersection(assets)],
+                          price_eur_per_mwh=fc.price_eur_per_mwh),
+    )
+
+
+@dataclass
+class _Group:
+    """Assets solved in one call: all of them (batch), or one participant's."""
+
+    rows: np.ndarray  # positions in the asset table
+    ids: pd.Index
+    prox: AssetProx
+    reader: DispatchReader
+
+
+class Participants:
+    """Every participant agent of one DePIN policy. Arrays are (assets, periods) in asset-table order."""
+
+    def __init__(self, *, assets: pd.DataFrame, participants: tuple[str, ...], step: pd.Timedelta, horizon: int,
+                 weights: DispatchWeights, batch: bool = True, edge_sample: int = 3) -> None:
+        self.assets = assets
+        self.participants = participants
+        self.T = horizon
+        position = {pid: i for i, pid in enumerate(participants)}
+        owners = assets["participant_id"].astype(str)
+        unknown = sorted(set(owners) - set(position))
+        if unknown:
+            raise ValueError(f"assets.participant_id: {unknown[0]!r} is not a participant")
+        self.owner = owners.map(position).to_numpy(dtype=np.int64)
+        self.batch = batch
+
+        def group(rows: np.ndarray) -> _Group:
+            table = assets.iloc[rows]
+            return _Group(rows=rows, ids=table.index,
+                          prox=AssetProx.build(table, step=step, horizon=horizon, weights=weights),
+                          reader=DispatchReader(table, step=step, horizon=horizon))
+
+        by_owner = [np.flatnonzero(self.owner == i) for i in range(len(participants))]
+        self.groups = [group(np.arange(len(assets)))] if batch else [group(r) for r in by_owner if r.size]
+        # Edge compute: the participants with the most assets, each solved alone once per decision.
+        sizes = np.array([r.size for r in by_owner])
+        sample = [i for i in np.argsort(-sizes, kind="stable")[:edge_sample] if sizes[i]]
+        self._edge = [group(by_owner[i]) for i in sample] if batch else []
+        self.p = np.zeros((len(assets), horizon))
+        self.edge_time_s = 0.0
+        self.step_time_s = 0.0
+
+    def begin(self, observation: Observation, *, shift: int) -> None:
+        """A new decision: read every participant's own observation; recede the last plan by ``shift`` periods
+        as the warm start."""
+        if shift > 0:
+            kept = self.p[:, min(shift, self.T - 1):]
+            self.p = np.pad(kept, [(0, 0), (0, self.T - kept.shape[1])], mode="edge")
+        for g in self.groups + self._edge:
+            own = observation if self.batch and g is self.groups[0] else restrict_observation(observation, g.ids)
+            g.prox.set_inputs(g.reader.read(own, include_base_load=False))
+        self._edge_pending = bool(self._edge)
+
+    def local_step(self, sigma: np.ndarray, weight: np.ndarray, *, active: np.ndarray) -> np.ndarray:
+        """Every active participant's local step on the signal it last heard from its node: ``sigma``
+        (participants, periods) and ``weight`` (participants,). Returns the new plans (inactive ones unchanged)."""
+        sig = sigma[self.owner]
+        w = np.maximum(weight[self.owner], 1e-12)[:, None]
+        target = self.p - sig / w
+        weights = np.broadcast_to(w, target.shape)
+        t0 = time.perf_counter()
+        new = self.p.copy()
+        for g in self.groups:
+            result = g.prox.solve(np.ascontiguousarray(weights[g.rows]), target[g.rows])
+            new[g.rows] = result.p_mw
+        self.step_time_s = time.perf_counter() - t0
+        if self._edge_pending:  # what one household's device would spend on the same step
+            slowest = 0.0
+            for g in self._edge:
+                t1 = time.perf_counter()
+                g.prox.solve(np.ascontiguousarray(weights[g.rows]), target[g.rows])
+                slowest = max(slowest, time.perf_counter() - t1)
+            self.edge_time_s = slowest
+            self._edge_pending = False
+        elif not self.batch:
+            self.edge_time_s = self.step_time_s / max(len(self.groups), 1)
+        keep = active[self.owner]
+        self.p = np.where(keep[:, None], new, self.p)
+        return self.p
+
+    def net_trajectories(self) -> np.ndarray:
+        """Each participant's own net power per period (participants, periods): its uplink message."""
+        out = np.zeros((len(self.participants), self.T))
+        np.add.at(out, self.owner, self.p)
+        return out

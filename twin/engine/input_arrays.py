@@ -1,0 +1,85 @@
+"""The run's exogenous inputs as arrays, indexed once: the rows the engine reads each interval.
+
+``RunInputs`` keeps labelled frames (what controllers' forecasts are cut from); the engine's per-step reads
+(native load and generation for the power flow, available PV and flexible-load requests for the devices, the
+price) come from here, aligned once with the grid model's element order and the fleet's asset order.
+Shared by every policy's twin of a run (built once per ``RunInputs``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from twin.inputs import RunInputs
+
+__all__ = ["InputArrays"]
+
+_CACHE: dict[int, tuple[weakref.ref, InputArrays]] = {}
+
+
+@dataclass(frozen=True)
+class InputArrays:
+    """Row ``r`` of every array is interval ``inputs.price_eur_per_mwh.index[r]``."""
+
+    load_p_mw: np.ndarray  # time × native load, in net.load order
+    load_q_mvar: np.ndarray
+    sgen_p_mw: np.ndarray  # time × native sgen, in net.sgen order (generator output)
+    pv_avail_mw: np.ndarray  # time × PV asset (``pv_positions`` in asset order)
+    pv_positions: np.ndarray
+    flex_base_mw: np.ndarray  # time × flexible load (``flex_positions`` in asset order)
+    flex_positions: np.ndarray
+    price_eur_per_mwh: np.ndarray  # time
+    n_assets: int
+
+    @classmethod
+    def of(cls, inputs: RunInputs) -> InputArrays:
+        """The arrays of ``inputs`` (built on first use, then shared while ``inputs`` lives)."""
+        key = id(inputs)
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0]() is inputs:
+            return hit[1]
+        arrays = cls._build(inputs)
+        _CACHE[key] = (weakref.ref(inputs, lambda _, key=key: _CACHE.pop(key, None)), arrays)
+        return arrays
+
+    @classmethod
+    def _build(cls, inputs: RunInputs) -> InputArrays:
+        net, profiles, assets = inputs.net, inputs.profiles, inputs.assets
+
+        def columns(frame: pd.DataFrame, order: pd.Index) -> np.ndarray:
+            if frame.columns.equals(order):
+                return frame.to_numpy(float)
+            return frame.reindex(columns=order).to_numpy(float)
+
+        return cls(
+            load_p_mw=columns(profiles.load_p_mw, net.load.index),
+            load_q_mvar=columns(profiles.load_q_mvar, net.load.index),
+            sgen_p_mw=columns(profiles.sgen_p_mw, net.sgen.index),
+            pv_avail_mw=_nan_to_zero(inputs.pv_avail_mw.to_numpy(float)),
+            pv_positions=assets.index.get_indexer(inputs.pv_avail_mw.columns),
+            flex_base_mw=_nan_to_zero(inputs.flex_base_mw.to_numpy(float)),
+            flex_positions=assets.index.get_indexer(inputs.flex_base_mw.columns),
+            price_eur_per_mwh=inputs.price_eur_per_mwh.to_numpy(float),
+            n_assets=len(assets),
+        )
+
+    def pv_avail(self, row: int) -> np.ndarray:
+        """Available PV power per asset (asset order; 0 for other kinds) in interval ``row``."""
+        out = np.zeros(self.n_assets)
+        out[self.pv_positions] = self.pv_avail_mw[row]
+        return out
+
+    def flex_base(self, row: int) -> np.ndarray:
+        """Requested draw per flexible load (asset order; 0 for other kinds) in interval ``row``."""
+        out = np.zeros(self.n_assets)
+        out[self.flex_positions] = self.flex_base_mw[row]
+        return out
+
+
+def _nan_to_zero(values: np.ndarray) -> np.ndarray:
+    """Missing values count as 0 (as the devices read them: nothing available, nothing requested)."""
+    return np.where(np.isnan(values), 0.0, values)
