@@ -357,11 +357,10 @@ def load_controller(target: str, **kwargs: Any) -> Any:
         controller = cls(**kwargs)
     except TypeError as exc:
         raise ValueError(f"controller {target!r}: bad keyword arguments {sorted(kwargs)} ({exc})") from exc
-    from controllers.coordination import AgentNetwork  # it builds on this module's types
-
-    if not isinstance(controller, (Controller, Agent, AgentNetwork)):
-        raise ValueError(
-            f"controller {target!r}: object has neither reset(spec, *, seed) + act(observation) (a Controller) "
-            "nor reset(spec, *, seed) + propose(observation, inbox, *, round_index) (an Agent) nor an AgentNetwork"
-        )
+    # The instance must still have the methods its class promised (a __new__ may return anything).
+    if not callable(getattr(controller, "reset", None)) or not any(
+            all(callable(getattr(controller, m, None)) for m in methods)
+            for p in _PROTOCOLS.values() for methods in p[0]):
+        expected = " or ".join(p[1] for p in _PROTOCOLS.values())
+        raise ValueError(f"controller {target!r}: the object it built does not implement {expected}")
     return controller

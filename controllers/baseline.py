@@ -12,11 +12,18 @@ __all__ = ["NoControl", "PeakShaver"]
 class NoControl:
     """Sends nothing: every device runs on its autonomous default (the "do nothing" reference)."""
 
+    #: Never reads ``observation.grid``: the twin may replay it open loop (the whole period's power flow in one
+    #: batch, ``twin.engine.open_loop``).
+    reads_grid = False
+
+    def __init__(self) -> None:
+        self._nothing = Dispatch.empty()  # the same empty dispatch every interval (the engine never mutates one)
+
     def reset(self, spec: ControllerSpec, *, seed: int) -> None:
         del spec, seed
 
     def act(self, observation: Observation) -> Dispatch:
-        return Dispatch.empty()
+        return self._nothing
 
 
 class PeakShaver:
@@ -29,6 +36,9 @@ class PeakShaver:
     forecast over the horizon (so a week-long run adapts to each day). Batteries share the work in
     proportion to their power rating.
     """
+
+    #: Reads the forecast and the device state, never ``observation.grid``: open-loop replay is exact.
+    reads_grid = False
 
     def __init__(
         self, *, threshold_mw: float | None = None, shave_fraction: float = 0.8, charge_below_mw: float = 0.0

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -59,7 +58,7 @@ KIND_ORDER: tuple[AssetKind, ...] = (AssetKind.BATTERY, AssetKind.EV_CHARGER, As
 _KKT_TOL = 1e-9
 _IPM_MAX_ITER = 80
 #: Primal-dual active-set iterations from a warm start before the interior point takes over.
-_WARM_PDAS_ITER = 6
+_WARM_PDAS_ITER = 12
 #: Active-set corrections after an interior-point solve.
 _POLISH_ITER = 4
 #: Box or tube narrower than this (relative to the chain's scale) is treated as fixed at its lower end.
@@ -72,13 +71,20 @@ _S_FREE, _S_LO, _S_HI = 0, 1, 2
 
 
 # ============================================================================ the generic chain
+_RAW = ("a", "g", "q", "d", "lx", "ux", "lo", "hi", "s0", "beta")
+#: Fields of ``_Chains`` with the decision axis first: (2, n, L) (or (2, n) for ``a``). Component-first keeps
+#: every per-decision operation on contiguous memory (three times faster than strided ``x[..., j]``).
+_BY_DECISION = frozenset({"a", "g", "q", "lx", "ux", "a_full", "fixed_x", "has_lx", "has_ux", "curv", "mu_single"})
+
+
 @dataclass(frozen=True)
 class _Chains:
-    """``n`` chains of ``L`` periods, two decisions per period (see the module docstring).
+    """``n`` chains of ``L`` periods, two decisions per period (see the module docstring), with the arrays
+    every solve needs derived once (build with :meth:`build`).
 
-    Shapes: ``a`` (n, 2); ``g``, ``q``, ``lx``, ``ux`` (n, L, 2); ``d``, ``lo``, ``hi`` (n, L); ``s0``,
-    ``beta`` (n,). ``ux`` / ``lo`` / ``hi`` may be infinite. The prox weight ``w`` and target ``c`` (n, L)
-    come with each solve (0 in the terminal period).
+    Shapes: ``a`` (2, n); ``g``, ``q``, ``lx``, ``ux`` (2, n, L), decision first; ``d``, ``lo``, ``hi``
+    (n, L); ``s0``, ``beta`` (n,). ``ux`` / ``lo`` / ``hi`` may be infinite. The last period is the terminal
+    one: no prox term (the weight ``w`` and target ``c`` of each solve are 0 there).
     """
 
     a: np.ndarray
@@ -91,99 +97,109 @@ class _Chains:
     hi: np.ndarray
     s0: np.ndarray
     beta: np.ndarray
+    # derived
+    a_full: np.ndarray  # a broadcast to (2, n, L)
+    x_scale: np.ndarray  # (n,) unit of decisions (MW): largest box width or drift
+    s_scale: np.ndarray  # (n,) unit of states (MWh)
+    fixed_x: np.ndarray  # box of zero width
+    fixed_s: np.ndarray  # tube of zero width (after tightening)
+    has_lx: np.ndarray
+    has_ux: np.ndarray
+    has_lo: np.ndarray
+    has_hi: np.ndarray
+    curv: np.ndarray  # (2, n, L) the decision's own prox curvature w a_j^2 > 0 (real periods, a_j != 0)
+    cross: np.ndarray  # (n, L) g_0 a_1 - g_1 a_0: power and energy are independent directions
+    pair_ok: np.ndarray  # (n, L) both decisions free pins the multiplier (cross != 0, a real period)
+    mu_pair: np.ndarray  # (n, L) that multiplier: (a_1 q_0 - a_0 q_1) / cross (dumping)
+    mu_single: np.ndarray  # (2, n, L) q_j / g_j: the multiplier a free decision without curvature pins
+    last: np.ndarray  # (n, L) beta in the last period, 0 elsewhere
+
+    @classmethod
+    def build(cls, **raw: np.ndarray) -> _Chains:
+        """From arrays with the decision axis last (``a`` (n, 2), ``g`` ... (n, L, 2)): tubes tightened,
+        decision axis moved first, derived arrays computed."""
+        first = {k: np.ascontiguousarray(np.moveaxis(np.asarray(raw[k], dtype=float), -1, 0))
+                 for k in ("a", "g", "q", "lx", "ux")}
+        rest = {k: np.asarray(raw[k], dtype=float) for k in ("d", "lo", "hi", "s0", "beta")}
+        a, g, q, lx, ux = (first[k] for k in ("a", "g", "q", "lx", "ux"))
+        d, s0, beta = rest["d"], rest["s0"], rest["beta"]
+        lo, hi = _tighten(g=g, lx=lx, ux=ux, d=d, s0=s0, lo=rest["lo"], hi=rest["hi"])
+        n, L = d.shape
+        a_full = np.ascontiguousarray(np.broadcast_to(a[:, :, None], g.shape))
+        width = np.maximum(np.where(np.isfinite(ux), ux - lx, 0.0).max(axis=(0, 2), initial=0.0), 0.0)
+        gmax = np.abs(g).max(axis=(0, 2), initial=0.0)
+        drift = np.abs(d).max(axis=1, initial=0.0) / np.where(gmax > 0, gmax, 1.0)  # a flexible load's request
+        x_scale = np.maximum(width, drift)
+        x_scale = np.where(x_scale > 0, x_scale, 1.0)
+        finite = np.concatenate([np.where(np.isfinite(lo), np.abs(lo), 0.0), np.where(np.isfinite(hi), np.abs(hi), 0.0),
+                                 np.abs(s0)[:, None], (x_scale * gmax)[:, None]], axis=1)
+        s_scale = finite.max(axis=1)
+        s_scale = np.where(s_scale > 0, s_scale, 1.0)
+        fixed_x = (ux - lx) <= _FIXED_REL * x_scale[None, :, None]
+        fixed_s = (hi - lo) <= _FIXED_REL * s_scale[:, None]
+        real = np.ones((n, L), dtype=bool)
+        real[:, -1] = False
+        curv = (a_full != 0) & real[None]
+        cross = g[0] * a[1][:, None] - g[1] * a[0][:, None]
+        pair_ok = (cross != 0) & real
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mu_pair = np.where(pair_ok, (a[1][:, None] * q[0] - a[0][:, None] * q[1]) / cross, 0.0)
+            mu_single = np.where(g != 0, q / g, 0.0)
+        last = np.zeros((n, L))
+        last[:, -1] = beta
+        return cls(a=a, g=g, q=q, d=d, lx=lx, ux=ux, lo=lo, hi=hi, s0=s0, beta=beta, a_full=a_full,
+                   x_scale=x_scale, s_scale=s_scale, fixed_x=fixed_x, fixed_s=fixed_s,
+                   has_lx=np.isfinite(lx) & ~fixed_x, has_ux=np.isfinite(ux) & ~fixed_x,
+                   has_lo=np.isfinite(lo) & ~fixed_s, has_hi=np.isfinite(hi) & ~fixed_s,
+                   curv=curv, cross=cross, pair_ok=pair_ok, mu_pair=mu_pair, mu_single=mu_single, last=last)
 
     @property
     def n(self) -> int:
         return int(self.d.shape[0])
 
-    @property
-    def periods(self) -> int:
-        return int(self.d.shape[1])
-
     def take(self, rows: np.ndarray) -> _Chains:
-        return _Chains(**{name: getattr(self, name)[rows] for name in self.__dataclass_fields__})
-
-    @cached_property
-    def x_scale(self) -> np.ndarray:
-        """Per chain, the largest finite box width (MW or MWh): the unit of decisions."""
-        width = np.where(np.isfinite(self.ux), self.ux - self.lx, 0.0)
-        scale = width.reshape(self.n, -1).max(axis=1, initial=0.0)
-        gmax = np.abs(self.g).max(axis=(1, 2))
-        drift = np.abs(self.d).max(axis=1) / np.where(gmax > 0, gmax, 1.0)  # e.g. a flexible load's request
-        scale = np.maximum(scale, drift)
-        return np.where(scale > 0, scale, 1.0)
-
-    @cached_property
-    def s_scale(self) -> np.ndarray:
-        """Per chain, the size of the states (MWh)."""
-        finite = np.concatenate([np.where(np.isfinite(self.lo), np.abs(self.lo), 0.0),
-                                 np.where(np.isfinite(self.hi), np.abs(self.hi), 0.0),
-                                 np.abs(self.s0)[:, None],
-                                 (self.x_scale * np.abs(self.g).max(axis=(1, 2)))[:, None]], axis=1)
-        scale = finite.max(axis=1)
-        return np.where(scale > 0, scale, 1.0)
-
-    @cached_property
-    def fixed_x(self) -> np.ndarray:
-        return (self.ux - self.lx) <= _FIXED_REL * self.x_scale[:, None, None]
-
-    @cached_property
-    def fixed_s(self) -> np.ndarray:
-        return (self.hi - self.lo) <= _FIXED_REL * self.s_scale[:, None]
-
-    @cached_property
-    def has_lx(self) -> np.ndarray:
-        return np.isfinite(self.lx) & ~self.fixed_x
-
-    @cached_property
-    def has_ux(self) -> np.ndarray:
-        return np.isfinite(self.ux) & ~self.fixed_x
-
-    @cached_property
-    def has_lo(self) -> np.ndarray:
-        return np.isfinite(self.lo) & ~self.fixed_s
-
-    @cached_property
-    def has_hi(self) -> np.ndarray:
-        return np.isfinite(self.hi) & ~self.fixed_s
-
-    @cached_property
-    def cross(self) -> np.ndarray:
-        """``g_0 a_1 - g_1 a_0`` (n, L): nonzero when power and stored energy are independent directions."""
-        return self.g[..., 0] * self.a[:, None, 1] - self.g[..., 1] * self.a[:, None, 0]
+        """The chains ``rows``: a view that indexes each array the first time it is read (an active-set pass
+        on a few chains reads a fraction of the fields; copying all of them cost more than the pass)."""
+        return _ChainRows(self, np.asarray(rows))  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class _ChainPoint:
-    """A chain solution: decisions, states, dynamics multipliers, and the active set it verified with."""
+class _ChainRows:
+    """Some rows of a ``_Chains`` (see ``_Chains.take``); reads like one."""
 
-    x: np.ndarray  # (n, L, 2)
-    s: np.ndarray  # (n, L), by the recursion from x
-    mu: np.ndarray  # (n, L)
-    x_status: np.ndarray  # (n, L, 2) int8
-    s_status: np.ndarray  # (n, L) int8
-    residual: np.ndarray  # (n,) relative KKT residual
-    ipm_iterations: int
-    pdas_iterations: int
-    fallback_chains: int
+    def __init__(self, parent: _Chains, rows: np.ndarray) -> None:
+        self._parent = parent
+        self._rows = rows
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        value = getattr(self._parent, name)
+        value = value[:, self._rows] if name in _BY_DECISION else value[self._rows]
+        setattr(self, name, value)  # once: later reads find it without __getattr__
+        return value
+
+    @property
+    def n(self) -> int:
+        return int(self._rows.size)
+
+    def take(self, rows: np.ndarray) -> _ChainRows:
+        return _ChainRows(self._parent, self._rows[rows])
 
 
-def _tighten(ch: _Chains) -> _Chains:
-    """The same chains with each tube cut to the states that are reachable from ``S_0`` and from which the
-    rest of the tube stays reachable (forward and backward over the decision boxes).
+def _tighten(*, g: np.ndarray, lx: np.ndarray, ux: np.ndarray, d: np.ndarray, s0: np.ndarray, lo: np.ndarray,
+             hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each tube cut to the states that are reachable from ``S_0`` and from which the rest of the tube stays
+    reachable (forward and backward over the decision boxes).
 
     The feasible set does not change, but a state the boxes force onto a bound (an unavailable battery that
     starts full) becomes a fixed state instead of a bound no point can be strictly inside: without a strictly
     feasible point the multipliers of such a bound are unbounded and an interior point stalls.
     """
-    n, L = ch.d.shape
     with np.errstate(invalid="ignore"):
-        ends = np.stack([ch.g * ch.lx, ch.g * ch.ux], axis=-1)
-    ends = np.where(ch.g[..., None] == 0, 0.0, ends)  # a decision that moves no energy (0 * inf)
-    step_lo = ch.d + ends.min(axis=-1).sum(axis=2)
-    step_hi = ch.d + ends.max(axis=-1).sum(axis=2)
-    lo, hi = ch.lo.copy(), ch.hi.copy()
-    prev_lo = prev_hi = ch.s0
+        e_lx, e_ux = np.where(g == 0, 0.0, g * lx), np.where(g == 0, 0.0, g * ux)  # 0 * inf: moves no energy
+    step_lo = d + _sum2(np.minimum(e_lx, e_ux))
+    step_hi = d + _sum2(np.maximum(e_lx, e_ux))
+    lo, hi = lo.astype(float), hi.astype(float)
+    L = d.shape[1]
+    prev_lo = prev_hi = s0
     for t in range(L):
         lo[:, t] = np.maximum(lo[:, t], prev_lo + step_lo[:, t])
         hi[:, t] = np.minimum(hi[:, t], prev_hi + step_hi[:, t])
@@ -193,8 +209,49 @@ def _tighten(ch: _Chains) -> _Chains:
         hi[:, t] = np.minimum(hi[:, t], hi[:, t + 1] - step_lo[:, t + 1])
     crossed = lo > hi  # only by rounding: the kinds here are feasible by construction
     mid = 0.5 * (lo + hi)
-    lo, hi = np.where(crossed, mid, lo), np.where(crossed, mid, hi)
-    return _Chains(a=ch.a, g=ch.g, q=ch.q, d=ch.d, lx=ch.lx, ux=ch.ux, lo=lo, hi=hi, s0=ch.s0, beta=ch.beta)
+    return np.where(crossed, mid, lo), np.where(crossed, mid, hi)
+
+
+@dataclass(frozen=True)
+class _ChainPoint:
+    """A chain solution: decisions, states, dynamics multipliers, and the active set it verified with."""
+
+    x: np.ndarray  # (2, n, L)
+    s: np.ndarray  # (n, L), by the recursion from x
+    mu: np.ndarray  # (n, L)
+    x_status: np.ndarray  # (2, n, L) int8
+    s_status: np.ndarray  # (n, L) int8
+    residual: np.ndarray  # (n,) relative KKT residual
+    ipm_iterations: int
+    pdas_iterations: int
+    fallback_chains: int
+
+
+# Reductions over the two decisions of a period, written out.
+def _sum2(v: np.ndarray) -> np.ndarray:
+    return v[0] + v[1]
+
+
+def _max2(v: np.ndarray) -> np.ndarray:
+    return np.maximum(v[0], v[1])
+
+
+def _min2(v: np.ndarray) -> np.ndarray:
+    return np.minimum(v[0], v[1])
+
+
+def _chain_max(v: np.ndarray) -> np.ndarray:
+    """Per chain, the largest value (of an (n, L) or a by-decision (2, n, L) array)."""
+    return (_max2(v) if v.ndim == 3 else v).max(axis=1)
+
+
+def _chain_sum(v: np.ndarray) -> np.ndarray:
+    return (_sum2(v) if v.ndim == 3 else v).sum(axis=1)
+
+
+def _per_chain(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """(n,) values shaped to broadcast against ``like`` ((n, L) or (2, n, L))."""
+    return values[None, :, None] if like.ndim == 3 else values[:, None]
 
 
 def _shift_next(values: np.ndarray) -> np.ndarray:
@@ -204,13 +261,19 @@ def _shift_next(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _power(ch: _Chains, x: np.ndarray) -> np.ndarray:
+    return ch.a_full[0] * x[0] + ch.a_full[1] * x[1]
+
+
 def _states(ch: _Chains, x: np.ndarray) -> np.ndarray:
     """The states the decisions imply (the recursion, not a solver's copy of it)."""
-    return ch.s0[:, None] + np.cumsum(np.einsum("ntj,ntj->nt", ch.g, x) + ch.d, axis=1)
+    return ch.s0[:, None] + np.cumsum(ch.g[0] * x[0] + ch.g[1] * x[1] + ch.d, axis=1)
 
 
 def _tridiagonal_factor(lower: np.ndarray, diag: np.ndarray, upper: np.ndarray) -> tuple | None:
-    """LU factors (LAPACK gttrf, partial pivoting) of the stacked tridiagonal system; None if singular."""
+    """LU factors (LAPACK gttrf, partial pivoting) of the stacked tridiagonal system of all chains; rows
+    (n, 2L) with ``lower[:, 0]`` and ``upper[:, -1]`` the couplings between chains (exact zeros, so no
+    pivoting crosses a chain boundary and each chain's arithmetic is its own). None if singular."""
     n, m = diag.shape
     dl, d, du, du2, ipiv, info = dgttrf(lower.ravel()[1:], diag.ravel(), upper.ravel()[:-1])
     return None if info != 0 else (n, m, dl, d, du, du2, ipiv)
@@ -222,59 +285,13 @@ def _tridiagonal_apply(factors: tuple, rhs: np.ndarray) -> np.ndarray:
     return sol.reshape(n, m)
 
 
-def _tridiagonal_solve(lower: np.ndarray, diag: np.ndarray, upper: np.ndarray,
-                       rhs: list[np.ndarray]) -> list[np.ndarray] | None:
-    """Solve the stacked block-diagonal tridiagonal system (rows (n, 2L); ``lower[:, 0]`` and ``upper[:, -1]``
-    are the zero couplings between chains) for each right-hand side. None when LAPACK finds it singular."""
-    n, m = diag.shape
-    dl, d, du, du2, ipiv, info = dgttrf(lower.ravel()[1:], diag.ravel(), upper.ravel()[:-1])
-    if info != 0:
-        return None
-    out = []
-    for b in rhs:
-        sol, info = dgttrs(dl, d, du, du2, ipiv, b.reshape(-1, 1))
-        if info != 0:
-            return None
-        out.append(sol.reshape(n, m))
-    return out
-
-
-def _eliminate(w: np.ndarray, a_eff: np.ndarray, g_eff: np.ndarray, dx: np.ndarray) -> tuple[np.ndarray, ...]:
-    """For ``A = w a a^T + diag(dx)`` (per period, 2x2), return ``det``, ``k = g^T A^-1 g`` and ``A^-1 g``.
-
-    Written so that no term cancels: ``det = w (a0^2 d1 + a1^2 d0) + d0 d1`` and ``k = (w cross^2 + g0^2 d1 +
-    g1^2 d0) / det``; near convergence ``dx`` of a free decision goes to 0 and the rank-1 ``w a a^T`` alone is
-    singular, which the plain formulas would turn into noise.
-    """
-    a0, a1 = a_eff[..., 0], a_eff[..., 1]
-    g0, g1 = g_eff[..., 0], g_eff[..., 1]
-    d0, d1 = dx[..., 0], dx[..., 1]
-    cross = g0 * a1 - g1 * a0
-    det = w * (a0 * a0 * d1 + a1 * a1 * d0) + d0 * d1
-    k = (w * cross * cross + g0 * g0 * d1 + g1 * g1 * d0) / det
-    ag0 = (w * a1 * cross + g0 * d1) / det
-    ag1 = (-w * a0 * cross + g1 * d0) / det
-    return det, k, ag0, ag1
-
-
-def _apply_inverse(w: np.ndarray, a_eff: np.ndarray, dx: np.ndarray, det: np.ndarray,
-                   r: np.ndarray) -> np.ndarray:
-    a0, a1 = a_eff[..., 0], a_eff[..., 1]
-    d0, d1 = dx[..., 0], dx[..., 1]
-    r0, r1 = r[..., 0], r[..., 1]
-    out = np.empty_like(r)
-    out[..., 0] = ((w * a1 * a1 + d1) * r0 - w * a0 * a1 * r1) / det
-    out[..., 1] = (-w * a0 * a1 * r0 + (w * a0 * a0 + d0) * r1) / det
-    return out
-
-
 def _scales(ch: _Chains, w: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per chain: a gradient scale (EUR per unit of decision) and a multiplier scale (EUR per MWh), from the
     real periods (the terminal period's shortfall cost is a penalty, not a scale of the problem)."""
     xs = np.maximum(ch.x_scale, np.abs(c).max(axis=1))
-    grad = np.maximum((w * xs[:, None]).max(axis=1), np.abs(ch.q[:, :-1]).max(axis=(1, 2), initial=0.0))
+    grad = np.maximum((w * xs[:, None]).max(axis=1), _chain_max(np.abs(ch.q[:, :, :-1])))
     grad = np.where(grad > 0, grad, 1.0)
-    gmax = np.abs(ch.g[:, :-1]).max(axis=(1, 2), initial=0.0)
+    gmax = _chain_max(np.abs(ch.g[:, :, :-1]))
     mult = np.maximum(grad / np.where(gmax > 0, gmax, 1.0), np.abs(ch.beta))
     return grad, mult
 
@@ -285,14 +302,7 @@ def _size(scale: np.ndarray, terms: np.ndarray) -> np.ndarray:
     should be 0 is relative to the other multipliers of its chain (or to the scale, when all are 0), not to
     itself; the floors still make a real violation count (1e-9 of 1e-6 of the scale is far below any error
     that matters)."""
-    axes = tuple(range(1, terms.ndim))
-    shape = (-1,) + (1,) * (terms.ndim - 1)
-    return terms + 1e-3 * terms.max(axis=axes, keepdims=True) + 1e-6 * scale.reshape(shape)
-
-
-def _relative(r: np.ndarray, scale: np.ndarray, *terms: np.ndarray) -> np.ndarray:
-    """``|r|`` relative to ``_size`` of its terms."""
-    return np.abs(r) / _size(scale, sum(np.abs(t) for t in terms))
+    return terms + _per_chain(1e-3 * _chain_max(terms) + 1e-6 * scale, terms)
 
 
 # ---------------------------------------------------------------------------- interior point
@@ -321,6 +331,11 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
     residuals are small: the active set is read off the iterate (a bound is active where its scaled multiplier
     exceeds its scaled slack) and solved exactly (``_active_set_solve``), and the chain stops as soon as the
     result passes the KKT check.
+
+    Newton system: eliminating ``dx_t = A_t^-1 (rho_t + g dmu_t)`` with ``A_t = w a a^T + D_t`` (2x2, ``D_t``
+    the barrier terms) leaves, per chain, rows ``dS_t - dS_{t-1} - k_t dmu_t = r`` (``k_t = g^T A_t^-1 g``)
+    and ``dmu_t - dmu_{t+1} + E_t dS_t = r`` (``E_t`` the state barrier terms): tridiagonal in the order
+    ``(mu_0, S_0, mu_1, S_1, ...)``.
     """
     n, L = ch.d.shape
     hl, hu, hL, hU = ch.has_lx, ch.has_ux, ch.has_lo, ch.has_hi
@@ -331,7 +346,7 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
     ux = np.where(np.isfinite(ch.ux), ch.ux, 0.0)
     lo = np.where(np.isfinite(ch.lo), ch.lo, 0.0)
     hi = np.where(np.isfinite(ch.hi), ch.hi, 0.0)
-    xs3 = xs[:, None, None]
+    xs3, gr3 = xs[None, :, None], grad[None, :, None]
 
     x = np.where(hl & hu, 0.5 * (lx + ux), np.where(hl, lx + xs3, np.where(hu, ux - xs3, 0.0)))
     x = np.where(fx, lx, x)
@@ -344,23 +359,31 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
     mu0 = (grad * xs)[:, None]
 
     def slacks() -> tuple[np.ndarray, ...]:
-        return (np.where(hl, x - lx, 1.0), np.where(hu, ux - x, 1.0),
-                np.where(hL, s - lo, 1.0), np.where(hU, hi - s, 1.0))
+        # a slack that rounding took to 0 would divide by zero
+        return (np.where(hl, np.maximum(x - lx, 1e-300), 1.0), np.where(hu, np.maximum(ux - x, 1e-300), 1.0),
+                np.where(hL, np.maximum(s - lo, 1e-300), 1.0), np.where(hU, np.maximum(hi - s, 1e-300), 1.0))
 
     sl, su, sL, sU = slacks()
-    zl = np.where(hl, mu0[..., None] / sl, 0.0)
-    zu = np.where(hu, mu0[..., None] / su, 0.0)
+    zl = np.where(hl, mu0[None] / sl, 0.0)
+    zu = np.where(hu, mu0[None] / su, 0.0)
     nl = np.where(hL, mu0 / sL, 0.0)
     nu = np.where(hU, mu0 / sU, 0.0)
     mu = np.zeros((n, L))
-    count = np.maximum(hl.sum(axis=(1, 2)) + hu.sum(axis=(1, 2)) + hL.sum(axis=1) + hU.sum(axis=1), 1)
+    count = np.maximum(_chain_sum(hl) + _chain_sum(hu) + hL.sum(axis=1) + hU.sum(axis=1), 1)
 
-    a_full = np.broadcast_to(ch.a[:, None, :], x.shape)
-    a_eff = np.where(fx, 0.0, a_full)
+    a_eff = np.where(fx, 0.0, ch.a_full)
     g_eff = np.where(fx, 0.0, ch.g)
-    last = np.zeros((n, L))
-    last[:, -1] = ch.beta
-    reg = 1e-14 * ss / mult  # dual regularization: keeps a period with nothing free from a zero pivot
+    a0, a1, g0, g1 = a_eff[0], a_eff[1], g_eff[0], g_eff[1]
+    cross = g0 * a1 - g1 * a0
+    wa00, wa01, wa11 = w * a0 * a0, w * a0 * a1, w * a1 * a1
+    reg = (1e-14 * ss / mult)[:, None]  # dual regularization: keeps a period with nothing free from a 0 pivot
+    lower = np.zeros((n, 2 * L))
+    upper = np.zeros((n, 2 * L))
+    diag = np.empty((n, 2 * L))
+    lower[:, 2::2] = -1.0
+    lower[:, 1::2] = np.where(fs, 0.0, 1.0)
+    upper[:, 0::2] = 1.0
+    upper[:, 1:-1:2] = np.where(fs[:, :-1], 0.0, -1.0)
 
     best = {"x": x.copy(), "mu": mu.copy(), "xst": np.zeros(x.shape, np.int8), "sst": np.zeros((n, L), np.int8),
             "res": np.full(n, np.inf)}
@@ -369,9 +392,9 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
     tries = 0
 
     def statuses(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        low = hl[rows] & (zl[rows] / grad[rows, None, None] > sl[rows] / xs3[rows])
-        up = hu[rows] & (zu[rows] / grad[rows, None, None] > su[rows] / xs3[rows])
-        xst = np.where(fx[rows] | low, _LOW, np.where(up, _UP, _FREE)).astype(np.int8)
+        low = hl[:, rows] & (zl[:, rows] / gr3[:, rows] > sl[:, rows] / xs3[:, rows])
+        up = hu[:, rows] & (zu[:, rows] / gr3[:, rows] > su[:, rows] / xs3[:, rows])
+        xst = np.where(fx[:, rows] | low, _LOW, np.where(up, _UP, _FREE)).astype(np.int8)
         at_lo = hL[rows] & (nl[rows] / mult[rows, None] > sL[rows] / ss[rows, None])
         at_hi = hU[rows] & (nu[rows] / mult[rows, None] > sU[rows] / ss[rows, None])
         sst = np.where(fs[rows] | at_lo, _S_LO, np.where(at_hi, _S_HI, _S_FREE)).astype(np.int8)
@@ -381,30 +404,35 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
                   res: np.ndarray) -> None:
         better = res < best["res"][rows]
         idx = rows[better]
-        best["x"][idx], best["mu"][idx], best["res"][idx] = xv[better], muv[better], res[better]
-        best["xst"][idx], best["sst"][idx] = xst[better], sst[better]
+        best["x"][:, idx], best["mu"][idx], best["res"][idx] = xv[:, better], muv[better], res[better]
+        best["xst"][:, idx], best["sst"][idx] = xst[:, better], sst[better]
+
+    def ratio(val: np.ndarray, dv: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        r = np.where(mask & (dv < 0), -val / dv, np.inf)
+        return (_min2(r) if r.ndim == 3 else r).min(axis=1, initial=np.inf)
 
     iterations = 0
     for iterations in range(1, _IPM_MAX_ITER + 1):
-        p = np.einsum("ntj,nj->nt", x, ch.a)
-        t1 = w[..., None] * a_full * (p - c)[..., None]
-        t2 = mu[..., None] * ch.g
+        p = a0 * x[0] + a1 * x[1]
+        t1 = w[None] * ch.a_full * (p - c)[None]
+        t2 = mu[None] * ch.g
         rx = np.where(fx, 0.0, t1 + ch.q - t2 - zl + zu)
         nxt = _shift_next(mu)
-        rs = np.where(fs, 0.0, mu - nxt + last - nl + nu)
+        rs = np.where(fs, 0.0, mu - nxt + ch.last - nl + nu)
         prev = np.concatenate([ch.s0[:, None], s[:, :-1]], axis=1)
-        rd = s - prev - np.einsum("ntj,ntj->nt", ch.g, x) - ch.d
-        gap = ((sl * zl * hl).sum(axis=(1, 2)) + (su * zu * hu).sum(axis=(1, 2))
-               + (sL * nl * hL).sum(axis=1) + (sU * nu * hU).sum(axis=1)) / count
-        err = np.maximum.reduce([_relative(rx, grad, t1, ch.q, t2, zl, zu).max(axis=(1, 2)),
-                                 _relative(rs, mult, mu, nxt, last, nl, nu).max(axis=1),
+        rd = s - prev - ch.g[0] * x[0] - ch.g[1] * x[1] - ch.d
+        gap = (_chain_sum(sl * zl * hl) + _chain_sum(su * zu * hu) + (sL * nl * hL).sum(axis=1)
+               + (sU * nu * hU).sum(axis=1)) / count
+        size_x = _size(grad, np.abs(t1) + np.abs(ch.q) + np.abs(t2) + zl + zu)
+        size_s = _size(mult, np.abs(mu) + np.abs(nxt) + np.abs(ch.last) + nl + nu)
+        err = np.maximum.reduce([_chain_max(np.abs(rx) / size_x), (np.abs(rs) / size_s).max(axis=1),
                                  np.abs(rd).max(axis=1) / ss, gap / (grad * xs)])
         trying = np.flatnonzero(~done & (err <= _POLISH_FROM))
         if trying.size:
             tries += 1
             sub = ch.take(trying) if trying.size < n else ch
             xst, sst = statuses(trying)
-            out = _active_set_solve(sub, w[trying], c[trying], xst, sst, x[trying], mu[trying])
+            out = _active_set_solve(sub, w[trying], c[trying], xst, sst, x[:, trying], mu[trying])
             if out is not None:
                 xp, mup, xst_used, sst_used = out
                 res = _kkt(sub, w[trying], c[trying], xp, mup)["residual"]
@@ -415,18 +443,16 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
         stalled |= (gap <= 1e-15 * grad * xs) | ~np.isfinite(err)
         if (done | stalled).all() or iterations == _IPM_MAX_ITER:
             break
-        dx = np.where(fx, 1.0, hl * zl / sl + hu * zu / su)
-        det, k, ag0, ag1 = _eliminate(w, a_eff, g_eff, dx)
-        ds = hL * nl / sL + hU * nu / sU
-        lower = np.zeros((n, 2 * L))
-        diag = np.empty((n, 2 * L))
-        upper = np.zeros((n, 2 * L))
-        lower[:, 2::2] = -1.0
-        lower[:, 1::2] = np.where(fs, 0.0, 1.0)
-        diag[:, 0::2] = -(k + reg[:, None])
-        diag[:, 1::2] = np.where(fs, 1.0, ds)
-        upper[:, 0::2] = 1.0
-        upper[:, 1:-1:2] = np.where(fs[:, :-1], 0.0, -1.0)
+        dd = np.where(fx, 1.0, hl * zl / sl + hu * zu / su)
+        d0, d1 = dd[0], dd[1]
+        # A = w a a^T + diag(d); written so that nothing cancels when d -> 0 on a free decision (the
+        # rank-1 w a a^T alone is singular): det = w (a0^2 d1 + a1^2 d0) + d0 d1, k = g^T A^-1 g.
+        det = wa00 * d1 + wa11 * d0 + d0 * d1
+        k = (w * cross * cross + g0 * g0 * d1 + g1 * g1 * d0) / det
+        ag0 = (w * a1 * cross + g0 * d1) / det  # A^-1 g
+        ag1 = (-w * a0 * cross + g1 * d0) / det
+        diag[:, 0::2] = -(k + reg)
+        diag[:, 1::2] = np.where(fs, 1.0, hL * nl / sL + hU * nu / sU)
         factors = _tridiagonal_factor(lower, diag, upper)
         if factors is None:
             break
@@ -434,13 +460,15 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
         def direction(tl: Any, tu: Any, tL: Any, tU: Any) -> tuple[np.ndarray, ...]:
             """The Newton direction for complementarity targets ``t`` (0: affine; sigma mu - corrections)."""
             rho = np.where(fx, 0.0, -(rx - hl * (tl / sl - zl) + hu * (tu / su - zu)))
-            rhat = rs - hL * (tL / sL - nl) + hU * (tU / sU - nu)
             b = np.empty((n, 2 * L))
-            b[:, 0::2] = -rd + ag0 * rho[..., 0] + ag1 * rho[..., 1]
-            b[:, 1::2] = np.where(fs, 0.0, -rhat)
+            b[:, 0::2] = -rd + ag0 * rho[0] + ag1 * rho[1]
+            b[:, 1::2] = np.where(fs, 0.0, -(rs - hL * (tL / sL - nl) + hU * (tU / sU - nu)))
             sol = _tridiagonal_apply(factors, b)
             dmu, dsv = sol[:, 0::2], sol[:, 1::2]
-            dxv = np.where(fx, 0.0, _apply_inverse(w, a_eff, dx, det, rho + g_eff * dmu[..., None]))
+            r0, r1 = rho[0] + g0 * dmu, rho[1] + g1 * dmu
+            dxv = np.empty_like(x)
+            dxv[0] = np.where(fx[0], 0.0, ((wa11 + d1) * r0 - wa01 * r1) / det)
+            dxv[1] = np.where(fx[1], 0.0, (-wa01 * r0 + (wa00 + d0) * r1) / det)
             dzl = np.where(hl, (tl - sl * zl - zl * dxv) / sl, 0.0)
             dzu = np.where(hu, (tu - su * zu + zu * dxv) / su, 0.0)
             dnl = np.where(hL, (tL - sL * nl - nl * dsv) / sL, 0.0)
@@ -449,47 +477,40 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
 
         def max_step(dxv: np.ndarray, dsv: np.ndarray, dzl: np.ndarray, dzu: np.ndarray,
                      dnl: np.ndarray, dnu: np.ndarray) -> np.ndarray:
-            def ratio(val: np.ndarray, dv: np.ndarray, mask: np.ndarray) -> np.ndarray:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    r = np.where(mask & (dv < 0), -val / dv, np.inf)
-                return r.reshape(n, -1).min(axis=1, initial=np.inf)
             return np.minimum.reduce([ratio(sl, dxv, hl), ratio(su, -dxv, hu), ratio(sL, dsv, hL),
                                       ratio(sU, -dsv, hU), ratio(zl, dzl, hl), ratio(zu, dzu, hu),
                                       ratio(nl, dnl, hL), ratio(nu, dnu, hU), np.ones(n)])
 
         aff = direction(0.0, 0.0, 0.0, 0.0)
         al = max_step(aff[0], aff[1], *aff[3:])[:, None]
-        al3 = al[..., None]
-        mu_aff = ((hl * (sl + al3 * aff[0]) * (zl + al3 * aff[3])).sum(axis=(1, 2))
-                  + (hu * (su - al3 * aff[0]) * (zu + al3 * aff[4])).sum(axis=(1, 2))
+        al3 = al[None]
+        mu_aff = (_chain_sum(hl * (sl + al3 * aff[0]) * (zl + al3 * aff[3]))
+                  + _chain_sum(hu * (su - al3 * aff[0]) * (zu + al3 * aff[4]))
                   + (hL * (sL + al * aff[1]) * (nl + al * aff[5])).sum(axis=1)
                   + (hU * (sU - al * aff[1]) * (nu + al * aff[6])).sum(axis=1)) / count
         sigma = np.clip((mu_aff / np.maximum(gap, 1e-300)) ** 3, 0.0, 1.0)
         sm = (sigma * gap)[:, None]
-        tl = hl * (sm[..., None] - aff[0] * aff[3])
-        tu = hu * (sm[..., None] + aff[0] * aff[4])
+        tl = hl * (sm[None] - aff[0] * aff[3])
+        tu = hu * (sm[None] + aff[0] * aff[4])
         tL = hL * (sm - aff[1] * aff[5])
         tU = hU * (sm + aff[1] * aff[6])
         dxv, dsv, dmu, dzl, dzu, dnl, dnu = direction(tl, tu, tL, tU)
         step = np.minimum(1.0, 0.995 * max_step(dxv, dsv, dzl, dzu, dnl, dnu))
         step = np.where(done | stalled | ~np.isfinite(step), 0.0, step)
-        st, st3 = step[:, None], step[:, None, None]
+        st, st3 = step[:, None], step[None, :, None]
         x = x + st3 * dxv
         s = s + st * dsv
         mu = mu + st * dmu
         zl, zu = zl + st3 * dzl, zu + st3 * dzu
         nl, nu = nl + st * dnl, nu + st * dnu
         sl, su, sL, sU = slacks()
-        # a slack that rounding took to 0 would divide by zero next iteration
-        sl, su = np.maximum(sl, 1e-300), np.maximum(su, 1e-300)
-        sL, sU = np.maximum(sL, 1e-300), np.maximum(sU, 1e-300)
 
     pdas_used = tries
     left = np.flatnonzero(~done)
     if left.size:  # active-set corrections from the last iterate
         sub = ch.take(left) if left.size < n else ch
         xst, sst = statuses(left)
-        px, pmu, pxst, psst, pres, used = _pdas(sub, w[left], c[left], xst, sst, x[left], mu[left],
+        px, pmu, pxst, psst, pres, used = _pdas(sub, w[left], c[left], xst, sst, x[:, left], mu[left],
                                                iterations=_POLISH_ITER)
         keep_best(left, px, pmu, pxst, psst, pres)
         pdas_used += used
@@ -502,63 +523,7 @@ def _segment_ids(touch: np.ndarray) -> np.ndarray:
     """Global id of the segment each period belongs to: a segment runs up to and including a touched state
     (the multiplier is constant along a segment and may jump only where a state sits on a bound)."""
     n, L = touch.shape
-    before = np.cumsum(touch, axis=1) - touch
-    return before + (np.arange(n) * (L + 1))[:, None]
-
-
-def _classify(ch: _Chains, w: np.ndarray, c: np.ndarray, xst: np.ndarray,
-              xref: np.ndarray) -> dict[str, np.ndarray]:
-    """Per period, what the active set leaves free and the resulting row of the KKT system.
-
-    *regular* periods: ``S_t - S_{t-1} - k mu_t = e`` (``k = 0`` when nothing is free); *pinned* periods (a free
-    decision without curvature of its own: curtailment, shortfall, or charge and discharge both free) fix the
-    multiplier, ``mu_t = mu0``, and the free decision takes whatever energy the states leave.
-    """
-    fixed_val = np.where(xst == _LOW, ch.lx, np.where(xst == _UP, ch.ux, np.where(xst == _FROZEN, xref, 0.0)))
-    free = xst == _FREE
-    a = np.broadcast_to(ch.a[:, None, :], ch.g.shape)
-    curv = (w[..., None] * a * a) > 0
-    nfree = free.sum(axis=2)
-    both = nfree == 2
-    one = nfree == 1
-    j = np.where(free[..., 0], 0, 1)  # the free one when exactly one is
-    i = 1 - j
-
-    def pick(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(arr, idx[..., None], axis=2)[..., 0]
-
-    aj, ai, gj, gi, qj = pick(a, j), pick(a, i), pick(ch.g, j), pick(ch.g, i), pick(ch.q, j)
-    xi = pick(fixed_val, i)
-    curv_j = pick(curv, j)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # one free decision with curvature: x_j = x0 + slope mu
-        x0 = (c - ai * xi - qj / (w * aj)) / aj
-        slope = gj / (w * aj * aj)
-        regular_one = one & curv_j
-        pinned_one = one & ~curv_j
-        mu_one = qj / gj
-        cross = ch.cross
-        mu_both = (a[..., 1] * ch.q[..., 0] - a[..., 0] * ch.q[..., 1]) / cross
-    fixed_energy = np.einsum("ntj,ntj->nt", ch.g, np.where(free, 0.0, fixed_val))
-    k = np.where(regular_one, gj * slope, 0.0)
-    e = ch.d + np.where(regular_one, gi * xi + gj * x0, fixed_energy)
-    pinned = pinned_one | both
-    mu0 = np.where(pinned_one, mu_one, np.where(both, mu_both, 0.0))
-    return {"k": np.where(pinned, 0.0, k), "e": np.where(pinned, 0.0, e), "pinned": pinned,
-            "mu0": np.where(pinned, mu0, 0.0), "regular_one": regular_one, "x0": np.where(regular_one, x0, 0.0),
-            "slope": np.where(regular_one, slope, 0.0), "j": j, "fixed_val": fixed_val, "both": both,
-            "pinned_one": pinned_one}
-
-
-def _canonical(ch: _Chains, w: np.ndarray, xst: np.ndarray) -> np.ndarray:
-    """Both decisions free where that does not pin the multiplier (power and energy in the same direction, or
-    no curvature at all) has no unique split: freeze the second at its reference value."""
-    a = np.broadcast_to(ch.a[:, None, :], ch.g.shape)
-    curv = ((w[..., None] * a * a) > 0).any(axis=2)
-    bad = (xst[..., 0] == _FREE) & (xst[..., 1] == _FREE) & ((ch.cross == 0) | ~curv)
-    out = xst.copy()
-    out[..., 1] = np.where(bad, _FROZEN, out[..., 1])
-    return out
+    return np.cumsum(touch, axis=1) - touch + (np.arange(n) * (L + 1))[:, None]
 
 
 def _touch_ended(touch: np.ndarray, seg: np.ndarray) -> np.ndarray:
@@ -568,121 +533,157 @@ def _touch_ended(touch: np.ndarray, seg: np.ndarray) -> np.ndarray:
     return ends[seg]
 
 
-def _freeze_pinned(ch: _Chains, w: np.ndarray, xst: np.ndarray, cls: dict[str, np.ndarray],
-                   touch: np.ndarray) -> np.ndarray:
+def _classify(ch: _Chains, w: np.ndarray, c: np.ndarray, xst: np.ndarray, xref: np.ndarray) -> dict[str, np.ndarray]:
+    """Per period, what the active set leaves free and the resulting row of the KKT system.
+
+    *regular* periods: ``S_t - S_{t-1} - k mu_t = e`` (``k = 0`` when nothing is free); *pinned* periods (a free
+    decision without curvature of its own: curtailment, shortfall, or charge and discharge both free) fix the
+    multiplier, ``mu_t = mu0``, and the free decision takes whatever energy the states leave.
+    """
+    free = xst == _FREE
+    fixed_val = np.where(xst == _LOW, ch.lx, np.where(xst == _UP, ch.ux, np.where(xst == _FROZEN, xref, 0.0)))
+    f0, f1 = free[0], free[1]
+    one = f0 ^ f1
+    both = f0 & f1
+
+    def pick(arr: np.ndarray) -> np.ndarray:  # the free decision's value, when exactly one is free
+        return np.where(f0, arr[0], arr[1])
+
+    def other(arr: np.ndarray) -> np.ndarray:
+        return np.where(f0, arr[1], arr[0])
+
+    aj, ai, gj, gi, qj, xi = pick(ch.a_full), other(ch.a_full), pick(ch.g), other(ch.g), pick(ch.q), other(fixed_val)
+    regular_one = one & pick(ch.curv)
+    pinned_one = one & ~regular_one
+    # one free decision with curvature: x_j = x0 + slope mu (its stationarity), energy e + k mu
+    wa = np.where(regular_one, w * aj, 1.0)
+    aj_ = np.where(regular_one, aj, 1.0)
+    x0 = np.where(regular_one, (c - ai * xi - qj / wa) / aj_, 0.0)
+    slope = np.where(regular_one, gj / (wa * aj_), 0.0)
+    fixed_energy = ch.g[0] * np.where(f0, 0.0, fixed_val[0]) + ch.g[1] * np.where(f1, 0.0, fixed_val[1])
+    pinned = pinned_one | both
+    e = np.where(pinned, 0.0, ch.d + np.where(regular_one, gi * xi + gj * x0, fixed_energy))
+    mu0 = np.where(pinned_one, pick(ch.mu_single), np.where(both, ch.mu_pair, 0.0))
+    return {"k": gj * slope, "e": e, "pinned": pinned, "mu0": mu0, "regular_one": regular_one, "x0": x0,
+            "slope": slope, "f0": f0, "fixed_val": fixed_val, "both": both, "pinned_one": pinned_one,
+            "gj": gj, "gi": gi, "xi": xi}
+
+
+def _canonical(ch: _Chains, xst: np.ndarray) -> np.ndarray:
+    """Both decisions free where that does not pin the multiplier (power and energy in the same direction, or
+    the terminal period) has no unique split: freeze the second at its reference value."""
+    bad = (xst[0] == _FREE) & (xst[1] == _FREE) & ~ch.pair_ok
+    if not bad.any():
+        return xst
+    out = xst.copy()
+    out[1] = np.where(bad, _FROZEN, out[1])
+    return out
+
+
+def _freeze_pinned(ch: _Chains, xst: np.ndarray, pinned: np.ndarray, seg: np.ndarray,
+                   touch_ended: np.ndarray) -> np.ndarray:
     """Keep at most one pinned period per segment, none in a segment that ends free (its multiplier is set by
     the terminal value): the others' free energy has no unique split, so it is frozen at the reference (and
-    redistributed after the solve, ``_redistribute``)."""
-    n, L = touch.shape
-    seg = _segment_ids(touch)
-    pinned = cls["pinned"]
+    spread after the solve, ``_redistribute``)."""
     flat_seg = seg.ravel()
     flat_pin = pinned.ravel().astype(np.int64)
     csum = np.cumsum(flat_pin)
-    # rank of a pinned period within its segment (0 = first)
     start = np.r_[True, flat_seg[1:] != flat_seg[:-1]]
     base = np.maximum.accumulate(np.where(start, np.arange(flat_seg.size), 0))
-    before_start = np.where(base > 0, csum[base - 1], 0)
-    rank = (csum - flat_pin - before_start).reshape(n, L)
-    free_ended = ~_touch_ended(touch, seg)
-    freeze = pinned & ((rank >= 1) | free_ended)
+    rank = (csum - flat_pin - np.where(base > 0, csum[base - 1], 0)).reshape(pinned.shape)  # 0 = first
+    freeze = pinned & ((rank >= 1) | ~touch_ended)
     if not freeze.any():
         return xst
-    a = np.broadcast_to(ch.a[:, None, :], ch.g.shape)
-    curv = (w[..., None] * a * a) > 0
     out = xst.copy()
     # freeze the free decision without curvature if there is one, else the second
-    target = np.where((out[..., 0] == _FREE) & ~curv[..., 0], 0, np.where(out[..., 1] == _FREE, 1, 0))
-    for jj in (0, 1):
-        m = freeze & (target == jj)
-        out[..., jj] = np.where(m, _FROZEN, out[..., jj])
+    first = (out[0] == _FREE) & ~ch.curv[0]
+    out[0] = np.where(freeze & first, _FROZEN, out[0])
+    out[1] = np.where(freeze & ~first & (out[1] == _FREE), _FROZEN, out[1])
     return out
 
 
 def _active_set_solve(ch: _Chains, w: np.ndarray, c: np.ndarray, xst: np.ndarray, sst: np.ndarray,
-                      xref: np.ndarray, muref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Solve the KKT system of one active set exactly; returns (x, mu, x_status, s_status used)."""
+                      xref: np.ndarray, muref: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """Solve the KKT system of one active set exactly; returns (x, mu, x statuses used, s statuses).
+
+    Rows, per period, in the order ``(mu_t, S_t)`` (tridiagonal): the dynamics ``S_t - S_{t-1} - k mu_t = e``
+    or ``mu_t = mu0`` (pinned), and ``mu_t - mu_{t+1} = -beta [t = last]`` (free state) or ``S_t = bound``
+    (touched). Singular cases are removed first: a segment keeps at most one pinned period (the others'
+    non-unique energy split is frozen, then spread), and a segment that nothing determines gets its
+    multiplier pinned (then chosen in its feasible interval).
+    """
     n, L = ch.d.shape
     # "frozen" is this solve's device for a non-unique split, not part of an active set
-    xst = _canonical(ch, w, np.where(xst == _FROZEN, _FREE, xst).astype(np.int8))
+    xst = _canonical(ch, np.where(xst == _FROZEN, _FREE, xst).astype(np.int8))
     touch = sst != _S_FREE
-    cls = _classify(ch, w, c, xst, xref)
-    free_energy = cls["pinned"].copy()  # periods whose energy is not set by their multiplier
-    free_comp = xst == _FREE
-    xst2 = _freeze_pinned(ch, w, xst, cls, touch)
-    if xst2 is not xst:
-        xst = xst2
-        cls = _classify(ch, w, c, xst, xref)
-    # A segment that ends on a touched state with nothing free and nothing pinned leaves its multiplier
-    # undetermined (any value in an interval is optimal): pin it at the reference value.
     seg = _segment_ids(touch)
-    size = seg.max() + 1
-    determined = np.bincount(seg.ravel(), weights=(cls["pinned"] | (cls["k"] > 0)).ravel(), minlength=size) > 0
-    last_of_segment = touch | (np.arange(L) == L - 1)[None, :]
-    dual_pin = touch & ~determined[seg] & last_of_segment
+    ended = _touch_ended(touch, seg)
+    free_comp = xst == _FREE
+    f0, f1 = free_comp[0], free_comp[1]
+    pinned = (f0 & f1) | ((f0 ^ f1) & ~np.where(f0, ch.curv[0], ch.curv[1]))  # as _classify will find
+    free_energy = pinned & ended  # periods whose energy is set by the states, not the multiplier
+    xst = _freeze_pinned(ch, xst, pinned, seg, ended)
+    cls = _classify(ch, w, c, xst, xref)
+    # A segment that ends on a touched state with nothing free and nothing pinned leaves its multiplier
+    # undetermined (any value in an interval is optimal): pin it (at its last period) for now.
+    determined = np.bincount(seg.ravel(), weights=(cls["pinned"] | (cls["k"] > 0)).ravel(), minlength=seg.max() + 1)
+    dual_pin = touch & (determined[seg] == 0)
     pinned = cls["pinned"] | dual_pin
     mu0 = np.where(dual_pin, muref, cls["mu0"])
 
-    bound = np.where(sst == _S_HI, ch.hi, ch.lo)
     lower = np.zeros((n, 2 * L))
     diag = np.empty((n, 2 * L))
     upper = np.zeros((n, 2 * L))
     rhs = np.empty((n, 2 * L))
-    # rows of the dynamics (at mu_t): S_t - S_{t-1} - k mu_t = e, or mu_t = mu0 when pinned
     lower[:, 2::2] = np.where(pinned[:, 1:], 0.0, -1.0)
     diag[:, 0::2] = np.where(pinned, 1.0, -cls["k"])
     upper[:, 0::2] = np.where(pinned, 0.0, 1.0)
     rhs[:, 0::2] = np.where(pinned, mu0, cls["e"])
     rhs[:, 0] += np.where(pinned[:, 0], 0.0, ch.s0)
-    # rows of the states (at S_t): mu_t - mu_{t+1} = -beta (last), or S_t = bound when touched
     lower[:, 1::2] = np.where(touch, 0.0, 1.0)
     diag[:, 1::2] = np.where(touch, 1.0, 0.0)
     upper[:, 1:-1:2] = np.where(touch[:, :-1], 0.0, -1.0)
-    last = np.zeros((n, L))
-    last[:, -1] = ch.beta
-    rhs[:, 1::2] = np.where(touch, bound, -last)
-    sols = _tridiagonal_solve(lower, diag, upper, [rhs])
-    if sols is None:
+    rhs[:, 1::2] = np.where(touch, np.where(sst == _S_HI, ch.hi, ch.lo), -ch.last)
+    factors = _tridiagonal_factor(lower, diag, upper)
+    if factors is None:
         return None
-    mu, s = sols[0][:, 0::2], sols[0][:, 1::2]
-    prev = np.concatenate([ch.s0[:, None], s[:, :-1]], axis=1)
+    sol = _tridiagonal_apply(factors, rhs)
+    mu, s = sol[:, 0::2], sol[:, 1::2]
+    energy = s - np.concatenate([ch.s0[:, None], s[:, :-1]], axis=1) - ch.d
+
     x = cls["fixed_val"].copy()
-    j = cls["j"]
-    # one free decision with curvature: from the multiplier
-    xj = cls["x0"] + cls["slope"] * mu
-    # pinned, one free: it takes the energy the states leave
-    gj = np.take_along_axis(ch.g, j[..., None], axis=2)[..., 0]
-    gi = np.take_along_axis(ch.g, (1 - j)[..., None], axis=2)[..., 0]
-    xi = np.take_along_axis(cls["fixed_val"], (1 - j)[..., None], axis=2)[..., 0]
-    energy = s - prev - ch.d
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xj_pin = (energy - gi * xi) / gj
-    xj = np.where(cls["pinned_one"], xj_pin, xj)
-    for jj in (0, 1):
-        m = (cls["regular_one"] | cls["pinned_one"]) & (j == jj)
-        x[..., jj] = np.where(m, xj, x[..., jj])
-    # both free (pinned by the pair): power from the stationarity of a decision with curvature, energy from
-    # the states; then the 2x2 solve [a; g] x = [power; energy].
+    f0 = cls["f0"]
+    # one free decision with curvature: from the multiplier; without: the energy the states leave
+    xj = np.where(cls["regular_one"], cls["x0"] + cls["slope"] * mu,
+                  (energy - cls["gi"] * cls["xi"]) / np.where(cls["pinned_one"], cls["gj"], 1.0))
+    single = cls["regular_one"] | cls["pinned_one"]
+    x[0] = np.where(single & f0, xj, x[0])
+    x[1] = np.where(single & ~f0, xj, x[1])
     both = cls["both"]
     if both.any():
+        # both free (pinned by the pair): power from the stationarity of a decision with curvature, energy
+        # from the states; then the 2x2 solve [a; g] x = [power; energy].
         a = ch.a
-        use0 = np.abs(a[:, 0]) >= np.abs(a[:, 1])
-        aj = np.where(use0, a[:, 0], a[:, 1])[:, None]
-        qj = np.where(use0[:, None], ch.q[..., 0], ch.q[..., 1])
-        gjj = np.where(use0[:, None], ch.g[..., 0], ch.g[..., 1])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            power = c - (qj - mu * gjj) / (w * aj)
-            det2 = -ch.cross  # a0 g1 - a1 g0
-            b0 = (power * ch.g[..., 1] - a[:, None, 1] * energy) / det2
-            b1 = (a[:, None, 0] * energy - ch.g[..., 0] * power) / det2
-        x[..., 0] = np.where(both, b0, x[..., 0])
-        x[..., 1] = np.where(both, b1, x[..., 1])
-    x = _redistribute(ch, x, xref, free_energy & _touch_ended(touch, seg), free_comp, seg)
-    if dual_pin.any():
-        mu = _undetermined_multipliers(ch, w, c, x, mu, muref, xst, sst, seg, dual_pin)
-    if not np.all(np.isfinite(x)) or not np.all(np.isfinite(mu)):
-        bad = ~(np.isfinite(x).all(axis=(1, 2)) & np.isfinite(mu).all(axis=1))
-        x = np.where(bad[:, None, None], xref, x)
+        use0 = (np.abs(a[0]) >= np.abs(a[1]))[:, None]
+        aj = np.where(use0, a[0][:, None], a[1][:, None])
+        qj = np.where(use0, ch.q[0], ch.q[1])
+        gjj = np.where(use0, ch.g[0], ch.g[1])
+        power = c - (qj - mu * gjj) / np.where(both, w * aj, 1.0)
+        det2 = np.where(both, -ch.cross, 1.0)  # a0 g1 - a1 g0
+        x[0] = np.where(both, (power * ch.g[1] - a[1][:, None] * energy) / det2, x[0])
+        x[1] = np.where(both, (a[0][:, None] * energy - ch.g[0] * power) / det2, x[1])
+    # the two corrections below touch few chains: run them on those only
+    rows = np.flatnonzero(free_energy.any(axis=1))
+    if rows.size:
+        x[:, rows] = _redistribute(ch.take(rows), x[:, rows], xref[:, rows], free_energy[rows], free_comp[:, rows],
+                                   seg[rows])
+    rows = np.flatnonzero(dual_pin.any(axis=1))
+    if rows.size:
+        mu[rows] = _undetermined_multipliers(ch.take(rows), w[rows], c[rows], x[:, rows], mu[rows], muref[rows],
+                                             xst[:, rows], sst[rows], seg[rows], dual_pin[rows])
+    bad = ~(np.isfinite(_max2(x)).all(axis=1) & np.isfinite(mu).all(axis=1))
+    if bad.any():
+        x = np.where(bad[None, :, None], xref, x)
         mu = np.where(bad[:, None], muref, mu)
     return x, mu, xst, sst
 
@@ -697,39 +698,32 @@ def _undetermined_multipliers(ch: _Chains, w: np.ndarray, c: np.ndarray, x: np.n
     taking the reference as is would leave a wrong sign that the active-set update then "corrects" wrongly.
     """
     n, L = mu.shape
-    a = ch.a[:, None, :]
-    p = np.einsum("ntj,nj->nt", x, ch.a)
-    grad = w[..., None] * a * (p - c)[..., None] + ch.q  # r_j = grad_j - mu g_j
     g = ch.g
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = grad / g
+    grad = w[None] * ch.a_full * (_power(ch, x) - c)[None] + ch.q  # r_j = grad_j - mu g_j
+    ratio = grad / np.where(g != 0, g, 1.0)
     low, up = (xst == _LOW) & ~ch.fixed_x & (g != 0), (xst == _UP) & ~ch.fixed_x & (g != 0)
     # at the lower bound r >= 0: mu <= ratio if g > 0, mu >= ratio if g < 0; at the upper bound reversed
-    upper_b = np.where((low & (g > 0)) | (up & (g < 0)), ratio, np.inf).min(axis=2)
-    lower_b = np.where((low & (g < 0)) | (up & (g > 0)), ratio, -np.inf).max(axis=2)
+    upper_b = _min2(np.where((low & (g > 0)) | (up & (g < 0)), ratio, np.inf))
+    lower_b = _max2(np.where((low & (g < 0)) | (up & (g > 0)), ratio, -np.inf))
     nxt = _shift_next(mu)
-    last = np.zeros((n, L))
-    last[:, -1] = ch.beta
     real = ~ch.fixed_s
     # the touch that ends the segment: nu = mu_{t+1} - mu_t - beta_last has the sign of its side
-    upper_b = np.where((sst == _S_HI) & real, np.minimum(upper_b, nxt - last), upper_b)
-    lower_b = np.where((sst == _S_LO) & real, np.maximum(lower_b, nxt - last), lower_b)
-    # the touch that ends the segment before (on the period after it)
-    prev_mu = np.concatenate([np.full((n, 1), np.nan), mu[:, :-1]], axis=1)
-    prev_st = np.concatenate([np.zeros((n, 1), np.int8), sst[:, :-1]], axis=1)
-    prev_real = np.concatenate([np.zeros((n, 1), bool), real[:, :-1]], axis=1)
-    lower_b = np.where((prev_st == _S_HI) & prev_real, np.maximum(lower_b, prev_mu), lower_b)
-    upper_b = np.where((prev_st == _S_LO) & prev_real, np.minimum(upper_b, prev_mu), upper_b)
+    upper_b = np.where((sst == _S_HI) & real, np.minimum(upper_b, nxt - ch.last), upper_b)
+    lower_b = np.where((sst == _S_LO) & real, np.maximum(lower_b, nxt - ch.last), lower_b)
+    # the touch that ends the segment before (seen from the period after it)
+    prev_mu = np.concatenate([np.zeros((n, 1)), mu[:, :-1]], axis=1)
+    prev_st = np.concatenate([np.zeros((n, 1), np.int8), np.where(real, sst, _S_FREE)[:, :-1]], axis=1)
+    lower_b = np.where(prev_st == _S_HI, np.maximum(lower_b, prev_mu), lower_b)
+    upper_b = np.where(prev_st == _S_LO, np.minimum(upper_b, prev_mu), upper_b)
     flat = seg.ravel()
-    starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
-    seg_lo = np.maximum.reduceat(lower_b.ravel(), starts)
-    seg_hi = np.minimum.reduceat(upper_b.ravel(), starts)
-    index = np.cumsum(np.r_[True, flat[1:] != flat[:-1]]) - 1  # position of each period's segment in starts
-    lo_t, hi_t = seg_lo[index].reshape(n, L), seg_hi[index].reshape(n, L)
-    ref = np.where(dual_pin, muref, 0.0)
-    ref_seg = np.add.reduceat(ref.ravel(), starts)[index].reshape(n, L)  # one dual pin per segment
-    chosen = np.where(lo_t <= hi_t, np.clip(ref_seg, lo_t, hi_t),
-                      np.where(np.isfinite(lo_t + hi_t), 0.5 * (lo_t + hi_t), ref_seg))
+    change = np.r_[True, flat[1:] != flat[:-1]]
+    starts = np.flatnonzero(change)
+    index = np.cumsum(change) - 1  # each period's segment, as a position in starts
+    lo_t = np.maximum.reduceat(lower_b.ravel(), starts)[index].reshape(n, L)
+    hi_t = np.minimum.reduceat(upper_b.ravel(), starts)[index].reshape(n, L)
+    ref = np.add.reduceat(np.where(dual_pin, muref, 0.0).ravel(), starts)[index].reshape(n, L)  # one pin each
+    chosen = np.where(lo_t <= hi_t, np.clip(ref, lo_t, hi_t),
+                      np.where(np.isfinite(lo_t) & np.isfinite(hi_t), 0.5 * (lo_t + hi_t), ref))
     degenerate = np.zeros(seg.max() + 1, dtype=bool)
     degenerate[seg[dual_pin]] = True
     return np.where(degenerate[seg], chosen, mu)
@@ -749,72 +743,58 @@ def _redistribute(ch: _Chains, x: np.ndarray, xref: np.ndarray, group: np.ndarra
     """
     if not group.any():
         return x
-    both = free.all(axis=2)
-    a = np.broadcast_to(ch.a[:, None, :], x.shape)
-    v = np.where(both[..., None], np.stack([-a[..., 1], a[..., 0]], axis=-1), free.astype(float))
-    vv = (v * v).sum(axis=2)
+    both = free[0] & free[1]
+    a = ch.a_full
+    v = np.where(both[None], np.stack([-a[1], a[0]]), free.astype(float))
+    vv = _sum2(v * v)
     vv = np.where(vv > 0, vv, 1.0)
-    tau = (v * x).sum(axis=2) / vv
-    tau_ref = (v * xref).sum(axis=2) / vv
-    base = x - tau[..., None] * v
+    tau = _sum2(v * x) / vv
+    tau_ref = _sum2(v * xref) / vv
+    base = x - tau[None] * v
     moving = v != 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lo_end = np.where(moving, (ch.lx - base) / np.where(moving, v, 1.0), -np.inf)
-        hi_end = np.where(moving, (ch.ux - base) / np.where(moving, v, 1.0), np.inf)
-    t_lo = np.minimum(lo_end, hi_end).max(axis=2)
-    t_hi = np.maximum(lo_end, hi_end).min(axis=2)
-    span = t_hi - t_lo
+    vsafe = np.where(moving, v, 1.0)
+    lo_end = np.where(moving, (ch.lx - base) / vsafe, -np.inf)
+    hi_end = np.where(moving, (ch.ux - base) / vsafe, np.inf)
+    span = _min2(np.maximum(lo_end, hi_end)) - _max2(np.minimum(lo_end, hi_end))
     span = np.where(np.isfinite(span), np.maximum(span, 0.0), ch.x_scale[:, None])
-    gamma = (ch.g * v).sum(axis=2)  # energy per unit of tau
+    gamma = _sum2(ch.g * v)  # energy per unit of tau
     ids = seg[group]
     size = seg.max() + 1
     need = np.bincount(ids, weights=(gamma * (tau - tau_ref))[group], minlength=size)
     reach = np.bincount(ids, weights=(gamma * span)[group], minlength=size)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lam = np.where(reach != 0, need / reach, 0.0)
+    lam = np.where(reach != 0, need / np.where(reach != 0, reach, 1.0), 0.0)
     tau_new = np.where(group, tau_ref + lam[seg] * span, tau)
-    return np.where(group[..., None], base + tau_new[..., None] * v, x)
+    return np.where(group[None], base + tau_new[None] * v, x)
 
 
 def _kkt(ch: _Chains, w: np.ndarray, c: np.ndarray, x: np.ndarray, mu: np.ndarray) -> dict[str, np.ndarray]:
-    """Relative KKT residual of (x, mu) for the original problem (states by the recursion), per chain.
-
-    Stationarity residuals are relative to the size of their terms (a residual of rounding size reads ~1e-16
-    however large the costs), bounds relative to the chain's scales.
-    """
-    n, L = ch.d.shape
-    xs, ss = ch.x_scale, ch.s_scale
-    s = _states(ch, x)
-    p = np.einsum("ntj,nj->nt", x, ch.a)
-    a = ch.a[:, None, :]
-    t1 = w[..., None] * a * (p - c)[..., None]
-    t2 = mu[..., None] * ch.g
-    r = t1 + ch.q - t2
-    # Relative to the terms of the element, with a floor at a small fraction of the chain's largest term:
-    # rounding in a multiplier that should be 0 is relative to the chain's multipliers, not to itself.
+    """Relative KKT residual of (x, mu) for the original problem (states by the recursion), per chain: bounds
+    (relative to the chain's scales), stationarity in x and in S with the multipliers of active bounds signed
+    right (relative to ``_size``)."""
     grad, mult = _scales(ch, w, c)
+    s = _states(ch, x)
+    t1 = w[None] * ch.a_full * (_power(ch, x) - c)[None]
+    t2 = mu[None] * ch.g
+    r = t1 + ch.q - t2
     size = _size(grad, np.abs(t1) + np.abs(ch.q) + np.abs(t2))
-    tol_x = _KKT_TOL * xs[:, None, None]
-    at_l = (x - ch.lx) <= tol_x
-    at_u = (ch.ux - x) <= tol_x
-    vx = np.where(at_l & at_u, 0.0, np.where(at_l, np.maximum(-r, 0), np.where(at_u, np.maximum(r, 0), np.abs(r))))
+    xs3 = ch.x_scale[None, :, None]
+    at_l = (x - ch.lx) <= _KKT_TOL * xs3
+    at_u = (ch.ux - x) <= _KKT_TOL * xs3
+    vx = np.where(at_l, np.where(at_u, 0.0, np.maximum(-r, 0.0)), np.where(at_u, np.maximum(r, 0.0), np.abs(r)))
     vx = np.where(ch.fixed_x, 0.0, vx) / size
-    px = np.maximum(np.maximum(ch.lx - x, x - ch.ux), 0.0) / xs[:, None, None]
-    last = np.zeros((n, L))
-    last[:, -1] = ch.beta
+    px = np.maximum(np.maximum(ch.lx - x, x - ch.ux), 0.0) / xs3
     nxt = _shift_next(mu)
-    xi = nxt - mu - last
-    ssize = _size(mult, np.abs(nxt) + np.abs(mu) + np.abs(last))
-    tol_s = _KKT_TOL * ss[:, None]
+    xi = nxt - mu - ch.last  # nu_hi - nu_lo of each state
+    ssize = _size(mult, np.abs(nxt) + np.abs(mu) + np.abs(ch.last))
+    tol_s = _KKT_TOL * ch.s_scale[:, None]
     at_lo = (s - ch.lo) <= tol_s
     at_hi = (ch.hi - s) <= tol_s
-    vs = np.where(at_lo & at_hi, 0.0, np.where(at_hi, np.maximum(-xi, 0), np.where(at_lo, np.maximum(xi, 0), np.abs(xi))))
+    vs = np.where(at_hi, np.where(at_lo, 0.0, np.maximum(-xi, 0.0)), np.where(at_lo, np.maximum(xi, 0.0), np.abs(xi)))
     vs = np.where(ch.fixed_s, 0.0, vs) / ssize
-    ps = np.maximum(np.maximum(ch.lo - s, s - ch.hi), 0.0) / ss[:, None]
-    res = np.maximum.reduce([vx.max(axis=(1, 2)), px.max(axis=(1, 2)), vs.max(axis=1), ps.max(axis=1)])
-    res = np.where(np.isfinite(res), res, np.inf)
-    return {"residual": res, "s": s, "r": r, "xi": xi, "at_l": at_l, "at_u": at_u, "at_lo": at_lo,
-            "at_hi": at_hi, "size": size, "ssize": ssize}
+    ps = np.maximum(np.maximum(ch.lo - s, s - ch.hi), 0.0) / ch.s_scale[:, None]
+    res = np.maximum.reduce([_chain_max(vx), _chain_max(px), vs.max(axis=1), ps.max(axis=1)])
+    return {"residual": np.where(np.isfinite(res), res, np.inf), "s": s, "r": r, "xi": xi, "size": size,
+            "ssize": ssize}
 
 
 def _pdas_update(ch: _Chains, x: np.ndarray, xst: np.ndarray, sst: np.ndarray,
@@ -829,17 +809,20 @@ def _pdas_update(ch: _Chains, x: np.ndarray, xst: np.ndarray, sst: np.ndarray,
     """
     tol = _KKT_TOL
     n, L = sst.shape
-    xs, ss = ch.x_scale[:, None, None], ch.s_scale[:, None]
+    xs3, ss = ch.x_scale[None, :, None], ch.s_scale[:, None]
     r, size, s, xi, ssize = k["r"], k["size"], k["s"], k["xi"], k["ssize"]
-    xst = np.where(xst == _FROZEN, _FREE, xst)
-    free = xst == _FREE
-    below = free & (x < ch.lx - tol * xs)
-    above = free & (x > ch.ux + tol * xs)
-    sfree = sst == _S_FREE
-    s_below = sfree & (s < ch.lo - tol * ss) & ~ch.fixed_s
-    s_above = sfree & (s > ch.hi + tol * ss) & ~ch.fixed_s
-    # wrong-signed multipliers (relative size), and touched states the solution has left
     rel = r / size
+    # A frozen split whose gradient is not 0 was not a free split after all: the decision goes to the bound
+    # its gradient points to (re-freezing it would repeat the same solve).
+    frozen = xst == _FROZEN
+    xst = np.where(frozen & (rel > tol), _LOW, np.where(frozen & (rel < -tol), _UP, np.where(frozen, _FREE, xst)))
+    free = xst == _FREE
+    below = free & (x < ch.lx - tol * xs3)
+    above = free & (x > ch.ux + tol * xs3)
+    sfree = (sst == _S_FREE) & ~ch.fixed_s
+    s_below = sfree & (s < ch.lo - tol * ss)
+    s_above = sfree & (s > ch.hi + tol * ss)
+    # wrong-signed multipliers (relative size), and touched states the solution has left
     bad_low = np.where((xst == _LOW) & ~ch.fixed_x, np.maximum(-rel, 0.0), 0.0)
     bad_up = np.where((xst == _UP) & ~ch.fixed_x, np.maximum(rel, 0.0), 0.0)
     srel = xi / ssize
@@ -849,27 +832,44 @@ def _pdas_update(ch: _Chains, x: np.ndarray, xst: np.ndarray, sst: np.ndarray,
 
     seg = _segment_ids(sst != _S_FREE)
     size_seg = seg.max() + 1
-    primal = below.any(axis=2) | above.any(axis=2) | s_below | s_above
+    # A touched state the recursion puts outside the tube: its segment had nothing free (the multiplier was
+    # undetermined) and its fixed decisions miss the bound. Release those that would move the state back.
+    touched = (sst != _S_FREE) & ~ch.fixed_s
+    need_up = np.zeros(size_seg, dtype=bool)
+    need_down = np.zeros(size_seg, dtype=bool)
+    need_up[seg[touched & (s < ch.lo - tol * ss)]] = True
+    need_down[seg[touched & (s > ch.hi + tol * ss)]] = True
+    up_t, down_t = need_up[seg][None], need_down[seg][None]
+    raises = ((xst == _LOW) & (ch.g > 0)) | ((xst == _UP) & (ch.g < 0))  # leaving the bound raises the state
+    lowers = ((xst == _LOW) & (ch.g < 0)) | ((xst == _UP) & (ch.g > 0))
+    unstick = ((up_t & raises) | (down_t & lowers)) & ~ch.fixed_x
+    primal = below[0] | below[1] | above[0] | above[1] | s_below | s_above | (up_t | down_t)[0]
     seg_primal = np.bincount(seg.ravel(), weights=primal.ravel(), minlength=size_seg) > 0
-    # the worst dual violation of each segment without a primal one
-    dual = np.stack([bad_low[..., 0], bad_low[..., 1], bad_up[..., 0], bad_up[..., 1], bad_lo, bad_hi], axis=-1)
-    worst_here = dual.max(axis=2)
-    flat_seg, flat_worst = seg.ravel(), worst_here.ravel()
+    # the worst dual violation of each segment without a primal one (the first period, if several tie)
+    candidates = (bad_low[0], bad_low[1], bad_up[0], bad_up[1], bad_lo, bad_hi)
+    x_worst = np.maximum.reduce(candidates[:4])
+    # Decision bounds go first: a touched state whose multiplier looks wrong is usually the victim of a
+    # wrong decision bound in its segment (which shifted the segment's multiplier), rarely the cause.
+    x_seg = np.bincount(seg.ravel(), weights=(x_worst > tol).ravel(), minlength=size_seg) > 0
+    s_worst = np.where(x_seg[seg], 0.0, np.maximum(bad_lo, bad_hi))
+    worst_here = np.maximum(x_worst, s_worst)
+    candidates = candidates[:4] + (np.where(x_seg[seg], 0.0, bad_lo), np.where(x_seg[seg], 0.0, bad_hi))
+    flat_seg = seg.ravel()
     seg_worst = np.zeros(size_seg)
-    np.maximum.at(seg_worst, flat_seg, flat_worst)
+    np.maximum.at(seg_worst, flat_seg, worst_here.ravel())
     pick = (worst_here > tol) & (worst_here == seg_worst[seg]) & ~seg_primal[seg]
-    # one period per segment (the first, if several tie)
-    first = np.zeros(size_seg, dtype=np.int64) + L * n + 1
     order = np.arange(n * L).reshape(n, L)
+    first = np.full(size_seg, n * L)
     np.minimum.at(first, flat_seg[pick.ravel()], order.ravel()[pick.ravel()])
     pick &= order == first[seg]
-    which = dual.argmax(axis=2)
+    which = np.zeros((n, L), dtype=np.int8)  # which candidate is the worst (the first, if several tie)
+    for index in range(len(candidates) - 1, -1, -1):
+        which = np.where(candidates[index] == worst_here, index, which)
 
-    new = xst.copy()
-    new = np.where(below, _LOW, np.where(above, _UP, new))
+    new = np.where(below, _LOW, np.where(above, _UP, np.where(unstick, _FREE, xst)))
     for jj in (0, 1):
         release = pick & ((which == jj) | (which == 2 + jj))
-        new[..., jj] = np.where(release, _FREE, new[..., jj])
+        new[jj] = np.where(release, _FREE, new[jj])
     new = np.where(ch.fixed_x, _LOW, new).astype(np.int8)
     snew = np.where(s_below, _S_LO, np.where(s_above, _S_HI, sst))
     snew = np.where(pick & (which >= 4), _S_FREE, snew)
@@ -879,17 +879,18 @@ def _pdas_update(ch: _Chains, x: np.ndarray, xst: np.ndarray, sst: np.ndarray,
 
 def _pdas(ch: _Chains, w: np.ndarray, c: np.ndarray, xst: np.ndarray, sst: np.ndarray, xref: np.ndarray,
           muref: np.ndarray, *, iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Active-set solves with updates until every chain verifies (or ``iterations`` run out)."""
+    """Active-set solves with updates until every chain verifies (or ``iterations`` run out); each pass
+    works only on the chains that have not verified yet. The references (the split of non-unique energy and
+    undetermined multipliers) stay those of the start."""
     n = ch.n
     best_x, best_mu = xref.copy(), muref.copy()
     best_xst, best_sst = xst.copy(), sst.copy()
     best_res = np.full(n, np.inf)
     todo = np.arange(n)
     used = 0
-    sub, w_s, c_s = ch, w, c
-    xst_s, sst_s, xref_s, muref_s = xst, sst, xref, muref
+    sub, w_s, c_s, xref_s, muref_s = ch, w, c, xref, muref
     for used in range(1, iterations + 1):
-        out = _active_set_solve(sub, w_s, c_s, xst_s, sst_s, xref_s, muref_s)
+        out = _active_set_solve(sub, w_s, c_s, xst, sst, xref_s, muref_s)
         if out is None:
             break
         x, mu, xst_used, sst_used = out
@@ -897,50 +898,52 @@ def _pdas(ch: _Chains, w: np.ndarray, c: np.ndarray, xst: np.ndarray, sst: np.nd
         res = k["residual"]
         better = res < best_res[todo]
         idx = todo[better]
-        best_x[idx], best_mu[idx], best_res[idx] = x[better], mu[better], res[better]
-        best_xst[idx], best_sst[idx] = xst_used[better], sst_used[better]
+        best_x[:, idx], best_mu[idx], best_res[idx] = x[:, better], mu[better], res[better]
+        best_xst[:, idx], best_sst[idx] = xst_used[:, better], sst_used[better]
         failing = res > _KKT_TOL
-        if not failing.any():
+        if not failing.any() or used == iterations:
             break
-        xst_n, sst_n = _pdas_update(sub, x, xst_used, sst_used, k)
         keep = np.flatnonzero(failing)
         todo = todo[keep]
-        sub = sub.take(keep) if keep.size < sub.n else sub
-        w_s, c_s = w_s[keep], c_s[keep]
-        xst_s, sst_s = xst_n[keep], sst_n[keep]
-        # The references stay: frozen splits and undetermined multipliers keep the (central) values they
-        # started from, which a wrong intermediate active set would otherwise drag along.
-        xref_s, muref_s = xref_s[keep], muref_s[keep]
+        if keep.size < sub.n:
+            sub = sub.take(keep)
+            w_s, c_s, xref_s, muref_s = w_s[keep], c_s[keep], xref_s[:, keep], muref_s[keep]
+            x, xst_used, sst_used = x[:, keep], xst_used[:, keep], sst_used[keep]
+            k = {name: (v[:, keep] if v.ndim == 3 else v[keep]) for name, v in k.items()}
+        xst, sst = _pdas_update(sub, x, xst_used, sst_used, k)
     return best_x, best_mu, best_xst, best_sst, best_res, used
 
 
 def _solve_chains(ch: _Chains, w: np.ndarray, c: np.ndarray, warm: _ChainPoint | None) -> _ChainPoint:
     """Exact solution of every chain: the warm active set first, the polished interior point where that does
     not verify."""
-    n, L = ch.d.shape
-    x = np.zeros((n, L, 2))
-    mu = np.zeros((n, L))
-    xst = np.zeros((n, L, 2), dtype=np.int8)
-    sst = np.zeros((n, L), dtype=np.int8)
-    res = np.full(n, np.inf)
-    pdas_used = 0
-    if warm is not None and warm.x.shape == x.shape:
-        x, mu, xst, sst, res, pdas_used = _pdas(ch, w, c, warm.x_status, warm.s_status, warm.x, warm.mu,
-                                                iterations=_WARM_PDAS_ITER)
-    cold = np.flatnonzero(res > _KKT_TOL)
-    iterations = 0
-    if cold.size:
-        sub = ch.take(cold) if cold.size < n else ch
-        solved = _ipm(sub, w[cold], c[cold])
-        iterations = solved.iterations
-        pdas_used += solved.active_set_iterations
-        better = solved.residual < res[cold]
-        idx = cold[better]
-        x[idx], mu[idx], res[idx] = solved.x[better], solved.mu[better], solved.residual[better]
-        xst[idx], sst[idx] = solved.x_status[better], solved.s_status[better]
-    failed = int(np.count_nonzero(res > _KKT_TOL))
-    return _ChainPoint(x=x, s=_states(ch, x), mu=mu, x_status=xst, s_status=sst, residual=res,
-                       ipm_iterations=iterations, pdas_iterations=pdas_used, fallback_chains=failed)
+    # Masked array code computes both branches of every where(): inf and nan in the branch not taken are
+    # expected, and the KKT check, not a warning, judges the result.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        n, L = ch.d.shape
+        x = np.zeros((2, n, L))
+        mu = np.zeros((n, L))
+        xst = np.zeros((2, n, L), dtype=np.int8)
+        sst = np.zeros((n, L), dtype=np.int8)
+        res = np.full(n, np.inf)
+        pdas_used = 0
+        if warm is not None and warm.x.shape == x.shape:
+            x, mu, xst, sst, res, pdas_used = _pdas(ch, w, c, warm.x_status, warm.s_status, warm.x, warm.mu,
+                                                    iterations=_WARM_PDAS_ITER)
+        cold = np.flatnonzero(res > _KKT_TOL)
+        iterations = 0
+        if cold.size:
+            sub = ch.take(cold) if cold.size < n else ch
+            solved = _ipm(sub, w[cold], c[cold])
+            iterations = solved.iterations
+            pdas_used += solved.active_set_iterations
+            better = solved.residual < res[cold]
+            idx = cold[better]
+            x[:, idx], mu[idx], res[idx] = solved.x[:, better], solved.mu[better], solved.residual[better]
+            xst[:, idx], sst[idx] = solved.x_status[:, better], solved.s_status[better]
+        failed = int(np.count_nonzero(res > _KKT_TOL))
+        return _ChainPoint(x=x, s=_states(ch, x), mu=mu, x_status=xst, s_status=sst, residual=res,
+                           ipm_iterations=iterations, pdas_iterations=pdas_used, fallback_chains=failed)
 
 
 # ============================================================================ closed forms
@@ -1175,7 +1178,7 @@ class AssetProx:
         sb, se = self._slice[AssetKind.BATTERY], self._slice[AssetKind.EV_CHARGER]
         v2g = st["v2g"][se]
         L = T + 1
-        parts: list[_Chains] = []
+        parts: list[dict[str, np.ndarray]] = []
         # batteries: x = (ch, dis), S = SOC, terminal shortfall below the target
         M = w.terminal_soc_shortfall_cost_eur_per_mwh
         e_max = st["e_max_mwh"][sb]
@@ -1204,10 +1207,9 @@ class AssetProx:
         hi = np.full((n, L), np.inf)
         lo[:, :T] = 0.0
         hi[:, :T] = cap
-        parts.append(_Chains(a=np.tile([1.0, 0.0], (n, 1)), g=g, q=q, d=d, lx=np.zeros((n, L, 2)), ux=ux,
-                             lo=lo, hi=hi, s0=b0, beta=np.full(n, backlog_value)))
-        chains = _tighten(_Chains(**{name: np.concatenate([getattr(p, name) for p in parts], axis=0)
-                                     for name in _Chains.__dataclass_fields__}))
+        parts.append(dict(a=np.tile([1.0, 0.0], (n, 1)), g=g, q=q, d=d, lx=np.zeros((n, L, 2)), ux=ux,
+                          lo=lo, hi=hi, s0=b0, beta=np.full(n, backlog_value)))
+        chains = _Chains.build(**{name: np.concatenate([part[name] for part in parts], axis=0) for name in _RAW})
         self._inputs = _Inputs(chains=chains, v1g_ch_max=ev_ch[~v2g], v1g_need=need[~v2g],
                                v1g_after=np.minimum(after[~v2g], need[~v2g]), pv_avail=pv,
                                backlog_value=backlog_value)
@@ -1215,7 +1217,7 @@ class AssetProx:
 
     def _storage_chain(self, *, eta_c: np.ndarray, eta_d: np.ndarray, kappa: np.ndarray, ch_max: np.ndarray,
                        dis_max: np.ndarray, lo: np.ndarray, hi: np.ndarray, s0: np.ndarray, terminal: np.ndarray,
-                       shortfall_cost: float) -> _Chains:
+                       shortfall_cost: float) -> dict[str, np.ndarray]:
         """A battery or V2G charger: ``S += h (eta_c ch - dis / eta_d)``, throughput ``h kappa (ch + dis)``, and
         the terminal period's shortfall ``y >= 0`` (cost ``shortfall_cost``) with ``S_T + y >= terminal``."""
         T, h = self.horizon, self.hours
@@ -1237,8 +1239,8 @@ class AssetProx:
         if shortfall_cost > 0:  # no cost: the shortfall is free and the target does not matter
             ux[:, T, 0] = np.inf
             lo_t[:, T] = terminal
-        return _Chains(a=np.tile([1.0, -1.0], (n, 1)), g=g, q=q, d=np.zeros((n, L)), lx=np.zeros((n, L, 2)),
-                       ux=ux, lo=lo_t, hi=hi_t, s0=np.asarray(s0, dtype=float), beta=np.zeros(n))
+        return dict(a=np.tile([1.0, -1.0], (n, 1)), g=g, q=q, d=np.zeros((n, L)), lx=np.zeros((n, L, 2)),
+                    ux=ux, lo=lo_t, hi=hi_t, s0=np.asarray(s0, dtype=float), beta=np.zeros(n))
 
     # ------------------------------------------------------------------ solving
     def solve(self, weight: np.ndarray, target: np.ndarray, *, warm_start: bool = True) -> ProxResult:
@@ -1272,16 +1274,16 @@ class AssetProx:
         point = _solve_chains(ch, wc, cc, warm)
         self._warm = point
         x, s = point.x, point.s
-        p[chain_rows] = x[:, :T, 0] * ch.a[:, None, 0] + x[:, :T, 1] * ch.a[:, None, 1]
+        p[chain_rows] = _power(ch, x)[:, :T]
         kappa = self._kappa
-        throughput = h * kappa[chain_rows] * x[:, :T, :].sum(axis=(1, 2))
+        throughput = h * kappa[chain_rows] * (x[0, :, :T] + x[1, :, :T]).sum(axis=1)
         nb, nv = sb.stop - sb.start, int(v2g.sum())
         # shortfall below the terminal target, by the recursion (what the cvxpy variable equals at its optimum)
         short_cost = np.where(np.isfinite(ch.lo[:, T]), np.maximum(ch.lo[:, T] - s[:, T - 1], 0.0), 0.0)
         storage = throughput + np.r_[wts.terminal_soc_shortfall_cost_eur_per_mwh * short_cost[:nb],
                                      wts.ev_unmet_cost_eur_per_mwh * short_cost[nb:nb + nv],
                                      np.zeros(ch.n - nb - nv)]
-        flex = (wts.flex_curtailment_cost_eur_per_mwh * h * x[nb + nv:, :T, 1].sum(axis=1)
+        flex = (wts.flex_curtailment_cost_eur_per_mwh * h * x[1, nb + nv:, :T].sum(axis=1)
                 + inp.backlog_value * s[nb + nv:, T - 1])
         objective[chain_rows] = storage + np.r_[np.zeros(nb + nv), flex]
 

@@ -64,9 +64,18 @@ def create_app(
         app.server.secret_key = secret_key
     auth.install(app.server, callback_path=f"{app.config.routes_pathname_prefix}_dash-update-component",
                  callback_spec=app.callback_map.get)
+    # Dash answers a request for a script it does not ship with an exception (a 500): it is a 404.
+    for missing in (dash.exceptions.DependencyException, dash.exceptions.InvalidResourceError):
+        app.server.register_error_handler(missing, _not_found)
     app.layout = lambda: _shell(data, refresh_s=refresh_s)
     _register_callbacks(app, data, auth, stale_after_s=stale_after_s)
     return app
+
+
+def _not_found(error: Exception) -> Any:
+    import flask
+
+    return flask.Response('{"error": "no such resource"}', status=404, mimetype="application/json")
 
 
 def _shell(data: RunData, *, refresh_s: float) -> html.Div:

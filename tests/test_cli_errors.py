@@ -115,6 +115,19 @@ def test_anything_unexpected_is_one_line_exit_1_and_a_log(tmp_path: Path, monkey
     assert "KeyError: 'missing'" in log.read_text(encoding="utf-8") and "in broken" in log.read_text(encoding="utf-8")
 
 
+def test_usage_errors_and_exits_pass_through_the_guard() -> None:
+    def bad_option() -> None:
+        raise typer.BadParameter("--x=1: must be 2", param_hint="--x")
+
+    def done() -> None:
+        raise typer.Exit(0)
+
+    with pytest.raises(typer.BadParameter):
+        _no_traceback(bad_option)()
+    with pytest.raises(typer.Exit):
+        _no_traceback(done)()
+
+
 def _provision(tmp_path: Path, scenario: Path) -> None:
     """Credentials and device keys from `gridtwin broker` (in a process of its own), which is then stopped."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

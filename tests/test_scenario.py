@@ -83,3 +83,46 @@ def test_cli_not_toml_and_missing_file(tmp_path: Path) -> None:
 def test_sample_scenarios_validate(path: Path) -> None:
     s = load_scenario(path)
     assert len(s.times) > 0 and s.controllers
+
+
+@pytest.mark.parametrize(
+    ("patch", "line"),
+    [
+        ({"step": 15}, 'step: 15 is not a duration; write "15min"'),
+        ({"step": "15"}, "step: '15' has no unit; write \"15min\""),
+        ({"horizon": 24}, 'horizon: 24 is not a duration; write "24h"'),
+        ({"comms": {"mesh": {"latency": 100}}}, 'comms.mesh.latency: 100 is not a duration; write "100ms"'),
+        ({"step": "7min"}, "step: '7min' must be between 1min and 1d and divide 15min"),
+        ({"horizon": "36500d"}, "horizon: '36500d' is longer than the 7d maximum"),
+        ({"setpoint_ttl": "30d"}, "setpoint_ttl: '30d' is longer than the 7d maximum"),
+        ({"fleet": {"pv_penetration": float("inf")}}, "fleet.pv_penetration: Input should be a finite number (got inf)"),
+        ({"limits": {"v_min_pu": float("nan")}}, "limits.v_min_pu: Input should be a finite number (got nan)"),
+        ({"limits": {"v_min_pu": 1.06}}, "limits: limits.v_min_pu=1.06 must be below limits.v_max_pu=1.05"),
+        ({"tariff": {"peak_eur_per_mwh": "400"}}, "tariff.peak_eur_per_mwh: '400' is not a number"),
+        ({"seed": True}, "seed: True is not an integer"),
+        ({"start": 20160606}, "start: 20160606 is not a timestamp"),
+        ({"start": "now"}, "start: 'now' is not a timestamp"),
+        ({"start": "2016-06-06T00:05:00Z"}, "start='2016-06-06T00:05:00+00:00' is not on the 15min grid"),
+        ({"end": "2046-06-06T00:00:00Z", "step": "1min"}, "at most 1,000,000 are allowed"),
+        ({"controllers": [{"name": "x", "target": "a:B", "kwargs": {"rho": [1.0, float("nan")]}}]},
+         "controllers[0].kwargs: rho[1] = nan is not a finite number"),
+        ({"faults": [{"kind": "backhaul_cut", "start": "2016-06-05T23:00:00Z", "end": "2016-06-06T01:00:00Z"}]},
+         "faults[0].start='2016-06-05T23:00:00+00:00' is before the run's start"),
+        ({"faults": [{"kind": "false_telemetry", "participants": ["p-1"], "scale": -1.0, "start": "2016-06-06T00:00:00Z",
+                      "end": "2016-06-06T01:00:00Z"}]}, "faults[0].scale: Input should be greater than or equal to 0"),
+        ({"settlement": {"events": [{"start": "2016-06-06T03:00:00Z", "end": "2016-06-06T04:00:00Z"}]}},
+         "settlement.events[0].end='2016-06-06T04:00:00+00:00' is after the run's end"),
+        ({"base_dir": "/etc"}, "base_dir: not a scenario key"),
+    ],
+)
+def test_static_checks_name_the_key_and_the_value(patch: dict, line: str) -> None:
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario({**BASE, **patch}, source="bad.toml")
+    assert line in str(err.value), str(err.value)
+
+
+def test_a_scenario_file_that_is_not_utf8_names_the_byte_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'feeder = "cigre-lv"\nname = "Gr\xfc\xdfe"\n')
+    with pytest.raises(ScenarioError, match=r"latin1.toml: not UTF-8 text \(byte 0xfc on line 2\)"):
+        load_scenario(path)

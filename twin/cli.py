@@ -301,7 +301,8 @@ def _no_traceback(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, KeyboardInterrupt, SystemExit):
+        except (typer.Exit, typer.Abort, typer.TyperException, click.exceptions.ClickException, click.exceptions.Abort,
+                KeyboardInterrupt, SystemExit):  # typer 0.29 vendors click: its BadParameter is a TyperException
             raise
         except Exception as exc:  # noqa: BLE001 — the last line of defence of the terminal
             log = _crash_log(exc)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pandas.errors import OutOfBoundsDatetime, OutOfBoundsTimedelta
 
 __all__ = ["CommandChannel", "CommandError", "CommandKind", "OperatorCommand", "RunBounds"]
 
@@ -98,15 +99,17 @@ def _text(data: dict[str, Any], key: str, *, required: bool = False) -> str | No
 def _duration(value: Any, bounds: RunBounds | None) -> pd.Timedelta:
     if not isinstance(value, str) or not value.strip() or len(value) > 32:
         raise CommandError(f"duration={value!r}: not a duration like '1h' (a string of at most 32 characters)")
+    longest = bounds.length if bounds is not None else MAX_DURATION
+    what = f"the run ({bounds.start.isoformat()} .. {bounds.end.isoformat()})" if bounds else "a year"
     try:
         duration = pd.Timedelta(value)
-    except (ValueError, TypeError, OverflowError):
+    except (OutOfBoundsTimedelta, OutOfBoundsDatetime, OverflowError):
+        raise CommandError(f"duration={value!r}: longer than {what}; at most {longest}") from None
+    except (ValueError, TypeError):
         raise CommandError(f"duration={value!r}: not a duration like '1h'") from None
     if pd.isna(duration) or duration <= pd.Timedelta(0):
         raise CommandError(f"duration={value!r}: must be positive")
-    longest = bounds.length if bounds is not None else MAX_DURATION
     if duration > longest:
-        what = f"the run ({bounds.start.isoformat()} .. {bounds.end.isoformat()})" if bounds else "a year"
         raise CommandError(f"duration={value!r}: longer than {what}; at most {longest}")
     return duration
 

@@ -52,7 +52,8 @@ def _write_log(path: Path | None, exc: BaseException) -> Path | None:
     parts = [f"{datetime.now(UTC).isoformat()} run failed: {exc}\n"]
     if isinstance(exc, PluginError) and exc.traceback_text:
         parts.append("plug-in traceback:\n" + exc.traceback_text)
-    parts.append("engine traceback:\n" + "".join(traceback.format_exception(exc, chain=not isinstance(exc, PluginError))))
+    engine = traceback.format_exception(exc, chain=not isinstance(exc, PluginError))
+    parts.append("engine traceback:\n" + "".join(engine))
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as handle:
         handle.write("\n".join(parts) + "\n")
@@ -101,6 +102,12 @@ def run_scenario(
             "feeder": scenario.feeder,
             "assets": inputs.assets.reset_index().astype(str).to_dict(orient="records"),
         }
+        if inputs.telemetry is not None:  # what the telemetry file held and what was left out of it, counted
+            t = inputs.telemetry
+            meta["telemetry"] = {"source": t.source, "rows_read": t.rows_read,
+                                 "duplicates_dropped": t.duplicates_dropped,
+                                 "unknown_rows_ignored": t.unknown_rows_ignored,
+                                 "unknown_devices": list(t.unknown_devices)}
         if scenario.settlement is not None:
             # Published with the run; verifiers still name the key they trust (it is never taken from here).
             meta["operator_public_key"] = run_public_key(path)

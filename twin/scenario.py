@@ -1,7 +1,11 @@
 """Scenario files: one TOML document says which feeder, fleet, data, period, controllers and seed a run uses.
 
-Owns parsing and validation only (pydantic); errors name the key and the value (``ScenarioError``). The
-embedded default scenario (``gridtwin demo``) ships as package data, so it runs with no file and no server.
+Owns parsing and the static validation (pydantic); errors name the key and the value (``ScenarioError``):
+durations are strings with a unit (a bare number gets a hint), NaN and infinity are refused in every number
+(controller kwargs and the settlement table included), ranges that must be ordered are (voltage band,
+period, faults and DR events inside it, a bounded horizon). Checks that need the feeder, the files or the
+plug-ins are ``twin.preflight``'s. The embedded default scenario (``gridtwin demo``) ships as package data,
+so it runs with no file and no server.
 """
 
 from __future__ import annotations
@@ -379,7 +383,8 @@ class Scenario(_Strict):
     @classmethod
     def _step_on_data_grid(cls, v: pd.Timedelta) -> pd.Timedelta:
         if v > pd.Timedelta("1D") or v < pd.Timedelta("1min") or (DATA_STEP % v and v % DATA_STEP):
-            raise ValueError(f"{format_duration(v)!r} must be between 1min and 1d and divide {format_duration(DATA_STEP)} "
+            raise ValueError(f"{format_duration(v)!r} must be between 1min and 1d and divide "
+                             f"{format_duration(DATA_STEP)} "
                              f"or be a whole multiple of it (the profile data are {format_duration(DATA_STEP)})")
         return v
 

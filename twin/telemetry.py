@@ -325,13 +325,14 @@ def _parse_ts(column: pd.Series, source: str) -> pd.DatetimeIndex:
     codes, uniques = pd.factorize(column, use_na_sentinel=False)
     texts = pd.Series(uniques, dtype=object).map(lambda v: v.strip() if isinstance(v, str) else v)
     has_offset = texts.map(lambda v: isinstance(v, str) and bool(_HAS_OFFSET.search(v))).to_numpy(dtype=bool)
-    parsed = pd.to_datetime(texts.where(has_offset, None), utc=True, format="ISO8601", errors="coerce")
+    parsed = pd.to_datetime(texts.astype(object).where(has_offset, None), utc=True, format="ISO8601", errors="coerce")
     bad_unique = pd.isna(parsed).to_numpy() | ~has_offset
     if bad_unique.any():
         i = int(np.flatnonzero(bad_unique[codes])[0])
         problem = "is not an ISO 8601 timestamp with a UTC offset (e.g. 2016-01-01T00:00:00Z)"
         text = texts.iloc[codes[i]]
-        if not has_offset[codes[i]] and not pd.isna(pd.to_datetime(text, format="ISO8601", errors="coerce")):
+        naive_ok = isinstance(text, str) and not pd.isna(pd.to_datetime(text, format="ISO8601", errors="coerce"))
+        if not has_offset[codes[i]] and naive_ok:
             problem = "has no UTC offset; timestamps must be UTC (e.g. 2016-01-01T00:00:00Z)"
         _fail_at(i, column, source, "ts", problem)
     return pd.DatetimeIndex(parsed[codes]).as_unit("us")

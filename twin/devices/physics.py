@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
+import numba
 import numpy as np
 import pandas as pd
 
@@ -38,6 +41,10 @@ CLIP_REASONS: tuple[str, ...] = ("", ClipReason.RATING, ClipReason.SOC, ClipReas
                                  ClipReason.NOT_CONNECTED, ClipReason.DEADLINE)
 _CODE = {reason: np.int8(code) for code, reason in enumerate(CLIP_REASONS)}
 _REASON_OBJECTS = np.array(CLIP_REASONS, dtype=object)
+
+#: Kind codes of the compiled physics (``_advance_kernel``).
+_KIND_ORDER = (AssetKind.PV, AssetKind.BATTERY, AssetKind.EV_CHARGER, AssetKind.FLEX_LOAD)
+_PV, _BATTERY, _EV, _FLEX = range(4)
 
 #: Columns of ``FleetPhysics.state_arrays`` / ``state_frame``, in order.
 STATE_COLUMNS: tuple[str, ...] = ("soc_mwh", "ev_connected", "ev_energy_needed_mwh", "ev_departure",
@@ -149,6 +156,9 @@ class FleetPhysics:
         self._flex_due_column = np.maximum(w - 2, 0)
         self._flex_single = w == 1
         self._flex_width = width
+        self._kind_code = np.full(n, -1, dtype=np.int8)
+        for code, kind in enumerate(_KIND_ORDER):
+            self._kind_code[self.is_kind[kind]] = code
         self.e_imp_register_mwh = np.zeros(n)
         self.e_exp_register_mwh = np.zeros(n)
 
@@ -156,6 +166,17 @@ class FleetPhysics:
     def state_arrays(self, time: pd.Timestamp) -> dict[str, np.ndarray]:
         """The state at the start of ``time`` (EVs that arrived plugged in), as copies: column -> array in
         ``ids`` order (``STATE_COLUMNS``; times are UTC ``datetime64[ns]``, NaT where none)."""
+        self.update_sessions(time)
+        soc, connected, needed, departure, backlog, deadline, e_imp, e_exp = _state_kernel(
+            self.soc, self.ev_connected, self.ev_need, self.ev_departure.view(np.int64), self.flex_buckets,
+            self.flex_window_steps, time.value, self.step.value, self.e_imp_register_mwh, self.e_exp_register_mwh,
+            _CLIP_TOL_MW)
+        return {"soc_mwh": soc, "ev_connected": connected, "ev_energy_needed_mwh": needed,
+                "ev_departure": departure.view("datetime64[ns]"), "flex_backlog_mwh": backlog,
+                "flex_deadline": deadline.view("datetime64[ns]"), "e_imp_mwh": e_imp, "e_exp_mwh": e_exp}
+
+    def state_arrays_numpy(self, time: pd.Timestamp) -> dict[str, np.ndarray]:
+        """``state_arrays`` as whole-array numpy operations (the reference)."""
         self.update_sessions(time)
         return {
             "soc_mwh": self.soc.copy(),
@@ -187,6 +208,12 @@ class FleetPhysics:
         """The default a device falls back to without a valid setpoint: batteries idle, EVs at full rate
         until full, flexible loads serve their request (and anything due), PV at full output. ``pv_avail`` and
         ``flex_base`` are arrays in ``ids`` order (0 for other kinds)."""
+        return _autonomous_kernel(self._kind_code, self.p_max, self.eta_c, self.ev_connected, self.ev_need,
+                                  self.flex_buckets, np.asarray(pv_avail, dtype=float),
+                                  np.asarray(flex_base, dtype=float), self.hours)
+
+    def autonomous_numpy(self, *, pv_avail: np.ndarray, flex_base: np.ndarray) -> np.ndarray:
+        """``autonomous`` as whole-array numpy operations (the reference)."""
         p = np.zeros(len(self.ids))
         ev = self.is_kind[AssetKind.EV_CHARGER] & self.ev_connected
         p[ev] = np.minimum(self.p_max[ev], self.ev_need[ev] / (self.eta_c[ev] * self.hours))
@@ -223,7 +250,26 @@ class FleetPhysics:
     def advance_arrays(self, time: pd.Timestamp, *, p_setpoint: np.ndarray, q_setpoint: np.ndarray,
                        pv_avail: np.ndarray, flex_base: np.ndarray) -> IntervalOutcome:
         """Apply setpoints (arrays in ``ids`` order) for ``[time, time + step)``: clip them to ratings and
-        state limits, integrate SOC, EV need and deferred load, and return what happened."""
+        state limits, integrate SOC, EV need and deferred load, and return what happened.
+
+        One compiled pass over the fleet (``_advance_kernel``); ``advance_arrays_numpy`` is the same physics
+        as whole-array numpy operations, kept as the readable reference the tests hold the kernel to."""
+        self.update_sessions(time)
+        p, q, code, soc, e_imp, e_exp, req, scalars = _advance_kernel(
+            self._kind_code, self.p_max, self.e_max, self.eta_c, self.eta_d, self.soc_min, self.soc_max, self.s_max,
+            self.v2g, self.flex_window_steps, np.asarray(pv_avail, dtype=float), np.asarray(flex_base, dtype=float),
+            self.hours, time.value + self.step.value, np.asarray(p_setpoint, dtype=float),
+            np.asarray(q_setpoint, dtype=float), self.soc, self.ev_connected, self.ev_need,
+            self.ev_departure.view(np.int64), self.flex_buckets, self.e_imp_register_mwh, self.e_exp_register_mwh,
+            _CLIP_TOL_MW)
+        return IntervalOutcome(time=time, ids=self.ids, p=p, q=q, p_requested=req, clip_code=code, soc=soc,
+                               pv_curtailed_mwh=max(float(scalars[0]), 0.0), ev_unmet_mwh=float(scalars[1]),
+                               flex_unserved_mwh=float(scalars[2]), e_imp=e_imp, e_exp=e_exp)
+
+    def advance_arrays_numpy(self, time: pd.Timestamp, *, p_setpoint: np.ndarray, q_setpoint: np.ndarray,
+                             pv_avail: np.ndarray, flex_base: np.ndarray) -> IntervalOutcome:
+        """``advance_arrays`` as whole-array numpy operations (the reference: same state changes, same
+        outcome to rounding)."""
         self.update_sessions(time)
         h = self.hours
         req = np.array(p_setpoint, dtype=float)
@@ -378,3 +424,184 @@ def _utc_ns(column: pd.Series) -> np.ndarray:
     if values.tz is not None:
         values = values.tz_convert(None)
     return values.as_unit("ns").asi8.copy()
+
+
+# -- the compiled interval ------------------------------------------------------------------------------------
+# Each asset's rules in the order ``advance_arrays_numpy`` applies them to whole arrays; NaN propagates as numpy
+# does (np.clip / np.maximum return NaN when any argument is NaN), division by zero gives inf (numpy's errors).
+
+@numba.njit(cache=True, inline="always")
+def _max0(x):  # pragma: no cover - compiled
+    return x if (x > 0.0 or x != x) else 0.0
+
+
+@numba.njit(cache=True, inline="always")
+def _clip(x, lo, hi):  # pragma: no cover - compiled
+    if x != x or lo != lo or hi != hi:
+        return math.nan
+    return min(max(x, lo), hi)
+
+
+@numba.njit(cache=True, inline="always")
+def _min_nan(a, b):  # pragma: no cover - compiled
+    if a != a or b != b:
+        return math.nan
+    return a if a < b else b
+
+
+@numba.njit(cache=True, nogil=True)
+def _state_kernel(soc, ev_connected, ev_need, ev_departure, buckets, window, time_ns, step_ns, e_imp, e_exp,
+                  tol):  # pragma: no cover - compiled
+    """Copies of the state columns, with EV energy still needed (0 when unplugged), flex backlog and the
+    deadline of the oldest deferred energy (int64 ns, NaT's value where none); see ``state_arrays_numpy``."""
+    n = len(soc)
+    nat = np.iinfo(np.int64).min
+    needed = np.zeros(n)
+    backlog = np.zeros(n)
+    deadline = np.full(n, nat, dtype=np.int64)
+    for i in range(n):
+        if ev_connected[i]:
+            needed[i] = ev_need[i]
+        total = 0.0
+        oldest = -1
+        for a in range(buckets.shape[1]):
+            total += buckets[i, a]
+            if buckets[i, a] > tol:
+                oldest = a
+        backlog[i] = total
+        if oldest >= 0:
+            deadline[i] = time_ns + (window[i] - 1 - oldest) * step_ns
+    return (soc.copy(), ev_connected.copy(), needed, ev_departure.copy(), backlog, deadline, e_imp.copy(),
+            e_exp.copy())
+
+
+@numba.njit(cache=True, error_model="numpy", nogil=True)
+def _autonomous_kernel(kind, p_max, eta_c, ev_connected, ev_need, buckets, pv_avail, flex_base, h):  # pragma: no cover
+    """``FleetPhysics.autonomous`` per asset (see ``autonomous_numpy``)."""
+    n = len(kind)
+    p = np.zeros(n)
+    for i in range(n):
+        k = kind[i]
+        if k == 2:
+            x = _min_nan(p_max[i], ev_need[i] / (eta_c[i] * h)) if ev_connected[i] else 0.0
+            p[i] = _min_nan(x, p_max[i])
+        elif k == 3:
+            backlog = 0.0
+            for a in range(buckets.shape[1]):
+                backlog += buckets[i, a]
+            p[i] = _min_nan(flex_base[i] + backlog / h, p_max[i])
+        elif k == 0:
+            p[i] = -pv_avail[i]
+    return p
+
+
+@numba.njit(cache=True, error_model="numpy", nogil=True)
+def _advance_kernel(kind, p_max, e_max, eta_c, eta_d, soc_min, soc_max, s_max, v2g, window, pv_avail, flex_base,
+                    h, end_ns, p_set, q_set, soc, ev_connected, ev_need, ev_departure, buckets, e_imp_register,
+                    e_exp_register, tol):  # pragma: no cover - compiled
+    """One interval for every asset; the state arrays (soc ... registers) change in place. Returns new arrays
+    p, q, clip code, SOC at the end, energy imported / exported, the setpoints as requested, and
+    [PV energy not produced (may be < 0), EV energy unmet, flex unserved]."""
+    nat = np.iinfo(np.int64).min
+    n = len(p_set)
+    p = p_set.copy()
+    req = p_set.copy()
+    q = q_set.copy()
+    code = np.zeros(n, dtype=np.int8)
+    e_imp = np.zeros(n)
+    e_exp = np.zeros(n)
+    curtailed = 0.0
+    ev_unmet = 0.0
+    flex_unserved = 0.0
+    n_buckets = buckets.shape[1]
+    for i in range(len(p)):
+        x = p[i]
+        reason = 0
+        k = kind[i]
+        if k == 1:  # battery: rating, then what the SOC allows in this interval
+            new = _clip(x, -p_max[i], p_max[i])
+            if abs(new - x) > tol and reason == 0:
+                reason = 1
+            x = new
+            hi = _max0(soc_max[i] - soc[i]) / (eta_c[i] * h)
+            lo = -(_max0(soc[i] - soc_min[i]) * eta_d[i] / h)
+            new = _clip(x, lo, hi)
+            if abs(new - x) > tol and reason == 0:
+                reason = 2
+            x = new
+        elif k == 2:  # EV: nothing when unplugged; otherwise rating, need, and V2G only where allowed
+            if not ev_connected[i]:
+                new = _clip(x, 0.0, 0.0)
+                if abs(new - x) > tol and reason == 0:
+                    reason = 4
+                x = new
+            else:
+                new = _clip(x, -p_max[i] if v2g[i] else 0.0, p_max[i])
+                if abs(new - x) > tol and reason == 0:
+                    reason = 1
+                x = new
+                hi = ev_need[i] / (eta_c[i] * h)
+                lo = -(_max0(e_max[i] - ev_need[i]) * eta_d[i] / h) if v2g[i] else 0.0
+                new = _clip(x, lo, hi)
+                if abs(new - x) > tol and reason == 0:
+                    reason = 2
+                x = new
+        elif k == 3:  # flexible load: at least what falls due, at most request + backlog, within rating
+            w = window[i]
+            backlog = 0.0
+            for a in range(n_buckets):
+                backlog += buckets[i, a]
+            due = (flex_base[i] * h if w == 1 else buckets[i, w - 2]) / h
+            new = _clip(x, 0.0, p_max[i])
+            if abs(new - x) > tol and reason == 0:
+                reason = 1
+            x = new
+            new = _clip(x, min(due, p_max[i]) if due == due else math.nan, _max0(flex_base[i] + backlog / h))
+            if abs(new - x) > tol and reason == 0:
+                reason = 5
+            x = new
+        elif k == 0:  # PV: between 0 and what the sun offers
+            new = _clip(x, -pv_avail[i], 0.0)
+            if abs(new - x) > tol and reason == 0:
+                reason = 3
+            x = new
+        p[i] = x
+        code[i] = reason
+        # Reactive power: inverters only, within what the rating leaves beside P.
+        if k == 0 or k == 1:
+            room = math.sqrt(_max0(s_max[i] ** 2 - x**2))
+            q[i] = _clip(q[i], -room, room)
+        else:
+            q[i] = 0.0
+        delta = _max0(x) * eta_c[i] * h - _max0(-x) / eta_d[i] * h
+        if k == 1:
+            soc[i] = _clip(soc[i] + delta, soc_min[i], soc_max[i])
+        elif k == 2 and ev_connected[i]:
+            ev_need[i] = _max0(ev_need[i] - delta)
+            if ev_departure[i] != nat and ev_departure[i] <= end_ns:
+                ev_unmet += ev_need[i]
+                ev_need[i] = 0.0
+                ev_connected[i] = False
+                ev_departure[i] = nat
+        elif k == 3:  # add this interval's request, serve oldest first, age the rest
+            w = window[i]
+            pending = np.empty(w)  # by age 0 .. w - 1
+            pending[0] = flex_base[i] * h
+            for a in range(1, w):
+                pending[a] = buckets[i, a - 1]
+            served = x * h
+            for age in range(w - 1, -1, -1):
+                take = min(served, pending[age])
+                pending[age] -= take
+                served -= take
+            flex_unserved += pending[w - 1]
+            for a in range(w - 1):
+                buckets[i, a] = pending[a]
+        elif k == 0:
+            curtailed += (pv_avail[i] + x) * h
+        e = x * h
+        e_imp[i] = _max0(e)
+        e_exp[i] = _max0(-e)
+        e_imp_register[i] += e_imp[i]
+        e_exp_register[i] += e_exp[i]
+    return p, q, code, soc.copy(), e_imp, e_exp, req, np.array([curtailed, ev_unmet, flex_unserved])

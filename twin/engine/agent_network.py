@@ -13,7 +13,7 @@ import copy
 import time as wallclock
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandapower as pp
@@ -25,8 +25,8 @@ from controllers.coordination import AgentNetwork, AgentNetworkSpec, GridObserva
 from twin.grid.fastpf import NetworkModel
 from twin.grid.feeder_tree import FeederTreeModel
 
-if TYPE_CHECKING:
-    from twin.engine.policy_twin import PolicyTwin
+#: The policy twin that owns this runner (``twin.engine.policy_twin.PolicyTwin``; not imported: it imports this).
+PolicyTwin = Any
 
 __all__ = ["AgentNetworkRunner", "is_agent_network"]
 

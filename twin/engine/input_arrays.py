@@ -33,6 +33,7 @@ class InputArrays:
     flex_base_mw: np.ndarray  # time × flexible load (``flex_positions`` in asset order)
     flex_positions: np.ndarray
     price_eur_per_mwh: np.ndarray  # time
+    times_ns: np.ndarray  # interval starts (int64 ns)
     n_assets: int
 
     @classmethod
@@ -64,8 +65,22 @@ class InputArrays:
             flex_base_mw=_nan_to_zero(inputs.flex_base_mw.to_numpy(float)),
             flex_positions=assets.index.get_indexer(inputs.flex_base_mw.columns),
             price_eur_per_mwh=inputs.price_eur_per_mwh.to_numpy(float),
+            times_ns=pd.DatetimeIndex(inputs.price_eur_per_mwh.index).as_unit("ns").asi8.copy(),
             n_assets=len(assets),
         )
+
+    def row(self, time: pd.Timestamp) -> int:
+        """Row of interval ``time`` (KeyError if it is not one)."""
+        times = self.times_ns
+        t = time.value
+        if len(times) > 1:
+            guess = (t - times[0]) // (times[1] - times[0])
+            if 0 <= guess < len(times) and times[guess] == t:
+                return int(guess)
+        rows = np.flatnonzero(times == t)
+        if not len(rows):
+            raise KeyError(time)
+        return int(rows[0])
 
     def pv_avail(self, row: int) -> np.ndarray:
         """Available PV power per asset (asset order; 0 for other kinds) in interval ``row``."""

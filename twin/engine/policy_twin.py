@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -99,8 +100,6 @@ def build_comms(scenario: Scenario, inputs: RunInputs, *, policy: str) -> CommsM
     )
 
 
-#: State columns a telemetry report carries besides the device physics' own (STATE_COLUMNS).
-_REPORT_COLUMNS = ("p_mw", "available", "quality", "age_s")
 _NOT_HELD = np.iinfo(np.int64).min  # held_until of a device that holds nothing
 
 
@@ -155,7 +154,11 @@ class PolicyTwin:
         kinds = assets["kind"].astype(str)
         self._inverter = kinds.isin([AssetKind.PV, AssetKind.BATTERY]).to_numpy()
         self._s_max = assets["s_max_mva"].to_numpy(float)
-        self._asset_bus_pos = self.grid.labels.bus.get_indexer(assets["bus"].to_numpy())
+        bus_pos = self.grid.labels.bus.get_indexer(assets["bus"].to_numpy())
+        self._asset_bus_safe = np.maximum(bus_pos, 0)
+        self._asset_bus_unknown = bus_pos < 0
+        # volt-var injects a share of rated S: load convention Mvar = -share * s_max, inverters only
+        self._volt_var_scale = np.where(self._inverter, -self._s_max, 0.0)
         self._stage: dict[str, float] = {}  # wall time of the decide sub-stages of the current interval
         # What each device holds: its setpoint and schedule (periods 0 … S-1 from when it arrived), a reactive
         # setpoint, and when they expire. Periods past setpoint_ttl can never be used, so S stops there.
@@ -237,17 +240,24 @@ class PolicyTwin:
         return bool(getattr(self.controller, "reads_grid", True))
 
     def _true_state_arrays(self, time: pd.Timestamp) -> dict[str, np.ndarray]:
-        """The fleet's state as its meters measure it (column -> array in asset order; copies)."""
+        """The fleet's state as its meters measure it now (column -> array in asset order; copies). Report
+        columns it leaves out are the defaults of a fresh, good reading (``_state_table``)."""
         state = self.physics.state_arrays(time)
-        n = len(self.last_p)
         state["p_mw"] = self.last_p.copy()
-        state["available"] = np.ones(n, dtype=bool)
-        state["quality"] = np.full(n, "good", dtype=object)
-        state["age_s"] = np.zeros(n)
         return state
 
+    def _state_table(self, state: dict[str, np.ndarray]) -> pd.DataFrame:
+        """The state table a plug-in reads (index asset_id): the physics' columns, p_mw, available, quality
+        (a telemetry.Quality value) and age_s; columns ``state`` leaves out read as a good, fresh report."""
+        n = len(self.last_p)
+        full = {**state}
+        full.setdefault("available", np.ones(n, dtype=bool))
+        full.setdefault("quality", np.full(n, "good", dtype=object))
+        full.setdefault("age_s", np.zeros(n))
+        return state_frame_of(full, self.inputs.assets.index)
+
     def _true_state(self, time: pd.Timestamp) -> pd.DataFrame:
-        return state_frame_of(self._true_state_arrays(time), self.inputs.assets.index)
+        return self._state_table(self._true_state_arrays(time))
 
     def _forecast(self, time: pd.Timestamp, assets: pd.Index | None = None, *, feeder_total: bool = False) -> Forecast:
         inputs = self.inputs
@@ -291,7 +301,7 @@ class PolicyTwin:
         ids = assets.index
         if isinstance(state, dict):
             def state_table() -> pd.DataFrame:
-                table = state_frame_of(state, self.inputs.assets.index)
+                table = self._state_table(state)
                 return table if ids.equals(table.index) else table.loc[ids].copy()
         else:
             def state_table() -> pd.DataFrame:
@@ -391,11 +401,13 @@ class PolicyTwin:
         if self.cc_state is None:  # commissioning: the control centre knows the initial state
             self.cc_state = {k: v.copy() for k, v in reported.items()}
             self.cc_seen_ns[:] = time.value
-        for pid, rows in self._uplink_order:
-            if self.comms.uplink(str(pid), time, n_bytes=TELEMETRY_BYTES_PER_ASSET * len(rows)):
-                for column, values in reported.items():
-                    self.cc_state[column][rows] = values[rows]
-                self.cc_seen_ns[rows] = time.value
+        arrived = [rows for pid, rows in self._uplink_order
+                   if self.comms.uplink(str(pid), time, n_bytes=TELEMETRY_BYTES_PER_ASSET * len(rows))]
+        if arrived:
+            rows = np.concatenate(arrived)
+            for column, values in reported.items():
+                self.cc_state[column][rows] = values[rows]
+            self.cc_seen_ns[rows] = time.value
         delivered = np.zeros(len(self.last_p), dtype=bool)
         if not self.comms.control_centre_up(time):
             self._stage.update(telemetry=wallclock.perf_counter() - t0)
@@ -512,7 +524,7 @@ class PolicyTwin:
         t1 = wallclock.perf_counter()
         if dispatch is not None:
             self._hold(time, dispatch, np.asarray(delivered, dtype=bool))  # agents send a Series in asset order
-        row = self.inputs.at(time)
+        row = self.arrays.row(time)
         pv_avail, flex_base = self.arrays.pv_avail(row), self.arrays.flex_base(row)
         planned, valid = self._held_setpoints(time)
         autonomous = self.physics.autonomous(pv_avail=pv_avail, flex_base=flex_base)
@@ -594,19 +606,16 @@ class PolicyTwin:
     def volt_var_q(self, vm: np.ndarray) -> np.ndarray:
         """Each asset's volt-var setpoint (Mvar, load convention) from bus voltages ``vm`` (grid bus order;
         (n_bus,) or (n_bus, n_interval)); an unknown voltage counts as 1 pu, as in controllers.volt_var."""
-        pos = self._asset_bus_pos
-        vm_asset = np.where((pos >= 0).reshape((-1,) + (1,) * (vm.ndim - 1)), vm[np.maximum(pos, 0)], np.nan)
-        share = volt_var_q_share(np.nan_to_num(vm_asset, nan=1.0))
-        shape = (-1,) + (1,) * (vm.ndim - 1)
-        return np.where(self._inverter.reshape(shape), -share * self._s_max.reshape(shape), 0.0)
+        if not self._inverter.any():
+            return np.zeros((len(self._inverter),) + vm.shape[1:])
+        vm_asset = vm[self._asset_bus_safe]
+        unknown = self._asset_bus_unknown.reshape((-1,) + (1,) * (vm.ndim - 1))
+        vm_asset = np.where(np.isnan(vm_asset) | unknown, 1.0, vm_asset)
+        return volt_var_q_share(vm_asset) * self._volt_var_scale.reshape((-1,) + (1,) * (vm.ndim - 1))
 
     def _held_setpoints(self, time: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
         """Per asset, the held setpoint or schedule entry for this interval, and whether one is valid."""
-        k = (time.value - self.held_from_ns) // self._step_ns
-        usable = (self.held_until_ns > time.value) & (k >= 0) & (k < self._schedule_len)
-        planned = np.full(len(k), np.nan)
-        planned[usable] = self.held_plan[np.flatnonzero(usable), k[usable]]
-        return planned, np.isfinite(planned)
+        return _held_kernel(self.held_plan, self.held_from_ns, self.held_until_ns, time.value, self._step_ns)
 
     def _schedule_offsets(self, dispatch: Dispatch, time: pd.Timestamp) -> np.ndarray:
         try:
@@ -618,8 +627,10 @@ class PolicyTwin:
         """Setpoints (and the schedules sent with them) that reached their device (``delivered``: bool per
         asset) are held until ``time + setpoint_ttl``."""
         ids = self.inputs.assets.index
-        p = dispatch.p_mw.dropna()
         schedule = dispatch.schedule_mw
+        if schedule is None and len(dispatch.p_mw) == 0:
+            return  # nothing sent (no control, or nothing new): every device keeps what it holds
+        p = dispatch.p_mw.dropna()
         scheduled = pd.Index([]) if schedule is None else schedule.index
         for what, index in (("dispatched", p.index), ("scheduled", scheduled)):
             unknown = index.difference(ids)
@@ -646,6 +657,22 @@ class PolicyTwin:
         self.held_q[rows] = 0.0
         self.held_q[ids.get_indexer(q.index)] = q.to_numpy(float)
         self.held_until_ns[rows] = (time + self.scenario.setpoint_ttl).value
+
+
+@numba.njit(cache=True, nogil=True)
+def _held_kernel(plan, held_from, held_until, time_ns, step_ns):  # pragma: no cover - compiled
+    """Per asset, the held setpoint or schedule entry for the interval at ``time_ns`` (NaN: none), and
+    whether it is valid: held, not expired, and the interval within the schedule."""
+    n, length = plan.shape
+    planned = np.full(n, np.nan)
+    valid = np.zeros(n, dtype=np.bool_)
+    for i in range(n):
+        if held_until[i] > time_ns:
+            k = (time_ns - held_from[i]) // step_ns
+            if 0 <= k < length:
+                planned[i] = plan[i, k]
+                valid[i] = np.isfinite(planned[i])
+    return planned, valid
 
 
 def _is_agent_network_target(target: str) -> bool:

@@ -386,6 +386,7 @@ class FastPowerFlow:
         self._v_last = self._v_no_load.copy()
         self._bus_positions = _energized_positions(model)
         self.labels = GridLabels(bus=model.bus_index, line=model.line_index, trafo=model.trafo_index)
+        self._case = _CaseArrays.of(model, self._bus_positions)
 
     @classmethod
     def from_net(
@@ -419,8 +420,9 @@ class FastPowerFlow:
         return self.solve_arrays(self._bus_vector(p_bus_mw, "p_bus_mw"), self._bus_vector(q_bus_mvar, "q_bus_mvar"))
 
     def solve_arrays(self, p_bus_mw: np.ndarray, q_bus_mvar: np.ndarray) -> PowerFlowResult:
-        """``solve`` for injection arrays ordered like ``bus_index`` (the engine's per-step call: no pandas)."""
-        return self.solve_specified(self.model.specified_power_pu(p_bus_mw, q_bus_mvar))
+        """``solve`` for injection arrays ordered like ``bus_index`` (the engine's per-step call: no pandas,
+        compiled single-case kernels around the fixed point)."""
+        return self.solve_specified(self._case.specified(self.model, p_bus_mw, q_bus_mvar))
 
     def solve_specified(self, s_spec: np.ndarray) -> PowerFlowResult:
         """``solve`` for the net injection per internal bus (generator convention, per unit)."""
@@ -430,8 +432,7 @@ class FastPowerFlow:
             self._v_last = v
         else:
             v = np.full(model.n_bus, np.nan + 0j)
-        line_loading, trafo_loading, losses, head = model.evaluate(v, s_spec)
-        vm, va = self._bus_values(v)
+        vm, va, line_loading, trafo_loading, losses, head = self._case.evaluate(model, v, s_spec)
         return PowerFlowResult(labels=self.labels, vm=vm, va=va, line_loading=line_loading,
                                trafo_loading=trafo_loading, p_head_mw=float(head.real), q_head_mvar=float(head.imag),
                                losses_mw=float(losses), converged=bool(converged))
@@ -446,9 +447,14 @@ class FastPowerFlow:
 
     def _solve_vector(self, s_spec: np.ndarray) -> tuple[np.ndarray, bool]:
         if self._use_zbus:
-            v, converged = self._zbus(s_spec[:, None], self._v_last[:, None])
+            pq = self.model.pq
+            v_pq, converged = _zbus_iterate(*self._factors.arrays, s_spec[pq].reshape(-1, 1),
+                                            self._v_last[pq].reshape(-1, 1), -self._y_pq_ref_v, self._tolerance_pu,
+                                            self.max_iteration)
             if converged[0]:
-                return v[:, 0], True
+                v = self.model.v_set.copy()
+                v[pq] = v_pq[:, 0]
+                return v, True
         return newton_raphson(
             self.model, s_spec, self._v_no_load, tolerance_pu=self._tolerance_pu, max_iteration=30
         )
@@ -676,3 +682,132 @@ def _check_labels(labels: pd.Index, known: pd.Index, name: str) -> None:
     unknown = labels.difference(known)
     if len(unknown):
         raise ValueError(f"{name}: unknown bus indices {list(unknown[:5])}")
+
+
+# -- one case, compiled: the engine's per-step path (same arithmetic as NetworkModel.specified_power_pu / evaluate)
+
+def _csr(matrix: sp.spmatrix, dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m = sp.csr_matrix(matrix)
+    return m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data.astype(dtype)
+
+
+@dataclass(frozen=True)
+class _CaseArrays:
+    """NetworkModel's matrices and lookups as flat arrays for the compiled single-case kernels."""
+
+    injection: tuple[np.ndarray, np.ndarray, np.ndarray]
+    yf: tuple[np.ndarray, np.ndarray, np.ndarray]
+    yt: tuple[np.ndarray, np.ndarray, np.ndarray]
+    ybus_ref: tuple[np.ndarray, np.ndarray, np.ndarray]
+    s_gen_pu: np.ndarray
+    branch_from: np.ndarray
+    branch_to: np.ndarray
+    line_branch: np.ndarray
+    line_coef: np.ndarray
+    line_idle: np.ndarray
+    trafo_branch: np.ndarray
+    trafo_coef: np.ndarray
+    trafo_idle: np.ndarray
+    loss_branches: np.ndarray
+    ref: np.ndarray
+    bus_positions: np.ndarray
+    bus_internal: np.ndarray
+    n_bus: int
+
+    @classmethod
+    def of(cls, model: NetworkModel, positions: tuple[np.ndarray, np.ndarray]) -> _CaseArrays:
+        return cls(
+            injection=_csr(model.injection_map, float), yf=_csr(model.yf, complex), yt=_csr(model.yt, complex),
+            ybus_ref=_csr(model.ybus_ref, complex), s_gen_pu=model.s_gen_pu.astype(complex),
+            branch_from=model.branch_from, branch_to=model.branch_to,
+            line_branch=model.line_branch.astype(np.int64), line_coef=np.ascontiguousarray(model.line_coef),
+            line_idle=model.line_idle_loading.astype(float), trafo_branch=model.trafo_branch.astype(np.int64),
+            trafo_coef=np.ascontiguousarray(model.trafo_coef), trafo_idle=model.trafo_idle_loading.astype(float),
+            loss_branches=model.loss_branches.astype(np.int64), ref=model.ref, bus_positions=positions[0],
+            bus_internal=positions[1], n_bus=len(model.bus_index),
+        )
+
+    def specified(self, model: NetworkModel, p_bus_mw: np.ndarray, q_bus_mvar: np.ndarray) -> np.ndarray:
+        return _specified_case(*self.injection, np.asarray(p_bus_mw, dtype=float),
+                               np.asarray(q_bus_mvar, dtype=float), self.s_gen_pu, model.base_mva)
+
+    def evaluate(self, model: NetworkModel, v: np.ndarray, s_spec: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Bus vm / va (pandapower bus order), line and trafo loading, losses (MW), head import (MVA)."""
+        return _evaluate_case(v, s_spec, *self.yf, *self.yt, *self.ybus_ref, self.branch_from, self.branch_to,
+                              self.line_branch, self.line_coef, self.line_idle, self.trafo_branch, self.trafo_coef,
+                              self.trafo_idle, model.trafo_power_based, self.loss_branches, self.ref,
+                              self.bus_positions, self.bus_internal, self.n_bus, model.base_mva)
+
+
+@numba.njit(cache=True, nogil=True)
+def _specified_case(ptr, idx, val, p, q, s_gen, base_mva):  # pragma: no cover - compiled
+    """s_gen - M (p + jq) / base for one case (M: pandapower bus -> internal bus, CSR)."""
+    n = len(ptr) - 1
+    out = np.empty(n, dtype=np.complex128)
+    for i in range(n):
+        acc = 0.0 + 0.0j
+        for k in range(ptr[i], ptr[i + 1]):
+            j = idx[k]
+            acc += val[k] * (p[j] + 1j * q[j])
+        out[i] = s_gen[i] - acc / base_mva
+    return out
+
+
+@numba.njit(cache=True, inline="always")
+def _nan_max(a, b):  # pragma: no cover - compiled
+    if a != a or b != b:
+        return np.nan
+    return a if a > b else b
+
+
+@numba.njit(cache=True, nogil=True)
+def _evaluate_case(v, s_spec, f_ptr, f_idx, f_val, t_ptr, t_idx, t_val, r_ptr, r_idx, r_val, branch_from, branch_to,
+                   line_branch, line_coef, line_idle, trafo_branch, trafo_coef, trafo_idle, power_based, loss_rows,
+                   ref, positions, internal, n_bus, base_mva):  # pragma: no cover - compiled
+    n_branch = len(f_ptr) - 1
+    i_from = np.zeros(n_branch, dtype=np.complex128)
+    i_to = np.zeros(n_branch, dtype=np.complex128)
+    for b in range(n_branch):
+        acc = 0.0 + 0.0j
+        for k in range(f_ptr[b], f_ptr[b + 1]):
+            acc += f_val[k] * v[f_idx[k]]
+        i_from[b] = acc
+        acc = 0.0 + 0.0j
+        for k in range(t_ptr[b], t_ptr[b + 1]):
+            acc += t_val[k] * v[t_idx[k]]
+        i_to[b] = acc
+    line = np.empty(len(line_branch))
+    for k in range(len(line_branch)):
+        b = line_branch[k]
+        if b < 0:
+            line[k] = line_idle[k]
+        else:
+            line[k] = _nan_max(line_coef[k, 0] * abs(i_from[b]), line_coef[k, 1] * abs(i_to[b]))
+    trafo = np.empty(len(trafo_branch))
+    for k in range(len(trafo_branch)):
+        b = trafo_branch[k]
+        if b < 0:
+            trafo[k] = trafo_idle[k]
+        else:
+            side_from = trafo_coef[k, 0] * abs(i_from[b])
+            side_to = trafo_coef[k, 1] * abs(i_to[b])
+            if power_based:
+                side_from = side_from * abs(v[branch_from[b]])
+                side_to = side_to * abs(v[branch_to[b]])
+            trafo[k] = _nan_max(side_from, side_to)
+    losses = 0.0
+    for r in loss_rows:
+        losses += (v[branch_from[r]] * np.conj(i_from[r]) + v[branch_to[r]] * np.conj(i_to[r])).real
+    head = 0.0 + 0.0j
+    for k in range(len(ref)):
+        acc = 0.0 + 0.0j
+        for j in range(r_ptr[k], r_ptr[k + 1]):
+            acc += r_val[j] * v[r_idx[j]]
+        head += v[ref[k]] * np.conj(acc) - s_spec[ref[k]]
+    vm = np.full(n_bus, np.nan)
+    va = np.full(n_bus, np.nan)
+    for k in range(len(positions)):
+        x = v[internal[k]]
+        vm[positions[k]] = abs(x)
+        va[positions[k]] = np.arctan2(x.imag, x.real) * (180.0 / np.pi)
+    return vm, va, line, trafo, losses * base_mva, head * base_mva

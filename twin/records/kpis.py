@@ -91,7 +91,8 @@ def ev_energy_owed_at_end_mwh(records: PolicyRecords, *, ev_sessions: pd.DataFra
             continue
         row = assets.loc[session.asset_id]
         p = records.asset_p_mw.loc[index >= session.arrival, asset].to_numpy(float)
-        delta = (np.maximum(p, 0.0) * float(row["eta_charge"]) - np.maximum(-p, 0.0) / float(row["eta_discharge"])) * hours
+        stored = np.maximum(p, 0.0) * float(row["eta_charge"]) - np.maximum(-p, 0.0) / float(row["eta_discharge"])
+        delta = stored * hours
         need = float(session.energy_mwh)
         for d in delta:
             need = max(need - d, 0.0)

@@ -39,9 +39,11 @@ def _kpi_table_html(kpis: pd.DataFrame) -> str:
 
 
 def _coordination_html(meta: dict, summaries: dict[str, pd.DataFrame]) -> str:
-    """Per policy: rounds, messages and traffic per interval, participant data reaching a central point,
-    and the energy-cost gap to the central policy (the reference every claim is measured against)."""
+    """Per policy: rounds, messages and traffic per interval (and per participant: flat in the feeder's size for
+    coordination along the tree), participant data reaching a central point, and the energy-cost gap to the
+    central policy (the reference every claim is measured against)."""
     modes = {c["name"]: c.get("mode", "ideal") for c in meta.get("scenario", {}).get("controllers", [])}
+    n_part = max(len({str(a.get("participant_id")) for a in meta.get("assets", [])}), 1)
     reference = next((p for p, m in modes.items() if m == "central"), None)
     ref_cost = float(summaries[reference]["cost_eur"].sum()) if reference in summaries else None
     rows = []
@@ -51,11 +53,13 @@ def _coordination_html(meta: dict, summaries: dict[str, pd.DataFrame]) -> str:
         rows.append(
             f"<tr><th>{html.escape(policy)}</th><td>{html.escape(modes.get(policy, ''))}</td>"
             f"<td>{s['rounds'].mean():.1f}</td><td>{s['messages'].mean():,.0f}</td>"
-            f"<td>{s['bytes'].mean() / 1e3:,.1f}</td><td>{s['central_bytes'].sum() / 1e3:,.1f}</td>"
+            f"<td>{s['messages'].mean() / n_part:,.1f}</td><td>{s['bytes'].mean() / 1e3:,.1f}</td>"
+            f"<td>{s['bytes'].mean() / n_part / 1e3:,.2f}</td><td>{s['central_bytes'].sum() / 1e3:,.1f}</td>"
             f"<td>{s['compute_s'].mean() * 1e3:,.1f}</td><td>{cost:,.2f}</td><td>{gap}</td></tr>"
         )
     head = ("<tr><th>policy</th><th>mode</th><th>rounds / interval</th><th>messages / interval</th>"
-            "<th>kB / interval</th><th>participant data at a central point [kB]</th>"
+            "<th>messages / participant / interval</th><th>kB / interval</th><th>kB / participant / interval</th>"
+            "<th>participant data at a central point [kB]</th>"
             "<th>decision time [ms / interval]</th><th>energy cost [EUR]</th>"
             f"<th>gap to {html.escape(reference or 'central')}</th></tr>")
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"

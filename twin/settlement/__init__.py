@@ -29,6 +29,7 @@ from twin.settlement.contracts import (
 )
 from twin.settlement.ledger import (
     LEDGER_FILENAME,
+    AuditReport,
     Checkpoint,
     EntryDraft,
     EntryKey,
@@ -36,8 +37,10 @@ from twin.settlement.ledger import (
     Ledger,
     LedgerConflictError,
     LedgerError,
+    LedgerStatus,
     Statement,
     VerifyReport,
+    audit,
     verify,
     verify_consistency,
     verify_inclusion,
@@ -48,6 +51,7 @@ from twin.settlement.settle import IntervalSettlement, Settlement, meters_frame
 
 __all__ = [
     "LEDGER_FILENAME",
+    "AuditReport",
     "Baseline",
     "BaselineError",
     "BaselineMethod",
@@ -65,6 +69,7 @@ __all__ = [
     "Ledger",
     "LedgerConflictError",
     "LedgerError",
+    "LedgerStatus",
     "NonPerformancePenalty",
     "P2PMethod",
     "P2PPrices",
@@ -76,6 +81,7 @@ __all__ = [
     "Statement",
     "VerifyReport",
     "allocate_largest_remainder",
+    "audit",
     "caiso_10_in_10",
     "compute_baseline",
     "from_micro",

@@ -3,9 +3,9 @@ event had there been no event, and the performance measured against it (REFERENC
 
 Methods: CAISO 10-in-10 with a capped multiplicative same-day adjustment, PJM high-4-of-5 with a symmetric
 additive adjustment and the low-usage screen, and meter-before/meter-after for storage. No baseline is
-floored: a net exporter's baseline is negative, so it is paid only for a reduction it measurably made. Inputs are load series in kW (load
-convention, average over each interval, labelled by interval start, tz-aware UTC); days, weekdays and
-holidays are judged in the local calendar ``tz``. All arithmetic is Decimal so settlement stays exact.
+floored: a net exporter's baseline is negative, so it is paid only for a reduction it measurably made.
+Inputs are load series in kW (load convention, average over each interval, labelled by interval start,
+tz-aware UTC); days, weekdays and holidays are judged in the local calendar ``tz``. All arithmetic is Decimal so settlement stays exact.
 """
 
 from __future__ import annotations

@@ -251,12 +251,17 @@ def _list_overrides(data: Mapping[str, Any], *, source: str) -> tuple[tuple[str,
 
 
 def _check_controllers(scenario: Scenario, *, source: str, checked: set[str]) -> None:
-    """Instantiate each controller once per distinct (target, kwargs): bad kwargs fail here, not on a worker."""
+    """Check each controller once per distinct (target, mode, kwargs) as ``run`` does (twin.preflight: a class
+    implementing its mode's protocol, its constructor taking the kwargs), then build it once — only a checked
+    class is called — so that bad values (``shave_fraction = 2.0``) fail here, not on a worker."""
+    from twin.preflight import check_plugin  # it imports the scenario machinery this module extends
+
     for entry in scenario.controllers:
-        key = _canonical([entry.target, entry.kwargs])
+        key = _canonical([entry.target, entry.mode, entry.kwargs])
         if key in checked:
             continue
         try:
+            check_plugin(entry, where=f"controllers.{entry.name}")
             load_controller(entry.target, **entry.kwargs)
         except (ValueError, TypeError) as exc:
             raise StudyError(f"{source}: controllers.{entry.name}: {exc}") from None
