@@ -1,29 +1,45 @@
-"""Benchmark: the twin replaying one week (NoControl, so every step is telemetry → devices → power flow →
-record) next to pandapower's own ``run_timeseries`` with ``ConstControl`` on the same feeder and profiles,
-in the same process. Run by hand; prints a table.
+"""Benchmark: the twin replaying a week with no control next to pandapower's own ``run_timeseries``
+(``ConstControl`` on the same feeder and profiles), in one process, as ratios. Run by hand; prints a table.
 
     python bench/bench_replay.py [--days 7] [--feeders kerber-dorfnetz simbench:1-LV-rural1--0-sw]
+                                 [--big] [--pandapower] [--cache ~/.cache/gridtwin-bench]
 
-The twin is timed with both power-flow engines (pandapower = model of record, fast = cached-Ybus Newton).
-The fleet is empty so both sides solve exactly the same injections; the check column is the largest
-|Δvm| between the twin's recorded voltages and run_timeseries' results.
+Both sides solve exactly the same injections (the fleet is empty; the check column is the largest |Δvm|
+between the twin's recorded voltages and run_timeseries' results). ``run_timeseries`` is timed after a short
+warm-up run (its numba kernels compile on first use, ~20 s, which would flatter the twin), with numba on
+(pandapower's default, its fastest here) and, for the record, off. The twin is timed end to end
+(``twin.run.run_scenario``: building the policy's twin, every step, recording, KPIs), on the fast engine:
+
+- ``stepped``: every interval decides, advances the devices, solves one power flow and records
+  (``open_loop=False``: what any controller that reads the grid gets);
+- ``open loop``: NoControl never reads the grid, so the devices are stepped and the power flows of each block
+  are solved in one batch (``twin.engine.open_loop``);
+- ``--pandapower`` adds the model-of-record engine (``pandapower.runpp`` every step).
+
+``--big`` adds SimBench ``1-MVLV-semiurb-all-0-sw`` (9,099 buses). Its inputs take 10–20 s to build, so every
+feeder's inputs are cached (pickled) under ``--cache``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import pickle
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pandapower.control import ConstControl
 from pandapower.timeseries import DFData, OutputWriter, run_timeseries
 
-from twin.inputs import build_inputs
+from twin.inputs import RunInputs, build_inputs
 from twin.run import run_scenario
-from twin.scenario import parse_scenario
+from twin.scenario import Scenario, parse_scenario
+
+BIG = "simbench:1-MVLV-semiurb-all-0-sw"
 
 
 def scenario_for(feeder: str, days: int, engine: str) -> dict:
@@ -38,7 +54,22 @@ def scenario_for(feeder: str, days: int, engine: str) -> dict:
     }
 
 
-def time_run_timeseries(inputs, n: int) -> tuple[float, pd.DataFrame]:
+def cached_inputs(scenario: Scenario, cache: Path | None) -> RunInputs:
+    """``build_inputs``, pickled under ``cache`` by feeder and period (the 9,099-bus feeder takes ~15 s)."""
+    if cache is None:
+        return build_inputs(scenario)
+    key = hashlib.sha256(f"{scenario.feeder}|{scenario.start}|{scenario.end}|{scenario.horizon}".encode()).hexdigest()
+    path = Path(cache).expanduser() / f"inputs-{key[:16]}.pickle"
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    inputs = build_inputs(scenario)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(inputs))
+    return inputs
+
+
+def time_run_timeseries(inputs: RunInputs, n: int, *, numba: bool = False) -> tuple[float, pd.DataFrame]:
+    """Wall time of pandapower's run_timeseries over the first ``n`` intervals, and its bus voltages."""
     net = copy.deepcopy(inputs.net)
     p = inputs.profiles.load_p_mw.iloc[:n].reset_index(drop=True)
     q = inputs.profiles.load_q_mvar.iloc[:n].reset_index(drop=True)
@@ -55,34 +86,51 @@ def time_run_timeseries(inputs, n: int) -> tuple[float, pd.DataFrame]:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_timeseries(net, time_steps=range(n), verbose=False, numba=False, lightsim2grid=False)
+        run_timeseries(net, time_steps=range(n), verbose=False, numba=numba, lightsim2grid=False)
     return time.perf_counter() - t0, ow.output["res_bus.vm_pu"]
+
+
+def time_twin(scenario: Scenario, inputs: RunInputs, *, open_loop: bool) -> tuple[float, np.ndarray]:
+    """Wall time of one whole run of the twin, and its recorded bus voltages."""
+    t0 = time.perf_counter()
+    result = run_scenario(scenario, runs_root=None, inputs=inputs, open_loop=open_loop)
+    return time.perf_counter() - t0, result.records["none"].vm_pu.to_numpy()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--feeders", nargs="+", default=["kerber-dorfnetz", "simbench:1-LV-rural1--0-sw"])
+    parser.add_argument("--feeders", nargs="+", default=["simbench:1-LV-rural1--0-sw", "kerber-dorfnetz"])
+    parser.add_argument("--big", action="store_true", help=f"add {BIG} (9,099 buses)")
+    parser.add_argument("--pandapower", action="store_true", help="also time the twin on the pandapower engine")
+    parser.add_argument("--cache", type=Path, default=Path("~/.cache/gridtwin-bench"),
+                        help="where built inputs are pickled (reruns skip the 10-20 s of the big feeder)")
     args = parser.parse_args()
-    print(f"{'feeder':32} {'steps':>6} {'run_timeseries':>15} {'twin/pandapower':>16} {'twin/fast':>10} "
-          f"{'ratio pp':>9} {'ratio fast':>11} {'max|dvm|':>9}")
-    for feeder in args.feeders:
-        rates = {}
-        vm = {}
-        for engine in ("pandapower", "fast"):
-            scenario = parse_scenario(scenario_for(feeder, args.days, engine))
-            inputs = build_inputs(scenario)
-            t0 = time.perf_counter()
-            result = run_scenario(scenario, runs_root=None, inputs=inputs)
-            elapsed = time.perf_counter() - t0
-            n = len(scenario.times)
-            rates[engine] = n / elapsed
-            vm[engine] = result.records["none"].vm_pu.to_numpy()
-        ts_s, ts_vm = time_run_timeseries(inputs, n)
-        rates["ts"] = n / ts_s
-        dv = max(np.nanmax(np.abs(vm[e] - ts_vm.to_numpy())) for e in ("pandapower", "fast"))
-        print(f"{feeder:32} {n:6d} {rates['ts']:12.1f}/s {rates['pandapower']:13.1f}/s {rates['fast']:7.1f}/s "
-              f"{rates['pandapower'] / rates['ts']:8.2f}x {rates['fast'] / rates['ts']:10.2f}x {dv:9.1e}")
+    feeders = args.feeders + ([BIG] if args.big else [])
+    print(f"{'feeder':34} {'buses':>6} {'steps':>6} {'run_timeseries':>22} {'twin stepped':>22} "
+          f"{'twin open loop':>22} {'max|dvm|':>9}")
+    for feeder in feeders:
+        scenario = parse_scenario(scenario_for(feeder, args.days, "fast"))
+        inputs = cached_inputs(scenario, args.cache)
+        n = len(scenario.times)
+        warm = parse_scenario({**scenario_for(feeder, 1, "fast"), "end": "2016-06-06T01:00:00Z"})
+        time_twin(warm, inputs, open_loop=False)  # numba kernels load from their cache; the first solve sets up
+        time_run_timeseries(inputs, 2, numba=True)  # pandapower's numba kernels compile here, not in the timing
+        ts_s, ts_vm = time_run_timeseries(inputs, n, numba=True)
+        ts_off_s, _ = time_run_timeseries(inputs, n, numba=False)
+        stepped_s, stepped_vm = time_twin(scenario, inputs, open_loop=False)
+        open_s, open_vm = time_twin(scenario, inputs, open_loop=True)
+        dv = max(float(np.nanmax(np.abs(vm - ts_vm.to_numpy()))) for vm in (stepped_vm, open_vm))
+        rate = {"ts": n / ts_s, "ts_off": n / ts_off_s, "stepped": n / stepped_s, "open": n / open_s}
+        print(f"{feeder:34} {len(inputs.net.bus):6d} {n:6d} {rate['ts']:9.1f}/s (nb off {rate['ts_off']:6.1f}) "
+              f"{rate['stepped']:9.0f}/s {rate['stepped'] / rate['ts']:8.1f}x {rate['open']:9.0f}/s "
+              f"{rate['open'] / rate['ts']:8.1f}x {dv:9.1e}", flush=True)
+        if args.pandapower:
+            pp_scenario = parse_scenario(scenario_for(feeder, args.days, "pandapower"))
+            pp_s, pp_vm = time_twin(pp_scenario, inputs, open_loop=False)
+            print(f"{'':34} twin on the pandapower engine: {n / pp_s:7.1f}/s = {n / pp_s / rate['ts']:5.2f}x "
+                  f"run_timeseries, max|dvm| {float(np.nanmax(np.abs(pp_vm - ts_vm.to_numpy()))):.1e}", flush=True)
+    print("ratios are to run_timeseries with numba; 'nb off' is its rate with numba=False")
 
 
 if __name__ == "__main__":

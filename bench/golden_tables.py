@@ -6,7 +6,9 @@ Made before the engine went array-native (issue 13) so the rewrite can be checke
     python bench/golden_tables.py compare --out /tmp/golden [--only X] # re-run on the saved inputs, compare
 
 ``save`` pickles each scenario's ``RunInputs`` next to its tables, and ``compare`` re-runs on those inputs, so
-a change to fleet placement, EV sessions or profiles elsewhere does not show up as an engine difference.
+a change to fleet placement, EV sessions or profiles elsewhere does not show up as an engine difference
+(``--tables-only`` saves no inputs; ``compare`` then builds them: how ``tests/test_golden_tables.py`` uses the
+small set kept in ``tests/data/golden``).
 Tables are compared to 1e-9 (absolute) with NaNs in the same places; wall-clock columns are skipped.
 Policies are stepped through ``twin.engine.iterate_policies`` and recorded by ``twin.records.recorder`` (the
 run store and KPIs are derived from these tables).
@@ -144,12 +146,13 @@ def build(name: str) -> Any:
     return build_inputs(parse_scenario(SCENARIOS[name], source=f"golden:{name}"))
 
 
-def save(out: Path, names: list[str]) -> None:
+def save(out: Path, names: list[str], *, tables_only: bool = False) -> None:
     for name in names:
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         inputs = build(name)
-        (folder / "inputs.pickle").write_bytes(pickle.dumps(inputs))
+        if not tables_only:
+            (folder / "inputs.pickle").write_bytes(pickle.dumps(inputs))
         with tempfile.TemporaryDirectory() as tmp:
             tables = run_tables(name, inputs, Path(tmp) / "run")
         for policy, by_table in tables.items():
@@ -188,25 +191,31 @@ def compare_frames(got: pd.DataFrame, want: pd.DataFrame, *, skip: tuple[str, ..
     return None
 
 
-def compare(out: Path, names: list[str]) -> int:
+def differences(folder: Path, name: str) -> list[str]:
+    """Run scenario ``name`` (on ``folder``'s saved inputs, else freshly built ones) and list every table that
+    differs from the one saved in ``folder`` (empty: the same tables)."""
     from twin.records.recorder import TIMING_COLUMNS
 
-    failures = 0
-    for name in names:
-        folder = out / name
-        inputs = pickle.loads((folder / "inputs.pickle").read_bytes())
-        with tempfile.TemporaryDirectory() as tmp:
-            tables = run_tables(name, inputs, Path(tmp) / "run")
-        problems = []
+    saved_inputs = folder / "inputs.pickle"
+    inputs = pickle.loads(saved_inputs.read_bytes()) if saved_inputs.exists() else build(name)
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tables = run_tables(name, inputs, Path(tmp) / "run")
         for policy, by_table in tables.items():
             for table, frame in by_table.items():
-                want = pd.read_parquet(folder / policy / f"{table}.parquet")
-                got = frame.copy()
-                got.to_parquet(Path(tempfile.gettempdir()) / "golden-roundtrip.parquet")  # same dtypes as saved
-                got = pd.read_parquet(Path(tempfile.gettempdir()) / "golden-roundtrip.parquet")
-                problem = compare_frames(got, want, skip=TIMING_COLUMNS)
+                roundtrip = Path(tmp) / "roundtrip.parquet"
+                frame.to_parquet(roundtrip)  # the dtypes the saved table has
+                problem = compare_frames(pd.read_parquet(roundtrip), pd.read_parquet(folder / policy / f"{table}.parquet"),
+                                         skip=TIMING_COLUMNS)
                 if problem:
                     problems.append(f"{policy}/{table}: {problem}")
+    return problems
+
+
+def compare(out: Path, names: list[str]) -> int:
+    failures = 0
+    for name in names:
+        problems = differences(out / name, name)
         failures += bool(problems)
         print(f"{name}: " + ("same tables (1e-9)" if not problems else "DIFFERS\n  " + "\n  ".join(problems)),
               flush=True)
@@ -218,10 +227,11 @@ def main() -> None:
     parser.add_argument("action", choices=["save", "compare"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/gridtwin-golden"))
     parser.add_argument("--only", nargs="*", default=None, help="scenario names (default: all)")
+    parser.add_argument("--tables-only", action="store_true", help="save: no pickled inputs (compare builds them)")
     args = parser.parse_args()
     names = args.only or list(SCENARIOS)
     if args.action == "save":
-        save(args.out, names)
+        save(args.out, names, tables_only=args.tables_only)
     else:
         sys.exit(1 if compare(args.out, names) else 0)
 

@@ -103,13 +103,15 @@ class TreeOperatingPoint:
 @dataclass(frozen=True)
 class GridObservation:
     """What the grid-owned nodes see at ``time`` for the horizon: the tree, its operating point, the DSO's own
-    forecast of the uncontrolled load per node (aggregates, never a participant's DER data), prices, limits."""
+    forecast of the uncontrolled load per node over the horizon and its estimate of that load in the interval
+    the operating point was measured in (aggregates, never a participant's DER data), prices, limits."""
 
     time: pd.Timestamp
     step: pd.Timedelta
     tree: FeederTree
     operating_point: TreeOperatingPoint
     base_load_node_mw: np.ndarray  # (horizon, n_nodes)
+    base_load_node_measured_mw: np.ndarray  # (n_nodes,): at the operating point
     price_eur_per_mwh: np.ndarray  # (horizon,)
     feed_in_eur_per_mwh: float | None
     limits: NetworkLimits

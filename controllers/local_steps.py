@@ -21,21 +21,34 @@ Math, per kind (load convention, MW; ``h`` = step in hours):
   (ch, dis)``, ``S`` = energy delivered (``need_0 - need``); flexible load: ``x = (served, curtailed)``,
   ``S`` = backlog. ``ch`` and ``dis`` are separate, as in the cvxpy relaxation.
 
-The chain solver: a batched primal-dual interior point (Mehrotra predictor-corrector). Eliminating ``x_t``
-(a 2x2 solve per period) leaves, in the order ``(mu_0, S_0, mu_1, S_1, ...)`` of dynamics multipliers and
-states, one *tridiagonal* Newton system per chain; all chains are stacked into one tridiagonal system (the
-couplings between chains are exact zeros, so each chain's arithmetic is its own) and solved by LAPACK
-``gttrf/gttrs``. Every step length, centring parameter and stopping test is per chain, so a chain's result
-does not depend on the batch. The interior point only finds the active set: a *polish* then solves the
-equality-constrained KKT system of that active set exactly (the same tridiagonal shape), and a complete KKT
-check (bounds, stationarity, complementarity signs) accepts it. Between ADMM rounds only ``c`` (and maybe
-``w``) moves, so a solve first tries the previous active set (primal-dual active-set steps) and runs the
-interior point only for the chains where that does not verify.
+The chain solver (``_solve_chains``), exact first and fast second:
+
+* presolve: each tube is cut to the reachable states, so a state the boxes force onto a bound becomes a fixed
+  state (otherwise no point is strictly feasible and an interior point stalls);
+* a batched primal-dual interior point (Mehrotra predictor-corrector). Eliminating ``x_t`` (a 2x2 solve per
+  period) leaves, in the order ``(mu_0, S_0, mu_1, S_1, ...)`` of dynamics multipliers and states, one
+  *tridiagonal* Newton system per chain; all chains are stacked into one tridiagonal system (the couplings
+  between chains are exact zeros, so no pivoting crosses a chain and each chain's arithmetic is its own) and
+  LAPACK ``gttrf/gttrs`` solves it. Step lengths, centring and stopping are per chain, so a chain's result does
+  not depend on the batch;
+* the interior point only finds the active set: once a chain's residuals are small, every iteration reads the
+  active set off its iterate and solves that active set's KKT system exactly (the same tridiagonal shape:
+  ``S_t - S_{t-1} - k_t mu_t = e_t`` or ``mu_t = mu0`` where a free decision without curvature pins the
+  multiplier, and ``mu_t = mu_{t+1}`` or ``S_t = bound``); the chain stops when a complete KKT check (bounds,
+  stationarity, signs of the active bounds' multipliers, all relative) passes at 1e-9 (it reads ~1e-15);
+* the two ways the optimum is not unique are made explicit rather than left to a solver: the split of energy
+  among periods that charge and discharge at once (or curtail) inside one segment (spread in proportion to
+  each period's range), and the multiplier of a segment where nothing is free (chosen inside its interval);
+* warm start: between ADMM rounds only ``c`` (and maybe ``w``) moves, so a solve first tries the previous
+  active set and corrects it segment by segment (primal-dual active-set steps), and runs the interior point
+  only for the chains that do not verify within a few passes.
+
+An energy price ``lambda`` (EUR/MWh) on the asset would be the linear term ``h lambda . p``: it is the same as
+the target ``c - h lambda / w`` (the tests fold the dispatch model's price into the target this way).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -45,13 +58,13 @@ import pandas as pd
 from scipy.linalg.lapack import dgttrf, dgttrs
 
 from controllers.api import AssetKind
-from controllers.dispatch_model import DispatchInputs, DispatchWeights, throughput_cost_eur_per_mwh
+from controllers.dispatch_inputs import KIND_ORDER, DispatchInputs
+from controllers.dispatch_model import DispatchWeights, throughput_cost_eur_per_mwh
 
-__all__ = ["AssetProx", "ProxResult", "KIND_ORDER"]
+__all__ = ["KIND_ORDER", "AssetProx", "ProxResult"]
 
-#: Row order of the per-kind arrays of ``DispatchInputs`` (the dispatch model's order); within a kind the
-#: asset table's order.
-KIND_ORDER: tuple[AssetKind, ...] = (AssetKind.BATTERY, AssetKind.EV_CHARGER, AssetKind.FLEX_LOAD, AssetKind.PV)
+# KIND_ORDER (re-exported): the row order of the per-kind arrays of ``DispatchInputs``, batteries, EV chargers,
+# flexible loads, PV; within a kind the asset table's order.
 
 #: Relative KKT residual up to which an active-set solution is accepted as exact (it is ~1e-15 when the
 #: active set is right; anything that is not right misses by far more).
@@ -63,6 +76,8 @@ _WARM_PDAS_ITER = 12
 _POLISH_ITER = 4
 #: Box or tube narrower than this (relative to the chain's scale) is treated as fixed at its lower end.
 _FIXED_REL = 1e-13
+
+_DEFAULT_WEIGHTS = DispatchWeights()
 
 # Decision statuses in an active set.
 _FREE, _LOW, _UP, _FROZEN = 0, 1, 2, 3
@@ -224,7 +239,8 @@ class _ChainPoint:
     residual: np.ndarray  # (n,) relative KKT residual
     ipm_iterations: int
     pdas_iterations: int
-    fallback_chains: int
+    ipm_chains: int  # chains the interior point solved (the warm active set did not verify)
+    fallback_chains: int  # chains with no verified solution
 
 
 # Reductions over the two decisions of a period, written out.
@@ -324,6 +340,73 @@ class _Solved:
     active_set_iterations: int
 
 
+@dataclass(frozen=True)
+class _Newton:
+    """One interior-point iteration: the factored Newton system and the residuals and slacks it is for."""
+
+    ch: _Chains
+    w: np.ndarray
+    factors: tuple
+    det: np.ndarray
+    d0: np.ndarray
+    d1: np.ndarray
+    ag0: np.ndarray  # A^-1 g
+    ag1: np.ndarray
+    g0: np.ndarray  # g with fixed decisions removed
+    g1: np.ndarray
+    wa00: np.ndarray  # w a a^T
+    wa01: np.ndarray
+    wa11: np.ndarray
+    rx: np.ndarray
+    rs: np.ndarray
+    rd: np.ndarray
+    sl: np.ndarray
+    su: np.ndarray
+    sL: np.ndarray
+    sU: np.ndarray
+    zl: np.ndarray
+    zu: np.ndarray
+    nl: np.ndarray
+    nu: np.ndarray
+
+    def direction(self, tl: Any, tu: Any, tL: Any, tU: Any) -> tuple[np.ndarray, ...]:
+        """The Newton direction (dx, dS, dmu, dzl, dzu, dnl, dnu) for complementarity targets ``t`` (0: the
+        affine step; sigma mu minus the second-order corrections: Mehrotra's corrector)."""
+        ch = self.ch
+        sl, su, sL, sU, zl, zu, nl, nu = self.sl, self.su, self.sL, self.sU, self.zl, self.zu, self.nl, self.nu
+        hl, hu, hL, hU, fx, fs = ch.has_lx, ch.has_ux, ch.has_lo, ch.has_hi, ch.fixed_x, ch.fixed_s
+        n, L = ch.d.shape
+        rho = np.where(fx, 0.0, -(self.rx - hl * (tl / sl - zl) + hu * (tu / su - zu)))
+        b = np.empty((n, 2 * L))
+        b[:, 0::2] = -self.rd + self.ag0 * rho[0] + self.ag1 * rho[1]
+        b[:, 1::2] = np.where(fs, 0.0, -(self.rs - hL * (tL / sL - nl) + hU * (tU / sU - nu)))
+        sol = _tridiagonal_apply(self.factors, b)
+        dmu, dsv = sol[:, 0::2], sol[:, 1::2]
+        r0, r1 = rho[0] + self.g0 * dmu, rho[1] + self.g1 * dmu
+        dxv = np.empty_like(rho)
+        dxv[0] = np.where(fx[0], 0.0, ((self.wa11 + self.d1) * r0 - self.wa01 * r1) / self.det)
+        dxv[1] = np.where(fx[1], 0.0, (-self.wa01 * r0 + (self.wa00 + self.d0) * r1) / self.det)
+        dzl = np.where(hl, (tl - sl * zl - zl * dxv) / sl, 0.0)
+        dzu = np.where(hu, (tu - su * zu + zu * dxv) / su, 0.0)
+        dnl = np.where(hL, (tL - sL * nl - nl * dsv) / sL, 0.0)
+        dnu = np.where(hU, (tU - sU * nu + nu * dsv) / sU, 0.0)
+        return dxv, dsv, dmu, dzl, dzu, dnl, dnu
+
+    def max_step(self, direction: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Per chain, the largest step in [0, 1] that keeps every slack and multiplier nonnegative."""
+        dxv, dsv, _, dzl, dzu, dnl, dnu = direction
+        ch = self.ch
+
+        def ratio(val: np.ndarray, dv: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            r = np.where(mask & (dv < 0), -val / dv, np.inf)
+            return (_min2(r) if r.ndim == 3 else r).min(axis=1, initial=np.inf)
+
+        return np.minimum.reduce([ratio(self.sl, dxv, ch.has_lx), ratio(self.su, -dxv, ch.has_ux),
+                                  ratio(self.sL, dsv, ch.has_lo), ratio(self.sU, -dsv, ch.has_hi),
+                                  ratio(self.zl, dzl, ch.has_lx), ratio(self.zu, dzu, ch.has_ux),
+                                  ratio(self.nl, dnl, ch.has_lo), ratio(self.nu, dnu, ch.has_hi), np.ones(ch.n)])
+
+
 def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
     """Mehrotra predictor-corrector on the chains from a centred start, polished to the exact solution.
 
@@ -407,10 +490,6 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
         best["x"][:, idx], best["mu"][idx], best["res"][idx] = xv[:, better], muv[better], res[better]
         best["xst"][:, idx], best["sst"][idx] = xst[:, better], sst[better]
 
-    def ratio(val: np.ndarray, dv: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        r = np.where(mask & (dv < 0), -val / dv, np.inf)
-        return (_min2(r) if r.ndim == 3 else r).min(axis=1, initial=np.inf)
-
     iterations = 0
     for iterations in range(1, _IPM_MAX_ITER + 1):
         p = a0 * x[0] + a1 * x[1]
@@ -456,33 +535,11 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
         factors = _tridiagonal_factor(lower, diag, upper)
         if factors is None:
             break
-
-        def direction(tl: Any, tu: Any, tL: Any, tU: Any) -> tuple[np.ndarray, ...]:
-            """The Newton direction for complementarity targets ``t`` (0: affine; sigma mu - corrections)."""
-            rho = np.where(fx, 0.0, -(rx - hl * (tl / sl - zl) + hu * (tu / su - zu)))
-            b = np.empty((n, 2 * L))
-            b[:, 0::2] = -rd + ag0 * rho[0] + ag1 * rho[1]
-            b[:, 1::2] = np.where(fs, 0.0, -(rs - hL * (tL / sL - nl) + hU * (tU / sU - nu)))
-            sol = _tridiagonal_apply(factors, b)
-            dmu, dsv = sol[:, 0::2], sol[:, 1::2]
-            r0, r1 = rho[0] + g0 * dmu, rho[1] + g1 * dmu
-            dxv = np.empty_like(x)
-            dxv[0] = np.where(fx[0], 0.0, ((wa11 + d1) * r0 - wa01 * r1) / det)
-            dxv[1] = np.where(fx[1], 0.0, (-wa01 * r0 + (wa00 + d0) * r1) / det)
-            dzl = np.where(hl, (tl - sl * zl - zl * dxv) / sl, 0.0)
-            dzu = np.where(hu, (tu - su * zu + zu * dxv) / su, 0.0)
-            dnl = np.where(hL, (tL - sL * nl - nl * dsv) / sL, 0.0)
-            dnu = np.where(hU, (tU - sU * nu + nu * dsv) / sU, 0.0)
-            return dxv, dsv, dmu, dzl, dzu, dnl, dnu
-
-        def max_step(dxv: np.ndarray, dsv: np.ndarray, dzl: np.ndarray, dzu: np.ndarray,
-                     dnl: np.ndarray, dnu: np.ndarray) -> np.ndarray:
-            return np.minimum.reduce([ratio(sl, dxv, hl), ratio(su, -dxv, hu), ratio(sL, dsv, hL),
-                                      ratio(sU, -dsv, hU), ratio(zl, dzl, hl), ratio(zu, dzu, hu),
-                                      ratio(nl, dnl, hL), ratio(nu, dnu, hU), np.ones(n)])
-
-        aff = direction(0.0, 0.0, 0.0, 0.0)
-        al = max_step(aff[0], aff[1], *aff[3:])[:, None]
+        newton = _Newton(ch=ch, w=w, factors=factors, det=det, d0=d0, d1=d1, ag0=ag0, ag1=ag1, g0=g0, g1=g1,
+                         wa00=wa00, wa01=wa01, wa11=wa11, rx=rx, rs=rs, rd=rd, sl=sl, su=su, sL=sL, sU=sU, zl=zl,
+                         zu=zu, nl=nl, nu=nu)
+        aff = newton.direction(0.0, 0.0, 0.0, 0.0)
+        al = newton.max_step(aff)[:, None]
         al3 = al[None]
         mu_aff = (_chain_sum(hl * (sl + al3 * aff[0]) * (zl + al3 * aff[3]))
                   + _chain_sum(hu * (su - al3 * aff[0]) * (zu + al3 * aff[4]))
@@ -494,8 +551,9 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
         tu = hu * (sm[None] + aff[0] * aff[4])
         tL = hL * (sm - aff[1] * aff[5])
         tU = hU * (sm + aff[1] * aff[6])
-        dxv, dsv, dmu, dzl, dzu, dnl, dnu = direction(tl, tu, tL, tU)
-        step = np.minimum(1.0, 0.995 * max_step(dxv, dsv, dzl, dzu, dnl, dnu))
+        full = newton.direction(tl, tu, tL, tU)
+        dxv, dsv, dmu, dzl, dzu, dnl, dnu = full
+        step = np.minimum(1.0, 0.995 * newton.max_step(full))
         step = np.where(done | stalled | ~np.isfinite(step), 0.0, step)
         st, st3 = step[:, None], step[None, :, None]
         x = x + st3 * dxv
@@ -514,6 +572,15 @@ def _ipm(ch: _Chains, w: np.ndarray, c: np.ndarray) -> _Solved:
                                                iterations=_POLISH_ITER)
         keep_best(left, px, pmu, pxst, psst, pres)
         pdas_used += used
+        # Still nothing exact (it should not happen; ProxResult.unverified reports it): the last iterate,
+        # inside its boxes, if it is the better of the two.
+        left = left[best["res"][left] > _KKT_TOL]
+        if left.size:
+            sub = ch.take(left) if left.size < n else ch
+            last_x = np.clip(x[:, left], sub.lx, sub.ux)
+            res = _kkt(sub, w[left], c[left], last_x, mu[left])["residual"]
+            xst, sst = statuses(left)
+            keep_best(left, last_x, mu[left], xst, sst, res)
     return _Solved(x=best["x"], mu=best["mu"], x_status=best["xst"], s_status=best["sst"], residual=best["res"],
                    iterations=iterations, active_set_iterations=pdas_used)
 
@@ -528,7 +595,7 @@ def _segment_ids(touch: np.ndarray) -> np.ndarray:
 
 def _touch_ended(touch: np.ndarray, seg: np.ndarray) -> np.ndarray:
     """Per period: does its segment end on a touched state (rather than free at the end of the chain)?"""
-    ends = np.zeros(seg.max() + 1, dtype=bool)
+    ends = np.zeros(seg.max(initial=-1) + 1, dtype=bool)
     ends[seg[touch]] = True
     return ends[seg]
 
@@ -626,7 +693,7 @@ def _active_set_solve(ch: _Chains, w: np.ndarray, c: np.ndarray, xst: np.ndarray
     cls = _classify(ch, w, c, xst, xref)
     # A segment that ends on a touched state with nothing free and nothing pinned leaves its multiplier
     # undetermined (any value in an interval is optimal): pin it (at its last period) for now.
-    determined = np.bincount(seg.ravel(), weights=(cls["pinned"] | (cls["k"] > 0)).ravel(), minlength=seg.max() + 1)
+    determined = np.bincount(seg.ravel(), weights=(cls["pinned"] | (cls["k"] > 0)).ravel(), minlength=seg.max(initial=-1) + 1)
     dual_pin = touch & (determined[seg] == 0)
     pinned = cls["pinned"] | dual_pin
     mu0 = np.where(dual_pin, muref, cls["mu0"])
@@ -724,7 +791,7 @@ def _undetermined_multipliers(ch: _Chains, w: np.ndarray, c: np.ndarray, x: np.n
     ref = np.add.reduceat(np.where(dual_pin, muref, 0.0).ravel(), starts)[index].reshape(n, L)  # one pin each
     chosen = np.where(lo_t <= hi_t, np.clip(ref, lo_t, hi_t),
                       np.where(np.isfinite(lo_t) & np.isfinite(hi_t), 0.5 * (lo_t + hi_t), ref))
-    degenerate = np.zeros(seg.max() + 1, dtype=bool)
+    degenerate = np.zeros(seg.max(initial=-1) + 1, dtype=bool)
     degenerate[seg[dual_pin]] = True
     return np.where(degenerate[seg], chosen, mu)
 
@@ -759,7 +826,7 @@ def _redistribute(ch: _Chains, x: np.ndarray, xref: np.ndarray, group: np.ndarra
     span = np.where(np.isfinite(span), np.maximum(span, 0.0), ch.x_scale[:, None])
     gamma = _sum2(ch.g * v)  # energy per unit of tau
     ids = seg[group]
-    size = seg.max() + 1
+    size = seg.max(initial=-1) + 1
     need = np.bincount(ids, weights=(gamma * (tau - tau_ref))[group], minlength=size)
     reach = np.bincount(ids, weights=(gamma * span)[group], minlength=size)
     lam = np.where(reach != 0, need / np.where(reach != 0, reach, 1.0), 0.0)
@@ -831,7 +898,7 @@ def _pdas_update(ch: _Chains, x: np.ndarray, xst: np.ndarray, sst: np.ndarray,
     bad_hi = np.where((sst == _S_HI) & ~ch.fixed_s, np.where(interior, np.inf, np.maximum(-srel, 0.0)), 0.0)
 
     seg = _segment_ids(sst != _S_FREE)
-    size_seg = seg.max() + 1
+    size_seg = seg.max(initial=-1) + 1
     # A touched state the recursion puts outside the tube: its segment had nothing free (the multiplier was
     # undetermined) and its fixed decisions miss the bound. Release those that would move the state back.
     touched = (sst != _S_FREE) & ~ch.fixed_s
@@ -927,6 +994,9 @@ def _solve_chains(ch: _Chains, w: np.ndarray, c: np.ndarray, warm: _ChainPoint |
         sst = np.zeros((n, L), dtype=np.int8)
         res = np.full(n, np.inf)
         pdas_used = 0
+        if n == 0:  # a participant without storage or flexible loads: nothing to solve
+            return _ChainPoint(x=x, s=np.zeros((0, L)), mu=mu, x_status=xst, s_status=sst, residual=res,
+                               ipm_iterations=0, pdas_iterations=0, ipm_chains=0, fallback_chains=0)
         if warm is not None and warm.x.shape == x.shape:
             x, mu, xst, sst, res, pdas_used = _pdas(ch, w, c, warm.x_status, warm.s_status, warm.x, warm.mu,
                                                     iterations=_WARM_PDAS_ITER)
@@ -943,7 +1013,8 @@ def _solve_chains(ch: _Chains, w: np.ndarray, c: np.ndarray, warm: _ChainPoint |
             xst[:, idx], sst[idx] = solved.x_status[:, better], solved.s_status[better]
         failed = int(np.count_nonzero(res > _KKT_TOL))
         return _ChainPoint(x=x, s=_states(ch, x), mu=mu, x_status=xst, s_status=sst, residual=res,
-                           ipm_iterations=iterations, pdas_iterations=pdas_used, fallback_chains=failed)
+                           ipm_iterations=iterations, pdas_iterations=pdas_used, ipm_chains=int(cold.size),
+                           fallback_chains=failed)
 
 
 # ============================================================================ closed forms
@@ -1009,7 +1080,8 @@ class ProxResult:
     term); ``prox_eur``: the prox term ``sum_t w/2 (p - c)^2`` per asset. ``max_kkt_residual``: the largest
     relative KKT residual over the chains (~1e-15 when exact); ``unverified``: assets whose solution did not
     pass the KKT check (empty unless something is wrong). ``ipm_iterations``: interior-point iterations (0 when
-    the warm active set verified); ``active_set_iterations``: active-set solves.
+    the warm active set verified everywhere), ``ipm_chains``: how many chains (batteries, V2G chargers, flexible
+    loads) needed it; ``active_set_iterations``: active-set passes.
     """
 
     p_mw: np.ndarray
@@ -1017,6 +1089,7 @@ class ProxResult:
     prox_eur: np.ndarray
     asset_ids: pd.Index
     ipm_iterations: int
+    ipm_chains: int
     active_set_iterations: int
     max_kkt_residual: float
     unverified: tuple[Any, ...]
@@ -1072,7 +1145,7 @@ class AssetProx:
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(cls, assets: pd.DataFrame, *, step: pd.Timedelta, horizon: int,
-              weights: DispatchWeights = DispatchWeights(), has_pv: bool | None = None) -> AssetProx:
+              weights: DispatchWeights = _DEFAULT_WEIGHTS, has_pv: bool | None = None) -> AssetProx:
         """Read the static columns of ``assets`` (index asset_id, columns ``controllers.api.ASSET_COLUMNS``).
 
         ``has_pv``: whether PV curtailment is in the model each battery / V2G charger belongs to, which sets
@@ -1207,8 +1280,8 @@ class AssetProx:
         hi = np.full((n, L), np.inf)
         lo[:, :T] = 0.0
         hi[:, :T] = cap
-        parts.append(dict(a=np.tile([1.0, 0.0], (n, 1)), g=g, q=q, d=d, lx=np.zeros((n, L, 2)), ux=ux,
-                          lo=lo, hi=hi, s0=b0, beta=np.full(n, backlog_value)))
+        parts.append({"a": np.tile([1.0, 0.0], (n, 1)), "g": g, "q": q, "d": d, "lx": np.zeros((n, L, 2)), "ux": ux,
+                          "lo": lo, "hi": hi, "s0": b0, "beta": np.full(n, backlog_value)})
         chains = _Chains.build(**{name: np.concatenate([part[name] for part in parts], axis=0) for name in _RAW})
         self._inputs = _Inputs(chains=chains, v1g_ch_max=ev_ch[~v2g], v1g_need=need[~v2g],
                                v1g_after=np.minimum(after[~v2g], need[~v2g]), pv_avail=pv,
@@ -1239,8 +1312,8 @@ class AssetProx:
         if shortfall_cost > 0:  # no cost: the shortfall is free and the target does not matter
             ux[:, T, 0] = np.inf
             lo_t[:, T] = terminal
-        return dict(a=np.tile([1.0, -1.0], (n, 1)), g=g, q=q, d=np.zeros((n, L)), lx=np.zeros((n, L, 2)),
-                    ux=ux, lo=lo_t, hi=hi_t, s0=np.asarray(s0, dtype=float), beta=np.zeros(n))
+        return {"a": np.tile([1.0, -1.0], (n, 1)), "g": g, "q": q, "d": np.zeros((n, L)), "lx": np.zeros((n, L, 2)),
+                    "ux": ux, "lo": lo_t, "hi": hi_t, "s0": np.asarray(s0, dtype=float), "beta": np.zeros(n)}
 
     # ------------------------------------------------------------------ solving
     def solve(self, weight: np.ndarray, target: np.ndarray, *, warm_start: bool = True) -> ProxResult:
@@ -1311,7 +1384,8 @@ class AssetProx:
         unverified = tuple(self._order[i] for i in chain_rows[bad_chain])
         return ProxResult(
             p_mw=p[tab], objective_eur=objective[tab], prox_eur=prox[tab], asset_ids=self.asset_ids,
-            ipm_iterations=point.ipm_iterations, active_set_iterations=point.pdas_iterations,
+            ipm_iterations=point.ipm_iterations, ipm_chains=point.ipm_chains,
+            active_set_iterations=point.pdas_iterations,
             max_kkt_residual=float(point.residual.max(initial=0.0)), unverified=unverified,
             warm_started=warm is not None, solve_time_s=time.perf_counter() - start)
 

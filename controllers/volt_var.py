@@ -11,14 +11,19 @@ import pandas as pd
 
 from controllers.api import AssetKind
 
-__all__ = ["volt_var_q_mvar", "volt_var_q_share"]
+__all__ = ["VOLT_VAR_Q_SHARE", "VOLT_VAR_V_PU", "volt_var_q_mvar", "volt_var_q_share"]
+
+
+#: The curve's breakpoints: voltage (pu) and reactive-power injection as a share of rated S.
+VOLT_VAR_V_PU = np.array([0.92, 0.98, 1.02, 1.08])
+VOLT_VAR_Q_SHARE = np.array([0.44, 0.0, 0.0, -0.44])
 
 
 def volt_var_q_share(vm_pu: np.ndarray | float) -> np.ndarray:
     """Reactive power *injection* as a share of rated S: +0.44 at V <= 0.92, 0 on 0.98..1.02, -0.44 at
     V >= 1.08, linear in between (REFERENCES.md). Positive injects vars and raises the voltage."""
     v = np.asarray(vm_pu, dtype=float)
-    return np.interp(v, [0.92, 0.98, 1.02, 1.08], [0.44, 0.0, 0.0, -0.44])
+    return np.interp(v, VOLT_VAR_V_PU, VOLT_VAR_Q_SHARE)
 
 
 def volt_var_q_mvar(assets: pd.DataFrame, vm_pu: pd.Series) -> pd.Series:

@@ -14,7 +14,8 @@ __all__ = ["dashboard"]
 
 
 def dashboard(
-    run: Annotated[Path, typer.Argument(help="A run folder (finished, or being written by `gridtwin run --pace`).")],
+    run: Annotated[Path, typer.Argument(help="A run folder: finished, being written by `gridtwin run --pace`, or "
+                                             "empty (or still to be made) to wait for `gridtwin run --out RUN`.")],
     studies: Annotated[Path | None, typer.Option(help="A folder of study results to browse.")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8050,
@@ -25,9 +26,16 @@ def dashboard(
     from dashboards.app import serve
 
     err = Console(stderr=True, soft_wrap=True)
-    if not (run / "meta.json").exists():
-        err.print(f"[bold red]error:[/] RUN={str(run)!r}: not a run folder (no meta.json)", highlight=False)
+    if run.exists() and not run.is_dir():
+        err.print(f"[bold red]error:[/] RUN={str(run)!r}: not a folder", highlight=False)
         raise typer.Exit(2)
+    if not run.exists() and not run.parent.is_dir():
+        err.print(f"[bold red]error:[/] RUN={str(run)!r}: no such folder, nor its parent {str(run.parent)!r}",
+                  highlight=False)
+        raise typer.Exit(2)
+    if not (run / "meta.json").exists():
+        err.print(f"RUN={str(run)!r} holds no run yet: the dashboard waits for one "
+                  f"(gridtwin run SCENARIO --out {run})")
     if studies is not None and not studies.is_dir():
         err.print(f"[bold red]error:[/] --studies={str(studies)!r}: not a folder", highlight=False)
         raise typer.Exit(2)

@@ -10,6 +10,9 @@ from typing import Any
 
 import pandas as pd
 from dash import dcc, html
+from dash.development.base_component import Component
+
+from twin.reporting.figures import PLOTLY_CONFIG
 
 __all__ = ["Alarm", "alarm_list", "fmt", "fmt_duration", "graph", "html_table", "kpi_cards", "notice"]
 
@@ -24,8 +27,10 @@ CARD_KPIS: tuple[str, ...] = (
     "pv_curtailed_mwh",
 )
 
-GRAPH_CONFIG = {"displaylogo": False, "responsive": True,
-                "modeBarButtonsToRemove": ["sendDataToCloud", "select2d", "lasso2d"]}
+#: Every chart's plotly config: no upload to Plotly's cloud (plotly.js 3 offers "Share chart..." unless
+#: ``showSendToCloud`` is false), no Chart Studio link, PNG export kept.
+GRAPH_CONFIG = {**PLOTLY_CONFIG, "responsive": True,
+                "modeBarButtonsToRemove": [*PLOTLY_CONFIG["modeBarButtonsToRemove"], "select2d", "lasso2d"]}
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -89,7 +94,7 @@ def html_table(frame: pd.DataFrame, *, max_rows: int = 200, formats: Mapping[str
     for record in shown.itertuples(index=False, name=None):
         cells = []
         for column, value in zip(shown.columns, record):
-            text = formats[column](value) if column in formats else fmt(value)
+            text = value if isinstance(value, Component) else formats[column](value) if column in formats else fmt(value)
             cells.append(html.Td(text, className="num" if isinstance(value, (int, float, Decimal)) else None))
         rows.append(html.Tr(cells))
     extra = {"id": table_id} if table_id else {}

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from controllers.api import NetworkLimits
+from dashboards.timeline import Axis
 from twin.commands import CommandChannel
 from twin.records.kpis import KPI_LABELS, compute_kpis, kpi_table
 from twin.records.recorder import PolicyRecords
@@ -127,6 +128,10 @@ class RunData:
         self.commands = CommandChannel(self.run_dir)
 
     # -- small files -----------------------------------------------------------------------------------
+    def memoized(self, name: str, key: Any, compute: Any) -> Any:
+        """``compute()``, cached under ``name`` until ``key`` changes (for views derived from the run)."""
+        return self._memoized(name, key, compute)
+
     def _memoized(self, name: str, key: Any, compute: Any) -> Any:
         with self._lock:
             hit = self._memo.get(name)
@@ -174,6 +179,26 @@ class RunData:
         so nothing outside the run folder is ever read."""
         listed = self.meta().get("policies", [])
         return [p for p in listed if is_policy_name(p)] if isinstance(listed, list) else []
+
+    def scenario(self) -> dict[str, Any]:
+        scenario = self.meta().get("scenario")
+        return scenario if isinstance(scenario, dict) else {}
+
+    def policy_modes(self) -> dict[str, str]:
+        """Each policy's mode ("ideal" | "central" | "agents") from the scenario; "?" when the run does not say."""
+        controllers = self.scenario().get("controllers")
+        listed = {str(c.get("name")): str(c.get("mode", "ideal")) for c in controllers if isinstance(c, dict)} if (
+            isinstance(controllers, list)) else {}
+        return {p: listed.get(p, "?") for p in self.policies()}
+
+    def has_settlement(self) -> bool:
+        return bool(self.scenario().get("settlement"))
+
+    def axis(self) -> Axis:
+        """The run's time axis so far: the longest summary of any policy (they advance in lock-step)."""
+        longest = max(self.summaries().values(), key=len, default=None)
+        index = pd.DatetimeIndex(longest.index) if longest is not None else pd.DatetimeIndex([])
+        return Axis.of(index, self.step())
 
     def run_name(self) -> str:
         scenario = self.meta().get("scenario")

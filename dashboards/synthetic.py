@@ -99,7 +99,8 @@ class SyntheticTwin:
 
     def __init__(self, run_dir: Path, topology: FeederTopology, *, policies: Sequence[str] = ("depin", "scada"),
                  start: str = "2016-06-06T00:00:00Z", step: str = "15min", n_intervals: int = 672,
-                 n_assets: int = 12, seed: int = 0, name: str = "synthetic") -> None:
+                 n_assets: int = 12, seed: int = 0, name: str = "synthetic",
+                 faults: Sequence[tuple[str, str, str]] = (), dr_events: Sequence[tuple[str, str]] = ()) -> None:
         self.run_dir = Path(run_dir)
         self.topology = topology
         self.policies = list(policies)
@@ -109,7 +110,10 @@ class SyntheticTwin:
         self.store = RunStore(self.run_dir)
         self.channel = CommandChannel(self.run_dir)
         self.done = 0
-        self.faults: list[_Fault] = []
+        #: Scenario faults (kind, start, end), scheduled like a scenario's [[faults]]; DR events (start, end).
+        self.scheduled = [_Fault(CommandKind(k), pd.Timestamp(a), pd.Timestamp(b), None) for k, a, b in faults]
+        self.dr_events = [(pd.Timestamp(a), pd.Timestamp(b)) for a, b in dr_events]
+        self.faults: list[_Fault] = list(self.scheduled)
         rng = np.random.default_rng(seed)
         self.depth, self.downstream = _tree(topology)
         buses = [b for b in topology.buses.index if self.depth[b] > 0] or list(topology.buses.index)
@@ -133,7 +137,14 @@ class SyntheticTwin:
         (self.run_dir / FEEDER_FILENAME).write_text(json.dumps(topo), encoding="utf-8")
         self.store.write_meta({
             "scenario": {"name": self.name, "step": str(self.step), "start": self.times[0].isoformat(),
-                         "limits": {"v_min_pu": 0.95, "v_max_pu": 1.05, "loading_max_percent": 100.0}},
+                         "limits": {"v_min_pu": 0.95, "v_max_pu": 1.05, "loading_max_percent": 100.0},
+                         "controllers": [{"name": p, "mode": "central" if _is_central(p) else "agents"}
+                                         for p in self.policies],
+                         "faults": [{"kind": f.kind.value, "start": f.start.isoformat(), "end": f.end.isoformat(),
+                                     "participants": [f.participant] if f.participant else []}
+                                    for f in self.scheduled],
+                         **({"settlement": {"events": [{"start": a.isoformat(), "end": b.isoformat()}
+                                                       for a, b in self.dr_events]}} if self.dr_events else {})},
             "seed": 0, "policies": self.policies, "n_intervals": len(self.times), "feeder": "synthetic",
             "assets": self.assets.reset_index().astype(str).to_dict(orient="records"),
         })
@@ -195,7 +206,8 @@ class SyntheticTwin:
     def _apply(self, command: OperatorCommand, time: pd.Timestamp) -> tuple[str, str]:
         if command.kind is CommandKind.CLEAR_FAULTS:
             for fault in self.faults:
-                fault.end = min(fault.end, time)
+                if fault.start <= time < fault.end:
+                    fault.end = time
             return "applied", "all active faults cleared"
         if command.participant_id and command.participant_id not in set(self.assets["participant_id"]):
             return "rejected", f"participant_id={command.participant_id!r} is not in this feeder"
@@ -207,6 +219,8 @@ class SyntheticTwin:
         out = np.zeros((len(times), len(self.assets)), dtype=bool)
         for fault in self.faults:
             active = np.asarray((times >= fault.start) & (times < fault.end))
+            if fault.kind is CommandKind.DR_EVENT:
+                continue  # a DR event changes payments, not who controls the assets
             if fault.kind is CommandKind.PARTICIPANT_DROPOUT:
                 out[np.ix_(active, (self.assets["participant_id"] == fault.participant).to_numpy())] = True
             elif _is_central(policy):

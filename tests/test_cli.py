@@ -20,10 +20,13 @@ def test_feeders_lists_the_catalog_with_counts() -> None:
     assert "33" in result.output  # Baran-Wu's 33 buses
 
 
-def test_dashboard_is_mounted_and_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["dashboard", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "not a run folder" in result.output
+def test_dashboard_is_mounted_and_refuses_what_cannot_become_a_run_folder(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(app, ["dashboard", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "not a folder" in result.output
+    result = runner.invoke(app, ["dashboard", str(tmp_path / "no" / "run")])
+    assert result.exit_code == 2 and "no such folder, nor its parent" in result.output
+    # An empty folder is fine (the dashboard waits for the run): starting it is covered by the dashboard tests.
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ VIEW: dict[str, Any] = {  # a viewer callback: the Faults page's history
     "output": "..fault-active.children...fault-effect.figure...fault-history.children..",
     "outputs": [{"id": "fault-active", "property": "children"}, {"id": "fault-effect", "property": "figure"},
                 {"id": "fault-history", "property": "children"}],
-    "inputs": [{"id": "run-version", "property": "data", "value": None}],
+    "inputs": [{"id": "run-version", "property": "data", "value": None},
+               {"id": "time-view", "property": "data", "value": None}],
     "changedPropIds": ["run-version.data"],
 }
 
@@ -150,6 +151,7 @@ def test_crafted_values_for_viewer_callbacks_do_not_crash(client: Any) -> None:
     body = {
         "output": "as-figure.figure", "outputs": {"id": "as-figure", "property": "figure"},
         "inputs": [{"id": "run-version", "property": "data", "value": None},
+                   {"id": "time-view", "property": "data", "value": {"cursor": ["x"], "start": 1e300}},
                    {"id": "as-policy", "property": "value", "value": {"$ne": 1}},
                    {"id": "as-asset", "property": "value", "value": ["A000"]}],
         "changedPropIds": ["as-policy.value"],
@@ -167,8 +169,12 @@ def test_operator_actions_disabled_without_a_password(run_dir: Path) -> None:
 
 
 def test_create_app_rejects_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="run_dir=.*not a folder, and its parent .* does not exist"):
+        create_app(tmp_path / "missing" / "run")
+    (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="run_dir=.*not a folder"):
-        create_app(tmp_path / "missing")
+        create_app(tmp_path / "file")
+    create_app(tmp_path / "not-yet")  # a run folder still to come: the dashboard waits for it
     with pytest.raises(ValueError, match="studies_dir=.*not a folder"):
         create_app(tmp_path, studies_dir=tmp_path / "nope")
     with pytest.raises(ValueError, match="refresh_s=0"):

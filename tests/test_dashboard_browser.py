@@ -12,56 +12,25 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from dashboards import create_app
 from dashboards.synthetic import SyntheticTwin, radial_topology
+from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, BrowserLog, serving
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 PASSWORD = "op-secret"
 REFRESH_S = 1.0
 TWIN_PERIOD_S = 0.6
 PAGES = {  # nav label -> an element the page shows once its callbacks have run
-    "Overview": "#ov-map .main-svg",
+    "Overview": "#glance-table",
     "Comparison": "#cmp-kpi-table",
+    "Events": "#ev-table .table-wrap, #ev-table .notice",
     "Assets": "#as-fleet-table",
     "Settlement": "#st-verify",
     "Faults": "#fault-effect .main-svg",
     "Studies": "#sd-table-rows",
 }
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log(self, type: str, message: str, *args: Any) -> None:  # noqa: A002 (werkzeug's signature)
-        pass
-
-
-class BrowserLog:
-    """Console errors/warnings, page errors, failed and off-machine requests (aborts during our own full-page
-    navigations are expected: the old page's polls are cancelled)."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.problems: list[str] = []
-        self.navigating = False
-
-    def attach(self, page: Any) -> None:
-        page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}")
-                if m.type in ("error", "warning") else None)
-        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        page.on("requestfailed", self._failed)
-        page.on("response", lambda r: self.problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
-        page.on("request", lambda r: None if r.url.startswith((self.base, "data:", "blob:"))
-                else self.problems.append(f"off-machine request {r.url}"))
-
-    def _failed(self, request: Any) -> None:
-        if self.navigating and request.failure == "net::ERR_ABORTED":
-            return
-        self.problems.append(f"request failed {request.url}: {request.failure}")
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +54,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     writer = threading.Thread(target=run_twin, name="synthetic-twin", daemon=True)
     writer.start()
     app = create_app(run, operator_password=PASSWORD, studies_dir=studies, refresh_s=REFRESH_S, stale_after_s=30)
-    server = make_server("127.0.0.1", 0, app.server, threaded=True, request_handler=QuietHandler)
-    serving = threading.Thread(target=server.serve_forever, name="dash", daemon=True)
-    serving.start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    with playwright_sync.sync_playwright() as pw:
+    with serving(app.server) as base, playwright_sync.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(15_000)
@@ -101,8 +66,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             browser.close()
             stop.set()
             writer.join(timeout=10)
-            server.shutdown()
-            serving.join(timeout=10)
 
 
 def _goto(live: dict[str, Any], path: str) -> None:
@@ -156,7 +119,7 @@ def test_operator_logs_in_and_injects_a_fault(live: dict[str, Any]) -> None:
     page = live["page"]
     _goto(live, "/faults")
     page.wait_for_selector("#fault-login")
-    assert page.query_selector("#fault-submit") is None  # viewers get no injection form
+    assert page.query_selector("#fault-submit") is None and page.query_selector("#fault-review") is None
     page.click("#fault-login a")
     page.wait_for_selector("#login-password")
     page.fill("#login-operator", "alice")
@@ -164,12 +127,17 @@ def test_operator_logs_in_and_injects_a_fault(live: dict[str, Any]) -> None:
     live["log"].navigating = True
     with page.expect_navigation():
         page.click("#login-submit")
-    page.wait_for_selector("#fault-submit")
+    page.wait_for_selector("#fault-review")
     live["log"].navigating = False
     assert "alice" in page.inner_text("#who")
     page.fill("#fault-duration", "2h")
+    page.click("#fault-review")  # first a review of what the command will do, then a confirmation
+    page.wait_for_selector("#op-fault-confirm .notice-warning")
+    assert "Felt by: scada" in page.inner_text("#op-fault-confirm")
+    assert page.is_visible("#fault-submit")
     page.click("#fault-submit")
     page.wait_for_selector("#op-fault-result .notice-ok")
+    page.wait_for_selector("#fault-submit", state="hidden")  # the confirmation is used up
     assert "submitted backhaul_cut" in page.inner_text("#op-fault-result")
     submitted = time.monotonic()
     # The twin applies it at its next interval; the page shows that within two refreshes. The margin covers
@@ -180,13 +148,15 @@ def test_operator_logs_in_and_injects_a_fault(live: dict[str, Any]) -> None:
                            " && !document.querySelector('#fault-active').innerText.includes('pending')",
                            timeout=(TWIN_PERIOD_S + 2 * REFRESH_S + margin_s) * 1000)
     assert time.monotonic() - submitted < TWIN_PERIOD_S + 2 * REFRESH_S + margin_s
-    assert "backhaul cut: " in page.inner_text("#fault-active") and "pending" not in page.inner_text("#fault-active")
+    assert "backhaul cut (operator alice): " in page.inner_text("#fault-active")
+    assert "pending" not in page.inner_text("#fault-active")
     assert "alice" in page.inner_text("#fault-history-table")
     page.screenshot(path=str(live["shots"] / "faults-after.png"), full_page=True)
     page.click("#nav-overview")
-    page.wait_for_function("document.querySelector('#alarm-items')?.innerText.includes('controller offline')",
-                           timeout=4 * REFRESH_S * 1000)
-    assert "autonomous fallback" in page.inner_text("#alarm-items")
+    page.wait_for_function("document.querySelector('#ov-alarm-select')?.innerText.includes('controller offline')",
+                           timeout=6 * REFRESH_S * 1000)
+    alarms = page.inner_text("#ov-alarm-select")
+    assert "autonomous fallback" in alarms and "backhaul cut" in alarms and "ACTIVE" in alarms.upper()
 
 
 def test_browser_saw_no_errors(live: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from dashboards import pages
 from dashboards.data import RunData, reference_policy
+from dashboards.events import run_events
 from dashboards.synthetic import SyntheticTwin, radial_topology
 from twin.commands import CommandChannel, OperatorCommand
 from twin.records.kpis import compute_kpis
@@ -102,40 +103,56 @@ def test_live_kpis_then_the_runs_kpis(tmp_path: Path) -> None:
     assert data.kpis().equals(store.kpis())
 
 
-def test_overview_alarms_name_the_buses_assets_and_staleness(tmp_path: Path) -> None:
+def test_events_name_the_buses_assets_and_onsets_and_staleness_is_an_alarm(tmp_path: Path) -> None:
     store = new_run(tmp_path)
-    store.append(hand_records("scada", 0, [[1.0, 1.0, 1.0], [1.0, 0.97, 0.93]], loading=130.0,
-                              fallback=[[False, False], [False, True]]))
-    store.append(hand_records("depin", 0, [[1.0, 1.0, 1.0], [1.0, 1.0, 1.06]]))
+    store.append(hand_records("scada", 0, [[1.0, 1.0, 1.0], [1.0, 0.97, 0.93], [1.0, 1.0, 1.0]], loading=130.0,
+                              fallback=[[False, False], [False, True], [False, False]]))
+    store.append(hand_records("depin", 0, [[1.0, 1.0, 1.0], [1.0, 1.0, 1.06], [1.0, 1.0, 1.06]]))
     data = RunData(tmp_path)
-    alarms = {(a.policy, a.severity, a.message) for a in pages.overview_alarms(data, stale_after_s=60)}
-    assert ("scada", "critical", "1 bus(es) below 0.95 pu at 2016-06-06 00:15 UTC (lowest 0.9300 pu at bus 2)") in alarms
-    assert ("depin", "critical", "1 bus(es) above 1.05 pu at 2016-06-06 00:15 UTC (highest 1.0600 pu at bus 2)") in alarms
-    assert ("scada", "critical", "1 line(s) above 100 % at 2016-06-06 00:15 UTC (max 130 % on 0)") in alarms
-    assert ("scada", "warning", "1 asset(s) on autonomous fallback at 2016-06-06 00:15 UTC: B") in alarms
-    assert not any("stale" in m for _, _, m in alarms)
+    events = run_events(data).set_index("kind", drop=False)
+    low = events.loc["undervoltage"]
+    assert low["policy"] == "scada" and low["severity"] == "critical"
+    assert low["message"] == ("voltage below 0.95 pu for 1 interval(s); lowest 0.9300 pu at bus 2, "
+                              "2016-06-06 00:15 UTC")
+    assert (low["start"], low["end"]) == (T0 + STEP, T0 + 2 * STEP)  # onset and end of the episode
+    high = events.loc["overvoltage"]
+    assert high["policy"] == "depin" and high["start"] == T0 + STEP
+    assert pd.isna(high["end"])  # the run is still going and so is the episode
+    over = events.loc["overload"]
+    assert over["message"].startswith("loading above 100 % for 3 interval(s); max 130 % on line 0")
+    # B falls back in 1 of 3 intervals: not scada's normal state, so it is an event
+    assert events.loc["fallback", "message"] == ("1 asset(s) on autonomous fallback (not this policy's normal "
+                                                 "state): B")
+    assert not pages.status_alarms(data, stale_after_s=60)
     old = (datetime.now(UTC) - timedelta(seconds=300)).isoformat()
     (tmp_path / "status.json").write_text(f'{{"done": 2, "total": 96, "state": "running", "updated_utc": "{old}"}}')
-    stale = [a for a in pages.overview_alarms(data, stale_after_s=60) if "stale telemetry" in a.message]
-    assert len(stale) == 1 and stale[0].severity == "critical"
+    stale = [a for a in pages.status_alarms(data, stale_after_s=60) if "stale telemetry" in a["message"]]
+    assert len(stale) == 1 and stale[0]["severity"] == "critical"
 
 
-def test_overview_view_picks_the_interval(tmp_path: Path) -> None:
+def test_a_policy_that_never_controls_an_asset_raises_no_fallback_event(tmp_path: Path) -> None:
+    store = new_run(tmp_path, ("no-control",))
+    store.append(hand_records("no-control", 0, [[1.0, 1.0, 1.0]] * 4, fallback=[[True, True]] * 4))
+    assert "fallback" not in set(run_events(RunData(tmp_path))["kind"])
+
+
+def test_the_map_follows_the_cursor_and_jumps_to_the_worst_moment(tmp_path: Path) -> None:
     store = new_run(tmp_path)
     (tmp_path / FEEDER_FILENAME).write_text(json.dumps(radial_topology(3).to_dict()))
     store.append(hand_records("scada", 0, [[1.0, 0.99, 0.98], [1.0, 0.96, 0.94], [1.0, 1.0, 1.01]]))
     data = RunData(tmp_path)
-    latest = pages.overview_view(data, policy="scada", moment="latest")
-    buses = next(t for t in latest.figure.data if t.name == "buses")
+    latest, caption = pages.map_view(data, policy="scada", view=None, click=None)
+    buses = next(t for t in latest.data if t.name == "buses")
     assert [float(v) for v in buses.marker.color] == [1.0, 1.0, 1.01]
-    assert latest.caption.startswith("scada at 2016-06-06 00:30 UTC (latest interval)")
-    worst = pages.overview_view(data, policy="scada", moment="vmin")
-    assert [float(v) for v in next(t for t in worst.figure.data if t.name == "buses").marker.color] == [1.0, 0.96, 0.94]
-    assert "00:15" in worst.caption
-    assert pages.overview_view(data, policy="nope").caption.startswith("scada")  # falls back to the reference
+    assert caption.startswith("scada at 2016-06-06 00:30 UTC (latest, following the run)")
+    assert pages.jump_time(data, "scada", "vmin") == T0 + STEP
+    worst, caption = pages.map_view(data, policy="scada", view={"cursor": (T0 + STEP).isoformat()}, click=None)
+    assert [float(v) for v in next(t for t in worst.data if t.name == "buses").marker.color] == [1.0, 0.96, 0.94]
+    assert caption.startswith("scada at 2016-06-06 00:15 UTC;")
+    assert pages.map_view(data, policy="nope", view=None, click=None)[1].startswith("scada")  # the reference
     (tmp_path / FEEDER_FILENAME).unlink()
-    missing = pages.overview_view(RunData(tmp_path), policy="scada")
-    assert "no feeder.json" in missing.figure.layout.annotations[0].text
+    missing, _ = pages.map_view(RunData(tmp_path), policy="scada", view=None, click=None)
+    assert "no feeder.json" in missing.layout.annotations[0].text
 
 
 def test_command_history_and_fault_windows(tmp_path: Path) -> None:
@@ -191,16 +208,18 @@ def test_ledgers_per_policy_are_verified_and_tampering_is_shown(tmp_path: Path) 
     assert view.balances["participant:P01"] == Decimal("0.12")  # exact: the ledger never uses floats
     assert data.payments()["depin"].sum() == pytest.approx(8 * 0.0275)
     assert data.payments()["scada"].sum() == pytest.approx(8 * 0.0275 * 1.25)
-    statement = pages.statement_view(data, "depin", "P01")
+    statement, page, rows, csv = pages.statement_view(data, "depin", "P01")
     assert "total" in str(statement) and "0.12" in str(statement)
+    assert (page, rows, csv) == (0, "rows 1–8 of 8", "/export/statement.csv?ledger=depin&participant=P01")
     with sqlite3.connect(tmp_path / "depin" / "ledger.sqlite") as conn:  # an insider rewrites a posting
         conn.execute("DROP TRIGGER postings_no_update")
         conn.execute("UPDATE postings SET amount_micro = amount_micro + 1000000 WHERE entry_seq = 3 "
                      "AND account LIKE 'participant:%'")
     tampered = data.ledger("depin")
     assert not tampered.verified and tampered.first_bad_entry == 3
-    alarms = [a for a in pages.overview_alarms(data) if a.policy == "depin" and "ledger" in a.message]
-    assert alarms and "first bad entry 3" in alarms[0].message
+    alarms = [a for a in pages.status_alarms(data, stale_after_s=60) if a["policy"] == "depin"
+              and "ledger" in a["message"]]
+    assert alarms and "first bad entry 3" in alarms[0]["message"]
     assert "FAILED" in str(pages.settlement_status(data, "depin")[0])
     throttled = RunData(tmp_path, ledger_every_s=3600.0)
     first = throttled.ledger("scada")

@@ -36,6 +36,7 @@ SCADA_NET = {"name": "scada", "mode": "ideal", "target": "controllers.optimizing
 NONE = {"name": "none", "target": "controllers.baseline:NoControl"}
 NETWORK = {"sensitivities": True, "refresh": "15min", "monitored_buses": "all"}
 URBAN6 = "simbench:1-LV-urban6--0-sw"
+SEMIURB4 = "simbench:1-LV-semiurb4--0-sw"
 
 
 def plan_cost(model: DispatchModel, inputs: object, p_mw: pd.DataFrame | None) -> float:
@@ -97,10 +98,10 @@ def _compare(feeder: str, *, fleet: dict, start: str, end: str, limits: dict | N
     return run_scenario(s, runs_root=None, inputs=build_inputs(s)).records
 
 
-@pytest.mark.parametrize(("feeder", "pv"), [("cigre-lv", 3.0), ("simbench:1-LV-rural1--0-sw", 8.0), (URBAN6, 4.0)])
+@pytest.mark.parametrize(("feeder", "pv"), [("cigre-lv", 3.0), ("simbench:1-LV-rural1--0-sw", 8.0), (SEMIURB4, 4.0)])
 def test_network_aware_depin_holds_the_voltage_band_on_a_high_pv_day(feeder: str, pv: float) -> None:
     """A clear June midday with a PV fleet several times the feeder's load: no control drives the feeder end
-    well above 1.05 pu (on urban6 it also overloads the transformer, 146 %, and cables, 129 %); the DePIN agents,
+    well above 1.05 pu (on semiurb4 it also overloads the transformer, 136 %, and cables, 147 %); the DePIN agents,
     coordinating only along the feeder, keep the AC voltages inside the band and the loadings at their limit,
     as the central network-constrained optimizer does, at a cost within 1 % of its cost."""
     rec = _compare(feeder, fleet={"pv_penetration": pv, "battery_share": 0.5, "ev_share": 0.2, "flex_share": 0.3},
@@ -122,9 +123,9 @@ def test_network_aware_depin_holds_the_voltage_band_on_a_high_pv_day(feeder: str
 
 
 @pytest.mark.parametrize(("feeder", "limits"), [
-    ("cigre-lv", {"v_min_pu": 0.99}),
+    ("cigre-lv", {"v_min_pu": 0.98}),
     ("simbench:1-LV-rural1--0-sw", {"loading_max_percent": 15.0}),
-    (URBAN6, {"loading_max_percent": 12.0}),
+    (SEMIURB4, {"loading_max_percent": 12.0}),
 ])
 def test_network_aware_depin_holds_tight_limits_through_the_evening_ev_peak(feeder: str, limits: dict) -> None:
     """Every household with an EV, 17:00 to 01:00: without control the chargers start on arrival in the evening
@@ -193,7 +194,7 @@ def test_outage_dropout_and_loss_together_keep_the_feeder_inside_its_limits() ->
     of participants drop out and 10 % of the mesh messages are lost. The DePIN agents keep coordinating on the
     premises; the feeder stays inside the band, and the cost of the faults is small next to what no control
     costs in violations."""
-    fleet = {"pv_penetration": 2.5, "battery_share": 0.5, "ev_share": 0.2, "flex_share": 0.3}
+    fleet = {"pv_penetration": 4.0, "battery_share": 0.5, "ev_share": 0.2, "flex_share": 0.3}
     window = {"start": "2016-06-06T10:00:00Z", "end": "2016-06-06T13:00:00Z"}
     faults = [{"kind": "control_centre_outage", **window},
               {"kind": "participant_dropout", "share": 0.1, **window},
@@ -216,10 +217,10 @@ def test_outage_dropout_and_loss_together_keep_the_feeder_inside_its_limits() ->
 
 
 def test_control_centre_outage_costs_scada_control_while_depin_holds_the_peak_limit() -> None:
-    """A 50 kW feeder-head limit through an evening peak, the control centre down from 17:00. SCADA's last
+    """A 38 kW feeder-head limit through an evening peak, the control centre down from 17:00. SCADA's last
     setpoints expire after their 30-minute TTL and its devices fall back: the head exceeds the limit (no control
-    peaks at 52 kW). The DePIN agents keep coordinating on the premises and stay under it."""
-    limit = 0.05
+    peaks at 44 kW). The DePIN agents keep coordinating on the premises and stay under it."""
+    limit = 0.038
     s = make_scenario(
         start="2016-06-06T16:00:00Z", end="2016-06-06T19:00:00Z", horizon="6h", comms={"rounds": 100},
         limits={"p_head_max_mw": limit},

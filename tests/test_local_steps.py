@@ -38,9 +38,9 @@ P_TOL_MW = 1e-6
 
 # ----------------------------------------------------------------------------- fixtures
 def asset(kind: AssetKind, participant: str = "p1", **extra: object) -> dict[str, object]:
-    row: dict[str, object] = dict(kind=kind.value, bus=1, participant_id=participant, p_max_mw=1.0, e_max_mwh=0.0,
-                                  eta_charge=1.0, eta_discharge=1.0, soc_min=0.0, soc_max=1.0, soc_init=0.0,
-                                  s_max_mva=1.0, v2g=False, flex_window=pd.Timedelta(0))
+    row: dict[str, object] = {"kind": kind.value, "bus": 1, "participant_id": participant, "p_max_mw": 1.0, "e_max_mwh": 0.0,
+                                  "eta_charge": 1.0, "eta_discharge": 1.0, "soc_min": 0.0, "soc_max": 1.0, "soc_init": 0.0,
+                                  "s_max_mva": 1.0, "v2g": False, "flex_window": pd.Timedelta(0)}
     row.update(extra)
     return row
 
@@ -52,12 +52,12 @@ def table(**rows: dict[str, object]) -> pd.DataFrame:
 def inputs_for(model_ids: dict[AssetKind, list[str]], T: int, step: pd.Timedelta, **given: object) -> DispatchInputs:
     """DispatchInputs with every per-kind array sized for ``model_ids`` (zeros unless given)."""
     nb, ne, nf, npv = (len(model_ids[k]) for k in KIND_ORDER)
-    values: dict[str, object] = dict(
-        price_eur_per_mwh=np.zeros(T), bat_soc0_mwh=np.zeros(nb), bat_soc_target_mwh=np.zeros(nb),
-        bat_p_max_mw=np.zeros((nb, T)), ev_ch_max_mw=np.zeros((ne, T)), ev_dis_max_mw=np.zeros((ne, T)),
-        ev_need_mwh=np.zeros(ne), ev_need_after_horizon_mwh=np.zeros(ne), flex_base_mw=np.zeros((nf, T)),
-        flex_p_max_mw=np.zeros((nf, T)), flex_backlog0_mwh=np.zeros(nf), flex_backlog_cap_mwh=np.zeros((nf, T)),
-        pv_avail_mw=np.zeros((npv, T)))
+    values: dict[str, object] = {
+        "price_eur_per_mwh": np.zeros(T), "bat_soc0_mwh": np.zeros(nb), "bat_soc_target_mwh": np.zeros(nb),
+        "bat_p_max_mw": np.zeros((nb, T)), "ev_ch_max_mw": np.zeros((ne, T)), "ev_dis_max_mw": np.zeros((ne, T)),
+        "ev_need_mwh": np.zeros(ne), "ev_need_after_horizon_mwh": np.zeros(ne), "flex_base_mw": np.zeros((nf, T)),
+        "flex_p_max_mw": np.zeros((nf, T)), "flex_backlog0_mwh": np.zeros(nf), "flex_backlog_cap_mwh": np.zeros((nf, T)),
+        "pv_avail_mw": np.zeros((npv, T))}
     values.update(given)
     pv = np.asarray(values["pv_avail_mw"])
     return DispatchInputs(
@@ -101,7 +101,10 @@ def random_case(kind: AssetKind, *, n: int, T: int, step: pd.Timedelta, seed: in
         rows[f"{kind.value}-{i}"] = asset(kind, participant=f"p{i % 3}", **extra)
     assets = table(**rows)
     ids = kind_ids(assets)
-    col = lambda name: assets[name].to_numpy(float)  # noqa: E731
+
+    def col(name: str) -> np.ndarray:
+        return assets[name].to_numpy(float)
+
     on = rng.random((n, T)) < 0.85  # some periods with nothing available
     given: dict[str, object] = {"price_eur_per_mwh": price_level * rng.uniform(0.2, 1.0, T)}
     if kind is AssetKind.BATTERY:

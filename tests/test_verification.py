@@ -131,8 +131,8 @@ def test_a_trusted_bus_is_never_attributed_to_its_participant() -> None:
 
 def test_a_failed_power_flow_flags_nobody_and_says_so() -> None:
     s = solve(CIGRE, FLEETS[CIGRE])
-    nan = pd.Series(np.nan, index=s.grid.net.bus.index)
-    diverged = dataclasses.replace(s.measured, vm_pu=nan, p_head_mw=float("nan"), converged=False)
+    nan = np.full(len(s.grid.net.bus), np.nan)
+    diverged = dataclasses.replace(s.measured, vm=nan, p_head_mw=float("nan"), converged=False)
     p_books, q_books = s.books({"bat-a": 0.0})
     result = s.verifier.verify(measured=diverged, reported_p_mw=p_books, reported_q_mvar=q_books,
                                participant_buses=participant_buses_of(s.assets))

@@ -77,6 +77,7 @@ def run_scenario(
     pace: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     agent_workers: int = 1,
+    open_loop: bool = True,
 ) -> RunResult:
     """Run every policy of ``scenario``; write a run folder unless both ``out`` and ``runs_root`` are None.
 
@@ -84,6 +85,8 @@ def run_scenario(
     With ``pace`` (simulated seconds per wall-clock second) each interval waits for its wall-clock slot and
     is flushed at once: a paced replay behaves like a live feed for the dashboard and operator commands.
     ``agent_workers`` > 1 runs the edge agents of agent policies over that many processes (same results).
+    ``open_loop`` (not with ``pace``): when no policy reads the power flow, replay open loop (the power flows
+    of each block in one batch, same records); ``False`` steps every interval.
     """
     if inputs is None:
         inputs = prepare_run(scenario)
@@ -133,7 +136,8 @@ def run_scenario(
     # Plug-ins are built and called through the guard (twin.engine.plugin_calls) until the engine wraps its
     # own call sites; the results are the same.
     entries = tuple(guarded_entry(e) for e in scenario.controllers)
-    steps = iterate_policies(scenario, inputs, entries=entries, run_dir=path, agent_workers=agent_workers)
+    steps = iterate_policies(scenario, inputs, entries=entries, run_dir=path, agent_workers=agent_workers,
+                             open_loop=open_loop and pace is None)
     try:
         for i, records in enumerate(steps, start=1):
             if pace is not None:

@@ -24,7 +24,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from twin.names import check_policy_names, check_run_name
 
-__all__ = ["CommsSpec", "ControllerEntry", "FaultSpec", "MAX_HORIZON", "MAX_INTERVALS", "Scenario", "ScenarioError",
+__all__ = ["CommsSpec", "ControllerEntry", "FaultSpec", "LiveSpec", "MAX_HORIZON", "MAX_INTERVALS", "OpenAdrSpec",
+           "Scenario", "ScenarioError",
            "demo_scenario_path", "format_duration", "load_scenario", "parse_scenario"]
 
 #: The longest look-ahead (and setpoint lifetime) a scenario may ask for: a week. Longer horizons build
@@ -332,6 +333,68 @@ class FaultSpec(_Strict):
         return self
 
 
+class OpenAdrSpec(_Strict):
+    """``[live.openadr]``: the live twin runs an OpenADR 2.0b VTN and each participant's simulator a VEN.
+
+    ``opt_out``: participants whose simulated VEN opts out of DR events (the others opt in); ``notice``: how
+    long after the operator calls a DR event it starts (rounded up to the step); ``level``: the SIMPLE signal
+    level sent; ``prices``: publish the tariff as ELECTRICITY_PRICE signals."""
+
+    opt_out: tuple[str, ...] = ()
+    notice: str = "15min"
+    level: Number = Field(default=1.0, ge=0, le=3)
+    prices: bool = True
+
+    @field_validator("notice", mode="before")
+    @classmethod
+    def _notice(cls, v: Any) -> str:
+        _duration(v, key="live.openadr.notice", allow_zero=True)
+        return v
+
+
+#: Which transports a device kind may use in a live run (native-load meters always speak MQTT).
+LIVE_TRANSPORTS: dict[str, tuple[str, ...]] = {
+    "battery": ("mqtt", "openadr"), "ev_charger": ("mqtt", "ocpp", "openadr"), "pv": ("mqtt", "openadr"),
+    "flex_load": ("mqtt", "openadr"),
+}
+
+
+class LiveSpec(_Strict):
+    """``[live]``: how the field talks to a live twin. ``transports`` names per device kind the protocol its
+    devices (and the field simulator) use: ``mqtt`` (the default), ``ocpp`` (EV chargers, OCPP 2.0.1 to the
+    twin's CSMS) or ``openadr`` (telemetry reported and setpoints received by the participant's VEN)."""
+
+    transports: dict[str, str] = Field(default_factory=dict)
+    openadr: OpenAdrSpec | None = None
+
+    @field_validator("transports")
+    @classmethod
+    def _known(cls, v: dict[str, str]) -> dict[str, str]:
+        for kind, transport in v.items():
+            if kind not in LIVE_TRANSPORTS:
+                raise ValueError(f"live.transports.{kind}: not a device kind; expected one of "
+                                 f"{', '.join(LIVE_TRANSPORTS)}")
+            if transport not in LIVE_TRANSPORTS[kind]:
+                raise ValueError(f"live.transports.{kind} = {transport!r}: a {kind} speaks one of "
+                                 f"{', '.join(LIVE_TRANSPORTS[kind])}")
+        return v
+
+    def transport_of(self, kind: str) -> str:
+        return self.transports.get(str(kind), "mqtt")
+
+    @property
+    def uses_openadr(self) -> bool:
+        return self.openadr is not None or "openadr" in self.transports.values()
+
+    @property
+    def uses_ocpp(self) -> bool:
+        return "ocpp" in self.transports.values()
+
+    @property
+    def openadr_spec(self) -> OpenAdrSpec:
+        return self.openadr if self.openadr is not None else OpenAdrSpec()
+
+
 class Scenario(_Strict):
     """A validated scenario. Durations are ``pd.Timedelta``; times are UTC ``pd.Timestamp``."""
 
@@ -360,6 +423,8 @@ class Scenario(_Strict):
     #: The ``[settlement]`` table (contracts, DR events, communities, reward pools); see
     #: twin/settlement/example_settlement.toml. Validated here, parsed again by twin.settlement.
     settlement: dict[str, Any] | None = None
+    #: The ``[live]`` table: per device kind the transport a live run uses (MQTT, OCPP, OpenADR).
+    live: LiveSpec = Field(default_factory=LiveSpec)
     controllers: tuple[ControllerEntry, ...]
     #: Folder of the scenario file, so relative paths inside it resolve from there.
     base_dir: Path = Path(".")
@@ -500,6 +565,10 @@ class Scenario(_Strict):
             data[key] = str(getattr(self, key))
         if self.decision_period is None:
             del data["decision_period"]  # TOML has no null: absent means every step
+        if self.live == LiveSpec():
+            del data["live"]
+        elif self.live.openadr is None:
+            del data["live"]["openadr"]
         return data
 
 

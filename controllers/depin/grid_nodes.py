@@ -5,14 +5,16 @@ the feeder-head row (energy at the tariff, the soft peak limit, the demand charg
 row of its bus and the loading row of the branch to its parent. A row is linear in the participants' powers
 around the measured operating point (``controllers.coordination.TreeOperatingPoint``):
 
-    head:    y(t)   = y0 + Σ_all (base(t) − p0) + Σ_assets p_a(t)
-    voltage: v_k(t) = v0_k + Σ_{b ∈ path(k)} a_b (Σ_{subtree(b)} (base − p0) + Σ_{assets in subtree(b)} p_a)
-    loading: F_c(t) = F0_c + Σ_{subtree(c)} (base − p0) + Σ_{assets in subtree(c)} p_a,   |F_c| ≤ cap_c
+    head:    y(t)   = y0 + Σ_all (base(t) − base0) + Σ_assets (p_a(t) − p_a0)
+    voltage: v_k(t) = v0_k + Σ_{b ∈ path(k)} a_b (Σ_{subtree(b)} (base − base0) + Σ_{assets in subtree(b)} (p_a − p_a0))
+    loading: F_c(t) = F0_c + Σ_{subtree(c)} (base − base0) + Σ_{assets in subtree(c)} (p_a − p_a0),   |F_c| ≤ cap_c
 
-with a_b the branch's voltage coefficient (pu/MW) and cap_c = sqrt((L_max / k_c)² − Q0_c²) the active power the
-branch may carry at its operating-point reactive flow (k_c: loading % per MVA). The base-load terms are the
-DSO's own forecast per node, so each node knows its row's constant; the participants' part X_k = Σ_a A_ka p_a
-arrives as aggregates by the sweeps (``controllers.depin.sweeps``).
+with a_b the branch's voltage coefficient (pu/MW), cap_c = sqrt((L_max / k_c)² − Q0_c²) the active power the
+branch may carry at its operating-point reactive flow (k_c: loading % per MVA), base0 the DSO's estimate of the
+uncontrolled load when the operating point was measured and p_a0 what each asset's own meter measured then.
+The base-load terms are the DSO's own forecast per node, so each node knows its row's constant; the
+participants' part X_k = Σ_a A_ka (p_a − p_a0) arrives as aggregates by the sweeps
+(``controllers.depin.sweeps``). A participant never heard from counts as carrying on as measured.
 
 Coordination is *sharing ADMM* (Boyd et al., "Distributed Optimization and Statistical Learning via ADMM", §7.3)
 with one shared row per constraint: every asset a with A_ka ≠ 0 shares row k, N_k of them. Per row, with
@@ -121,7 +123,9 @@ class GridNodes:
         self.a = a
         self.R = sweeps.path_sum(a[:, None])[:, 0]  # each node's self-sensitivity (pu/MW, negative)
         self.R_parent = np.where(tree.parent >= 0, self.R[np.maximum(tree.parent, 0)], 0.0)
-        delta = grid.base_load_node_mw.T - op.p_node_mw[:, None]  # (n, T): forecast minus operating point
+        # Uncontrolled load over the horizon relative to the operating point; the participants report their own
+        # change from what their meters measured there, so the measured point anchors both.
+        delta = grid.base_load_node_mw.T - grid.base_load_node_measured_mw[:, None]
         flow_base = sweeps.subtree_sum(delta)
         self.const_head = op.head_p_mw + flow_base[0]
         self.const_v = op.vm_pu[:, None] + sweeps.path_sum(a[:, None] * flow_base)

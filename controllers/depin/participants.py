@@ -77,6 +77,7 @@ class Participants:
         sample = [i for i in np.argsort(-sizes, kind="stable")[:edge_sample] if sizes[i]]
         self._edge = [group(by_owner[i]) for i in sample] if batch else []
         self.p = np.zeros((len(assets), horizon))
+        self.p_measured = np.zeros(len(assets))
         self.edge_time_s = 0.0
         self.step_time_s = 0.0
 
@@ -90,6 +91,10 @@ class Participants:
             own = observation if self.batch and g is self.groups[0] else restrict_observation(observation, g.ids)
             g.prox.set_inputs(g.reader.read(own, include_base_load=False))
         self._edge_pending = bool(self._edge)
+        # What each asset's own meter measured in the last interval: plans are reported as changes from it.
+        metered = observation.state["p_mw"].reindex(self.assets.index).to_numpy(float) \
+            if "p_mw" in observation.state else np.zeros(len(self.assets))
+        self.p_measured = np.nan_to_num(metered)
 
     def local_step(self, sigma: np.ndarray, weight: np.ndarray, *, active: np.ndarray) -> np.ndarray:
         """Every active participant's local step on the signal it last heard from its node: ``sigma``
@@ -119,7 +124,8 @@ class Participants:
         return self.p
 
     def net_trajectories(self) -> np.ndarray:
-        """Each participant's own net power per period (participants, periods): its uplink message."""
+        """Each participant's uplink message: its planned net DER power per period minus what its meters
+        measured in the last interval (participants, periods)."""
         out = np.zeros((len(self.participants), self.T))
-        np.add.at(out, self.owner, self.p)
+        np.add.at(out, self.owner, self.p - self.p_measured[:, None])
         return out

@@ -151,7 +151,10 @@ class NetworkAdmm:
         self.observation = participants
         self.active = np.asarray(active, dtype=bool)
         T = self.spec.horizon
-        for heard in (self.heard_uplink, self.heard_flows, self.heard_volts):
+        # Uplinks are changes from this decision's measured point: a participant not heard from yet counts as
+        # carrying on as measured. The grid nodes' own messages recede with the horizon.
+        self.heard_uplink[...] = 0.0
+        for heard in (self.heard_flows, self.heard_volts):
             heard[...] = _shift_rows(heard, shift)
         self.heard_duals[:, :T] = _shift_rows(self.heard_duals[:, :T], shift)
         self.heard_prices[:, :T] = _shift_rows(self.heard_prices[:, :T], shift)

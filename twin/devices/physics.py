@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import math
+import weakref
 
 import numba
 import numpy as np
@@ -20,7 +21,7 @@ import pandas as pd
 
 from controllers.api import AssetKind
 
-__all__ = ["CLIP_REASONS", "ClipReason", "FleetPhysics", "IntervalOutcome", "STATE_COLUMNS"]
+__all__ = ["autonomous_kernel", "CLIP_REASONS", "ClipReason", "FleetPhysics", "IntervalOutcome", "STATE_COLUMNS", "StateCapture"]
 
 #: Tolerance below which a clip is not worth recording (numerical noise from solvers).
 _CLIP_TOL_MW = 1e-9
@@ -106,6 +107,27 @@ class IntervalOutcome:
         return int(np.count_nonzero(self.clip_code))
 
 
+class StateCapture:
+    """The fleet's state at one time, taken lazily: the arrays are computed when first read, and copied
+    before the physics changes (so an observation nobody reads costs nothing, and one read later still sees
+    its own interval)."""
+
+    __slots__ = ("__weakref__", "_arrays", "_physics", "_time")
+
+    def __init__(self, physics: FleetPhysics, time: pd.Timestamp) -> None:
+        self._physics: FleetPhysics | None = physics
+        self._time = time
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``FleetPhysics.state_arrays`` at the captured time."""
+        if self._arrays is None:
+            assert self._physics is not None
+            self._arrays = self._physics._state_now(self._time)
+            self._physics = None
+        return self._arrays
+
+
 class FleetPhysics:
     """The engine-owned dynamic state of one fleet. ``advance_arrays`` applies one interval and returns what
     happened; every per-asset quantity is an array in ``ids`` order."""
@@ -161,12 +183,31 @@ class FleetPhysics:
             self._kind_code[self.is_kind[kind]] = code
         self.e_imp_register_mwh = np.zeros(n)
         self.e_exp_register_mwh = np.zeros(n)
+        self._captures: list[weakref.ref[StateCapture]] = []
 
     # -- state the controllers may see -------------------------------------------------------------
+    def capture_state(self, time: pd.Timestamp) -> StateCapture:
+        """The state at the start of ``time`` (EVs that arrived plugged in now), to be read later."""
+        self.update_sessions(time)
+        capture = StateCapture(self, time)
+        self._captures.append(weakref.ref(capture))
+        return capture
+
+    def _freeze_captures(self) -> None:
+        """Before the state changes: every capture still held (and not yet read) takes its copy now."""
+        for ref in self._captures:
+            capture = ref()
+            if capture is not None:
+                capture.arrays()
+        self._captures.clear()
+
     def state_arrays(self, time: pd.Timestamp) -> dict[str, np.ndarray]:
         """The state at the start of ``time`` (EVs that arrived plugged in), as copies: column -> array in
         ``ids`` order (``STATE_COLUMNS``; times are UTC ``datetime64[ns]``, NaT where none)."""
         self.update_sessions(time)
+        return self._state_now(time)
+
+    def _state_now(self, time: pd.Timestamp) -> dict[str, np.ndarray]:
         soc, connected, needed, departure, backlog, deadline, e_imp, e_exp = _state_kernel(
             self.soc, self.ev_connected, self.ev_need, self.ev_departure.view(np.int64), self.flex_buckets,
             self.flex_window_steps, time.value, self.step.value, self.e_imp_register_mwh, self.e_exp_register_mwh,
@@ -208,7 +249,7 @@ class FleetPhysics:
         """The default a device falls back to without a valid setpoint: batteries idle, EVs at full rate
         until full, flexible loads serve their request (and anything due), PV at full output. ``pv_avail`` and
         ``flex_base`` are arrays in ``ids`` order (0 for other kinds)."""
-        return _autonomous_kernel(self._kind_code, self.p_max, self.eta_c, self.ev_connected, self.ev_need,
+        return autonomous_kernel(self._kind_code, self.p_max, self.eta_c, self.ev_connected, self.ev_need,
                                   self.flex_buckets, np.asarray(pv_avail, dtype=float),
                                   np.asarray(flex_base, dtype=float), self.hours)
 
@@ -255,6 +296,8 @@ class FleetPhysics:
         One compiled pass over the fleet (``_advance_kernel``); ``advance_arrays_numpy`` is the same physics
         as whole-array numpy operations, kept as the readable reference the tests hold the kernel to."""
         self.update_sessions(time)
+        if self._captures:
+            self._freeze_captures()
         p, q, code, soc, e_imp, e_exp, req, scalars = _advance_kernel(
             self._kind_code, self.p_max, self.e_max, self.eta_c, self.eta_d, self.soc_min, self.soc_max, self.s_max,
             self.v2g, self.flex_window_steps, np.asarray(pv_avail, dtype=float), np.asarray(flex_base, dtype=float),
@@ -271,6 +314,8 @@ class FleetPhysics:
         """``advance_arrays`` as whole-array numpy operations (the reference: same state changes, same
         outcome to rounding)."""
         self.update_sessions(time)
+        if self._captures:
+            self._freeze_captures()
         h = self.hours
         req = np.array(p_setpoint, dtype=float)
         p = req.copy()
@@ -393,6 +438,8 @@ class FleetPhysics:
         t = time.value
         arrival = self._session_arrival_ns
         k = self._next_session
+        if k < len(arrival) and arrival[k] <= t and self._captures:
+            self._freeze_captures()
         while k < len(arrival) and arrival[k] <= t:
             i = self._session_pos[k]
             departure = self._session_departure[k]
@@ -476,7 +523,7 @@ def _state_kernel(soc, ev_connected, ev_need, ev_departure, buckets, window, tim
 
 
 @numba.njit(cache=True, error_model="numpy", nogil=True)
-def _autonomous_kernel(kind, p_max, eta_c, ev_connected, ev_need, buckets, pv_avail, flex_base, h):  # pragma: no cover
+def autonomous_kernel(kind, p_max, eta_c, ev_connected, ev_need, buckets, pv_avail, flex_base, h):  # pragma: no cover
     """``FleetPhysics.autonomous`` per asset (see ``autonomous_numpy``)."""
     n = len(kind)
     p = np.zeros(n)

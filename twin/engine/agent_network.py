@@ -77,6 +77,9 @@ class AgentNetworkRunner:
         """Coordinate one decision; returns the dispatch, which assets it reached, the rounds used and the
         stage times (telemetry = building the views, optimize = the parties' arithmetic, coordinate = comms)."""
         t0 = wallclock.perf_counter()
+        self._initial = twin.last_pf is None
+        if self._initial:  # the operating point the grid nodes linearize at
+            twin._initial_operating_point(time)
         active = np.array([not twin.comms.dropped_out(p, time) for p in self.spec.participants], dtype=bool)
         grid = self._grid_observation(twin, time)
         participants = self._participant_observation(twin, time)
@@ -125,9 +128,14 @@ class AgentNetworkRunner:
         window = slice(row, row + T)
         base = twin._forecast_frame(inputs.base_load_bus_mw, window, time, "base")  # the DSO's own forecast
         base_node = np.asarray(self.node_incidence.T @ base.to_numpy(float).T).T
+        # The DSO's estimate of the uncontrolled load in the interval the operating point was measured in (the
+        # twin's initial operating point, before the first interval, is measured on that interval's loads).
+        measured_row = row if self._initial else max(row - 1, 0)
+        base_measured = self.node_incidence.T @ inputs.base_load_bus_mw.to_numpy(float)[measured_row]
         price = inputs.price_eur_per_mwh.to_numpy(float)[window]
         return GridObservation(time=time, step=twin.scenario.step, tree=self.spec.tree, operating_point=op,
-                               base_load_node_mw=base_node, price_eur_per_mwh=price,
+                               base_load_node_mw=base_node, base_load_node_measured_mw=np.asarray(base_measured),
+                               price_eur_per_mwh=price,
                                feed_in_eur_per_mwh=twin.scenario.tariff.feed_in_eur_per_mwh, limits=twin.limits)
 
     def _participant_observation(self, twin: PolicyTwin, time: pd.Timestamp) -> Observation:

@@ -83,16 +83,22 @@ class InputArrays:
         return int(rows[0])
 
     def pv_avail(self, row: int) -> np.ndarray:
-        """Available PV power per asset (asset order; 0 for other kinds) in interval ``row``."""
-        out = np.zeros(self.n_assets)
-        out[self.pv_positions] = self.pv_avail_mw[row]
-        return out
+        """Available PV power per asset (asset order; 0 for other kinds) in interval ``row`` (read-only)."""
+        return self._full("_pv_full", self.pv_avail_mw, self.pv_positions)[row]
 
     def flex_base(self, row: int) -> np.ndarray:
-        """Requested draw per flexible load (asset order; 0 for other kinds) in interval ``row``."""
-        out = np.zeros(self.n_assets)
-        out[self.flex_positions] = self.flex_base_mw[row]
-        return out
+        """Requested draw per flexible load (asset order; 0 for other kinds) in interval ``row`` (read-only)."""
+        return self._full("_flex_full", self.flex_base_mw, self.flex_positions)[row]
+
+    def _full(self, name: str, compact: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """time x asset, built on first use (per-step reads are then row views, no allocation)."""
+        full = self.__dict__.get(name)
+        if full is None:
+            full = np.zeros((len(compact), self.n_assets))
+            full[:, positions] = compact
+            full.flags.writeable = False
+            self.__dict__[name] = full
+        return full
 
 
 def _nan_to_zero(values: np.ndarray) -> np.ndarray:

@@ -132,6 +132,12 @@ class GuardedController:
                              interval=observation.time)
         return checked_dispatch(self._policy, self._target, result, interval=observation.time)
 
+    @property
+    def reads_grid(self) -> bool:
+        """The plug-in's own declaration (``reads_grid = False``: it never reads ``observation.grid``, so the
+        twin may replay it open loop); True when it makes none."""
+        return bool(getattr(self._inner, "reads_grid", True))
+
 
 class GuardedAgent:
     """An edge Agent that builds and calls the plug-in ``target`` through the guard (same results)."""

@@ -33,11 +33,11 @@ from controllers.api import (
     Sensitivities,
     load_controller,
 )
-from controllers.volt_var import volt_var_q_share
+from controllers.volt_var import VOLT_VAR_Q_SHARE, VOLT_VAR_V_PU, volt_var_q_share
 from twin.commands import CommandKind, OperatorCommand
 from twin.comms.links import CommsModel, Fault, FaultKind, LinkSpec
 from twin.comms.mesh import mesh_neighbours
-from twin.devices.physics import FleetPhysics, IntervalOutcome, state_frame_of
+from twin.devices.physics import FleetPhysics, IntervalOutcome, autonomous_kernel, state_frame_of
 from twin.engine.agent_network import AgentNetworkRunner
 from twin.engine.agent_pool import AgentSetup, LocalAgents, ProcessAgents, start_agents
 from twin.engine.input_arrays import InputArrays
@@ -155,6 +155,8 @@ class PolicyTwin:
         self._inverter = kinds.isin([AssetKind.PV, AssetKind.BATTERY]).to_numpy()
         self._s_max = assets["s_max_mva"].to_numpy(float)
         bus_pos = self.grid.labels.bus.get_indexer(assets["bus"].to_numpy())
+        self._asset_bus_pos = bus_pos.astype(np.int64)
+        self._no_voltages = np.ones(len(self.grid.labels.bus))
         self._asset_bus_safe = np.maximum(bus_pos, 0)
         self._asset_bus_unknown = bus_pos < 0
         # volt-var injects a share of rated S: load convention Mvar = -share * s_max, inverters only
@@ -176,6 +178,9 @@ class PolicyTwin:
         self.cc_state: dict[str, np.ndarray] | None = None
         self.cc_seen_ns = np.full(len(ids), _NOT_HELD, dtype=np.int64)
         self._open_loop = False  # stepping ahead of the power flow (twin.engine.open_loop): no grid to read
+        self._everyone = np.ones(len(ids), dtype=bool)  # an ideal controller's setpoints reach every device
+        self._everyone.flags.writeable = False
+        self._signals = MappingProxyType({"feed_in_eur_per_mwh": scenario.tariff.feed_in_eur_per_mwh})
         self.controller: Controller | None = None
         self.agent_pool: LocalAgents | ProcessAgents | None = None
         self.agent_network: AgentNetworkRunner | None = None
@@ -259,6 +264,14 @@ class PolicyTwin:
     def _true_state(self, time: pd.Timestamp) -> pd.DataFrame:
         return self._state_table(self._true_state_arrays(time))
 
+    def _true_state_capture(self, time: pd.Timestamp) -> Any:
+        """``_true_state_arrays`` taken lazily: a callable that returns them (computed on first call, copied
+        before the devices move on). Telemetry as reported (false telemetry scales the power)."""
+        capture = self.physics.capture_state(time)
+        scale = self._telemetry_scale(time)
+        p_mw = self.last_p if scale is None else self.last_p * scale  # last_p is replaced each step, never mutated
+        return lambda: {**capture.arrays(), "p_mw": p_mw}
+
     def _forecast(self, time: pd.Timestamp, assets: pd.Index | None = None, *, feeder_total: bool = False) -> Forecast:
         inputs = self.inputs
         row = inputs.at(time)
@@ -291,17 +304,18 @@ class PolicyTwin:
         error[0] = 0.0  # the interval about to start is being measured, not forecast
         return truth * (1.0 + error)
 
-    def _observation(self, time: pd.Timestamp, state: pd.DataFrame | dict[str, np.ndarray], *,
+    def _observation(self, time: pd.Timestamp, state: pd.DataFrame | dict[str, np.ndarray] | Any, *,
                      assets: pd.DataFrame | None = None, feeder_total: bool = False,
                      signals: dict[str, Any] | None = None) -> Observation:
         """What a decider sees at ``time``: built lazily (only what it reads), from values taken now.
 
-        ``state``: a state table, or state arrays in asset order (``_true_state_arrays``)."""
+        ``state``: a state table, state arrays in asset order (``_true_state_arrays``), or a callable that
+        returns such arrays (a lazy capture, ``_true_state_capture``)."""
         assets = self.inputs.assets if assets is None else assets
         ids = assets.index
-        if isinstance(state, dict):
+        if isinstance(state, dict) or callable(state):
             def state_table() -> pd.DataFrame:
-                table = self._state_table(state)
+                table = self._state_table(state() if callable(state) else state)
                 return table if ids.equals(table.index) else table.loc[ids].copy()
         else:
             def state_table() -> pd.DataFrame:
@@ -312,8 +326,7 @@ class PolicyTwin:
             step=self.scenario.step,
             limits=self.limits,
             sensitivities=sensitivities,
-            signals=MappingProxyType({"feed_in_eur_per_mwh": self.scenario.tariff.feed_in_eur_per_mwh,
-                                      **(signals or {})}),
+            signals=self._signals if not signals else MappingProxyType({**self._signals, **signals}),
             build={
                 "assets": assets.copy,
                 "state": state_table,
@@ -344,6 +357,7 @@ class PolicyTwin:
                                        sgen_p_mw=a.sgen_p_mw[row], asset_p_mw=autonomous,
                                        asset_q_mvar=np.zeros(len(autonomous)))
         self.last_pf, self._last_time = self.grid.solve(time), time - self.scenario.step
+        self.last_p = np.asarray(autonomous, dtype=float)  # what the meters measured at that operating point
 
     def observe_for_test(self, time: pd.Timestamp) -> Observation:
         """The observation an ideal controller would get at ``time`` (for tests and debugging)."""
@@ -388,11 +402,11 @@ class PolicyTwin:
     def _decide_ideal(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
         assert self.controller is not None
         t0 = wallclock.perf_counter()
-        observation = self._observation(time, self._reported(time, self._true_state_arrays(time)))
+        observation = self._observation(time, self._true_state_capture(time))
         t1 = wallclock.perf_counter()
         dispatch = self.controller.act(observation)
         self._stage.update(telemetry=t1 - t0, optimize=wallclock.perf_counter() - t1)
-        return dispatch, np.ones(len(self.last_p), dtype=bool), 0
+        return dispatch, self._everyone, 0
 
     def _decide_central(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
         assert self.controller is not None
@@ -432,8 +446,6 @@ class PolicyTwin:
 
     def _decide_agents(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
         if self.agent_network is not None:
-            if self.last_pf is None:  # the operating point the grid nodes linearize at
-                self._initial_operating_point(time)
             dispatch, delivered, rounds, stages = self.agent_network.decide(self, time)
             self._stage.update(stages)
             return dispatch, delivered, rounds
@@ -526,11 +538,17 @@ class PolicyTwin:
             self._hold(time, dispatch, np.asarray(delivered, dtype=bool))  # agents send a Series in asset order
         row = self.arrays.row(time)
         pv_avail, flex_base = self.arrays.pv_avail(row), self.arrays.flex_base(row)
-        planned, valid = self._held_setpoints(time)
-        autonomous = self.physics.autonomous(pv_avail=pv_avail, flex_base=flex_base)
-        p_set = np.where(valid, planned, autonomous)
+        # What each device runs on: its held setpoint / schedule entry, else its autonomous default (volt-var
+        # Q on its bus's last voltage); one compiled pass, the same rules as _held_setpoints, physics.autonomous
+        # and volt_var_q (tests hold them equal).
+        ph, pf = self.physics, self.last_pf
+        volt_var_on = volt_var and pf is not None and pf.converged
+        p_set, q_set, valid = _setpoints_kernel(
+            self.held_plan, self.held_from_ns, self.held_until_ns, self.held_q, time.value, self._step_ns,
+            ph._kind_code, ph.p_max, ph.eta_c, ph.ev_connected, ph.ev_need, ph.flex_buckets, pv_avail, flex_base,
+            ph.hours, volt_var_on, pf.vm if volt_var_on else self._no_voltages, self._asset_bus_pos,
+            self._volt_var_scale, VOLT_VAR_V_PU, VOLT_VAR_Q_SHARE)
         q_held = self.held_q.copy()
-        q_set = np.where(valid, q_held, self._volt_var_q() if volt_var else 0.0)
         outcome = self.physics.advance_arrays(time, p_setpoint=p_set, q_setpoint=q_set, pv_avail=pv_avail,
                                               flex_base=flex_base)
         self.last_p = outcome.p
@@ -657,6 +675,34 @@ class PolicyTwin:
         self.held_q[rows] = 0.0
         self.held_q[ids.get_indexer(q.index)] = q.to_numpy(float)
         self.held_until_ns[rows] = (time + self.scenario.setpoint_ttl).value
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _setpoints_kernel(plan, held_from, held_until, held_q, time_ns, step_ns, kind, p_max, eta_c, ev_connected,
+                      ev_need, buckets, pv_avail, flex_base, h, volt_var_on, vm, asset_bus, volt_var_scale, vv_v,
+                      vv_share):  # pragma: no cover - compiled
+    """p and q setpoints per device, and whether it holds a valid one: the held setpoint or schedule entry
+    (``_held_kernel``), else the autonomous default (``physics.autonomous_kernel``) with volt-var Q on its
+    bus's voltage ``vm`` (1 pu where unknown; 0 when ``volt_var_on`` is False)."""
+    planned, valid = _held_kernel(plan, held_from, held_until, time_ns, step_ns)
+    autonomous = autonomous_kernel(kind, p_max, eta_c, ev_connected, ev_need, buckets, pv_avail, flex_base, h)
+    n = len(valid)
+    p_set = np.empty(n)
+    q_set = np.empty(n)
+    for i in range(n):
+        if valid[i]:
+            p_set[i] = planned[i]
+            q_set[i] = held_q[i]
+        else:
+            p_set[i] = autonomous[i]
+            q = 0.0
+            if volt_var_on:
+                v = vm[asset_bus[i]] if asset_bus[i] >= 0 else np.nan
+                if v != v:
+                    v = 1.0
+                q = np.interp(v, vv_v, vv_share) * volt_var_scale[i]
+            q_set[i] = q
+    return p_set, q_set, valid
 
 
 @numba.njit(cache=True, nogil=True)

@@ -328,6 +328,17 @@ class BatchArrays:
     #: Internal (ppci) complex voltages, n_internal x n_case (NaN where a case did not converge): a warm start.
     v_internal: np.ndarray
 
+    def results(self) -> list[PowerFlowResult]:
+        """Every case's result; their arrays are rows of one block (shared, read-only)."""
+        blocks = [np.ascontiguousarray(a.T) for a in (self.vm, self.va, self.line_loading, self.trafo_loading)]
+        for block in blocks:
+            block.flags.writeable = False
+        vm, va, line, trafo = blocks
+        return [PowerFlowResult(labels=self.labels, vm=vm[k], va=va[k], line_loading=line[k], trafo_loading=trafo[k],
+                                p_head_mw=float(self.p_head_mw[k]), q_head_mvar=float(self.q_head_mvar[k]),
+                                losses_mw=float(self.losses_mw[k]), converged=bool(self.converged[k]))
+                for k in range(len(self.converged))]
+
     def result(self, case: int) -> PowerFlowResult:
         """The single-case result of column ``case``."""
         return PowerFlowResult(
@@ -390,22 +401,38 @@ class FastPowerFlow:
 
     @classmethod
     def from_net(
-        cls, net: pp.pandapowerNet, *, tolerance_mva: float = 1e-9, max_iteration: int = 100
+        cls, net: pp.pandapowerNet, *, tolerance_mva: float = 1e-9, max_iteration: int = 100, copy_net: bool = True
     ) -> FastPowerFlow:
         """Run ``pandapower.runpp`` once on a copy of ``net`` and cache its admittance model.
 
         The net's topology, switch states, tap positions, ext_grid setpoints and gen setpoints are frozen
-        into the model; its loads are not (they come with every ``solve``).
+        into the model; its loads are not (they come with every ``solve``). ``copy_net=False`` runs it on
+        ``net`` itself (which then holds that power flow's results and pandapower's lookups).
         """
-        solved = copy.deepcopy(net)
+        solved = copy.deepcopy(net) if copy_net else net
+        # numba=False: pandapower's numba kernels compile for ~7 s on first use, and the model is the same; an
+        # explicit flat magnitude start skips pandapower's slow slack-voltage lookup (the model takes the slack and
+        # generator setpoints, not the solution).
+        options = {"numba": False, "init_vm_pu": "flat"}
         try:
-            pp.runpp(solved)
+            pp.runpp(solved, **options)
         except pp.LoadflowNotConverged:
-            # Only the admittance model is needed: retry with all injections switched off.
-            for element, _ in INJECTION_ELEMENTS:
+            # Only the admittance model is needed: retry with all injections switched off (then on again).
+            scaling = {element: solved[element]["scaling"].copy() for element, _ in INJECTION_ELEMENTS}
+            for element in scaling:
                 solved[element]["scaling"] = 0.0
-            pp.runpp(solved)
+            try:
+                pp.runpp(solved, **options)
+            finally:
+                for element, values in scaling.items():
+                    solved[element]["scaling"] = values
         return cls(NetworkModel.from_solved_net(solved), tolerance_mva=tolerance_mva, max_iteration=max_iteration)
+
+    def fresh(self) -> FastPowerFlow:
+        """A solver sharing this one's model and factors, with its own warm start (no-load voltages)."""
+        other = copy.copy(self)
+        other._v_last = self._v_no_load.copy()
+        return other
 
     @property
     def bus_index(self) -> pd.Index:
@@ -448,12 +475,11 @@ class FastPowerFlow:
     def _solve_vector(self, s_spec: np.ndarray) -> tuple[np.ndarray, bool]:
         if self._use_zbus:
             pq = self.model.pq
-            v_pq, converged = _zbus_iterate(*self._factors.arrays, s_spec[pq].reshape(-1, 1),
-                                            self._v_last[pq].reshape(-1, 1), -self._y_pq_ref_v, self._tolerance_pu,
-                                            self.max_iteration)
-            if converged[0]:
+            v_pq, converged = _zbus_case(*self._factors.arrays, s_spec[pq], self._v_last[pq], self._minus_y_pq_ref_v,
+                                         self._tolerance_pu, self.max_iteration)
+            if converged:
                 v = self.model.v_set.copy()
-                v[pq] = v_pq[:, 0]
+                v[pq] = v_pq
                 return v, True
         return newton_raphson(
             self.model, s_spec, self._v_no_load, tolerance_pu=self._tolerance_pu, max_iteration=30
@@ -532,6 +558,7 @@ class FastPowerFlow:
         pq, ref = model.pq, model.ref
         self._factors = _LuFactors.of(ybus[pq][:, pq].tocsc())
         self._y_pq_ref_v = np.asarray(ybus[pq][:, ref] @ model.v_set[ref], dtype=complex)
+        self._minus_y_pq_ref_v = -self._y_pq_ref_v
         v[pq] = self._factors.solve(-self._y_pq_ref_v[:, None])[:, 0]
         return v
 
@@ -673,6 +700,46 @@ def _zbus_iterate(
     return v, converged
 
 
+@numba.njit(cache=True, nogil=True)
+def _zbus_case(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, s_pq, v_pq, offset, tolerance,
+               max_iteration):  # pragma: no cover
+    """``_zbus_iterate`` for one case on 1-D arrays, with its work arrays allocated once (the per-step path:
+    the same operations in the same order, so the same voltages)."""
+    n = len(s_pq)
+    v = v_pq.copy()
+    v_new = np.empty_like(v)
+    work = np.empty_like(v)
+    tolerance_squared = tolerance * tolerance
+    converged = False
+    for _ in range(max_iteration):
+        for i in range(n):
+            work[perm_r[i]] = np.conj(s_pq[i] / v[i]) + offset[i]
+        for i in range(n):
+            for k in range(l_ptr[i], l_ptr[i + 1]):
+                work[i] -= l_val[k] * work[l_idx[k]]
+        for i in range(n - 1, -1, -1):
+            for k in range(u_ptr[i], u_ptr[i + 1]):
+                work[i] -= u_val[k] * work[u_idx[k]]
+            work[i] *= u_inv_diag[i]
+        done = True
+        finite = True
+        for i in range(n):
+            v_new[i] = work[perm_c[i]]
+            step = s_pq[i] * (v_new[i] - v[i])
+            old = v[i]
+            left = step.real * step.real + step.imag * step.imag
+            right = tolerance_squared * (old.real * old.real + old.imag * old.imag)
+            if not (left < right):
+                done = False
+                if not (np.isfinite(left) and np.isfinite(right)):
+                    finite = False
+        v, v_new = v_new, v
+        converged = done and finite
+        if done or not finite:
+            break
+    return v, converged
+
+
 def _energized_positions(model: NetworkModel) -> tuple[np.ndarray, np.ndarray]:
     positions = np.flatnonzero(model.bus_ppci >= 0)
     return positions, model.bus_ppci[positions]
@@ -737,6 +804,23 @@ class _CaseArrays:
                               self.line_branch, self.line_coef, self.line_idle, self.trafo_branch, self.trafo_coef,
                               self.trafo_idle, model.trafo_power_based, self.loss_branches, self.ref,
                               self.bus_positions, self.bus_internal, self.n_bus, model.base_mva)
+
+
+@numba.njit(cache=True, nogil=True)
+def specified_from_elements(p_ptr, p_idx, p_val, q_ptr, q_idx, q_val, x_p, x_q, const, base_mva):  # pragma: no cover
+    """const - (Kp x_p + j Kq x_q) / base for one case: net injection per internal bus straight from element
+    powers (Kp, Kq: element -> internal bus, CSR; const: generation minus constant demand)."""
+    n = len(p_ptr) - 1
+    out = np.empty(n, dtype=np.complex128)
+    for i in range(n):
+        acc_p = 0.0
+        for k in range(p_ptr[i], p_ptr[i + 1]):
+            acc_p += p_val[k] * x_p[p_idx[k]]
+        acc_q = 0.0
+        for k in range(q_ptr[i], q_ptr[i + 1]):
+            acc_q += q_val[k] * x_q[q_idx[k]]
+        out[i] = const[i] - (acc_p + 1j * acc_q) / base_mva
+    return out
 
 
 @numba.njit(cache=True, nogil=True)

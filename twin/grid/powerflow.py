@@ -7,18 +7,48 @@ scenario asks for it, and must match ``pandapower.runpp`` to 1e-6 pu.
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any
 
+import numba
 import numpy as np
 import pandapower as pp
 import pandas as pd
 import scipy.sparse as sp
 
 from controllers.api import AssetKind, Sensitivities
-from twin.grid.fastpf import FastPowerFlow
+from twin.grid.fastpf import FastPowerFlow, specified_from_elements
 from twin.grid.injections import bus_injections, element_incidence
 from twin.grid.results import GridLabels, PowerFlowResult
 from twin.grid.sensitivity import compute_sensitivities, sensitivities_at
+
+
+#: Power mismatch (MVA) the fast engine solves to. Tighter than pandapower's default (1e-8) so that a step solved
+#: from the last interval's voltages and a batch solved from scratch (open-loop replay) agree to ~1e-12 pu, and
+#: branch loadings (differences of voltages) to ~1e-9 %; it costs a couple of fixed-point iterations per step.
+FAST_TOLERANCE_MVA = 1e-12
+
+#: Fast solvers by the (net, assets) objects their model was built from: one runpp per feeder and fleet.
+_SOLVERS: dict[tuple[int, int, int], tuple[Any, Any, FastPowerFlow]] = {}
+
+
+def _topology_fingerprint(net: pp.pandapowerNet) -> int:
+    """What the admittance model is a snapshot of (an edited net is not served a stale model)."""
+    parts = [len(net.bus), len(net.line), len(net.trafo), len(net.load), len(net.sgen), len(net.storage)]
+    for element, columns in (("bus", ("in_service",)), ("line", ("in_service", "length_km")),
+                             ("trafo", ("in_service", "tap_pos")), ("switch", ("closed",)),
+                             ("ext_grid", ("vm_pu", "va_degree", "in_service")), ("gen", ("vm_pu", "in_service"))):
+        table = net[element] if element in net else None
+        if table is not None and len(table):
+            for column in columns:
+                if column in table:
+                    parts.append(hash(table[column].to_numpy().tobytes()))
+    return hash(tuple(parts))
+
+
+def clear_solver_cache() -> None:
+    """Forget the shared admittance models (the next fast grid model builds its own; for benchmarks)."""
+    _SOLVERS.clear()
 
 
 class GridModel:
@@ -33,6 +63,7 @@ class GridModel:
         if engine not in ("pandapower", "fast"):
             raise ValueError(f"power_flow.engine={engine!r}: expected 'pandapower' or 'fast'")
         self._net = copy.deepcopy(net)
+        self._source = (net, assets)  # what the fast engine's admittance model is shared by
         self.engine = engine
         self.native_load_index = self._net.load.index.copy()
         self.native_sgen_index = self._net.sgen.index.copy()
@@ -86,17 +117,25 @@ class GridModel:
         sgen = element_incidence(net, "sgen", self._native_sgen_pos)
         self._inj_p = sp.csr_matrix(sp.hstack([load, sgen, asset_p]))
         self._inj_q = sp.csr_matrix(sp.hstack([load, asset_p]))
-        written = copy.deepcopy(net)
+        self._inj_p_csr = (self._inj_p.indptr.astype(np.int64), self._inj_p.indices.astype(np.int64),
+                           self._inj_p.data.astype(float))
+        self._inj_q_csr = (self._inj_q.indptr.astype(np.int64), self._inj_q.indices.astype(np.int64),
+                           self._inj_q.data.astype(float))
+        # The constant part: bus injections with every entry the engine writes set to 0 (then put back).
+        kept = {}
         for element, rows, columns in (("load", self._native_load_pos, ("p_mw", "q_mvar")),
                                        ("load", self._fleet_load_pos, ("p_mw", "q_mvar")),
                                        ("sgen", self._native_sgen_pos, ("p_mw",)),
                                        ("sgen", self._fleet_sgen_pos, ("p_mw", "q_mvar")),
                                        ("storage", self._fleet_storage_pos, ("p_mw", "q_mvar"))):
             for column in columns:
-                values = written[element][column].to_numpy(float, copy=True)
+                kept.setdefault((element, column), net[element][column].copy())
+                values = net[element][column].to_numpy(float, copy=True)
                 values[rows] = 0.0
-                written[element][column] = values
-        p_const, q_const = bus_injections(written)
+                net[element][column] = values
+        p_const, q_const = bus_injections(net)
+        for (element, column), values in kept.items():
+            net[element][column] = values
         self._inj_p_const, self._inj_q_const = p_const.to_numpy(float), q_const.to_numpy(float)
 
     def _add(self, create_many: Any, rows: pd.DataFrame, *, prefix: str, **extra: Any) -> np.ndarray:
@@ -144,7 +183,16 @@ class GridModel:
         if self._x_p is None or self._x_q is None:
             p_bus, q_bus = bus_injections(self._net)
             return p_bus.to_numpy(float), q_bus.to_numpy(float)
-        return self._inj_p_const + self._inj_p @ self._x_p, self._inj_q_const + self._inj_q @ self._x_q
+        return (_matvec_plus(*self._inj_p_csr, self._x_p, self._inj_p_const),
+                _matvec_plus(*self._inj_q_csr, self._x_q, self._inj_q_const))
+
+    def bus_p_many(self, *, load_p_mw: np.ndarray, sgen_p_mw: np.ndarray, asset_p_mw: np.ndarray) -> np.ndarray:
+        """Bus P (n_bus x n_interval) of many intervals: native loads, native sgens and assets as columns."""
+        return self._inj_p_const[:, None] + self._inj_p @ np.vstack([load_p_mw, sgen_p_mw, asset_p_mw])
+
+    def bus_q_many(self, *, load_q_mvar: np.ndarray, asset_q_mvar: np.ndarray) -> np.ndarray:
+        """Bus Q (n_bus x n_interval) of many intervals."""
+        return self._inj_q_const[:, None] + self._inj_q @ np.vstack([load_q_mvar, asset_q_mvar])
 
     def _write_tables(self) -> None:
         """Write the current injection arrays into the net (whole columns: per-cell writes cost ~1 ms each)."""
@@ -224,15 +272,48 @@ class GridModel:
         return v, p_bus.to_numpy(float), q_bus.to_numpy(float)
 
     def _solve_fast(self) -> PowerFlowResult:
-        if self._fast is None:
-            pp.runpp(self.net, numba=False)
-            self._fast = FastPowerFlow.from_net(self.net)
-        return self._fast.solve_arrays(*self.bus_injection_arrays())
+        fast = self.fast
+        if self._x_p is None or self._x_q is None:
+            return fast.solve_arrays(*self.bus_injection_arrays())
+        # Element powers -> internal-bus injection in one product (incidence and bus map multiplied once).
+        kp, kq, const = self._specified_map
+        return fast.solve_specified(specified_from_elements(*kp, *kq, self._x_p, self._x_q, const,
+                                                            fast.model.base_mva))
 
     @property
     def fast(self) -> FastPowerFlow:
-        """The fast engine's solver (built on first use: one ``runpp`` for the admittance model)."""
+        """The fast engine's solver (built on first use: one ``runpp`` of a copy for the admittance model,
+        shared by every grid model of the same feeder and fleet objects; each gets its own warm start)."""
         if self._fast is None:
-            pp.runpp(self.net, numba=False)
-            self._fast = FastPowerFlow.from_net(self.net)
+            key = (id(self._source[0]), id(self._source[1]), _topology_fingerprint(self._net))
+            hit = _SOLVERS.get(key)
+            if hit is None or hit[0]() is not self._source[0] or hit[1]() is not self._source[1]:
+                # on this model's own copy of the net: runpp leaves results and lookups there, which nothing reads
+                solver = FastPowerFlow.from_net(self.net, tolerance_mva=FAST_TOLERANCE_MVA, copy_net=False)
+                try:
+                    refs = (weakref.ref(self._source[0]), weakref.ref(self._source[1]))
+                    _SOLVERS[key] = (*refs, solver)
+                except TypeError:  # not weak-referenceable: no sharing
+                    pass
+            else:
+                solver = hit[2]
+            self._fast = solver.fresh()
+            model = self._fast.model
+            kp = sp.csr_matrix(model.injection_map @ self._inj_p)
+            kq = sp.csr_matrix(model.injection_map @ self._inj_q)
+            const = model.s_gen_pu - model.injection_map @ (self._inj_p_const + 1j * self._inj_q_const) / model.base_mva
+            self._specified_map = tuple((m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data.astype(float))
+                                        for m in (kp, kq)) + (np.asarray(const, dtype=complex),)
         return self._fast
+
+
+@numba.njit(cache=True, nogil=True)
+def _matvec_plus(ptr, idx, val, x, const):  # pragma: no cover - compiled
+    """const + A x for a CSR matrix A (one interval's bus injections)."""
+    out = const.copy()
+    for i in range(len(ptr) - 1):
+        acc = 0.0
+        for k in range(ptr[i], ptr[i + 1]):
+            acc += val[k] * x[idx[k]]
+        out[i] += acc
+    return out

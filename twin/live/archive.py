@@ -1,7 +1,9 @@
-"""Append-only SQLite archive of every raw MQTT message the twin received, with its ingest verdict and reason.
+"""Append-only SQLite archive of every raw message the twin received, with its ingest verdict and reason.
 
-Nothing received is lost: accepted, duplicate, late and rejected messages are all kept byte for byte.
-WAL mode lets a dashboard read while the ingest writes; triggers make rows immutable.
+Nothing received is lost: accepted, duplicate, late and rejected messages are all kept byte for byte, whatever
+the transport (MQTT, OCPP, OpenADR). A message whose wire form is not the canonical payload (an OCPP frame,
+an OpenADR XML document) also keeps the canonical JSON it was mapped to, so state can be restored from the
+archive alone. WAL mode lets a dashboard read while the ingest writes; triggers make rows immutable.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ CREATE TABLE IF NOT EXISTS raw_messages (
     device_ts   TEXT,              -- the payload's ts, when it validated
     verdict     TEXT    NOT NULL,  -- accepted | duplicate | late | rejected
     reason      TEXT    NOT NULL,  -- '' when accepted
-    detail      TEXT    NOT NULL
+    detail      TEXT    NOT NULL,
+    transport   TEXT    NOT NULL DEFAULT 'mqtt',  -- mqtt | ocpp | openadr
+    canonical   TEXT               -- the canonical JSON payload, when the wire form is not it (NULL for MQTT)
 );
 CREATE INDEX IF NOT EXISTS raw_messages_device_seq ON raw_messages (device_id, seq);
 CREATE INDEX IF NOT EXISTS raw_messages_verdict ON raw_messages (verdict, reason);
@@ -39,7 +43,10 @@ CREATE TRIGGER IF NOT EXISTS raw_messages_no_delete BEFORE DELETE ON raw_message
 BEGIN SELECT RAISE(ABORT, 'raw_messages is append-only'); END;
 """
 
-_COLUMNS = ("received_at", "topic", "payload", "channel", "device_id", "seq", "device_ts", "verdict", "reason", "detail")
+_COLUMNS = ("received_at", "topic", "payload", "channel", "device_id", "seq", "device_ts", "verdict", "reason", "detail",
+            "transport", "canonical")
+#: Columns added after the first archives were written: an older archive gains them (with their defaults) on open.
+_ADDED = {"transport": "TEXT NOT NULL DEFAULT 'mqtt'", "canonical": "TEXT"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +61,8 @@ class ArchiveRow:
     verdict: str
     reason: str
     detail: str
+    transport: str = "mqtt"
+    canonical: str | None = None
 
 
 class TelemetryArchive:
@@ -78,6 +87,10 @@ class TelemetryArchive:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.executescript(_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(raw_messages)")}
+            for column, declaration in _ADDED.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE raw_messages ADD COLUMN {column} {declaration}")
         except BaseException:
             db.close()
             raise
@@ -99,8 +112,11 @@ class TelemetryArchive:
             raise
         return ids
 
-    def count(self, *, verdict: str | None = None, reason: str | None = None, channel: str | None = None) -> int:
+    def count(self, *, verdict: str | None = None, reason: str | None = None, channel: str | None = None,
+              transport: str | None = None) -> int:
         sql, args = "SELECT COUNT(*) FROM raw_messages WHERE 1=1", []
+        if transport is not None:
+            sql, args = sql + " AND transport = ?", [*args, transport]
         if channel is not None:
             sql, args = sql + " AND channel = ?", [*args, channel]
         if verdict is not None:
@@ -114,9 +130,12 @@ class TelemetryArchive:
         rows = self._db.execute("SELECT verdict, reason, COUNT(*) FROM raw_messages GROUP BY verdict, reason")
         return {(verdict, reason): int(n) for verdict, reason, n in rows}
 
-    def iter_rows(self, *, channel: str | None = None, verdicts: Sequence[str] | None = None) -> Iterator[ArchiveRow]:
+    def iter_rows(self, *, channel: str | None = None, verdicts: Sequence[str] | None = None,
+                  transport: str | None = None) -> Iterator[ArchiveRow]:
         """Rows in arrival order, optionally filtered (used to restore ingest state after a restart)."""
         sql, args = f"SELECT {','.join(_COLUMNS)} FROM raw_messages WHERE 1=1", []
+        if transport is not None:
+            sql, args = sql + " AND transport = ?", [*args, transport]
         if channel is not None:
             sql, args = sql + " AND channel = ?", [*args, channel]
         if verdicts is not None:

@@ -49,6 +49,11 @@ class SimClock:
         """The Unix time at which simulated time ``sim`` happens."""
         return self.wall_start + (sim - self.sim_start).total_seconds() / self.speed
 
+    def sim_at(self, wall: float, *, resolution: pd.Timedelta = pd.Timedelta(seconds=1)) -> pd.Timestamp:
+        """The simulated time at Unix time ``wall``, rounded to ``resolution``: a time that crossed a wire in
+        real time (OpenADR) comes back to the simulated second it was sent for, whatever the speed."""
+        return (self.sim_start + pd.Timedelta(seconds=(wall - self.wall_start) * self.speed)).round(resolution)
+
     def sleep_until(self, sim: pd.Timestamp, *, stop: threading.Event) -> bool:
         """Wait for simulated time ``sim``; False if ``stop`` was set first."""
         delay = self.wall_at(sim) - time.time()

@@ -1,8 +1,10 @@
-"""Live telemetry ingest: judge every raw MQTT message, archive it with its verdict, emit canonical samples.
+"""Live telemetry ingest: judge every raw message, archive it with its verdict, emit canonical samples.
 
 ``Ingestor`` is pure of any broker: feed it ``RawMessage`` (topic, bytes, received_at) and it validates the
 schema, checks topic ↔ device_id, verifies the Ed25519 signature, dedupes on (device_id, seq), classifies
-out-of-order messages behind the watermark as late, marks stale samples, and archives everything.
+out-of-order messages behind the watermark as late, marks stale samples, and archives everything. Other
+transports (OCPP, OpenADR) authenticate and decode their own messages into ``canonical.Decoded`` items and
+hand them to ``ingest_decoded``: from there on they are judged and archived exactly as MQTT messages are.
 ``MqttIngest`` subscribes with paho (QoS 1, persistent session) and acknowledges a message to the broker only
 after its verdict is committed to the archive, so a crash can duplicate a message but never lose one.
 """
@@ -14,7 +16,7 @@ import queue
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from twin.live.archive import ArchiveRow, TelemetryArchive
 from twin.live.broker import BrokerCredentials
+from twin.live.canonical import SESSION, Decoded, RawMessage, Transport
 from twin.live.messages import (
     TOPIC_ROOT,
     Channel,
@@ -81,19 +84,15 @@ class RejectReason(StrEnum):
     MALFORMED_SIGNATURE = SignatureCheck.MALFORMED_SIGNATURE.value
     BAD_SIGNATURE = SignatureCheck.BAD_SIGNATURE.value
     FUTURE_TIMESTAMP = "future_timestamp"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RawMessage:
-    """One message as received: topic, exact payload bytes, and the twin's (tz-aware UTC) receive time."""
-
-    topic: str
-    payload: bytes
-    received_at: datetime
-
-    def __post_init__(self) -> None:
-        if self.received_at.tzinfo is None:
-            raise ValueError(f"received_at {self.received_at!r} must be timezone-aware UTC")
+    #: OCPP / OpenADR: a sender without valid credentials (HTTP Basic, certificate fingerprint, XML signature).
+    UNAUTHENTICATED = "unauthenticated"
+    #: OpenADR: a document that is not XML or not valid against the OpenADR 2.0b schema.
+    BAD_XML = "bad_xml"
+    #: OCPP / OpenADR: well-formed but breaks the protocol (an unknown transaction, a report nobody asked for).
+    PROTOCOL = "protocol"
+    #: A device heard on another transport than the one it speaks in this run (e.g. a retained MQTT status of
+    #: a charger that now speaks OCPP): stale, or someone else's.
+    WRONG_TRANSPORT = "wrong_transport"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,7 +120,7 @@ class IngestResult:
     verdict: Verdict
     reason: str  # a RejectReason value, "duplicate", "late", or "" when accepted
     detail: str
-    channel: Channel | None
+    channel: Channel | str | None  # a Channel, or canonical.SESSION for protocol messages without telemetry
     device_id: str | None
     seq: int | None
     archive_id: int
@@ -192,6 +191,8 @@ class _DeviceTrack:
     newest_ts: datetime | None = None
     last_seen: datetime | None = None
     status: DeviceState | None = None
+    #: False when the device's seqs are timestamps (OCPP, OpenADR): gaps between them are not missing messages.
+    counter_seq: bool = True
 
 
 class _Rejected(Exception):
@@ -208,6 +209,9 @@ _MODELS: dict[Channel, type[BaseModel]] = {
 }
 
 
+_CHANNELS = frozenset(c.value for c in Channel)
+
+
 def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="microseconds")
 
@@ -221,11 +225,14 @@ class Ingestor:
     """
 
     def __init__(self, *, archive: TelemetryArchive, keys: KeyRegistry, policy: IngestPolicy,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 transports: Mapping[str, Transport] | None = None) -> None:
         self.archive = archive
         self.keys = keys
         self.policy = policy
         self._clock = clock
+        #: device id → the one transport it speaks in this run (None: any)
+        self.transports = dict(transports) if transports is not None else None
         self._devices: dict[str, _DeviceTrack] = {}
         self._samples: list[tuple[Any, ...]] = []
         self._acks: list[CommandAckPayload] = []
@@ -247,11 +254,14 @@ class Ingestor:
         policy: IngestPolicy | None = None,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         clock: Callable[[], datetime] | None = None,
+        transports: Mapping[str, Transport] | None = None,
     ) -> Ingestor:
         """Open (or create) the archive at ``path`` and restore dedupe/watermark/status state from it, so a
-        restarted ingest recognises messages the broker redelivers as duplicates."""
+        restarted ingest recognises messages the broker redelivers as duplicates. ``transports``: the one
+        transport each device speaks in this run; a message from it on another one is refused."""
         archive = TelemetryArchive.open(path, synchronous=synchronous)
-        ingestor = cls(archive=archive, keys=keys, policy=policy or IngestPolicy(), clock=clock)
+        ingestor = cls(archive=archive, keys=keys, policy=policy or IngestPolicy(), clock=clock,
+                       transports=transports)
         ingestor._restore()
         return ingestor
 
@@ -265,13 +275,16 @@ class Ingestor:
             if track.last_seen is None or received_at > track.last_seen:
                 track.last_seen = received_at
             if row.channel == Channel.TELEMETRY and row.seq is not None:
+                track.counter_seq = track.counter_seq and row.transport == Transport.MQTT
+                if row.verdict == Verdict.ACCEPTED and track.status is DeviceState.OFFLINE:
+                    track.status = DeviceState.ONLINE  # as when it was judged (see _judge_decoded)
                 track.seqs.add(row.seq)
                 if row.verdict == Verdict.ACCEPTED and row.device_ts is not None:
                     device_ts = datetime.fromisoformat(row.device_ts)
                     if track.newest_ts is None or device_ts > track.newest_ts:
                         track.newest_ts = device_ts
             elif row.channel == Channel.STATUS:
-                payload = StatusPayload.model_validate_json(row.payload)
+                payload = StatusPayload.model_validate_json(row.canonical or row.payload)
                 track.status = payload.state
 
     def _track(self, device_id: str) -> _DeviceTrack:
@@ -293,10 +306,15 @@ class Ingestor:
         return self.ingest_batch([message])[0]
 
     def ingest_batch(self, messages: Sequence[RawMessage]) -> list[IngestResult]:
-        """Judge ``messages`` in order and archive them all in one transaction."""
+        """Judge MQTT ``messages`` in order and archive them all in one transaction."""
+        return self.ingest_decoded([self._decode_mqtt(message) for message in messages])
+
+    def ingest_decoded(self, items: Sequence[Decoded]) -> list[IngestResult]:
+        """Judge messages another transport authenticated and decoded, in order, and archive them all in one
+        transaction (the same verdicts, reasons and archive as MQTT messages)."""
         if self._broken:
             raise RuntimeError("an archive write failed earlier; reopen with Ingestor.open to restore state")
-        judged = [self._judge(message) for message in messages]
+        judged = [self._judge_decoded(item) for item in items]
         try:
             ids = self.archive.append(judged)
         except BaseException:
@@ -312,7 +330,7 @@ class Ingestor:
                     verdict=Verdict(row.verdict),
                     reason=row.reason,
                     detail=row.detail,
-                    channel=Channel(row.channel) if row.channel else None,
+                    channel=Channel(row.channel) if row.channel in _CHANNELS else row.channel,
                     device_id=row.device_id,
                     seq=row.seq,
                     archive_id=archive_id,
@@ -320,17 +338,10 @@ class Ingestor:
             )
         return results
 
-    def _judge(self, message: RawMessage) -> ArchiveRow:
-        received_at = message.received_at.astimezone(UTC)
-        base: dict[str, Any] = {
-            "received_at": _iso(received_at),
-            "topic": message.topic,
-            "payload": bytes(message.payload),
-            "channel": None,
-            "device_id": None,
-            "seq": None,
-            "device_ts": None,
-        }
+    def _decode_mqtt(self, message: RawMessage) -> Decoded:
+        """Parse, authenticate (Ed25519 signature) and validate one MQTT message."""
+        base: dict[str, Any] = {"raw": message, "transport": Transport.MQTT, "channel": None, "device_id": None}
+        seq: int | None = None
         try:
             try:
                 address, channel = parse_topic(message.topic)
@@ -345,7 +356,7 @@ class Ingestor:
             except MessageError as exc:
                 raise _Rejected(RejectReason.BAD_JSON, str(exc)) from None
             if isinstance(raw.get("seq"), int) and not isinstance(raw.get("seq"), bool):
-                base["seq"] = raw["seq"]  # kept even if the payload fails later checks, for forensics
+                seq = raw["seq"]  # kept even if the payload fails later checks, for forensics
             # Authenticate before validating: a schema complaint about a forged message would only be noise,
             # and a payload replayed onto another channel must fail as a bad signature, whatever its shape.
             public_key = self.keys.get(address.device_id)
@@ -365,13 +376,52 @@ class Ingestor:
                     f"topic device {address.device_id!r}",
                 )
         except _Rejected as rejected:
-            return ArchiveRow(**base, verdict=Verdict.REJECTED, reason=rejected.reason, detail=rejected.detail)
+            return Decoded(**base, reject=(rejected.reason, rejected.detail), seq=seq)
+        return Decoded(**base, payload=payload)  # type: ignore[arg-type]
 
-        track = self._track(address.device_id)
-        if track.last_seen is None or received_at > track.last_seen:
-            track.last_seen = received_at
+    def _judge_decoded(self, item: Decoded) -> ArchiveRow:
+        message = item.raw
+        received_at = message.received_at.astimezone(UTC)
+        canonical = None
+        if item.payload is not None and item.transport != Transport.MQTT:
+            canonical = item.payload.model_dump_json()
+        base: dict[str, Any] = {
+            "received_at": _iso(received_at),
+            "topic": message.topic,
+            "payload": bytes(message.payload),
+            "channel": item.channel,
+            "device_id": item.device_id,
+            "seq": item.seq,
+            "device_ts": None,
+            "transport": str(item.transport),
+            "canonical": canonical,
+        }
+        if item.reject is not None:
+            reason, detail = item.reject
+            return ArchiveRow(**base, verdict=Verdict.REJECTED, reason=str(reason), detail=detail)
+        payload = item.payload
+        speaks = self.transports.get(item.device_id) if self.transports is not None and item.device_id else None
+        if speaks is not None and speaks != item.transport:
+            return ArchiveRow(**base, verdict=Verdict.REJECTED, reason=RejectReason.WRONG_TRANSPORT,
+                              detail=f"device_id {item.device_id!r} speaks {speaks} in this run, not "
+                              f"{item.transport} ({item.note or item.channel})")
+        if item.device_id is not None:
+            track = self._track(item.device_id)
+            if track.last_seen is None or received_at > track.last_seen:
+                track.last_seen = received_at
+        if payload is None:  # a protocol message that carries no telemetry, accepted as received
+            return ArchiveRow(**base, verdict=Verdict.ACCEPTED, reason="", detail=item.note or SESSION)
+        track = self._track(payload.device_id)
         if isinstance(payload, TelemetryPayload):
-            return self._judge_telemetry(payload, base=base, track=track, received_at=received_at)
+            track.counter_seq = track.counter_seq and item.transport == Transport.MQTT
+            row = self._judge_telemetry(payload, base=base, track=track, received_at=received_at)
+            if row.verdict == Verdict.ACCEPTED and track.status is DeviceState.OFFLINE:
+                # The latest word wins: a device that reports after an offline status (a retained one from an
+                # earlier run, or one its other transport left behind) is alive.
+                track.status = DeviceState.ONLINE
+            if item.note and row.verdict == Verdict.ACCEPTED:
+                row = ArchiveRow(**{**row.__dict__, "detail": "; ".join(p for p in (item.note, row.detail) if p)})
+            return row
         if isinstance(payload, StatusPayload):
             track.status = payload.state
             detail = f"status {payload.state.value}"
@@ -379,6 +429,8 @@ class Ingestor:
             assert isinstance(payload, CommandAckPayload)
             self._acks.append(payload)
             detail = f"cmd_seq {payload.cmd_seq} {'accepted' if payload.accepted else 'refused'}"
+        if item.note:
+            detail = f"{item.note}: {detail}"
         return ArchiveRow(**base, verdict=Verdict.ACCEPTED, reason="", detail=detail)
 
     def _judge_telemetry(
@@ -432,12 +484,13 @@ class Ingestor:
 
     def missing_seqs(self) -> dict[str, int]:
         """Per device: seqs missing between the lowest and the highest received (late ones count as received)."""
-        return {device_id: track.seqs.missing for device_id, track in sorted(self._devices.items())}
+        return {device_id: track.seqs.missing for device_id, track in sorted(self._devices.items())
+                if track.counter_seq}
 
     def seq_gaps(self, device_id: str) -> list[tuple[int, int]]:
         """The missing seq ranges (inclusive) of one device."""
         track = self._devices.get(device_id)
-        return track.seqs.gaps() if track else []
+        return track.seqs.gaps() if track and track.counter_seq else []
 
     def last_seen(self) -> dict[str, datetime]:
         """When each device last sent an authenticated message (any channel, received_at)."""

@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
@@ -35,11 +36,16 @@ from grids.profiles import ExogenousProfiles
 from twin.commands import CommandChannel, CommandKind, OperatorCommand
 from twin.engine import iterate_policies
 from twin.inputs import RunInputs, build_inputs
+from twin.live.canonical import Transport
 from twin.live.clock import SimClock
 from twin.live.device import encode_payload
+from twin.live.field_identity import FIELD_AUTH_FILENAME, FieldAuth, X509Identity, load_vtn_identity
 from twin.live.ingest import Ingestor, IngestPolicy, MqttIngest
 from twin.live.messages import Channel, DeviceAddress
 from twin.live.mqtt import connect_and_wait, format_ts, make_client
+from twin.live.ocpp_csms import OcppCsms, parse_ocpp_address
+from twin.live.openadr_vtn import OpenAdrVtn
+from twin.live.protocol_log import protocol_log
 from twin.live.signing import KeyRegistry, public_key_b64, sign_payload
 from twin.live.simulator import (
     CredentialsOpt,
@@ -52,8 +58,11 @@ from twin.live.simulator import (
     fleet_devices,
     start_at_or_bad,
 )
+from twin.live.transports import FieldPlan
 from twin.records.recorder import PolicyRecords, Recorder, StepRecord
 from twin.records.runstore import RunStore
+from twin.settlement.contracts import EventKind
+from twin.settlement.dr_program import DrProgram, DrProgramError
 
 if TYPE_CHECKING:
     from twin.scenario import Scenario
@@ -169,10 +178,13 @@ class LiveResult:
     acks_refused: int
     #: (interval time, device_id) → Unix time the setpoint for that interval was published.
     command_wall: dict[tuple[pd.Timestamp, str], float] = field(repr=False)
+    ocpp_url: str | None = None
+    openadr_url: str | None = None
 
 
 _LIVE_COLUMNS = ("measured", "expected", "forecast_filled", "offline", "dropouts_submitted", "commands_sent",
-                 "releases_sent", "acks_accepted", "acks_refused", "trigger", "wait_s", "step_s", "flush_s")
+                 "releases_sent", "acks_accepted", "acks_refused", "trigger", "wait_s", "step_s", "flush_s",
+                 "dr_events_issued", "not_sent")
 
 
 class LiveTwin:
@@ -201,6 +213,10 @@ class LiveTwin:
         deadline: float = 0.25,
         offline_after: float = 2.5,
         warm_up: bool = True,
+        field_auth: FieldAuth | None = None,
+        ocpp_listen: tuple[str, int] = ("127.0.0.1", 0),
+        openadr_listen: tuple[str, int] = ("127.0.0.1", 0),
+        vtn_identity: X509Identity | None = None,
     ) -> None:
         names = [c.name for c in scenario.controllers]
         if control not in names:
@@ -230,6 +246,18 @@ class LiveTwin:
         self._kind = assets["kind"].astype(str)
         self._participant = assets["participant_id"].astype(str)
         self._loads = {d: int(d.removeprefix("load-")) for d in self.devices if d.startswith("load-")}
+        self.plan = FieldPlan.from_scenario(scenario, base)
+        needs_auth = bool(self.plan.devices(Transport.OCPP)) or self.plan.openadr is not None
+        if needs_auth and field_auth is None:
+            raise ValueError("field_auth: the scenario's [live] table uses OCPP or OpenADR; give the field_auth.json "
+                             "`gridtwin broker` wrote (--field-auth)")
+        self.field_auth = field_auth or FieldAuth()
+        self._ocpp_listen, self._openadr_listen = ocpp_listen, openadr_listen
+        self._vtn_identity = vtn_identity
+        self._csms: OcppCsms | None = None
+        self._vtn: OpenAdrVtn | None = None
+        self._program: DrProgram | None = None
+        self._not_sent: list[str] = []
         self.session = self._session()
         self.client_id = self.session.client_id
         self.clock = self.session.clock
@@ -286,7 +314,8 @@ class LiveTwin:
         skew = min(pd.Timedelta(minutes=5), self.scenario.step / 2)
         self._ingestor = Ingestor.open(live_dir / ARCHIVE_FILE, keys=self.keys,
                                        policy=IngestPolicy(stale_after=_NEVER_STALE, max_clock_skew=skew),
-                                       clock=lambda: self.clock.now().to_pydatetime())
+                                       clock=lambda: self.clock.now().to_pydatetime(),
+                                       transports=self.plan.transport)
         self._restore_buckets(since=self.resume_at)
         self.session.write(self.out)
         c = self.credentials
@@ -300,6 +329,7 @@ class LiveTwin:
             publisher.max_inflight_messages_set(1000)
             connect_and_wait(publisher, host=c.host, port=c.port, keepalive_s=10, clean_start=True, timeout_s=timeout_s)
             self._publisher = publisher
+            self._start_standard_endpoints(timeout_s=timeout_s)
         except BaseException:
             self.close()
             raise
@@ -312,7 +342,9 @@ class LiveTwin:
                 "feeder": self.scenario.feeder,
                 "assets": self.live.inputs.assets.reset_index().astype(str).to_dict(orient="records"),
                 "live": {"control": self.control, "speed": self.speed, "broker": f"mqtt://{c.host}:{c.port}",
-                         "client_id": self.client_id, "clock": self.clock.to_json()},
+                         "client_id": self.client_id, "clock": self.clock.to_json(),
+                         "ocpp": self.ocpp_url, "openadr": self.openadr_url,
+                         "transports": {str(t): self.plan.devices(t) for t in Transport if self.plan.devices(t)}},
             }
             if self.scenario.settlement is not None:
                 from twin.settlement.keystore import run_public_key
@@ -320,6 +352,107 @@ class LiveTwin:
                 meta["operator_public_key"] = run_public_key(self.out)
             self.store.write_meta(meta)
         return self
+
+    # --- OCPP and OpenADR ---------------------------------------------------------------------------------
+
+    @property
+    def ocpp_url(self) -> str | None:
+        return self._csms.url if self._csms is not None else None
+
+    @property
+    def openadr_url(self) -> str | None:
+        return self._vtn.url if self._vtn is not None else None
+
+    def _sink(self, items: Any) -> Any:
+        """Messages the CSMS or the VTN decoded: judged and archived by the same ingestor as MQTT's."""
+        assert self._ingest is not None
+        with self._ingest.locked() as ingestor:
+            return ingestor.ingest_decoded(items)
+
+    def _start_standard_endpoints(self, *, timeout_s: float) -> None:
+        stations = self.plan.ocpp_stations
+        if stations:
+            host, port = self._ocpp_listen
+            self._csms = OcppCsms(auth=self.field_auth, stations=stations, sink=self._sink,
+                                  clock=lambda: self.clock.now().to_pydatetime(), host=host, port=port).start(
+                timeout_s=timeout_s)
+        if self.plan.openadr is None:
+            return
+        self._program = DrProgram.open(self.program_path)
+        identity = self._vtn_identity or load_vtn_identity(create=False)
+        host, port = self._openadr_listen
+        self._vtn = OpenAdrVtn(auth=self.field_auth, identity=identity, reporting=self.plan.vens, sink=self._sink,
+                               program=self._program, clock=lambda: self.clock, host=host, port=port,
+                               poll_s=max(0.05, min(1.0, 0.1 * self.scenario.step.total_seconds() / self.speed)))
+        self._vtn.start(timeout_s=timeout_s)
+        config = self.scenario.settlement_config()
+        for i, event in enumerate(config.events if config is not None else ()):
+            self._vtn.issue_event(event_id=event.event_id or f"scenario-{i}", start=pd.Timestamp(event.start),
+                                  end=pd.Timestamp(event.end), kind=event.kind, source="scenario",
+                                  level=self.plan.openadr.level)
+
+    @property
+    def program_path(self) -> Path:
+        return (self.out / LIVE_DIR / "openadr" / "program.sqlite").resolve()
+
+    def _engine_scenario(self, t: pd.Timestamp) -> Scenario:
+        """What the engine runs: with a VTN, settlement pays for the events the VTN issued (read from the DR
+        program register, with the VENs' answers), not for the ones the scenario merely lists."""
+        update: dict[str, Any] = {"start": t}
+        if self._vtn is not None and self.scenario.settlement is not None:
+            update["settlement"] = {**self.scenario.settlement, "events": [], "dr_program": str(self.program_path)}
+        return self.scenario.model_copy(update=update)
+
+    def _publish_prices(self, t: pd.Timestamp) -> None:
+        """Once a day (and at the first interval): the next day's tariff as an OpenADR price signal."""
+        if self._vtn is None or self.plan.openadr is None or not self.plan.openadr.prices:
+            return
+        if t != self.resume_at and (t - self.scenario.start) % pd.Timedelta("1D") != pd.Timedelta(0):
+            return
+        prices = self.live.inputs.price_eur_per_mwh
+        window = prices[(prices.index >= t) & (prices.index < min(t + pd.Timedelta("1D"), self.scenario.end))]
+        spans: list[tuple[pd.Timestamp, pd.Timestamp, float]] = []
+        for when, price in window.items():
+            eur_per_kwh = float(price) / 1000.0
+            if spans and spans[-1][2] == eur_per_kwh and spans[-1][1] == when:
+                spans[-1] = (spans[-1][0], when + self.scenario.step, eur_per_kwh)
+            else:
+                spans.append((pd.Timestamp(when), pd.Timestamp(when) + self.scenario.step, eur_per_kwh))
+        self._vtn.publish_prices(event_id=f"prices-{t.strftime('%Y%m%dT%H%M')}", prices=spans)
+
+    def _operator_dr_events(self, t: pd.Timestamp) -> int:
+        """With a VTN, an operator's DR event is the VTN's to issue: it starts after the program's notice (on
+        an interval boundary, from ``t`` on) and is settled from the program register like every issued event.
+        The command is answered here (applied / rejected, with why); the engine never sees it."""
+        if self._vtn is None or self.plan.openadr is None:
+            return 0
+        issued = 0
+        step = self.scenario.step
+        notice = pd.Timedelta(self.plan.openadr.notice)
+        for command, path, _reason in self.channel.take():
+            if command is None or command.kind is not CommandKind.DR_EVENT:
+                continue  # the engine answers the others (and the malformed ones)
+            start = t + -(-notice // step) * step
+            end = start + command.duration
+            event_id = f"operator-{(command.command_id or path.stem)[:32]}"
+            if command.duration % step != pd.Timedelta(0):
+                verdict, detail = "rejected", f"duration={command.duration}: a DR event lasts whole intervals of {step}"
+            elif end > self.scenario.end:
+                verdict, detail = "rejected", (f"the event {start.isoformat()}..{end.isoformat()} ends after the run "
+                                               f"({self.scenario.end.isoformat()})")
+            else:
+                try:
+                    self._vtn.issue_event(event_id=event_id, start=start, end=end, kind=EventKind.ECONOMIC,
+                                          source=f"operator:{command.operator}", level=self.plan.openadr.level)
+                    verdict, detail = "applied", (f"issued by the OpenADR VTN as event {event_id} for "
+                                                  f"{start.isoformat()}..{end.isoformat()} to "
+                                                  f"{len(self._vtn.vens)} VENs")
+                    issued += 1
+                except DrProgramError as exc:
+                    verdict, detail = "rejected", str(exc)
+            self.channel.finish(path, verdict=verdict, applied_at=start if verdict == "applied" else None,
+                                detail=detail)
+        return issued
 
     def _warm_up(self) -> None:
         """Step one throw-away interval on copies of the inputs: the first real interval must not pay for
@@ -347,12 +480,13 @@ class LiveTwin:
             ts = pd.Timestamp(row.device_ts)
             if ts < since:
                 continue
-            payload = json.loads(row.payload)
+            payload = json.loads(row.canonical or row.payload)  # OCPP / OpenADR rows keep their canonical form
             self._add_sample(ts, row.device_id, {q: float(payload[q]) for q in ("p_kw", "q_kvar", "soc_pct")
                                                  if payload.get(q) is not None})
 
     def crash(self) -> None:
         """Fault injection: end both sessions without DISCONNECT, losing whatever was not archived yet."""
+        self._stop_standard_endpoints()
         if self._ingest is not None:
             self._ingest.abort()
             self._ingest = None
@@ -364,7 +498,17 @@ class LiveTwin:
             self._publisher = None
         self._close_ingestor()
 
+    def _stop_standard_endpoints(self) -> None:
+        for endpoint in (self._csms, self._vtn):
+            if endpoint is not None:
+                endpoint.stop()
+        self._csms = self._vtn = None
+        if self._program is not None:
+            self._program.close()
+            self._program = None
+
     def close(self) -> None:
+        self._stop_standard_endpoints()
         if self._ingest is not None:
             self._ingest.stop()
             self._ingest = None
@@ -485,19 +629,52 @@ class LiveTwin:
             return 0, 0
         held = record.fallback.index[~record.fallback.to_numpy(bool)]
         sent = released = 0
-        valid_until = format_ts((t + self.scenario.setpoint_ttl).to_pydatetime())
-        for asset_id in held:
+        until = t + self.scenario.setpoint_ttl
+        valid_until = format_ts(until.to_pydatetime())
+        by_ven: dict[str, dict[str, float]] = {}
+        for asset_id in map(str, held):
             if asset_id in offline:
                 continue
-            self._send_command(t, str(asset_id), p_kw=float(record.outcome.p_requested_mw[asset_id]) * 1000.0,
-                               q_kvar=float(record.outcome.q_mvar[asset_id]) * 1000.0, valid_until=valid_until)
+            p_kw = float(record.outcome.p_requested_mw[asset_id]) * 1000.0
+            transport = self.plan.transport.get(asset_id, Transport.MQTT)
+            if transport is Transport.OPENADR:
+                by_ven.setdefault(self.plan.ven_of(asset_id), {})[asset_id] = p_kw
+                continue
+            if transport is Transport.OCPP:
+                sent += self._send_profile(t, asset_id, p_kw=p_kw, valid_to=until)
+                continue
+            self._send_command(t, asset_id, p_kw=p_kw, q_kvar=float(record.outcome.q_mvar[asset_id]) * 1000.0,
+                               valid_until=valid_until)
             sent += 1
+        for ven, setpoints in sorted(by_ven.items()):
+            assert self._vtn is not None
+            self._vtn.send_setpoints(ven, setpoints, start=t, valid_to=until)
+            self._stats["commands"] += len(setpoints)
+            sent += len(setpoints)
         for asset_id in sorted(self._commanded - set(map(str, held))):
-            if asset_id not in offline:
+            if asset_id in offline:
+                continue
+            transport = self.plan.transport.get(asset_id, Transport.MQTT)
+            if transport is Transport.MQTT:
                 self._send_command(t, asset_id, p_kw=0.0, q_kvar=0.0, valid_until=format_ts(t.to_pydatetime()))
                 released += 1
+            elif transport is Transport.OCPP:  # an already expired TxProfile releases the charger
+                released += self._send_profile(t, asset_id, p_kw=0.0, valid_to=t)
+            # OpenADR: the setpoint event simply ends at its setpoint_ttl
         self._commanded = set(map(str, held))
         return sent, released
+
+    def _send_profile(self, t: pd.Timestamp, device_id: str, *, p_kw: float, valid_to: pd.Timestamp) -> int:
+        """A TxProfile for an OCPP charger (1 if sent; when not, the live table says why)."""
+        assert self._csms is not None
+        outcome = self._csms.send_setpoint(device_id, start=t.to_pydatetime(), periods_kw=[(0, p_kw)],
+                                           valid_to=valid_to.to_pydatetime())
+        if not outcome.sent:
+            self._not_sent.append(f"{device_id}: {outcome.detail}")
+            return 0
+        self._command_wall[(t, device_id)] = time.time()
+        self._stats["commands"] += 1
+        return 1
 
     def _send_command(self, t: pd.Timestamp, device_id: str, *, p_kw: float, q_kvar: float, valid_until: str) -> None:
         assert self._publisher is not None
@@ -529,10 +706,11 @@ class LiveTwin:
             offline = self._offline()
             measured, forecast = self._fill(t)
             dropouts = self._submit_dropouts(offline)
+            self._publish_prices(t)
+            dr_events = self._operator_dr_events(t)
             if engine is None:
                 self._initial_soc(t)
-                engine = iterate_policies(self.scenario.model_copy(update={"start": t}), self.live.inputs,
-                                          run_dir=self.out)
+                engine = iterate_policies(self._engine_scenario(t), self.live.inputs, run_dir=self.out)
             t0 = time.monotonic()
             records = next(engine)
             by_name = {r.policy: r for r in records}
@@ -544,7 +722,9 @@ class LiveTwin:
                               "forecast_filled": forecast, "offline": ",".join(sorted(offline)),
                               "dropouts_submitted": dropouts, "commands_sent": sent, "releases_sent": released,
                               "acks_accepted": acks[0], "acks_refused": acks[1], "trigger": trigger,
-                              "wait_s": wait_s, "step_s": step_s})
+                              "wait_s": wait_s, "step_s": step_s, "dr_events_issued": dr_events,
+                              "not_sent": "; ".join(self._not_sent)})
+            self._not_sent = []
             recorder.add(records)
             t1 = time.monotonic()
             for rec in recorder.freeze(since=len(recorder) - 1).values():
@@ -562,7 +742,7 @@ class LiveTwin:
             self._write_kpis()
         return LiveResult(path=self.out, intervals=self._stats["intervals"], commands_sent=self._stats["commands"],
                           acks_accepted=self._stats["acks_accepted"], acks_refused=self._stats["acks_refused"],
-                          command_wall=dict(self._command_wall))
+                          command_wall=dict(self._command_wall), ocpp_url=self.ocpp_url, openadr_url=self.openadr_url)
 
     def _append_live(self, rows: list[dict[str, Any]]) -> None:
         folder = self.out / LIVE_DIR / "intervals"
@@ -623,10 +803,17 @@ def run_live(
     inputs: RunInputs | None = None,
     stop: threading.Event | None = None,
     start_at: float | None = None,
+    field_auth: FieldAuth | Path | None = None,
+    ocpp_listen: tuple[str, int] = ("127.0.0.1", 0),
+    openadr_listen: tuple[str, int] = ("127.0.0.1", 0),
+    on_started: Callable[[LiveTwin], None] | None = None,
 ) -> LiveResult:
     """Run the live twin until the scenario's end (or ``stop``); blocking. Re-running on the same ``out``
     resumes after the last recorded interval, with the run's own MQTT session (which replays what arrived
-    meanwhile) and clock. ``start_at``: Unix time of the scenario's start on the twin's clock (new runs)."""
+    meanwhile) and clock. ``start_at``: Unix time of the scenario's start on the twin's clock (new runs).
+    ``field_auth``: OCPP password hashes and VEN fingerprints (``field_auth.json``), when the scenario's
+    ``[live]`` table uses OCPP or OpenADR; the CSMS and the VTN listen on ``ocpp_listen`` / ``openadr_listen``
+    (port 0: a free one); ``on_started`` is told once they do (the CLI prints their addresses)."""
     creds = credentials if isinstance(credentials, LiveCredentials) else LiveCredentials.from_file(credentials)
     creds = creds.with_address(broker_host, broker_port)
     registry = keys if isinstance(keys, KeyRegistry) else KeyRegistry.from_file(keys)
@@ -634,9 +821,13 @@ def run_live(
     if public_key_b64(key) != creds.operator_public_key:
         raise ValueError("operator_key: its public key is not the credentials' operator_public_key "
                          f"{creds.operator_public_key!r}: the devices would refuse every setpoint")
+    auth = field_auth if isinstance(field_auth, FieldAuth) or field_auth is None else FieldAuth.from_file(field_auth)
     twin = LiveTwin(scenario=scenario, credentials=creds, keys=registry, operator_key=key, control=control,
-                    speed=speed, out=out, inputs=inputs, start_at=start_at)
+                    speed=speed, out=out, inputs=inputs, start_at=start_at, field_auth=auth, ocpp_listen=ocpp_listen,
+                    openadr_listen=openadr_listen)
     with twin:
+        if on_started is not None:
+            on_started(twin)
         return twin.run(stop=stop)
 
 
@@ -651,8 +842,18 @@ def live_command(
     keys: Annotated[Path, typer.Option("--keys", help="Device public-key registry JSON.")] = Path("live/device_keys.json"),
     credentials: CredentialsOpt = Path("live/credentials.json"),
     start_at: StartAtOpt = None,
+    field_auth: Annotated[Path | None, typer.Option(
+        "--field-auth", help="OCPP password hashes and VEN certificate fingerprints (default: field_auth.json "
+                             "beside --keys), when the scenario's [live] table uses OCPP or OpenADR.")] = None,
+    ocpp: Annotated[str, typer.Option(
+        "--ocpp", metavar="HOST:PORT", help="Where the OCPP 2.0.1 CSMS listens (port 0: a free one).")]
+    = "127.0.0.1:0",
+    openadr: Annotated[str, typer.Option(
+        "--openadr", metavar="HOST:PORT", help="Where the OpenADR 2.0b VTN listens (port 0: a free one).")]
+    = "127.0.0.1:0",
 ) -> None:
-    """Run the live twin: ingest MQTT telemetry, step every policy, command the devices with one of them."""
+    """Run the live twin: ingest telemetry (MQTT, OCPP, OpenADR), step every policy, command the devices with
+    one of them."""
     from twin.live.simulator import _check_speed, _load_or_bad
     from twin.settlement import keystore
 
@@ -670,6 +871,25 @@ def live_command(
         registry = KeyRegistry.from_file(keys)
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"--keys={str(keys)!r}: {exc}", param_hint="--keys") from None
+    listen = {}
+    for option, value in (("--ocpp", ocpp), ("--openadr", openadr)):
+        try:
+            listen[option] = parse_ocpp_address(value, option=option)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=option) from None
+    auth: FieldAuth | None = None
+    if loaded.live.uses_ocpp or loaded.live.uses_openadr:
+        auth_path = field_auth if field_auth is not None else keys.parent / FIELD_AUTH_FILENAME
+        try:
+            auth = FieldAuth.from_file(auth_path)
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"--field-auth={str(auth_path)!r}: {getattr(exc, 'strerror', None) or exc}",
+                                     param_hint="--field-auth") from None
+
+    def announce(twin: LiveTwin) -> None:
+        for what, url in (("OCPP CSMS", twin.ocpp_url), ("OpenADR VTN", twin.openadr_url)):
+            if url is not None:
+                typer.echo(f"{what}: {url}")
     try:
         session = LiveSession.read(out)
         if session is None and anchor is None:
@@ -678,8 +898,13 @@ def live_command(
         typer.echo(f"twin clock: {loaded.start.isoformat()} happens at Unix time {clock_anchor:.3f} at speed {speed:g}"
                    f" ({'resumed run' if session else 'new run'}); start the devices with --start-at {clock_anchor:.3f}")
         operator_key = keystore.operator_key(create=False, name=keystore.SETPOINT_KEY_FILENAME)
-        result = run_live(loaded, broker_host=host, broker_port=port, credentials=creds, keys=registry,
-                          operator_key=operator_key, control=chosen, speed=speed, out=out, start_at=anchor)
+        with protocol_log(out / LIVE_DIR / "protocols.log") as log:
+            if auth is not None:
+                typer.echo(f"OCPP / OpenADR library log: {log}")
+            result = run_live(loaded, broker_host=host, broker_port=port, credentials=creds, keys=registry,
+                              operator_key=operator_key, control=chosen, speed=speed, out=out, start_at=anchor,
+                              field_auth=auth, ocpp_listen=listen["--ocpp"], openadr_listen=listen["--openadr"],
+                              on_started=announce)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"run folder {result.path}: {result.intervals} intervals, {result.commands_sent} setpoints sent, "

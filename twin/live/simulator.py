@@ -14,6 +14,8 @@ simulated UTC, obey signed setpoints from their ``cmd`` topic until they expire,
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -35,9 +37,13 @@ from pydantic import ValidationError
 
 from controllers.api import AssetKind
 from twin.devices.physics import FleetPhysics
+from twin.live.aio import AsyncRunner
 from twin.live.broker import BrokerCredentials, MosquittoBroker
+from twin.live.canonical import Transport
 from twin.live.clock import SimClock
 from twin.live.device import DeviceClient
+from twin.live.field_identity import FIELD_AUTH_FILENAME, FieldAuth, X509Identity, hash_secret, load_vtn_identity, \
+    new_ocpp_password
 from twin.live.messages import (
     Channel,
     CommandPayload,
@@ -46,7 +52,9 @@ from twin.live.messages import (
     decode_json_object,
     describe_validation_error,
 )
-from twin.live.mqtt import format_ts
+from twin.live.mqtt import MqttConnectError, format_ts
+from twin.live.ocpp_charger import ChargingLimit, OcppCharger, ProfileAnswer
+from twin.live.openadr_ven import OpenAdrVen, Setpoint
 from twin.live.signing import (
     KeyRegistry,
     SignatureCheck,
@@ -56,6 +64,8 @@ from twin.live.signing import (
     public_key_b64,
     verify_payload,
 )
+from twin.live.protocol_log import protocol_log
+from twin.live.transports import FieldPlan
 from twin.telemetry import load_device_id
 
 if TYPE_CHECKING:
@@ -142,6 +152,12 @@ class LiveCredentials:
     operator_public_key: str  # base64 raw Ed25519
     #: device_id → base64 raw Ed25519 private key, random at provisioning
     device_signing_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: EV charger (charging station id) → OCPP HTTP Basic password, random at provisioning
+    ocpp_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: participant (VEN id) → its OpenADR signing key and certificate, random at provisioning
+    ven_identities: Mapping[str, X509Identity] = field(default_factory=dict, repr=False)
+    #: the VTN's certificate (public): VENs check the VTN's signatures against it
+    vtn_certificate: str | None = None
 
     def device(self, device_id: str) -> BrokerCredentials:
         if device_id not in self.device_passwords:
@@ -161,9 +177,19 @@ class LiveCredentials:
         return KeyRegistry({d: self.device_key(d).public_key() for d in sorted(self.device_signing_keys)})
 
     def with_address(self, host: str, port: int) -> LiveCredentials:
-        return LiveCredentials(host=host, port=port, twin=self.twin, device_passwords=self.device_passwords,
-                               operator_public_key=self.operator_public_key,
-                               device_signing_keys=self.device_signing_keys)
+        return dataclasses.replace(self, host=host, port=port)
+
+    def ocpp_password(self, station_id: str) -> str:
+        if station_id not in self.ocpp_passwords:
+            raise KeyError(f"charging station {station_id!r} has no OCPP password in these credentials (field "
+                           "'ocpp'); provision again with `gridtwin broker`")
+        return self.ocpp_passwords[station_id]
+
+    def ven_identity(self, ven_id: str) -> X509Identity:
+        if ven_id not in self.ven_identities:
+            raise KeyError(f"VEN {ven_id!r} has no OpenADR identity in these credentials (field 'openadr'); "
+                           "provision again with `gridtwin broker`")
+        return self.ven_identities[ven_id]
 
     def operator_key(self) -> Ed25519PublicKey:
         return KeyRegistry.from_json(
@@ -177,6 +203,9 @@ class LiveCredentials:
             "devices": dict(sorted(self.device_passwords.items())),
             "device_keys": dict(sorted(self.device_signing_keys.items())),
             "operator_public_key": self.operator_public_key,
+            "ocpp": dict(sorted(self.ocpp_passwords.items())),
+            "openadr": {"vtn_certificate": self.vtn_certificate,
+                        "vens": {v: i.to_json() for v, i in sorted(self.ven_identities.items())}},
         }
 
     @classmethod
@@ -192,8 +221,12 @@ class LiveCredentials:
                 device_passwords={str(k): str(v) for k, v in dict(data["devices"]).items()},
                 operator_public_key=str(data["operator_public_key"]),
                 device_signing_keys={str(k): str(v) for k, v in dict(data.get("device_keys") or {}).items()},
+                ocpp_passwords={str(k): str(v) for k, v in dict(data.get("ocpp") or {}).items()},
+                ven_identities={str(k): X509Identity.from_json(v, what=f"credentials field 'openadr.vens.{k}'")
+                                for k, v in dict((data.get("openadr") or {}).get("vens") or {}).items()},
+                vtn_certificate=(data.get("openadr") or {}).get("vtn_certificate"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"credentials: missing or malformed field {exc}") from None
         creds.operator_key()  # fail here, naming the field, rather than at the first command
         for device_id in creds.device_signing_keys:
@@ -220,6 +253,8 @@ class BrokerSetup:
     credentials_path: Path
     keys_path: Path
     operator_key_path: Path
+    #: the twin's side of the OCPP and OpenADR credentials (password hashes, VEN certificate fingerprints)
+    field_auth_path: Path
 
 
 def start_broker(
@@ -232,9 +267,11 @@ def start_broker(
     workdir: Path | None = None,
 ) -> BrokerSetup:
     """Start a private mosquitto for the scenario's devices and write, into ``out``: ``credentials.json``
-    (broker accounts and every device's random signing key, 0600) and ``device_keys.json`` (the devices'
-    public keys, for the twin). The twin signs setpoints with its key from the operator's key store
-    (``setpoints_ed25519.pem``, created once; never in ``out``). Stop it with ``setup.broker.stop()``."""
+    (broker accounts, every device's random signing key, every EV charger's OCPP password and every
+    participant's OpenADR key and certificate, 0600), ``device_keys.json`` (the devices' public keys, for the
+    twin) and ``field_auth.json`` (OCPP password hashes and VEN certificate fingerprints, for the twin). The twin
+    signs setpoints with its key from the operator's key store (``setpoints_ed25519.pem``, created once; never
+    in ``out``), and its OpenADR VTN signs with ``openadr_vtn.key`` there. Stop it with ``setup.broker.stop()``."""
     from twin.inputs import build_inputs
     from twin.settlement import keystore
 
@@ -244,22 +281,31 @@ def start_broker(
     out.mkdir(parents=True, exist_ok=True)
     operator_key_path = keystore.operator_key_path().with_name(keystore.SETPOINT_KEY_FILENAME)
     operator = keystore.operator_key(create=True, name=keystore.SETPOINT_KEY_FILENAME)
+    vtn = load_vtn_identity(create=True)
+    chargers = sorted(str(a) for a in inputs.assets.index[inputs.assets["kind"].astype(str) == AssetKind.EV_CHARGER])
+    participants = sorted(set(inputs.assets["participant_id"].astype(str)))
     broker = MosquittoBroker(devices=list(devices.values()), host=host, port=port, workdir=workdir).start()
     try:
+        ocpp_passwords = {c: new_ocpp_password() for c in chargers}
+        vens = {p: X509Identity.new(p) for p in participants}
         credentials = LiveCredentials(
             host=broker.host, port=broker.port, twin=broker.twin_credentials,
             device_passwords={d: broker.credentials(d).password for d in devices},
             operator_public_key=public_key_b64(operator),
             device_signing_keys={d: private_key_b64(new_private_key()) for d in sorted(devices)},
+            ocpp_passwords=ocpp_passwords, ven_identities=vens, vtn_certificate=vtn.cert_pem,
         )
         credentials_path, keys_path = out / "credentials.json", out / "device_keys.json"
+        field_auth_path = out / FIELD_AUTH_FILENAME
         credentials.save(credentials_path)
         credentials.public_keys().save(keys_path)
+        FieldAuth(ocpp={c: hash_secret(p) for c, p in ocpp_passwords.items()},
+                  openadr={v: i.fingerprint for v, i in vens.items()}).save(field_auth_path)
     except BaseException:
         broker.stop()
         raise
     return BrokerSetup(broker=broker, credentials_path=credentials_path, keys_path=keys_path,
-                       operator_key_path=operator_key_path)
+                       operator_key_path=operator_key_path, field_auth_path=field_auth_path)
 
 
 # ------------------------------------------------------------------------------------------------ simulator
@@ -312,6 +358,8 @@ class FieldSimulator:
         keepalive_s: int = 10,
         command_window: float = 0.5,
         clock: SimClock | None = None,
+        ocpp_url: str | None = None,
+        openadr_url: str | None = None,
     ) -> None:
         self.scenario = scenario
         self.inputs = inputs
@@ -347,11 +395,23 @@ class FieldSimulator:
         self._loads = [(d, int(d.removeprefix("load-"))) for d in sorted(self.addresses) if d.startswith("load-")]
         self._load_e_imp = dict.fromkeys((d for d, _ in self._loads), 0.0)
         self._load_e_exp = dict.fromkeys((d for d, _ in self._loads), 0.0)
+        self.plan = FieldPlan.from_scenario(scenario, inputs)
+        self._ocpp_url, self._openadr_url = ocpp_url, openadr_url
+        if self.plan.devices(Transport.OCPP) and ocpp_url is None:
+            raise ValueError("ocpp_url=None: the scenario's EV chargers speak OCPP ([live.transports] ev_charger = "
+                             "\"ocpp\"); give the CSMS address `gridtwin live` printed (--ocpp ws://HOST:PORT/ocpp)")
+        if self.plan.openadr is not None and openadr_url is None:
+            raise ValueError("openadr_url=None: the scenario uses OpenADR ([live]); give the VTN address `gridtwin "
+                             "live` printed (--openadr http://HOST:PORT/OpenADR2/Simple/2.0b)")
         self._clients: dict[str, DeviceClient] = {}
+        self._chargers: dict[str, OcppCharger] = {}
+        self._vens: dict[str, OpenAdrVen] = {}
+        self._runner: AsyncRunner | None = None
         self._dead: set[str] = set()
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
         self._last_cmd_seq: dict[str, int] = {}
+        self._refuse_setpoints: dict[str, str] = {}
         self._stop = threading.Event()
         self._applied: pd.Series | None = None  # p_mw of the last applied interval
         self._applied_q: pd.Series | None = None
@@ -369,10 +429,19 @@ class FieldSimulator:
     # --- sessions ------------------------------------------------------------------------------------------
 
     def connect(self, *, timeout_s: float = 10.0) -> None:
-        """Open every device's session (retained ``online`` status, ``offline`` will) and subscribe to ``cmd``."""
+        """Open every device's session: MQTT devices with a retained ``online`` status, an ``offline`` will and a
+        ``cmd`` subscription; OCPP chargers with BootNotification; one VEN per participant (with OpenADR)."""
         now = self.scenario.start.to_pydatetime()
         try:
+            if self._runner is None and (self.plan.devices(Transport.OCPP) or self.plan.openadr is not None):
+                self._runner = AsyncRunner(name="field-protocols").start()
             for device_id, address in sorted(self.addresses.items()):
+                transport = self.plan.transport.get(device_id, Transport.MQTT)
+                if transport is Transport.OCPP:
+                    self._connect_charger(device_id, now=now, timeout_s=timeout_s)
+                    continue
+                if transport is Transport.OPENADR:
+                    continue  # reported by its participant's VEN
                 client = DeviceClient(
                     address=address, private_key=self.credentials.device_key(device_id),
                     credentials=self.credentials.device(device_id), host=self.credentials.host,
@@ -382,9 +451,52 @@ class FieldSimulator:
                 self._clients[device_id] = client
                 if device_id in self._der:
                     self._subscribe(client, timeout_s=timeout_s)
+            vens = [self._make_ven(participant) for participant in sorted(self.plan.vens)]
+            if vens:
+                assert self._runner is not None
+
+                async def register_all() -> None:
+                    await asyncio.gather(*(ven.start_async() for ven in vens))
+
+                self._vens.update((ven.ven_id, ven) for ven in vens)
+                self._runner.run(register_all(), timeout_s=max(timeout_s, 30.0))
         except BaseException:
             self.close()
             raise
+
+    def _connect_charger(self, device_id: str, *, now: Any, timeout_s: float) -> None:
+        assert self._runner is not None and self._ocpp_url is not None
+
+        def on_limit(limit: ChargingLimit) -> ProfileAnswer:
+            accepted, reason, _ = self._hold(device_id, cmd_seq=limit.profile_id, p_kw=limit.limit_kw, q_kvar=0.0,
+                                             ts=pd.Timestamp(limit.start),
+                                             valid_until=pd.Timestamp(limit.valid_to or limit.start + self.step))
+            return ProfileAnswer(accepted=accepted, reason=None if accepted else "Rejected: " + (reason or ""))
+
+        charger = OcppCharger(station_id=device_id, url=self._ocpp_url, password=self.credentials.ocpp_password(device_id),
+                              runner=self._runner, on_limit=on_limit)
+        charger.connect(now=now, timeout_s=timeout_s)
+        self._chargers[device_id] = charger
+
+    def _make_ven(self, participant: str) -> OpenAdrVen:
+        assert self._runner is not None and self._openadr_url is not None and self.plan.openadr is not None
+        if self.credentials.vtn_certificate is None:
+            raise ValueError("credentials field 'openadr.vtn_certificate' is missing; provision again with "
+                             "`gridtwin broker`")
+        opt_out = set(self.plan.openadr.opt_out)
+        devices = [(d, self._kind.get(d) == AssetKind.BATTERY) for d in self.plan.vens[participant]
+                   if d in self.addresses]
+
+        def on_setpoints(setpoints: list[Setpoint]) -> bool:
+            return all(self._hold(sp.device_id, cmd_seq=sp.cmd_seq, p_kw=sp.p_kw, q_kvar=0.0,
+                                  ts=sp.start, valid_until=sp.valid_to)[0] for sp in setpoints)
+
+        ven = OpenAdrVen(ven_id=participant, url=self._openadr_url, identity=self.credentials.ven_identity(participant),
+                         vtn_certificate=self.credentials.vtn_certificate, runner=self._runner,
+                         clock=lambda: self._clock or SimClock.starting_now(sim_start=self.scenario.start,
+                                                                            speed=self.speed),
+                         devices=devices, opt_in=lambda *_: participant not in opt_out, on_setpoints=on_setpoints)
+        return ven
 
     def _subscribe(self, device: DeviceClient, *, timeout_s: float) -> None:
         topic = device.address.topic(Channel.CMD)
@@ -411,7 +523,12 @@ class FieldSimulator:
         with self._lock:
             self._dead.update(killed)
         for device_id in killed:
-            self._clients[device_id].abort()
+            if device_id in self._clients:
+                self._clients[device_id].abort()
+            elif device_id in self._chargers:
+                self._chargers[device_id].abort()
+        if site in self._vens:
+            self._vens.pop(site).stop()
         return killed
 
     def stop(self) -> None:
@@ -423,6 +540,19 @@ class FieldSimulator:
             if device_id not in self._dead:
                 client.close(now=self._sim_now().to_pydatetime())
         self._clients.clear()
+        for device_id, charger in self._chargers.items():
+            if device_id not in self._dead:
+                try:
+                    charger.close(now=self._sim_now().to_pydatetime())
+                except (ConnectionError, TimeoutError):
+                    pass
+        self._chargers.clear()
+        for ven in self._vens.values():
+            ven.stop()
+        self._vens.clear()
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
 
     def _sim_now(self) -> pd.Timestamp:
         return self._clock.now() if self._clock is not None else self.scenario.start
@@ -466,33 +596,49 @@ class FieldSimulator:
         if command.device_id != device_id:
             self._refuse(device, cmd_seq=seq, reason=f"field 'device_id' value {command.device_id!r} is not {device_id!r}")
             return
-        with self._lock:
-            last = self._last_cmd_seq.get(device_id, -1)
-            if command.cmd_seq <= last:
-                stale = True
-            else:
-                stale = False
-                self._last_cmd_seq[device_id] = command.cmd_seq
-                valid_until = pd.Timestamp(command.valid_until)
-                if valid_until <= pd.Timestamp(command.ts):
-                    self._held.pop(device_id, None)  # an already-expired command releases the device
-                else:
-                    self._held[device_id] = _Held(
-                        cmd_seq=command.cmd_seq, p_mw=command.p_setpoint_kw / 1000.0,
-                        q_mvar=(command.q_setpoint_kvar or 0.0) / 1000.0, valid_until=valid_until,
-                    )
-                self._accepted += 1
-                self._command_wall[(pd.Timestamp(command.ts), device_id)] = wall
-        if stale:
-            self._refuse(device, cmd_seq=command.cmd_seq, reason=f"field 'cmd_seq' value {command.cmd_seq} is not "
-                         f"newer than {last} (replayed or reordered)")
+        accepted, reason, applied = self._hold(
+            device_id, cmd_seq=command.cmd_seq, p_kw=command.p_setpoint_kw, q_kvar=command.q_setpoint_kvar or 0.0,
+            ts=pd.Timestamp(command.ts), valid_until=pd.Timestamp(command.valid_until), wall=wall)
+        if not accepted:
+            self._refuse(device, cmd_seq=command.cmd_seq, reason=reason or "refused")
             return
-        lo, hi = self._rating_box(device_id)
-        applied = float(np.clip(command.p_setpoint_kw, lo * 1000.0, hi * 1000.0))
-        reason = "clipped to rating" if applied != command.p_setpoint_kw else None
-        if pd.Timestamp(command.valid_until) <= pd.Timestamp(command.ts):
-            applied, reason = 0.0, "released: autonomous from now on"
         self._ack(device, cmd_seq=command.cmd_seq, accepted=True, applied_p_kw=applied, reason=reason)
+
+    def _hold(self, device_id: str, *, cmd_seq: int, p_kw: float, q_kvar: float, ts: pd.Timestamp,
+              valid_until: pd.Timestamp, wall: float | None = None) -> tuple[bool, str | None, float]:
+        """The one setpoint rule of every device, whatever protocol brought the setpoint: hold it until it
+        expires (an expired one releases the device). Return (accepted, reason, applied kW)."""
+        wall = time.time() if wall is None else wall
+        with self._lock:
+            if self._refuse_setpoints.get(device_id):
+                self._refusals.append(f"{device_id}: {self._refuse_setpoints[device_id]}")
+                return False, self._refuse_setpoints[device_id], 0.0
+            last = self._last_cmd_seq.get(device_id, -1)
+            if cmd_seq <= last:
+                return False, f"field 'cmd_seq' value {cmd_seq} is not newer than {last} (replayed or reordered)", 0.0
+            self._last_cmd_seq[device_id] = cmd_seq
+            if valid_until <= ts:
+                self._held.pop(device_id, None)  # an already-expired command releases the device
+            else:
+                self._held[device_id] = _Held(cmd_seq=cmd_seq, p_mw=p_kw / 1000.0, q_mvar=q_kvar / 1000.0,
+                                              valid_until=valid_until)
+            self._accepted += 1
+            self._command_wall[(ts, device_id)] = wall
+        lo, hi = self._rating_box(device_id)
+        applied = float(np.clip(p_kw, lo * 1000.0, hi * 1000.0))
+        reason = "clipped to rating" if applied != p_kw else None
+        if valid_until <= ts:
+            applied, reason = 0.0, "released: autonomous from now on"
+        return True, reason, applied
+
+    def refuse_setpoints(self, device_id: str, reason: str = "NotAllowed") -> None:
+        """Fault injection: this device refuses every setpoint from now on (an OCPP charger answers Rejected)."""
+        with self._lock:
+            self._refuse_setpoints[device_id] = reason
+
+    def charger(self, device_id: str) -> OcppCharger:
+        """The OCPP link of an EV charger (tests: drop it, reconnect it)."""
+        return self._chargers[device_id]
 
     def _rating_box(self, device_id: str) -> tuple[float, float]:
         p_max, kind = float(self._p_max[device_id]), self._kind[device_id]
@@ -601,7 +747,8 @@ class FieldSimulator:
                 soc_pct = float(np.clip(soc[i] / self.physics.e_max[i] * 100.0, 0.0, 100.0))
             self._send(device_id, ts=ts, wall=wall, interval=interval, p_kw=float(p_der[device_id]) * 1000.0,
                        q_kvar=float(q_der[device_id]) * 1000.0, e_imp_kwh=float(e_imp[i]) * 1000.0,
-                       e_exp_kwh=float(e_exp[i]) * 1000.0, soc_pct=soc_pct)
+                       e_exp_kwh=float(e_exp[i]) * 1000.0, soc_pct=soc_pct,
+                       plugged=bool(self.physics.ev_connected[i]))
         self._load_registers(interval)
         row = self.inputs.at(interval)
         load_p = self.inputs.profiles.load_p_mw.iloc[row]
@@ -614,10 +761,19 @@ class FieldSimulator:
                        e_imp_kwh=self._load_e_imp[device_id] + max(p_kw, 0.0) * hours_in,
                        e_exp_kwh=self._load_e_exp[device_id] + max(-p_kw, 0.0) * hours_in, soc_pct=None)
 
-    def _send(self, device_id: str, *, ts: Any, wall: float, interval: pd.Timestamp, **values: Any) -> None:
-        client = self._clients[device_id]
+    def _send(self, device_id: str, *, ts: Any, wall: float, interval: pd.Timestamp, plugged: bool = False,
+              **values: Any) -> None:
         values = {k: v for k, v in values.items() if v is not None}
-        client.publish_telemetry(ts=ts, **values)
+        transport = self.plan.transport.get(device_id, Transport.MQTT)
+        if transport is Transport.OCPP:
+            self._chargers[device_id].publish_telemetry(ts=ts, plugged=plugged, **values)
+        elif transport is Transport.OPENADR:
+            ven = self._vens.get(self.plan.ven_of(device_id))
+            if ven is None:
+                return
+            ven.publish_telemetry(device_id, ts=ts, **values)
+        else:
+            self._clients[device_id].publish_telemetry(ts=ts, **values)
         self._published[device_id] += 1
         self._telemetry_wall.setdefault((interval, device_id), wall)
 
@@ -646,6 +802,8 @@ def run_devices(
     start_at: float | Callable[[], float] | None = None,
     stop: threading.Event | None = None,
     on_ready: Callable[[FieldSimulator], None] | None = None,
+    ocpp_url: str | None = None,
+    openadr_url: str | None = None,
 ) -> SimulatorReport:
     """Run the scenario's field devices against the broker until the scenario's end (blocking).
 
@@ -655,6 +813,9 @@ def run_devices(
     processes share one clock (a callable is asked once every device is connected, after ``on_ready``);
     default: as soon as every device is connected. ``publish_every`` defaults to
     ``scenario.step``. ``on_ready`` is called once connected (tests use it to get the simulator).
+    ``ocpp_url`` / ``openadr_url``: the twin's CSMS and VTN, for devices whose kind speaks OCPP or OpenADR
+    (the scenario's ``[live]`` table); the clock anchor must be known before the VENs start, so give
+    ``start_at`` as a number when the scenario uses OpenADR.
     """
     from twin.inputs import build_inputs
 
@@ -663,7 +824,9 @@ def run_devices(
     inputs = inputs if inputs is not None else build_inputs(scenario)
     simulator = FieldSimulator(
         scenario=scenario, inputs=inputs, credentials=creds, speed=speed, publish_every=publish_every,
-        device_ids=device_ids, keepalive_s=keepalive_s,
+        device_ids=device_ids, keepalive_s=keepalive_s, ocpp_url=ocpp_url, openadr_url=openadr_url,
+        clock=SimClock(sim_start=scenario.start, speed=speed, wall_start=start_at)
+        if isinstance(start_at, (int, float)) else None,
     )
     if keys is not None:
         KeyRegistry({d: creds.device_key(d).public_key() for d in sorted(simulator.addresses)}).save(keys)
@@ -762,17 +925,35 @@ def devices_command(
         "--keys", help="Write the devices' public-key registry (JSON) here, for the twin.")] = None,
     credentials: CredentialsOpt = Path("live/credentials.json"),
     start_at: StartAtOpt = None,
+    ocpp: Annotated[str | None, typer.Option(
+        "--ocpp", metavar="URL", help="The twin's OCPP CSMS, ws://HOST:PORT/ocpp (`gridtwin live` prints it), for EV "
+                                      "chargers the scenario runs over OCPP.")] = None,
+    openadr: Annotated[str | None, typer.Option(
+        "--openadr", metavar="URL", help="The twin's OpenADR VTN, http://HOST:PORT/OpenADR2/Simple/2.0b (`gridtwin "
+                                         "live` prints it), when the scenario uses OpenADR.")] = None,
 ) -> None:
-    """Simulate the scenario's field devices (every DER and native load) against a broker."""
+    """Simulate the scenario's field devices (every DER and native load) against a broker, a CSMS and a VTN."""
     host, port = broker_url_or_bad(broker)
     _check_speed(speed)
     anchor = start_at_or_bad(start_at)
     loaded = _load_or_bad(scenario)
     creds = credentials_or_bad(credentials)
+    for option, value, schemes in (("--ocpp", ocpp, ("ws",)), ("--openadr", openadr, ("http", "https"))):
+        if value is not None and (urlparse(value).scheme not in schemes or not urlparse(value).hostname):
+            raise typer.BadParameter(f"{option}={value!r} must look like {schemes[0]}://HOST:PORT/...",
+                                     param_hint=option)
+    if loaded.live.uses_openadr and anchor is None:
+        raise typer.BadParameter("--start-at is required when the scenario uses OpenADR (VENs map OpenADR's real "
+                                 "times to simulated time with the shared clock anchor)", param_hint="--start-at")
     try:
-        report = run_devices(loaded, broker_host=host, broker_port=port, credentials=creds, keys=keys, speed=speed,
-                             start_at=anchor)
-    except ValueError as exc:
+        with protocol_log(credentials.parent / "devices-protocols.log"):
+            report = run_devices(loaded, broker_host=host, broker_port=port, credentials=creds, keys=keys,
+                                 speed=speed, start_at=anchor, ocpp_url=ocpp, openadr_url=openadr)
+    except (ValueError, KeyError) as exc:
+        raise typer.BadParameter(str(exc).strip("'\"")) from None
+    except ConnectionError as exc:
+        if isinstance(exc, MqttConnectError):
+            raise  # the CLI names --broker for these
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"published {report.total_published} telemetry messages from {len(report.published)} devices; "
                f"commands accepted {report.commands_accepted}, refused {report.commands_refused}")
@@ -800,6 +981,7 @@ def broker_command(
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"broker mqtt://{setup.broker.host}:{setup.broker.port} (pid {setup.broker.pid})\n"
                f"credentials: {setup.credentials_path}\nkeys: {setup.keys_path}\n"
+               f"OCPP / OpenADR verifiers: {setup.field_auth_path}\n"
                f"setpoint signing key: {setup.operator_key_path}\nCtrl-C to stop")
     # A plain `kill` (SIGTERM, as service managers send) must stop the broker too, not orphan it.
     signal.signal(signal.SIGTERM, _interrupt)

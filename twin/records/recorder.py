@@ -93,6 +93,13 @@ SUMMARY_COLUMNS = (
 )
 
 
+#: The per-record values of the summary, in the order _PolicyBuffer.add stores them.
+_SCALAR_COLUMNS = ("p_head_mw", "q_head_mvar", "losses_mw", "converged", "price_eur_per_mwh", "feed_in_eur_per_mwh",
+                   "pv_curtailed_mwh", "ev_unmet_mwh", "flex_unserved_mwh", "compute_s", "messages", "bytes",
+                   "dropped_messages", "central_bytes", "rounds", "controller_online", "operator_eur",
+                   "participants_eur", "n_unverified", "t_telemetry_s", "t_optimize_s", "t_coordinate_s",
+                   "t_devices_s", "t_power_flow_s", "t_settle_s")
+
 #: Stages of an interval with their wall-time column (decide = telemetry + optimize + coordinate).
 STAGE_COLUMNS = {
     "telemetry": "t_telemetry_s",
@@ -144,11 +151,12 @@ class _PolicyBuffer:
         self.policy = policy
         self.times: list[pd.Timestamp] = []
         self.rows: dict[str, list[np.ndarray]] = {name: [] for name in PolicyRecords.TABLES}
-        self.columns: dict[str, pd.Index] = {}
+        self.scalars: list[tuple[float, ...]] = []
+        self.columns: dict[str, pd.Index] = {"summary": pd.Index(SUMMARY_COLUMNS)}
 
-    def add(self, rec: StepRecord, hours: float) -> None:
+    def add(self, rec: StepRecord) -> None:
         pf, out = rec.power_flow, rec.outcome
-        if not self.columns:
+        if len(self.columns) == 1:
             self._soc_rows = np.flatnonzero(np.isfinite(out.soc))
             labels = pf.labels
             self.columns = {
@@ -163,49 +171,21 @@ class _PolicyBuffer:
                 "asset_reported_p_mw": out.ids,
                 "summary": pd.Index(SUMMARY_COLUMNS),
             }
-        imp = max(pf.p_head_mw, 0.0) * hours
-        exp = max(-pf.p_head_mw, 0.0) * hours
-        cost = rec.price_eur_per_mwh * imp - rec.feed_in_eur_per_mwh * exp
-        vm = pf.vm
         traffic, stage, settled = rec.traffic, rec.stage_s, rec.settlement_eur
-        summary = np.array(
-            [
-                pf.p_head_mw,
-                pf.q_head_mvar,
-                pf.losses_mw,
-                np.nanmin(vm) if pf.converged else np.nan,
-                np.nanmax(vm) if pf.converged else np.nan,
-                float(pf.converged),
-                rec.price_eur_per_mwh,
-                cost if pf.converged else np.nan,
-                out.pv_curtailed_mwh,
-                out.ev_unmet_mwh,
-                out.flex_unserved_mwh,
-                float(np.count_nonzero(out.clip_code)),
-                float(np.count_nonzero(rec.fallback_mask)),
-                rec.compute_s,
-                traffic.get("messages", 0),
-                traffic.get("bytes", 0),
-                traffic.get("dropped", 0),
-                traffic.get("central_bytes", 0),
-                rec.rounds,
-                float(rec.controller_online),
-                settled.get("operator", 0.0),
-                settled.get("participants", 0.0),
-                float(len(rec.unverified)),
-                stage.get("telemetry", 0.0),
-                stage.get("optimize", 0.0),
-                stage.get("coordinate", 0.0),
-                stage.get("devices", 0.0),
-                stage.get("power_flow", 0.0),
-                stage.get("settle", 0.0),
-            ],
-            dtype=float,
-        )
+        # What only this record knows; the summary's derived columns (Vmin/Vmax, cost, counts) are computed
+        # for all rows at once in freeze.
+        self.scalars.append((
+            pf.p_head_mw, pf.q_head_mvar, pf.losses_mw, float(pf.converged), rec.price_eur_per_mwh,
+            rec.feed_in_eur_per_mwh, out.pv_curtailed_mwh, out.ev_unmet_mwh, out.flex_unserved_mwh, rec.compute_s,
+            traffic.get("messages", 0), traffic.get("bytes", 0), traffic.get("dropped", 0),
+            traffic.get("central_bytes", 0), rec.rounds, float(rec.controller_online), settled.get("operator", 0.0),
+            settled.get("participants", 0.0), float(len(rec.unverified)), stage.get("telemetry", 0.0),
+            stage.get("optimize", 0.0), stage.get("coordinate", 0.0), stage.get("devices", 0.0),
+            stage.get("power_flow", 0.0), stage.get("settle", 0.0),
+        ))
         self.times.append(rec.time)
         r = self.rows
-        r["summary"].append(summary)
-        r["vm_pu"].append(vm)
+        r["vm_pu"].append(pf.vm)
         r["line_loading_percent"].append(pf.line_loading)
         r["trafo_loading_percent"].append(pf.trafo_loading)
         r["asset_p_mw"].append(out.p)
@@ -215,16 +195,42 @@ class _PolicyBuffer:
         r["asset_fallback"].append(rec.fallback_mask)
         r["asset_reported_p_mw"].append(rec.reported_p)
 
+    def _summary(self, since: int, tables: dict[str, np.ndarray], hours: float) -> np.ndarray:
+        raw = np.array(self.scalars[since:], dtype=float).reshape(-1, len(_SCALAR_COLUMNS))
+        column = dict(zip(_SCALAR_COLUMNS, raw.T, strict=True))
+        converged = column["converged"] > 0
+        p_head = column["p_head_mw"]
+        cost = (column["price_eur_per_mwh"] * (np.maximum(p_head, 0.0) * hours)
+                - column["feed_in_eur_per_mwh"] * (np.maximum(-p_head, 0.0) * hours))
+        vm = tables["vm_pu"]
+        with np.errstate(invalid="ignore"):
+            vm_min = np.fmin.reduce(vm, axis=1) if vm.shape[1] else np.full(len(raw), np.nan)
+            vm_max = np.fmax.reduce(vm, axis=1) if vm.shape[1] else np.full(len(raw), np.nan)
+        derived = {
+            "vm_min_pu": np.where(converged, vm_min, np.nan),
+            "vm_max_pu": np.where(converged, vm_max, np.nan),
+            "cost_eur": np.where(converged, cost, np.nan),
+            "n_clipped": np.count_nonzero(tables["asset_clipped"], axis=1).astype(float),
+            "n_fallback": np.count_nonzero(tables["asset_fallback"], axis=1).astype(float),
+        }
+        return np.column_stack([derived[c] if c in derived else column[c] for c in SUMMARY_COLUMNS]) \
+            if len(raw) else np.empty((0, len(SUMMARY_COLUMNS)))
+
     def freeze(self, step: pd.Timedelta, *, since: int = 0) -> PolicyRecords:
         index = pd.DatetimeIndex(self.times[since:], name="time")
+        data: dict[str, np.ndarray] = {}
+        for name in PolicyRecords.TABLES:
+            if name == "summary":
+                continue
+            rows = self.rows[name][since:]
+            data[name] = np.vstack(rows) if rows else np.empty((0, len(self.columns.get(name, ()))))
+        data["summary"] = self._summary(since, data, step / pd.Timedelta("1h"))
         tables = {}
         for name in PolicyRecords.TABLES:
-            cols = self.columns.get(name, pd.Index([]))
-            rows = self.rows[name][since:]
-            data = np.vstack(rows) if rows else np.empty((0, len(cols)))
+            values = data[name]
             if name == "asset_clipped":
-                data = _CLIP_TEXT[data.astype(np.intp)] if rows else data.astype(object)
-            frame = pd.DataFrame(data, index=index, columns=cols)
+                values = _CLIP_TEXT[values.astype(np.intp)]
+            frame = pd.DataFrame(values, index=index, columns=self.columns.get(name, pd.Index([])))
             frame.columns = frame.columns.astype(str)
             tables[name] = frame
         for flag in ("converged", "controller_online"):
@@ -244,7 +250,10 @@ class Recorder:
 
     def add(self, records: list[StepRecord]) -> None:
         for rec in records:
-            self._buffers.setdefault(rec.policy, _PolicyBuffer(rec.policy)).add(rec, self.hours)
+            buffer = self._buffers.get(rec.policy)
+            if buffer is None:
+                buffer = self._buffers[rec.policy] = _PolicyBuffer(rec.policy)
+            buffer.add(rec)
 
     def __len__(self) -> int:
         """Intervals recorded so far."""

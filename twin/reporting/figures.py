@@ -20,9 +20,11 @@ from twin.grid.topology import FeederTopology
 
 __all__ = [
     "LOADING_BANDS",
+    "PLOTLY_CONFIG",
     "POLICY_PALETTE",
     "asset_figure",
     "cost_figure",
+    "difference_figure",
     "empty_figure",
     "fallback_figure",
     "feeder_map_figure",
@@ -44,6 +46,16 @@ LOADING_BANDS: tuple[tuple[float, float, str, str], ...] = (
     (100.0, math.inf, "loading > 100 %", "#c62828"),
 )
 _NO_DATA_COLOUR = "#9e9e9e"
+
+#: The plotly config of every figure shown (dashboard and reports): plotly.js 3 offers "Share chart..." (an
+#: upload to Plotly's cloud) unless ``showSendToCloud`` is false; the machines are offline and run data stays
+#: on them, so no upload or Chart Studio button anywhere.
+PLOTLY_CONFIG: dict = {
+    "displaylogo": False,
+    "showSendToCloud": False,
+    "plotlyServerURL": "",
+    "modeBarButtonsToRemove": ["sendChartToCloud", "sendDataToCloud", "editInChartStudio"],
+}
 
 #: Colour-blind-safe policy colours (Okabe–Ito), assigned in the order policies are listed.
 POLICY_PALETTE: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -324,6 +336,33 @@ def cost_figure(summaries: Mapping[str, pd.DataFrame], *, height: int = 420) -> 
     return fig
 
 
+def difference_figure(summaries: Mapping[str, pd.DataFrame], *, reference: str, height: int = 420) -> go.Figure:
+    """Each policy minus ``reference``: feeder-head power per interval (top, MW) and cumulative energy cost
+    (bottom, EUR; below zero = cheaper than the reference so far). Traces: ``"<policy> ΔP"``, ``"<policy> Δcost"``."""
+    if reference not in summaries or len(summaries) < 2:
+        return empty_figure("a difference view needs the reference and at least one other policy")
+    colours = policy_colors(list(summaries))
+    ref = summaries[reference]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=(f"Feeder-head power minus {reference}", f"Cumulative energy cost minus {reference}"))
+    for policy, summary in summaries.items():
+        if policy == reference:
+            continue
+        index = summary.index.intersection(ref.index)
+        dp = summary.loc[index, "p_head_mw"].to_numpy(float) - ref.loc[index, "p_head_mw"].to_numpy(float)
+        dc = np.nancumsum(summary.loc[index, "cost_eur"].to_numpy(float) - ref.loc[index, "cost_eur"].to_numpy(float))
+        fig.add_trace(go.Scatter(x=index, y=dp, mode="lines", name=f"{policy} ΔP", legendgroup=policy,
+                                 line=dict(color=colours[policy], width=1.2, shape="hv")), row=1, col=1)
+        fig.add_trace(go.Scatter(x=index, y=dc, mode="lines", name=f"{policy} Δcost", legendgroup=policy,
+                                 showlegend=False, line=dict(color=colours[policy], width=2)), row=2, col=1)
+    for row in (1, 2):
+        fig.add_hline(y=0, line=dict(color="#616161", width=1), row=row, col=1)
+    fig.update_layout(**_LAYOUT, template=_template(), height=height, uirevision="time")
+    fig.update_yaxes(title_text="ΔP [MW]", row=1, col=1)
+    fig.update_yaxes(title_text="ΔEUR", row=2, col=1)
+    return fig
+
+
 def payments_figure(payments: pd.DataFrame, *, height: int = 320,
                     title: str = "Cumulative payments to participants") -> go.Figure:
     """Cumulative sums of ``payments`` (index: interval end, UTC; one column per series, EUR per interval)."""
@@ -348,21 +387,25 @@ def asset_figure(
     fallback: pd.Series | None = None,
     description: str = "",
     height: int = 560,
+    power_unit: str = "MW",
 ) -> go.Figure:
     """One asset over time: setpoint vs actual power (load convention), state of charge (batteries), and
     the intervals where its setpoint was clipped (hover: the reason) or it ran on its autonomous fallback.
 
+    ``power_unit`` "kW" draws power in kW and energy in kWh (household assets); the series stay in MW / MWh.
     Traces: ``"setpoint"``, ``"actual"``, ``"SOC"`` (when given), ``"clipped"`` and ``"fallback"`` (markers at
-    the flagged intervals only).
+    the flagged intervals only). The time axis spans the asset's records, whatever the rows show.
     """
+    scale = 1000.0 if power_unit == "kW" else 1.0
+    energy_unit = "kWh" if power_unit == "kW" else "MWh"
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.5, 0.3, 0.2],
                         subplot_titles=("Power (load convention: + consumes)", "State of charge", "Flags"))
-    fig.add_trace(go.Scatter(x=setpoint_mw.index, y=setpoint_mw.to_numpy(float), name="setpoint", mode="lines",
+    fig.add_trace(go.Scatter(x=setpoint_mw.index, y=setpoint_mw.to_numpy(float) * scale, name="setpoint", mode="lines",
                              line=dict(color="#0072B2", width=1.5, dash="dash", shape="hv")), row=1, col=1)
-    fig.add_trace(go.Scatter(x=actual_mw.index, y=actual_mw.to_numpy(float), name="actual", mode="lines",
+    fig.add_trace(go.Scatter(x=actual_mw.index, y=actual_mw.to_numpy(float) * scale, name="actual", mode="lines",
                              line=dict(color="#D55E00", width=1.8, shape="hv")), row=1, col=1)
     if soc_mwh is not None:
-        fig.add_trace(go.Scatter(x=soc_mwh.index, y=soc_mwh.to_numpy(float), name="SOC", mode="lines",
+        fig.add_trace(go.Scatter(x=soc_mwh.index, y=soc_mwh.to_numpy(float) * scale, name="SOC", mode="lines",
                                  line=dict(color="#009E73", width=1.8)), row=2, col=1)
     else:
         fig.add_annotation(text="no storage", showarrow=False, xref="x2 domain", yref="y2 domain", x=0.5, y=0.5)
@@ -380,9 +423,13 @@ def asset_figure(
                       uirevision=f"asset-{asset_id}",
                       title=dict(text=f"{asset_id}{' — ' + description if description else ''}", y=0.98, yanchor="top"))
     fig.update_layout(legend=dict(y=1.08))
+    if len(actual_mw.index):
+        # An empty subplot (no storage, no flags) must not stretch the shared axis to plotly's default years.
+        step = actual_mw.index[1] - actual_mw.index[0] if len(actual_mw.index) > 1 else pd.Timedelta(0)
+        fig.update_xaxes(range=[actual_mw.index[0], actual_mw.index[-1] + step])
     fig.update_xaxes(type="date")
-    fig.update_yaxes(title_text="MW", row=1, col=1)
-    fig.update_yaxes(title_text="MWh", row=2, col=1)
+    fig.update_yaxes(title_text=power_unit, row=1, col=1)
+    fig.update_yaxes(title_text=energy_unit, row=2, col=1)
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=["clipped", "fallback"], row=3, col=1)
     return fig
 

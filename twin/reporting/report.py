@@ -15,6 +15,7 @@ from twin.records.kpis import KPI_LABELS
 from twin.records.recorder import STAGE_COLUMNS
 from twin.records.runstore import RunStore
 from twin.reporting.figures import (
+    PLOTLY_CONFIG,
     cost_figure,
     fallback_figure,
     head_power_figure,
@@ -111,7 +112,7 @@ def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
     ]
     parts = []
     for i, fig in enumerate(figures):
-        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False}))
+        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), config=PLOTLY_CONFIG))
     scenario = meta.get("scenario", {})
     title = f"gridtwin — {scenario.get('name', run_dir.name)}"
     step = scenario.get("step", "15min")

@@ -86,11 +86,13 @@ class EventKind(StrEnum):
 
 
 class DrEvent(_Model):
-    """A demand-response event window [start, end) in UTC."""
+    """A demand-response event window [start, end) in UTC. ``event_id`` names it (an OpenADR eventID when a
+    VTN issued it; then the participants' opt-in answers apply, see ``twin.settlement.dr_program``)."""
 
     start: AwareDatetime
     end: AwareDatetime
     kind: EventKind = EventKind.ECONOMIC
+    event_id: Name | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> DrEvent:
@@ -201,6 +203,9 @@ class SettlementConfig(_Model):
     baseline_tz: str = "UTC"
     #: Sign a Merkle checkpoint once this many entries have been appended since the last one.
     checkpoint_every: int = Field(default=256, ge=1)
+    #: A DR program register (``twin.settlement.dr_program``, written by the live twin's OpenADR VTN): the
+    #: events it issued are settled too, each with the participants' opt-in answers.
+    dr_program: str | None = Field(default=None, min_length=1)
 
     @field_validator("baseline_tz")
     @classmethod

@@ -21,7 +21,7 @@ or not at all, and calling again with the same inputs is a no-op.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -34,11 +34,13 @@ from twin.settlement.baselines import ENERGY_QUANTUM_KWH, Baseline, BaselineMeth
 from twin.settlement.contracts import (
     CapacityPayment,
     DrEvent,
+    EventKind,
     NonPerformancePenalty,
     PerformancePayment,
     RewardPool,
     SettlementConfig,
 )
+from twin.settlement.dr_program import DrProgram
 from twin.settlement.ledger import Checkpoint, EntryDraft, EntryKey, Ledger, participant_account
 from twin.settlement.money import allocate_largest_remainder, from_micro, to_decimal, to_micro
 from twin.settlement.p2p import settle_community
@@ -153,15 +155,52 @@ def _interval_energy(meters: pd.DataFrame, needed: Collection[str]) -> dict[str,
     return energy
 
 
-@dataclass
 class Settlement:
     """Settles intervals of one run into one ledger. Keep one per run; it caches each event's baselines
-    (they depend only on history before the event, so a restarted process recomputes the same ones)."""
+    (they depend only on history before the event, so a restarted process recomputes the same ones).
 
-    ledger: Ledger
-    config: SettlementConfig
-    run_id: str
-    _baselines: dict[tuple[pd.Timestamp, str, BaselineMethod], Baseline] = field(default_factory=dict, repr=False)
+    With a DR program register (``config.dr_program`` or ``program``), ``config.events`` is the declared
+    events plus every event the program issued so far, re-read whenever the program issues one; for those,
+    only participants taking part are settled for the event (see :meth:`takes_part`).
+    """
+
+    def __init__(self, *, ledger: Ledger, config: SettlementConfig, run_id: str,
+                 program: DrProgram | None = None) -> None:
+        self.ledger = ledger
+        self.run_id = run_id
+        self._declared = config
+        self._program = program
+        self._merged: SettlementConfig | None = None
+        self._merged_version = -1
+        self._baselines: dict[tuple[pd.Timestamp, str, BaselineMethod], Baseline] = {}
+
+    @property
+    def config(self) -> SettlementConfig:
+        """The configuration in force: the declared one plus the events the DR program issued."""
+        program = self._program
+        if program is None:
+            return self._declared
+        version = program.version()
+        if self._merged is None or version != self._merged_version:
+            declared = self._declared.events
+            known = {e.event_id for e in declared if e.event_id is not None}
+            issued = tuple(e.as_dr_event() for e in program.events() if e.event_id not in known)
+            self._merged = self._declared.model_copy(update={"events": (*declared, *issued)})
+            self._merged_version = version
+        return self._merged
+
+    @config.setter
+    def config(self, value: SettlementConfig) -> None:  # an operator-declared event joins (the engine)
+        self._declared, self._merged = value, None
+
+    def takes_part(self, event: DrEvent, participant: str, start: pd.Timestamp) -> bool:
+        """Is ``participant`` settled for ``event`` in the interval starting at ``start``? Always for a declared
+        event and for an emergency event (a capacity obligation cannot be declined); for an economic or test
+        event the DR program issued, only if the participant's latest answer before ``start`` was optIn."""
+        program = self._program
+        if program is None or event.kind is EventKind.EMERGENCY or not program.knows(event.event_id):
+            return True
+        return participant in program.opted_in(str(event.event_id), at=start)
 
     @classmethod
     def for_run(cls, run_dir: Path | str, *, config: SettlementConfig, run_id: str) -> Settlement:
@@ -169,15 +208,18 @@ class Settlement:
         go to every participant's witness file in ``<run_dir>/witnesses/`` as they are made (heads a killed
         writer signed but never delivered are delivered now)."""
         ledger = Ledger.open_run(run_dir)
+        program = None
         try:
             witnesses = WitnessStore(Path(run_dir) / WITNESS_DIRNAME)
             participants = sorted(config.participants())
             witnesses.catch_up(ledger.checkpoints(), participants)
             ledger.on_checkpoint.append(lambda checkpoint: witnesses.deliver(checkpoint, participants))
+            if config.dr_program is not None:
+                program = DrProgram.open(config.dr_program, create=False)
         except BaseException:
             ledger.close()
             raise
-        return cls(ledger=ledger, config=config, run_id=run_id)
+        return cls(ledger=ledger, config=config, run_id=run_id, program=program)
 
     def close(self) -> Checkpoint | None:
         """Sign the closing checkpoint (when there is a key) and close the ledger."""
@@ -187,6 +229,8 @@ class Settlement:
             return None
         finally:
             self.ledger.close()
+            if self._program is not None:
+                self._program.close()
 
     # -- the entry point -------------------------------------------------------------------------------
     def settle_interval(
@@ -279,7 +323,8 @@ class Settlement:
                 if end - start > baseline.step:
                     raise ValueError(f"interval {start}..{end} is longer than the baseline step {baseline.step}")
                 baseline_kwh = baseline.kw_at(start) * span_h
-                kwh = _ZERO if participant in unverified else max(_ZERO, baseline_kwh - energy[participant].net_kwh)
+                absent = participant in unverified or not self.takes_part(event, participant, start)
+                kwh = _ZERO if absent else max(_ZERO, baseline_kwh - energy[participant].net_kwh)
                 delivered.setdefault(participant, {})[method] = _energy(kwh)
         return delivered
 
@@ -293,8 +338,11 @@ class Settlement:
         drafts = []
         for contract in self.config.contracts:
             who = participant_account(contract.participant)
+            # An opted-out participant is outside this event: no payment and no penalty for it.
+            own_event = event if event is not None and self.takes_part(event, contract.participant, start) else None
             for rule in contract.rules:
-                amount, detail = self._rule_amount(rule, start, end, event, delivered.get(contract.participant, {}))
+                amount, detail = self._rule_amount(rule, start, end, own_event,
+                                                   delivered.get(contract.participant, {}))
                 if amount:
                     drafts.append(EntryDraft.create(
                         key=self._key(start, contract.participant, rule.name, rule.version), interval_end=end,

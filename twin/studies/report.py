@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
+from twin.reporting.figures import PLOTLY_CONFIG
 from twin.studies.model import Study
 
 __all__ = ["kpi_distribution_figure", "policy_delta_figure", "study_figures", "write_report"]
@@ -99,7 +100,7 @@ def _page(study: Study, figures: list[go.Figure], results: pd.DataFrame, failure
         parts.append(failures.to_html(index=False, escape=True))
     for i, fig in enumerate(figures):
         # plotly.js once, inline (no CDN): the first figure carries it, the others reuse it.
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), config=PLOTLY_CONFIG))
     if not results.empty:
         parts.append("<h2>KPI table</h2>")
         parts.append(results.to_html(index=False, escape=True, float_format=lambda v: f"{v:.6g}"))

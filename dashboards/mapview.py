@@ -1,0 +1,149 @@
+"""The feeder map at the cursor and the drill-down it leads to: DER locations drawn over the buses, the bus
+a user clicked ringed, and that bus's assets and trends.
+
+The map is ``twin.reporting.figures.feeder_map_figure`` (the same drawing as the report) plus a DER layer
+(one marker per bus and asset kind) and bus ids in ``customdata``, so a click on a bus or a DER names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from dashboards.data import RunData
+from twin.grid.topology import FeederTopology
+from twin.reporting.figures import feeder_map_figure, policy_colors
+
+__all__ = ["DER_SYMBOLS", "asset_unit", "bus_assets", "clicked_bus", "map_figure"]
+
+#: Marker symbol and colour per asset kind.
+DER_SYMBOLS = {
+    "battery": ("square", "#6a3d9a"),
+    "pv": ("star", "#e6a100"),
+    "ev_charger": ("diamond", "#1f78b4"),
+    "flex_load": ("triangle-up", "#33a02c"),
+}
+#: An asset this small (rated power) is a household's: shown in kW and kWh.
+HOUSEHOLD_MAX_MW = 0.1
+
+
+def asset_unit(p_max_mw: Any) -> tuple[str, float]:
+    """("kW", 1000) for household-sized assets, ("MW", 1) otherwise (and when the rating is unknown)."""
+    try:
+        rating = float(p_max_mw)
+    except (TypeError, ValueError):
+        return "MW", 1.0
+    return ("kW", 1000.0) if np.isfinite(rating) and 0 < abs(rating) < HOUSEHOLD_MAX_MW else ("MW", 1.0)
+
+
+def bus_assets(data: RunData, bus: str) -> pd.DataFrame:
+    assets = data.assets()
+    if "bus" not in assets.columns:
+        return assets.iloc[0:0]
+    return assets[assets["bus"].astype(str) == str(bus)]
+
+
+def clicked_bus(click: Any, topology: FeederTopology | None) -> str | None:
+    """The bus id a map click names (a bus or a DER marker carries it in ``customdata``), else None."""
+    if topology is None or not isinstance(click, dict):
+        return None
+    points = click.get("points")
+    if not isinstance(points, list) or not points or not isinstance(points[0], dict):
+        return None
+    custom = points[0].get("customdata")
+    if isinstance(custom, list) and custom:
+        custom = custom[0]
+    if isinstance(custom, (str, int)) and not isinstance(custom, bool) and str(custom) in topology.buses.index:
+        return str(custom)
+    return None
+
+
+def _der_trace(topology: FeederTopology, assets: pd.DataFrame, *, spread: float) -> list[go.Scatter]:
+    if "bus" not in assets.columns or "kind" not in assets.columns or len(assets) == 0:
+        return []
+    xy = topology.buses[["x", "y"]]
+    frame = pd.DataFrame({"bus": assets["bus"].astype(str), "kind": assets["kind"].astype(str)})
+    frame = frame[frame["bus"].isin(xy.index)]
+    counts = frame.groupby(["kind", "bus"]).size()
+    traces = []
+    for k, (kind, (symbol, colour)) in enumerate(DER_SYMBOLS.items()):
+        if kind not in counts.index.get_level_values(0):
+            continue
+        per_bus = counts.loc[kind]
+        angle = np.pi / 4 + k * np.pi / 2  # each kind on its own side of the bus
+        x = xy["x"].reindex(per_bus.index).to_numpy(float) + spread * np.cos(angle)
+        y = xy["y"].reindex(per_bus.index).to_numpy(float) + spread * np.sin(angle)
+        traces.append(go.Scatter(
+            x=x, y=y, mode="markers", name=kind.replace("_", " "), legendgroup="der",
+            marker=dict(symbol=symbol, size=8, color=colour, line=dict(width=0.5, color="#ffffff")),
+            customdata=np.asarray(per_bus.index, dtype=object),
+            hovertext=[f"{n} {kind.replace('_', ' ')} at bus {b}" for b, n in per_bus.items()], hoverinfo="text"))
+    return traces
+
+
+def map_figure(data: RunData, topology: FeederTopology, *, policy: str | None, row: int | None,
+               selected_bus: str | None) -> go.Figure:
+    """The feeder of ``policy`` at interval ``row`` (None: drawn without a power flow), with DERs and the
+    selected bus ringed."""
+    limits = data.limits()
+
+    def at(name: str) -> pd.Series | None:
+        frame = data.table(policy, name) if policy else pd.DataFrame()
+        return frame.iloc[row] if row is not None and len(frame) > row else None
+
+    fig = feeder_map_figure(topology, vm_pu=at("vm_pu"), line_loading_percent=at("line_loading_percent"),
+                            trafo_loading_percent=at("trafo_loading_percent"), v_min_pu=limits.v_min_pu,
+                            v_max_pu=limits.v_max_pu)
+    buses = topology.buses
+    for trace in fig.data:
+        if trace.name == "buses":
+            trace.customdata = np.asarray(buses.index, dtype=object)
+    width = float(np.ptp(buses["x"].to_numpy(float))) if len(buses) else 1.0
+    height = float(np.ptp(buses["y"].to_numpy(float))) if len(buses) else 1.0
+    spread = 0.012 * max(width, height, 1e-9)
+    fig.add_traces(_der_trace(topology, data.assets(), spread=spread))
+    if selected_bus is not None and selected_bus in buses.index:
+        fig.add_trace(go.Scatter(x=[buses.at[selected_bus, "x"]], y=[buses.at[selected_bus, "y"]], mode="markers",
+                                 name=f"selected: bus {selected_bus}", hoverinfo="skip",
+                                 marker=dict(size=24, symbol="circle-open", color="#ff00aa", line=dict(width=3))))
+    fig.update_layout(clickmode="event")
+    return fig
+
+
+def bus_trend_figure(data: RunData, bus: str) -> go.Figure:
+    """The bus's voltage per policy over the run, and its assets' power (kW/MW) under the first policy."""
+    from plotly.subplots import make_subplots
+
+    policies = data.policies()
+    colours = policy_colors(policies)
+    assets = bus_assets(data, bus)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=(f"Voltage at bus {bus}", "Power of its assets (+ consumes)"))
+    for policy in policies:
+        vm = data.table(policy, "vm_pu")
+        if bus in vm.columns:
+            fig.add_trace(go.Scatter(x=vm.index, y=vm[bus].to_numpy(float), mode="lines", name=f"{policy} V",
+                                     line=dict(color=colours[policy], width=1.5)), row=1, col=1)
+    limits = data.limits()
+    for value in (limits.v_min_pu, limits.v_max_pu):
+        fig.add_hline(y=value, line=dict(color="#c62828", dash="dash", width=1), row=1, col=1)
+    unit = "kW"
+    if policies and len(assets):
+        power = data.table(policies[0], "asset_p_mw")
+        units = {asset_unit(assets.at[a, "p_max_mw"] if "p_max_mw" in assets.columns else None) for a in assets.index}
+        unit, scale = ("kW", 1000.0) if units == {("kW", 1000.0)} else ("MW", 1.0)
+        for asset in assets.index:
+            if asset in power.columns:
+                kind = str(assets.at[asset, "kind"]) if "kind" in assets.columns else ""
+                fig.add_trace(go.Scatter(x=power.index, y=power[asset].to_numpy(float) * scale, mode="lines",
+                                         name=f"{asset} {kind} ({policies[0]})", line=dict(width=1.2, shape="hv")),
+                              row=2, col=1)
+    fig.update_yaxes(title_text="V [pu]", row=1, col=1)
+    fig.update_yaxes(title_text=f"P [{unit}]", row=2, col=1)
+    fig.update_layout(height=420, margin=dict(l=60, r=20, t=40, b=30), hovermode="x unified", uirevision="bus",
+                      legend=dict(orientation="h", y=-0.15), template=None, paper_bgcolor="#ffffff",
+                      plot_bgcolor="#ffffff")
+    return fig
