@@ -146,15 +146,16 @@ def feeder_profiles(
     step = _check_step(step)
     start_ts, end_ts = _check_span(start, end, step)
     reference = _reference_shapes()
-    if is_simbench_net(net):
-        native = _simbench_native(net, reference)
-    else:
-        native = _synthetic_native(net, reference, seed=seed)
-    # Native 15-minute rows that cover [start, end): from the interval holding `start`.
+    # Native 15-minute rows that cover [start, end): from the interval holding `start`. Only these rows are
+    # scaled to absolute values: a year of thousands of loads would be gigabytes.
     i0 = int((start_ts.floor(NATIVE_STEP) - DATA_START) // NATIVE_STEP)
     i1 = int(-(-(end_ts - DATA_START) // NATIVE_STEP))  # ceil
-    frames = {name: frame.iloc[i0:i1] for name, frame in native.items()}
-    frames = {name: resample(frame, start=start_ts, end=end_ts, step=step) for name, frame in frames.items()}
+    rows = slice(i0, i1)
+    if is_simbench_net(net):
+        native = _simbench_native(net, reference, rows)
+    else:
+        native = _synthetic_native(net, reference, rows, seed=seed)
+    frames = {name: resample(frame, start=start_ts, end=end_ts, step=step) for name, frame in native.items()}
     return ExogenousProfiles(
         load_p_mw=frames["load_p_mw"],
         load_q_mvar=frames["load_q_mvar"],
@@ -236,25 +237,34 @@ def _reference_shapes() -> pd.DataFrame:
     return shapes / shapes.abs().max()
 
 
-def _simbench_native(net: pp.pandapowerNet, reference: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def _simbench_native(net: pp.pandapowerNet, reference: pd.DataFrame, rows: slice) -> dict[str, pd.DataFrame]:
+    """The net's own absolute SimBench values on the native rows ``rows``: SimBench's relative profiles times
+    each element's rating, exactly as ``simbench.get_absolute_values`` computes them, for those rows only."""
     _check_simbench_rows(net.profiles["load"]["time"])
-    absolute = sb.get_absolute_values(net, profiles_instead_of_study_cases=True)
-    index = _native_index()
+    index = _native_index()[rows]
 
-    def frame(element: str, column: str, columns: pd.Index) -> pd.DataFrame:
-        values = absolute.get((element, column))
+    def relative(table: str) -> pd.DataFrame:
+        frame = net.profiles.get(table)
+        return frame.iloc[rows] if isinstance(frame, pd.DataFrame) else pd.DataFrame(index=range(len(index)))
+
+    def frame(element: str, column: str, columns: pd.Index, profiles: pd.DataFrame) -> pd.DataFrame:
+        if len(net[element]) == 0:
+            return pd.DataFrame(0.0, index=index, columns=columns)
+        values = sb.get_absolute_profiles_from_relative_profiles(net, element, column, relative_profiles=profiles)
         if values is None or values.shape[1] == 0:
             return pd.DataFrame(0.0, index=index, columns=columns)
         out = values.reindex(columns=columns, fill_value=0.0).astype(float)
         out.index = index
         return out
 
+    loads = relative("load")
+    generation = sb.merge_dataframes([relative("powerplants"), relative("renewables")])
     return {
-        "load_p_mw": frame("load", "p_mw", net.load.index),
-        "load_q_mvar": frame("load", "q_mvar", net.load.index),
-        "sgen_p_mw": frame("sgen", "p_mw", net.sgen.index),
-        "pv_per_mwp": _simbench_pv_shape(net, reference).to_frame(),
-        "flex_per_mw": reference[[f"{FLEX_PROFILE}_pload"]],
+        "load_p_mw": frame("load", "p_mw", net.load.index, loads),
+        "load_q_mvar": frame("load", "q_mvar", net.load.index, loads),
+        "sgen_p_mw": frame("sgen", "p_mw", net.sgen.index, generation),
+        "pv_per_mwp": _simbench_pv_shape(net, reference).iloc[rows].to_frame(),
+        "flex_per_mw": reference[[f"{FLEX_PROFILE}_pload"]].iloc[rows],
     }
 
 
@@ -271,7 +281,8 @@ def _simbench_pv_shape(net: pp.pandapowerNet, reference: pd.DataFrame) -> pd.Ser
     return reference[PV_PROFILE]
 
 
-def _synthetic_native(net: pp.pandapowerNet, reference: pd.DataFrame, *, seed: int) -> dict[str, pd.DataFrame]:
+def _synthetic_native(net: pp.pandapowerNet, reference: pd.DataFrame, rows: slice, *,
+                      seed: int) -> dict[str, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     n_loads = len(net.load)
     commercial = rng.random(n_loads) < COMMERCIAL_SHARE
@@ -280,6 +291,7 @@ def _synthetic_native(net: pp.pandapowerNet, reference: pd.DataFrame, *, seed: i
         np.array(COMMERCIAL_PROFILES)[rng.integers(len(COMMERCIAL_PROFILES), size=n_loads)],
         np.array(HOUSEHOLD_PROFILES)[rng.integers(len(HOUSEHOLD_PROFILES), size=n_loads)],
     )
+    reference = reference.iloc[rows]  # the draws above do not depend on the window
     p_shapes = reference[[f"{name}_pload" for name in names]].to_numpy()
     q_shapes = reference[[f"{name}_qload" for name in names]].to_numpy()
     index = reference.index
