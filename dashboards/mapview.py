@@ -17,7 +17,7 @@ from dashboards.data import RunData
 from twin.grid.topology import FeederTopology
 from twin.reporting.figures import feeder_map_figure, policy_colors
 
-__all__ = ["DER_SYMBOLS", "asset_unit", "bus_assets", "clicked_bus", "map_figure"]
+__all__ = ["DER_SYMBOLS", "asset_unit", "bus_assets", "clicked_bus", "keep_zoom", "map_figure"]
 
 #: Marker symbol and colour per asset kind.
 DER_SYMBOLS = {
@@ -59,6 +59,21 @@ def clicked_bus(click: Any, topology: FeederTopology | None) -> str | None:
     if isinstance(custom, (str, int)) and not isinstance(custom, bool) and str(custom) in topology.buses.index:
         return str(custom)
     return None
+
+
+def keep_zoom(fig: go.Figure, relayout: Any) -> go.Figure:
+    """Apply the user's last pan / zoom of the map (its ``relayoutData``) to a redrawn map. Plotly's
+    ``uirevision`` does not survive Dash replacing the figure here, so the ranges travel explicitly."""
+    if not isinstance(relayout, dict):
+        return fig
+    for axis in ("xaxis", "yaxis"):
+        pair = relayout.get(f"{axis}.range")
+        if not (isinstance(pair, list) and len(pair) == 2):
+            pair = [relayout.get(f"{axis}.range[0]"), relayout.get(f"{axis}.range[1]")]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in pair) and (
+                pair[0] != pair[1]):
+            fig.update_layout({axis: {"range": [float(pair[0]), float(pair[1])], "autorange": False}})
+    return fig
 
 
 def _der_trace(topology: FeederTopology, assets: pd.DataFrame, *, spread: float) -> list[go.Scatter]:

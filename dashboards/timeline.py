@@ -41,6 +41,10 @@ def _stamp(value: Any) -> pd.Timestamp | None:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
+def _text_stamp(value: Any) -> pd.Timestamp | None:
+    return _stamp(value) if isinstance(value, str) else None
+
+
 @dataclass(frozen=True)
 class Axis:
     """The intervals recorded so far: ``n`` intervals of ``step`` from ``start`` (labelled by their start)."""
@@ -148,10 +152,11 @@ def zoom_from_relayout(relayout: Any) -> tuple[pd.Timestamp, pd.Timestamp] | str
         axis = key.split(".", 1)[0]
         if key.endswith(".autorange") and value is True:
             return "reset"
+        # A date axis reports its range as text; numbers come from a chart without a time axis (a blank one).
         if key == f"{axis}.range" and isinstance(value, list) and len(value) == 2:
-            lo, hi = _stamp(value[0]), _stamp(value[1])
+            lo, hi = _text_stamp(value[0]), _text_stamp(value[1])
         elif key == f"{axis}.range[0]":
-            lo, hi = _stamp(value), _stamp(relayout.get(f"{axis}.range[1]"))
+            lo, hi = _text_stamp(value), _text_stamp(relayout.get(f"{axis}.range[1]"))
         else:
             continue
         if lo is not None and hi is not None and hi > lo:

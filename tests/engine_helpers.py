@@ -44,6 +44,8 @@ class GossipAgent:
 class RampSchedule:
     """Dispatches every battery ``p_mw`` now and a schedule rising by ``p_mw`` each later period; counts calls."""
 
+    reads_grid = False  # a fixed schedule: the twin may replay it open loop
+
     calls: list = []  # noqa: RUF012 — shared on purpose: the test reads what the engine's instance did
 
     def __init__(self, *, p_mw: float, periods: int = 4, off_grid: bool = False) -> None:
@@ -73,3 +75,16 @@ class FailingAgent(GossipAgent):
         if round_index == self.fail_round:
             raise ValueError(f"{self.spec.participant_id}: boom in round {round_index}")
         return super().propose(observation, inbox, round_index=round_index)
+
+
+class ClaimsNotToReadTheGrid:
+    """Declares ``reads_grid = False`` and then reads ``observation.grid`` (the open-loop replay must refuse)."""
+
+    reads_grid = False
+
+    def reset(self, spec: ControllerSpec, *, seed: int) -> None:
+        del spec, seed
+
+    def act(self, observation: Observation) -> Dispatch:
+        _ = observation.grid
+        return Dispatch.empty()

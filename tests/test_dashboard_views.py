@@ -189,6 +189,7 @@ def test_zoom_cursor_and_playback_transitions() -> None:
         T0 + 2 * STEP, T0 + 4 * STEP)
     assert zoom_from_relayout({"xaxis.autorange": True}) == "reset"
     assert zoom_from_relayout({"autosize": True}) is None and zoom_from_relayout(["x"]) is None
+    assert zoom_from_relayout({"xaxis.range[0]": -1, "xaxis.range[1]": 6}) is None  # a blank chart, no dates
     follow = TimeView()
     assert follow.cursor_on(axis) == T0 + 7 * STEP  # following: the latest interval
     back = step_view(follow, axis, "tb-back")

@@ -314,3 +314,34 @@ def test_a_discharge_setpoint_is_sent_as_limit_zero_and_said_so() -> None:
     assert [p["start_period"] for p in schedule["charging_schedule_period"]] == [0, 900]
     with pytest.raises(ValueError, match="offset 0"):
         tx_profile(profile_id=1, transaction_id="tx", start=T0, periods_kw=[(60, 1.0)], valid_to=T0)
+
+
+def test_a_device_heard_on_another_transport_is_refused(tmp_path: Path) -> None:
+    from twin.live.canonical import Decoded, RawMessage, Transport
+    from twin.live.messages import DeviceState, StatusPayload
+
+    ingestor = Ingestor.open(tmp_path / "a.sqlite", keys=KeyRegistry(), transports={"ev-a": Transport.OCPP})
+    try:
+        raw = RawMessage(topic="der/p-1/ev_charger/ev-a/status", payload=b"{}", received_at=T0)
+        stale = Decoded(raw=raw, transport=Transport.MQTT, channel="status", device_id="ev-a",
+                        payload=StatusPayload(device_id="ev-a", state=DeviceState.OFFLINE))
+        [result] = ingestor.ingest_decoded([stale])
+        assert (result.verdict, result.reason) == ("rejected", "wrong_transport")
+        assert "speaks ocpp in this run, not mqtt" in result.detail
+        assert ingestor.offline_devices(now=T0, timeout=pd.Timedelta("1h")) == []
+    finally:
+        ingestor.close()
+
+
+def test_a_device_that_reports_after_an_offline_status_is_online_again(field: _Field) -> None:
+    charger = field.charger("ev-a")
+    charger.connect(now=T0)
+    charger.abort()
+    field.wait_rows(lambda rows: any(r.topic == "ocpp/ev-a/disconnect" for r in rows))
+    with field.lock:
+        assert field.ingestor.stats().status == {"ev-a": "offline"}
+    charger.reconnect()
+    _sample(charger, 0, p_kw=1.0, plugged=False, e_imp=0.0)
+    charger.flush()
+    with field.lock:
+        assert field.ingestor.stats().status == {"ev-a": "online"}

@@ -171,3 +171,19 @@ def test_unsigned_forged_and_malformed_messages_are_refused_with_the_reason(vtn:
     assert "not signed" in refused[0][1] and "fingerprint" in refused[1][1].lower()
     assert "'p-9' is not provisioned" in refused[2][1]
     assert vtn.rows(verdict="rejected")[4].payload == b"\xff\xfe"  # kept byte for byte
+
+
+def test_a_restarted_vtn_announces_the_open_events_again(vtn: _Program, tmp_path: Path) -> None:
+    start, end = SIM_START + pd.Timedelta("2h"), SIM_START + pd.Timedelta("3h")
+    vtn.vtn.issue_event(event_id="ev-1", start=start, end=end, kind=EventKind.ECONOMIC, source="scenario")
+    vtn.vtn.stop()  # the twin restarts: a new VTN on the same program register, with empty queues
+    auth = FieldAuth(openadr={v: i.fingerprint for v, i in IDENTITIES.items()})
+    vtn.vtn = OpenAdrVtn(auth=auth, identity=VTN_IDENTITY, reporting={}, sink=vtn.sink, program=vtn.program,
+                         clock=lambda: vtn.clock, poll_s=0.2).start()
+    again = vtn.vtn.issue_event(event_id="ev-1", start=start, end=end, kind=EventKind.ECONOMIC, source="scenario")
+    assert again.event_id == "ev-1" and len(vtn.program.events()) == 1  # not issued twice
+    assert vtn.vtn.announce_open_events() == 1
+    ven = vtn.ven("p-1")
+    vtn.wait(lambda: bool(ven.dr_events))
+    assert ven.dr_events[0].event_id == "ev-1"
+    vtn.wait(lambda: "p-1" in vtn.program.answers("ev-1", at=SIM_START + pd.Timedelta("1D")))

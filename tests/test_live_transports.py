@@ -221,3 +221,30 @@ def test_controllers_see_the_same_observations_whatever_the_transport(inputs: Ru
     pd.testing.assert_frame_equal(tables["mqtt"]["summary"][physical], tables["mixed"]["summary"][physical])
     pd.testing.assert_frame_equal(tables["mqtt"]["asset_p_mw"], tables["mixed"]["asset_p_mw"])
     pd.testing.assert_frame_equal(tables["mqtt"]["vm_pu"], tables["mixed"]["vm_pu"])
+
+
+def test_live_commands_name_the_bad_option_and_value(inputs: RunInputs, broker: BrokerSetup, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from twin.cli import app
+
+    scenario = Path(__file__).resolve().parent.parent / "scenarios" / "live-ocpp-openadr.toml"
+    creds = str(broker.credentials_path)
+    url = f"mqtt://{broker.broker.host}:{broker.broker.port}"
+    cases = [
+        (["live", str(scenario), "--broker", url, "--credentials", creds, "--keys", str(broker.keys_path),
+          "--ocpp", "nonsense"], "--ocpp='nonsense' must look like HOST:PORT"),
+        (["live", str(scenario), "--broker", url, "--credentials", creds, "--keys", str(broker.keys_path),
+          "--field-auth", str(tmp_path / "none.json")], "--field-auth="),
+        (["devices", str(scenario), "--broker", url, "--credentials", creds, "--start-at", "5"],
+         "give the CSMS address"),
+        (["devices", str(scenario), "--broker", url, "--credentials", creds],
+         "--start-at is required when the scenario uses OpenADR"),
+        (["devices", str(scenario), "--broker", url, "--credentials", creds, "--start-at", "5", "--ocpp", "http://x"],
+         "--ocpp='http://x' must look like ws://HOST:PORT"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.replace("│", " ").split()), result.output
+        assert "Traceback" not in result.output

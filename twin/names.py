@@ -21,7 +21,7 @@ _POLICY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _RUN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 #: Entries of a run folder that are not policies (twin.records.runstore, twin.commands, twin.live).
 RESERVED_POLICY_NAMES = frozenset({"commands", "live", "meta.json", "kpis.parquet", "status.json", "feeder.json",
-                                   "report.html", "witnesses"})
+                                   "report.html", "witnesses", "plotly.min.js", "report-data"})
 
 
 def folder_key(name: str) -> str:

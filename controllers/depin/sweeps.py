@@ -19,17 +19,32 @@ __all__ = ["TreeSweeps"]
 
 @dataclass(frozen=True)
 class TreeSweeps:
-    """The tree's levels and parents, indexed once; ``up`` and ``down`` move (n_nodes, k) arrays."""
+    """The tree's levels and parents, indexed once; ``up`` and ``down`` move (n_nodes, k) arrays.
+
+    Each level's nodes are kept sorted by parent, with the start of every parent's run of children, so that
+    summing children into parents is one ``np.add.reduceat`` per level rather than a scatter per element.
+    """
 
     parent: np.ndarray
-    levels: tuple[np.ndarray, ...]  # node indices per depth; levels[0] = [0]
+    levels: tuple[np.ndarray, ...]  # node indices per depth, sorted by parent; levels[0] = [0]
+    parents_of_level: tuple[np.ndarray, ...]  # the distinct parents of each level's nodes
+    run_starts: tuple[np.ndarray, ...]  # where each of those parents' children start in the level
 
     @classmethod
     def of(cls, tree: FeederTree) -> TreeSweeps:
-        levels = tuple(tree.levels())
+        levels = [np.asarray(level) for level in tree.levels()]
         if levels[0].tolist() != [0]:
             raise ValueError("feeder tree: node 0 must be the only root")
-        return cls(parent=tree.parent, levels=levels)
+        sorted_levels, parents, starts = [levels[0]], [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+        for level in levels[1:]:
+            level = level[np.argsort(tree.parent[level], kind="stable")]
+            p = tree.parent[level]
+            first = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
+            sorted_levels.append(level)
+            parents.append(p[first])
+            starts.append(first)
+        return cls(parent=tree.parent, levels=tuple(sorted_levels), parents_of_level=tuple(parents),
+                   run_starts=tuple(starts))
 
     @property
     def n_nodes(self) -> int:
@@ -44,13 +59,13 @@ class TreeSweeps:
         total (its own value combined with its children's delivered or stale messages).
         """
         total = np.array(own, dtype=float, copy=True)
-        for nodes in reversed(self.levels[1:]):
+        reduce = np.add if combine == "sum" else np.maximum
+        for depth in range(len(self.levels) - 1, 0, -1):
+            nodes = self.levels[depth]
             arrived = nodes[delivered[nodes]]
             heard[arrived] = total[arrived]
-            if combine == "sum":
-                np.add.at(total, self.parent[nodes], heard[nodes])
-            else:
-                np.maximum.at(total, self.parent[nodes], heard[nodes])
+            parents = self.parents_of_level[depth]
+            total[parents] = reduce(total[parents], reduce.reduceat(heard[nodes], self.run_starts[depth], axis=0))
         return total
 
     def down(self, root: np.ndarray, step: np.ndarray, *, delivered: np.ndarray, heard: np.ndarray) -> np.ndarray:

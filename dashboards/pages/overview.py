@@ -17,7 +17,7 @@ from dashboards.components import fmt, graph, html_table, notice
 from dashboards.data import RunData, age_text, reference_policy
 from dashboards.events import run_events, windows
 from dashboards.glance import driver_sentences, glance_table
-from dashboards.mapview import asset_unit, bus_assets, bus_trend_figure, clicked_bus, map_figure
+from dashboards.mapview import asset_unit, bus_assets, bus_trend_figure, clicked_bus, keep_zoom, map_figure
 from dashboards.pages.common import Context, chart_time, clicked, cursor_row, policy_options, text, time_chart, waiting
 from dashboards.timeline import TimeView
 from twin.reporting.figures import empty_figure
@@ -82,15 +82,16 @@ def layout(data: RunData, *, operator: str | None, auth_enabled: bool) -> html.D
 
 
 # -- content ---------------------------------------------------------------------------------------------
-def map_view(data: RunData, *, policy: str | None, view: Any, click: Any) -> tuple[go.Figure, str]:
-    """(the feeder map of ``policy`` at the cursor, its caption)."""
+def map_view(data: RunData, *, policy: str | None, view: Any, click: Any, zoom: Any = None) -> tuple[go.Figure, str]:
+    """(the feeder map of ``policy`` at the cursor, its caption); ``zoom``: the map's last relayoutData."""
     policies = data.policies()
     policy = policy if policy in policies else reference_policy(policies)
     topology = data.topology()
     if topology is None:
         return empty_figure("no feeder.json in this run: the feeder cannot be drawn"), ""
     row, when = cursor_row(data, policy, view)
-    fig = map_figure(data, topology, policy=policy, row=row, selected_bus=clicked_bus(click, topology))
+    fig = keep_zoom(map_figure(data, topology, policy=policy, row=row, selected_bus=clicked_bus(click, topology)),
+                    zoom)
     if row is None:
         return fig, "no interval recorded yet: the feeder is drawn without a power flow"
     vm = data.table(policy, "vm_pu")
@@ -260,9 +261,9 @@ def register(app: dash.Dash, c: Context) -> None:
 
     @app.callback(Output("ov-map", "figure"), Output("ov-caption", "children"),
                   Input("run-version", "data"), Input("time-view", "data"), Input("ov-policy", "value"),
-                  Input("ov-map", "clickData"))
-    def overview_map(_v: Any, view: Any, policy: Any, click: Any) -> tuple[go.Figure, str]:
-        return map_view(data, policy=text(policy), view=view, click=click)
+                  Input("ov-map", "clickData"), State("ov-map", "relayoutData"))
+    def overview_map(_v: Any, view: Any, policy: Any, click: Any, zoom: Any) -> tuple[go.Figure, str]:
+        return map_view(data, policy=text(policy), view=view, click=click, zoom=zoom)
 
     @app.callback(Output("ov-bus", "children"), Output("ov-bus-trend", "figure"), Output("ov-bus-trend", "style"),
                   Input("run-version", "data"), Input("time-view", "data"), Input("ov-policy", "value"),

@@ -386,6 +386,8 @@ class LiveTwin:
                                poll_s=max(0.05, min(1.0, 0.1 * self.scenario.step.total_seconds() / self.speed)))
         self._vtn.start(timeout_s=timeout_s)
         config = self.scenario.settlement_config()
+        if self.resumed:  # the program remembers what this run issued; the new VTN's queues do not
+            self._vtn.announce_open_events()
         for i, event in enumerate(config.events if config is not None else ()):
             self._vtn.issue_event(event_id=event.event_id or f"scenario-{i}", start=pd.Timestamp(event.start),
                                   end=pd.Timestamp(event.end), kind=event.kind, source="scenario",

@@ -429,19 +429,31 @@ class OpenAdrVtn:
         event = IssuedEvent(event_id=event_id, start=pd.Timestamp(start), end=pd.Timestamp(end), kind=kind,
                             signal=f"SIMPLE level {level:g}", source=source, issued_at=self.clock.now(),
                             targets=tuple(self.vens))
-        if not self.program.issue(event):
-            return event  # already issued (a resumed run): the VENs have it
+        if self.program.issue(event):
+            self._announce(event, level=level)
+        return event  # issued before (a resumed run): ``announce_open_events`` sends it again
+
+    def announce_open_events(self) -> int:
+        """Send every event of the program that has not ended yet (a resumed twin's VTN starts with empty
+        queues; the VENs' answers to events they already answered are simply repeated)."""
+        now = self.clock.now()
+        open_events = [e for e in self.program.events() if e.end > now]
+        for event in open_events:
+            level = float(event.signal.rsplit(" ", 1)[-1]) if event.signal.startswith("SIMPLE level ") else 1.0
+            self._announce(event, level=level)
+        return len(open_events)
+
+    def _announce(self, event: IssuedEvent, *, level: float) -> None:
         dtstart, duration = self._wall(event.start), self._wall(event.end) - self._wall(event.start)
 
         def add(server: OpenADRServer) -> None:
             for ven in self.vens:
                 server.add_event(ven, "SIMPLE", "level", [{"dtstart": dtstart, "duration": duration,
                                                            "signal_payload": float(level)}],
-                                 callback=_ignore_opt, event_id=event_id, market_context=DR_MARKET,
+                                 callback=_ignore_opt, event_id=event.event_id, market_context=DR_MARKET,
                                  response_required="always")
 
         self._add(add)
-        return event
 
     def publish_prices(self, *, event_id: str, prices: Sequence[tuple[pd.Timestamp, pd.Timestamp, float]]) -> None:
         """A price signal (ELECTRICITY_PRICE, EUR/kWh per interval) to every VEN; no answer expected."""

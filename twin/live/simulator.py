@@ -483,6 +483,10 @@ class FieldSimulator:
         if self.credentials.vtn_certificate is None:
             raise ValueError("credentials field 'openadr.vtn_certificate' is missing; provision again with "
                              "`gridtwin broker`")
+        if self._clock is None:
+            raise ValueError("start_at: the VENs map OpenADR's real times with the clock anchor, which must be known "
+                             "before they start; give start_at as a Unix time (a number)")
+        clock = self._clock
         opt_out = set(self.plan.openadr.opt_out)
         devices = [(d, self._kind.get(d) == AssetKind.BATTERY) for d in self.plan.vens[participant]
                    if d in self.addresses]
@@ -493,8 +497,7 @@ class FieldSimulator:
 
         ven = OpenAdrVen(ven_id=participant, url=self._openadr_url, identity=self.credentials.ven_identity(participant),
                          vtn_certificate=self.credentials.vtn_certificate, runner=self._runner,
-                         clock=lambda: self._clock or SimClock.starting_now(sim_start=self.scenario.start,
-                                                                            speed=self.speed),
+                         clock=lambda: self._clock or clock,
                          devices=devices, opt_in=lambda *_: participant not in opt_out, on_setpoints=on_setpoints)
         return ven
 

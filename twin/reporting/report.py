@@ -1,5 +1,12 @@
-"""The comparison report: one self-contained HTML page per run, built from the run store with the same
-figure functions the dashboard uses (twin.reporting.figures). plotly.js is inlined once, so it opens offline.
+"""The comparison report: one HTML page per run, built from the run store with the same figure functions the
+dashboard uses (twin.reporting.figures).
+
+plotly.js (4.8 MB) sits beside the page as ``RUN/plotly.min.js`` rather than inside it, so the page stays small
+(a demo week with four policies: well under 2 MB) and still opens offline; served by the dashboard (``/report``)
+the page loads the dashboard's own copy. Runs longer than ``DISPLAY_POINTS`` intervals are drawn as aggregates a
+person cannot tell apart at that width (voltage envelopes by their extremes, powers by their means, money and
+energy by their sums); every figure's full-resolution data is one click away: the page links each policy's
+summary as CSV (``RUN/report-data/``) and the run's Parquet tables.
 """
 
 from __future__ import annotations
@@ -8,8 +15,10 @@ import html
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.io as pio
+import plotly.offline
 
 from twin.records.kpis import KPI_LABELS
 from twin.records.recorder import STAGE_COLUMNS
@@ -25,7 +34,16 @@ from twin.reporting.figures import (
 )
 from twin.scenario import format_duration
 
-__all__ = ["write_report"]
+__all__ = ["DISPLAY_POINTS", "write_report"]
+
+#: Time points per figure trace beyond which intervals are aggregated for display (three weeks at 15 minutes).
+DISPLAY_POINTS = 2016
+#: How a summary column is aggregated for display (others: mean).
+_AGGREGATE = {"vm_max_pu": "max", "vm_min_pu": "min", "cost_eur": "sum", "participants_eur": "sum",
+              "operator_eur": "sum", "n_fallback": "max", "pv_curtailed_mwh": "sum", "ev_unmet_mwh": "sum",
+              "flex_unserved_mwh": "sum"}
+#: Where the dashboard serves plotly.js (the page's fallback when plotly.min.js is not beside it).
+_DASHBOARD_PLOTLY = "/_dash-component-suites/plotly/package_data/plotly.min.js"
 
 
 def _kpi_table_html(kpis: pd.DataFrame) -> str:
@@ -78,6 +96,54 @@ def _stages_html(summaries: dict[str, pd.DataFrame]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
+def for_display(frame: pd.DataFrame, *, points: int = DISPLAY_POINTS) -> tuple[pd.DataFrame, int]:
+    """``frame`` (time rows) aggregated to at most ``points`` rows of ``k`` consecutive intervals each, and ``k``
+    (1: unchanged). Each bucket is labelled by its first interval."""
+    n = len(frame)
+    k = max(1, -(-n // points))
+    if k == 1:
+        return frame, 1
+    bucket = np.arange(n) // k
+    how = {c: _AGGREGATE.get(c, "mean") for c in frame.columns if frame[c].dtype.kind in "fiub"}
+    grouped = frame[list(how)].astype(float).groupby(bucket).agg(how)
+    grouped.index = frame.index[::k][: len(grouped)]
+    return grouped, k
+
+
+def _write_plotly_js(folder: Path) -> str:
+    """plotly.js beside the page (written once per version); the script tags that load it."""
+    script = plotly.offline.get_plotlyjs()
+    path = folder / "plotly.min.js"
+    if not path.is_file() or path.stat().st_size != len(script.encode("utf-8")):
+        tmp = path.with_name(".plotly.min.js.tmp")
+        tmp.write_text(script, encoding="utf-8")
+        os.replace(tmp, path)
+    return ('<script src="plotly.min.js" charset="utf-8"></script>\n'
+            f'<script>if (!window.Plotly) document.write(\'<script src="{_DASHBOARD_PLOTLY}" charset="utf-8">\' +'
+            ' \'<\\/script>\');</script>')
+
+
+def _full_data_html(run_dir: Path, policies: list[str], summaries: dict[str, pd.DataFrame], k: int) -> str:
+    """Each policy's summary at full resolution as CSV beside the report, and links to every Parquet table."""
+    folder = run_dir / "report-data"
+    folder.mkdir(exist_ok=True)
+    links = []
+    for policy in policies:
+        name = f"{policy}-summary.csv"
+        tmp = folder / f".{name}.tmp"
+        summaries[policy].to_csv(tmp)
+        os.replace(tmp, folder / name)
+        tables = sorted(p.name for p in (run_dir / policy).iterdir() if p.is_dir()) if (run_dir / policy).is_dir() \
+            else []
+        parquet = ", ".join(f'<a href="{html.escape(policy)}/{html.escape(t)}/">{html.escape(t)}</a>' for t in tables)
+        links.append(f'<li><b>{html.escape(policy)}</b>: <a href="report-data/{html.escape(name)}">summary (CSV)</a>'
+                     f"; Parquet tables: {parquet}</li>")
+    shown = (f"Figures show aggregates of {k} intervals (voltages by their extremes, powers by their means, money "
+             "and energy by their sums); the tables below are at full resolution." if k > 1 else
+             "Figures show every interval.")
+    return f"<h2>Full-resolution data</h2><p>{shown}</p><ul>{''.join(links)}</ul>"
+
+
 def _battery_soc(store: RunStore, policies: list[str]) -> pd.DataFrame:
     """Total battery energy (MWh) per policy over time."""
     frames = {}
@@ -93,10 +159,14 @@ def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
     store = RunStore(run_dir)
     meta = store.meta()
     policies = store.policies()
-    summaries = {p: store.read_table(p, "summary") for p in policies}
+    full = {p: store.read_table(p, "summary") for p in policies}
+    shown = {p: for_display(s) for p, s in full.items()}
+    summaries = {p: frame for p, (frame, _) in shown.items()}
+    k = max((k for _, k in shown.values()), default=1)
     limits = meta.get("scenario", {}).get("limits", {})
     kpis = store.kpis()
     soc = _battery_soc(store, policies)
+    soc = for_display(soc)[0] if len(soc) > DISPLAY_POINTS else soc
     soc_fig = head_power_figure({p: pd.DataFrame({"p_head_mw": soc[p]}) for p in policies})
     soc_fig.update_layout(title=dict(text="Battery energy stored (MWh, all batteries)"))
     soc_fig.update_yaxes(title_text="MWh")
@@ -110,9 +180,9 @@ def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
         fallback_figure(summaries),
         payments_figure(payments if payments.abs().to_numpy().sum() > 0 else pd.DataFrame()),
     ]
-    parts = []
-    for i, fig in enumerate(figures):
-        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), config=PLOTLY_CONFIG))
+    parts = [_write_plotly_js(Path(run_dir))]
+    for fig in figures:
+        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False, config=PLOTLY_CONFIG))
     scenario = meta.get("scenario", {})
     title = f"gridtwin — {scenario.get('name', run_dir.name)}"
     step = scenario.get("step", "15min")
@@ -127,9 +197,10 @@ td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}th:first-
 decisions every {format_duration(scenario.get("decision_period") or step)}.
 Policies: {', '.join(html.escape(p) for p in policies)}.</p>
 <h2>KPIs</h2>{_kpi_table_html(kpis)}
-<h2>Coordination</h2>{_coordination_html(meta, summaries)}
-<h2>Compute time by stage</h2>{_stages_html(summaries)}
+<h2>Coordination</h2>{_coordination_html(meta, full)}
+<h2>Compute time by stage</h2>{_stages_html(full)}
 {''.join(parts)}
+{_full_data_html(Path(run_dir), policies, full, k)}
 </body></html>"""
     out = out or Path(run_dir) / "report.html"
     tmp = out.with_name(f".{out.name}.tmp")
