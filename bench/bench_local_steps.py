@@ -5,7 +5,7 @@ participant per load; per participant one PV system, a battery with probability 
 (a quarter of them V2G), a flexible load with 0.3; ``FleetRatings`` defaults: kW-scale LV households), fills
 one interval's ``DispatchInputs`` with plausible numbers (midday PV, EVs plugged in for part of the horizon
 with an energy need, flexible requests with a 4 h window, batteries at a random SOC), and times
-``AssetProx.solve`` at ``rho`` = 1e4 EUR/MW^2 (``AdmmAgent``'s default):
+``AssetProx.solve`` at ``rho`` = 1e4 EUR/MW^2 (``NetworkAdmm``'s default):
 
 * cold: the first solve of an interval (interior point + polish for every chain);
 * warm: later ADMM rounds, targets moved by a small step (``--step-mw``), the previous active set first;

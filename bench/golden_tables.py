@@ -79,7 +79,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "name": "depin", "seed": 11, "feeder": RURAL, "start": "2016-06-06T17:00:00Z",
         "end": "2016-06-06T19:00:00Z", "horizon": "3h", "fleet": FLEET, "comms": {"rounds": 3,
                                                                                    "mesh": {"loss": 0.1}},
-        "controllers": [{"name": "depin", "mode": "agents", "target": "controllers.depin:AdmmAgent"},
+        "controllers": [{"name": "depin", "mode": "agents", "target": "controllers.depin:NetworkAdmm"},
                         {"name": "gossip", "mode": "agents", "target": "engine_helpers:GossipAgent"}]},
     "settlement-faults": {
         "name": "settlement-faults", "seed": 42, "feeder": RURAL, "start": "2016-06-08T00:00:00Z",

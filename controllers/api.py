@@ -226,7 +226,8 @@ class Controller(Protocol):
 
 @dataclass(frozen=True)
 class AgentMessage:
-    """A message between edge agents over the mesh. ``recipient="*"`` floods it to everyone reachable.
+    """A message between edge agents over the mesh, to one of the sender's neighbours (``AgentSpec.neighbours``)
+    or, with ``recipient="*"``, to all of them. Messages travel one hop; nothing is relayed or flooded.
 
     The payload should hold only what the participant is willing to share (e.g. a proposed net-load
     trajectory), never raw telemetry; the twin counts its bytes.

@@ -25,7 +25,7 @@ class ChargeAllBatteries:
 
 
 class GossipAgent:
-    """Broadcasts its battery count each round and records how many peers it heard (for mesh tests)."""
+    """Broadcasts its battery count to its mesh neighbours each round and records how many peers it heard."""
 
     def __init__(self) -> None:
         self.heard: set[str] = set()

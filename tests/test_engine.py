@@ -154,7 +154,7 @@ def test_central_policy_loses_control_during_a_control_centre_outage(rural_day: 
     assert (rec.summary.loc[~outage, "central_bytes"] > 0).all()
 
 
-def test_agents_flood_the_mesh_and_no_participant_data_reaches_a_centre(rural_day: tuple[Scenario, RunInputs]) -> None:
+def test_agents_talk_over_the_mesh_and_no_participant_data_reaches_a_centre(rural_day: tuple[Scenario, RunInputs]) -> None:
     _, inputs = rural_day
     s = make_scenario(end="2016-06-06T01:00:00Z", comms={"rounds": 3},
                       controllers=[{"name": "mesh", "mode": "agents", "target": "engine_helpers:GossipAgent"}])

@@ -85,7 +85,7 @@ end = "{end}"
         (BASE + 'kwargs = { shave = 0.5 }\n', ["controllers[0].kwargs", "'shave': 0.5", "unexpected keyword"]),
         (BASE.replace("controllers.baseline:NoControl", "controllers.baseline:PeakShaver")
          + 'kwargs = { shave_fraction = 0.5 }\nmode = "agents"\n', ["controllers[0].target", "does not implement", "(an Agent)"]),
-        (BASE.replace("controllers.baseline:NoControl", "controllers.depin:AdmmAgent") + 'mode = "central"\n',
+        (BASE.replace("controllers.baseline:NoControl", "controllers.depin:NetworkAdmm") + 'mode = "central"\n',
          ["controllers[0].target", "does not implement", "use mode = 'agents'"]),
         (BASE + FAULT.format(kind="participant_dropout", start="2016-06-06T00:00:00Z", end="2016-06-06T00:30:00Z",
                              extra='participants = ["p-99"]'), ["faults[0].participants", "'p-99'"]),

@@ -282,8 +282,8 @@ class LinkModel(_Strict):
 
 
 class CommsSpec(_Strict):
-    """Links and coordination budget. A round lasts ``round_period``; a flooded mesh message travels as
-    many hops per round as ``round_period // mesh.latency``."""
+    """Links and coordination budget. A round lasts ``round_period``; a mesh message travels one hop, to a
+    participant within ``mesh_hops`` feeder hops, and arrives in its round if ``mesh.latency`` fits in it."""
 
     backhaul: LinkModel = Field(default_factory=lambda: LinkModel(latency="2s"))
     mesh: LinkModel = Field(default_factory=lambda: LinkModel(latency="100ms"))

@@ -2,7 +2,6 @@
 (``policy.NetworkAdmm``; the arithmetic of each side in ``participants`` and ``grid_nodes``, the message
 passing in ``sweeps``)."""
 
-from controllers.depin._old_sharing import AdmmAgent
 from controllers.depin.policy import NetworkAdmm
 
-__all__ = ["AdmmAgent", "NetworkAdmm"]
+__all__ = ["NetworkAdmm"]

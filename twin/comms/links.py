@@ -109,6 +109,14 @@ class CommsModel:
     ) -> None:
         self.participants = tuple(participants)
         self.neighbours = dict(neighbours)
+        self._index = {p: i for i, p in enumerate(self.participants)}
+        self._ids = np.array(self.participants, dtype=object)
+        # The mesh as arrays (CSR over participant indices), for drawing a whole round's copies at once.
+        lists = [[self._index[n] for n in self.neighbours.get(p, ()) if n in self._index] for p in self.participants]
+        self._nb_count = np.array([len(x) for x in lists], dtype=np.int64)
+        self._nb_ptr = np.concatenate([[0], np.cumsum(self._nb_count)])[:-1] if lists else np.zeros(0, np.int64)
+        self._nb_idx = np.array([n for x in lists for n in x], dtype=np.int64)
+        self._nb_keys = np.sort(np.repeat(np.arange(len(lists)), self._nb_count) * len(lists) + self._nb_idx)
         self.backhaul = backhaul
         self.mesh = mesh
         self.faults: list[Fault] = list(faults)
@@ -132,6 +140,15 @@ class CommsModel:
     # -- state questions ---------------------------------------------------------------------------
     def control_centre_up(self, time: pd.Timestamp) -> bool:
         return not self._active(FaultKind.CONTROL_CENTRE_OUTAGE, time)
+
+    def active_mask(self, time: pd.Timestamp, participants: Iterable[str] | None = None) -> np.ndarray:
+        """True for every participant (of ``participants``, default all, in that order) that has not dropped
+        out at ``time``."""
+        ids = self._ids if participants is None else np.array(list(participants), dtype=object)
+        out = np.ones(len(ids), dtype=bool)
+        for f in self._active(FaultKind.PARTICIPANT_DROPOUT, time):
+            out &= False if not f.participants else ~np.isin(ids, list(f.participants))
+        return out
 
     def dropped_out(self, participant: str, time: pd.Timestamp) -> bool:
         return any(not f.participants or participant in f.participants
@@ -210,44 +227,44 @@ class CommsModel:
     def deliver_mesh(
         self, messages: Iterable[AgentMessage], time: pd.Timestamp, *, round_period: pd.Timedelta
     ) -> list[AgentMessage]:
-        """Deliver one coordination round of mesh messages; returns what arrived (with recipients set).
+        """Deliver one coordination round of a per-agent plug-in's mesh messages; returns what arrived.
 
-        A message to a neighbour goes over one link. A message to ``"*"`` is flooded: every node that
-        receives it relays it once, for as many hops as fit in the round (round_period // latency), each
-        hop over a link that may lose it. Dropped-out participants neither send nor relay. Bytes count once
-        per transmission (the sender and every relay).
+        A message travels one hop, to an electrical neighbour of its sender (``neighbours``: participants within
+        ``comms.mesh_hops`` of each other along the feeder). ``recipient="*"`` is a local broadcast to every
+        neighbour; a message to a participant that is not a neighbour is lost. Nothing is relayed, so a round
+        costs O(N × neighbours) transmissions, never N². Each (message, neighbour) copy counts as one message
+        in the traffic and is lost independently with the mesh's loss probability (plus any message-loss
+        fault), all of a round's copies drawn at once; dropped-out participants neither send nor receive, and
+        nothing arrives when the mesh's latency exceeds the round.
         """
-        loss = self._loss(self.mesh.loss, time)
-        max_hops = int(round_period / self.mesh.latency) if self.mesh.latency > pd.Timedelta(0) else 1_000_000
-        out: list[AgentMessage] = []
-        for m in messages:
-            size = payload_size_bytes(m.payload)
-            if self.dropped_out(m.sender, time) or max_hops < 1:
-                self.traffic.count("mesh", size, delivered=False)
-                continue
-            if m.recipient != "*":
-                ok = (m.recipient in self.neighbours.get(m.sender, ()) and not self.dropped_out(m.recipient, time)
-                      and self.rng.random() >= loss)
-                self.traffic.count("mesh", size, delivered=ok)
-                if ok:
-                    out.append(m)
-                continue
-            reached = {m.sender}
-            frontier = [m.sender]
-            for _ in range(max_hops):
-                nxt = []
-                for node in frontier:
-                    self.traffic.count("mesh", size, delivered=True)  # one transmission per relay
-                    for nb in self.neighbours.get(node, ()):
-                        if nb in reached or self.dropped_out(nb, time):
-                            continue
-                        if self.rng.random() < loss:
-                            self.traffic.dropped["mesh"] += 1  # this hop lost it; another path may still deliver
-                            continue
-                        reached.add(nb)
-                        nxt.append(nb)
-                frontier = nxt
-                if not frontier:
-                    break
-            out.extend(AgentMessage(m.sender, r, m.payload) for r in sorted(reached - {m.sender}))
-        return out
+        messages = list(messages)
+        if not messages:
+            return []
+        active = self.active_mask(time)
+        index = self._index
+        sender = np.array([index.get(m.sender, -1) for m in messages], dtype=np.int64)
+        sends = sender >= 0
+        sends[sends] = active[sender[sends]]
+        broadcast = np.array([m.recipient == "*" for m in messages], dtype=bool)
+        target = np.array([index.get(m.recipient, -1) for m in messages], dtype=np.int64)
+        # Every copy: (message, recipient). A broadcast has one copy per neighbour; a unicast one copy, which
+        # only a neighbour can receive.
+        fan_out = np.where(broadcast, self._nb_count[np.maximum(sender, 0)], 1) * sends
+        copy_of = np.repeat(np.arange(len(messages)), fan_out)
+        first = np.cumsum(fan_out) - fan_out
+        rank = np.arange(copy_of.size) - first[copy_of]
+        to = target[copy_of]
+        wide = broadcast[copy_of]
+        to[wide] = self._nb_idx[self._nb_ptr[sender[copy_of[wide]]] + rank[wide]]
+        reachable = (to >= 0) & np.isin(sender[copy_of] * len(index) + to, self._nb_keys)
+        reachable[reachable] = active[to[reachable]]
+        in_time = self.mesh.latency <= round_period
+        arrived = reachable & (self.rng.random(copy_of.size) >= self._loss(self.mesh.loss, time)) & in_time
+        sizes = np.array([payload_size_bytes(m.payload) for m in messages], dtype=np.int64)[copy_of]
+        self.traffic.messages["mesh"] += int(copy_of.size)
+        self.traffic.bytes["mesh"] += int(sizes.sum())
+        self.traffic.delivered_bytes["mesh"] += int(sizes[arrived].sum())
+        self.traffic.dropped["mesh"] += int(copy_of.size - np.count_nonzero(arrived))
+        names = self.participants
+        return [AgentMessage(messages[k].sender, names[r], messages[k].payload)
+                for k, r in zip(copy_of[arrived].tolist(), to[arrived].tolist(), strict=True)]

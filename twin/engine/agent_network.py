@@ -80,7 +80,7 @@ class AgentNetworkRunner:
         self._initial = twin.last_pf is None
         if self._initial:  # the operating point the grid nodes linearize at
             twin._initial_operating_point(time)
-        active = np.array([not twin.comms.dropped_out(p, time) for p in self.spec.participants], dtype=bool)
+        active = twin.comms.active_mask(time, self.spec.participants)
         grid = self._grid_observation(twin, time)
         participants = self._participant_observation(twin, time)
         self.network.begin(grid, participants, active=active)

@@ -1,24 +1,21 @@
-"""Where a DePIN policy's edge agents run: all in this process, or spread over worker processes.
+"""Where a DePIN policy's per-participant edge agents run: all in this process, or spread over a Dask cluster.
 
-``LocalAgents`` keeps every agent here. ``ProcessAgents`` starts worker processes and places each agent in
-one of them for the whole run — as it would run on its own premises — so the agents of a coordination round
-solve in parallel on as many cores as there are workers. Only an agent's observation (once per interval), its
-inbox and its proposal cross a process boundary; the engine still moves every message over the comms model.
-Agents are deterministic, so both give the same run (tested).
+``LocalAgents`` keeps every agent here. ``DaskAgents`` places the agents on the workers of a Dask cluster — a
+new local cluster of worker processes, or an existing one at a scheduler address (the same kind of cluster
+studies use, ``twin.cluster``) — as stateful actors: each worker holds its share of the agents for the whole
+run, as each would run on its own premises, so the agents of a coordination round solve in parallel. Only an
+agent's observation (once per interval), its inbox and its proposal cross a process boundary; the engine still
+moves every message over the comms model. Agents are deterministic, so both give the same run (tested).
 
-Workers are started with ``spawn`` (no inherited threads or locks) and get the parent's ``sys.path``, so a
-plug-in agent importable here is importable there.
+Workers get the parent's ``sys.path``, so a plug-in agent importable here is importable there.
 """
 
 from __future__ import annotations
 
 import copyreg
-import multiprocessing
 import sys
-import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from types import MappingProxyType
 from typing import Any
 
@@ -31,7 +28,7 @@ from controllers.api import (
     load_controller,
 )
 
-__all__ = ["AgentSetup", "LocalAgents", "ProcessAgents", "start_agents"]
+__all__ = ["AgentGroup", "AgentSetup", "DaskAgents", "LocalAgents", "start_agents"]
 
 
 def _read_only(mapping: dict[str, Any]) -> MappingProxyType:
@@ -82,110 +79,82 @@ class LocalAgents:
         pass
 
 
-class ProcessAgents:
-    """The agents spread over ``workers`` processes, balanced by their number of assets."""
+class AgentGroup:
+    """One worker's share of the agents: a Dask actor, built on its worker and kept there for the run."""
 
-    def __init__(self, setups: Sequence[AgentSetup], *, workers: int) -> None:
-        if workers < 2:
-            raise ValueError(f"agent_workers={workers}: a process pool needs at least 2 (use LocalAgents)")
+    def __init__(self, path: list[str], setups: list[AgentSetup]) -> None:
+        sys.path[:0] = [p for p in path if p not in sys.path]
+        self.agents = {s.spec.participant_id: build_agent(s) for s in setups}
+        self.seen: dict[str, Observation] = {}
+
+    def propose(self, batch: Mapping[str, tuple[Observation | None, tuple[AgentMessage, ...]]],
+                round_index: int) -> dict[str, Proposal]:
+        out = {}
+        for pid, (obs, inbox) in batch.items():
+            if obs is not None:
+                self.seen[pid] = obs
+            out[pid] = self.agents[pid].propose(self.seen[pid], inbox, round_index=round_index)
+        return out
+
+
+class DaskAgents:
+    """The agents spread over the workers of a Dask cluster (``workers`` local processes, or the cluster at
+    ``scheduler``), balanced by their number of assets; group ``i`` is named ``gridtwin-agents-i`` in errors."""
+
+    def __init__(self, setups: Sequence[AgentSetup], *, workers: int = 2, scheduler: str | None = None) -> None:
+        from twin.cluster import DaskCluster
+
         self._participants = [s.spec.participant_id for s in setups]
-        groups: list[list[AgentSetup]] = [[] for _ in range(min(workers, len(setups)))]
-        for setup in sorted(setups, key=lambda s: -len(s.spec.assets)):  # largest first onto the lightest
-            min(groups, key=lambda g: sum(len(s.spec.assets) for s in g)).append(setup)
-        context = multiprocessing.get_context("spawn")
-        self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
-        self.worker_of: dict[str, int] = {}
+        self._cluster = DaskCluster(scheduler=scheduler, workers=workers)
         try:
-            for i, group in enumerate(groups):
-                here, there = context.Pipe()
-                process = context.Process(target=_serve, args=(there,), name=f"gridtwin-agents-{i}", daemon=True)
-                process.start()
-                there.close()
-                here.send(("init", list(sys.path), list(group)))
-                self._workers.append((process, here))
-                self.worker_of |= {s.spec.participant_id: i for s in group}
-            for i in range(len(self._workers)):
-                self._receive(i)  # "ready", or the error that stopped an agent from starting
+            client = self._cluster.open()
+            addresses = sorted(client.scheduler_info()["workers"])
+            groups: list[list[AgentSetup]] = [[] for _ in range(max(1, min(len(addresses), len(setups))))]
+            for setup in sorted(setups, key=lambda s: -len(s.spec.assets)):  # largest first onto the lightest
+                min(groups, key=lambda g: sum(len(s.spec.assets) for s in g)).append(setup)
+            futures = [client.submit(AgentGroup, list(sys.path), group, actor=True, workers=[addresses[i]],
+                                     allow_other_workers=False, key=f"gridtwin-agents-{i}-{id(self)}")
+                       for i, group in enumerate(groups)]
+            with client.as_current():  # actor handles bind to the current client (this one is not the default)
+                self._groups = [self._wait(i, f) for i, f in enumerate(futures)]
         except BaseException:
-            self.close()
+            self._cluster.close()
             raise
-        self._sent: dict[str, tuple[int, int]] = {}  # participant -> (time, id) of the observation its worker holds
+        self.worker_of = {s.spec.participant_id: i for i, g in enumerate(groups) for s in g}
+        self._sent: dict[str, tuple[int, int]] = {}  # participant -> (time, id) of the observation its group holds
+
+    @staticmethod
+    def _wait(i: int, future: Any) -> Any:
+        try:
+            return future.result()
+        except Exception as exc:  # noqa: BLE001 — raised again with the group's name and the agent's error
+            raise RuntimeError(f"agent worker gridtwin-agents-{i}: {type(exc).__name__}: {exc}") from exc
 
     @property
     def participants(self) -> list[str]:
         return list(self._participants)
 
     def propose(self, requests: Requests, *, round_index: int) -> dict[str, Proposal]:
-        batches: list[dict[str, tuple[Observation | None, tuple[AgentMessage, ...]]]] = [{} for _ in self._workers]
+        batches: list[dict[str, tuple[Observation | None, tuple[AgentMessage, ...]]]] = [{} for _ in self._groups]
         for pid, (obs, inbox) in requests.items():
             key = (obs.time.value, id(obs))  # the observation changes once per interval, not per round
             batches[self.worker_of[pid]][pid] = (obs if self._sent.get(pid) != key else None, inbox)
             self._sent[pid] = key
-        busy = [i for i, batch in enumerate(batches) if batch]
-        for i in busy:
-            self._workers[i][1].send(("propose", batches[i], round_index))
+        pending = [(i, self._groups[i].propose(batch, round_index)) for i, batch in enumerate(batches) if batch]
         proposals: dict[str, Proposal] = {}
-        for i in busy:
-            proposals |= self._receive(i)
+        for i, future in pending:  # every group computes at once; collect in order
+            proposals |= self._wait(i, future)
         return {pid: proposals[pid] for pid in requests}
 
-    def _receive(self, i: int) -> Any:
-        process, conn = self._workers[i]
-        try:
-            kind, payload = conn.recv()
-        except EOFError:
-            raise RuntimeError(f"agent worker {process.name} exited (code {process.exitcode}) mid-run") from None
-        if kind == "error":
-            raise RuntimeError(f"agent worker {process.name}: {payload}")
-        return payload
-
     def close(self) -> None:
-        for process, conn in self._workers:
-            try:
-                conn.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
-        for process, conn in self._workers:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
-            conn.close()
-        self._workers = []
+        self._groups = []
+        self._cluster.close()
 
 
-def start_agents(setups: Sequence[AgentSetup], *, workers: int = 1) -> LocalAgents | ProcessAgents:
-    """The agents of one policy, in this process (``workers`` <= 1) or over that many worker processes."""
-    if workers <= 1 or len(setups) < 2:
+def start_agents(setups: Sequence[AgentSetup], *, workers: int = 1,
+                 scheduler: str | None = None) -> LocalAgents | DaskAgents:
+    """The agents of one policy: in this process (``workers`` <= 1 and no scheduler), or on a Dask cluster of
+    ``workers`` local processes or at ``scheduler``."""
+    if scheduler is None and (workers <= 1 or len(setups) < 2):
         return LocalAgents(setups)
-    return ProcessAgents(setups, workers=workers)
-
-
-def _serve(conn: Connection) -> None:
-    """A worker: builds its agents, then answers rounds until told to close (or its parent goes away)."""
-    agents: dict[str, Agent] = {}
-    seen: dict[str, Observation] = {}
-    while True:
-        try:
-            kind, *args = conn.recv()
-        except EOFError:
-            return
-        if kind == "close":
-            return
-        try:
-            if kind == "init":
-                path, setups = args
-                sys.path[:0] = [p for p in path if p not in sys.path]
-                agents = {s.spec.participant_id: build_agent(s) for s in setups}
-                conn.send(("ok", "ready"))
-            elif kind == "propose":
-                batch, round_index = args
-                out = {}
-                for pid, (obs, inbox) in batch.items():
-                    if obs is not None:
-                        seen[pid] = obs
-                    out[pid] = agents[pid].propose(seen[pid], inbox, round_index=round_index)
-                conn.send(("ok", out))
-        except Exception as exc:  # noqa: BLE001 — reported to the parent, which raises it with the worker's name
-            what = "".join(traceback.format_exception_only(exc)).strip()
-            conn.send(("error", f"{what}\n{traceback.format_exc(limit=8)}"))
+    return DaskAgents(setups, workers=max(workers, 1), scheduler=scheduler)

@@ -39,7 +39,7 @@ from twin.comms.links import CommsModel, Fault, FaultKind, LinkSpec
 from twin.comms.mesh import mesh_neighbours
 from twin.devices.physics import FleetPhysics, IntervalOutcome, autonomous_kernel, state_frame_of
 from twin.engine.agent_network import AgentNetworkRunner
-from twin.engine.agent_pool import AgentSetup, LocalAgents, ProcessAgents, start_agents
+from twin.engine.agent_pool import AgentSetup, DaskAgents, LocalAgents, start_agents
 from twin.engine.input_arrays import InputArrays
 from twin.engine.observe import LazyObservation
 from twin.grid.powerflow import GridModel, PowerFlowResult
@@ -182,7 +182,7 @@ class PolicyTwin:
         self._everyone.flags.writeable = False
         self._signals = MappingProxyType({"feed_in_eur_per_mwh": scenario.tariff.feed_in_eur_per_mwh})
         self.controller: Controller | None = None
-        self.agent_pool: LocalAgents | ProcessAgents | None = None
+        self.agent_pool: LocalAgents | DaskAgents | None = None
         self.agent_network: AgentNetworkRunner | None = None
         self.settlement: PolicySettlement | None = None
         self._sens: Sensitivities | None = None
@@ -230,7 +230,7 @@ class PolicyTwin:
         return self.agent_pool.agents if isinstance(self.agent_pool, LocalAgents) else {}
 
     def close(self) -> None:
-        """Stop the agents' worker processes, if any."""
+        """Stop the agents' Dask cluster, if any."""
         if self.agent_pool is not None:
             self.agent_pool.close()
 
@@ -452,7 +452,8 @@ class PolicyTwin:
         t0 = wallclock.perf_counter()
         state = self._true_state(time)  # on the premises, an agent reads its own meters directly
         assert self.agent_pool is not None
-        active = [pid for pid in self.agent_pool.participants if not self.comms.dropped_out(pid, time)]
+        pool = self.agent_pool.participants
+        active = [pid for pid, on in zip(pool, self.comms.active_mask(time, pool), strict=True) if on]
         observations = {
             pid: self._observation(time, state, assets=self.inputs.assets.loc[self._assets_of_participant[pid]],
                                    feeder_total=True, signals={"participant_id": pid})

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from twin.cluster import DaskCluster
 from twin.studies.model import StudyError, Variant
 from twin.studies.variant import run_variant, scenario_fingerprint
 
@@ -103,61 +104,25 @@ class DaskExecutor:
         connect_timeout_s: float = 30.0,
         silence_logs: int = logging.ERROR,
     ) -> None:
-        if scheduler is not None and "://" not in scheduler:
-            raise StudyError(f"scheduler={scheduler!r} must be an address like 'tcp://HOST:PORT'")
-        if workers < 1:
-            raise StudyError(f"workers={workers!r} must be at least 1")
-        if allowed_failures < 0:
-            raise StudyError(f"allowed_failures={allowed_failures!r} must be >= 0")
+        try:
+            self._cluster = DaskCluster(scheduler=scheduler, workers=workers, allowed_failures=allowed_failures,
+                                        connect_timeout_s=connect_timeout_s, silence_logs=silence_logs)
+        except ValueError as exc:
+            raise StudyError(str(exc)) from None
         self.scheduler = scheduler
         self.workers = workers
-        self.allowed_failures = allowed_failures
-        self.connect_timeout_s = connect_timeout_s
-        self.silence_logs = silence_logs
-        self._cluster: Any = None
         self._client: Any = None
 
     def __enter__(self) -> DaskExecutor:
-        from distributed import Client, LocalCluster
-
-        if self.scheduler is not None:
-            try:
-                self._client = Client(self.scheduler, timeout=self.connect_timeout_s, set_as_default=False)
-            except (OSError, TimeoutError) as exc:
-                raise StudyError(f"scheduler={self.scheduler!r}: cannot connect ({exc})") from None
-            return self
-        self._cluster = LocalCluster(
-            n_workers=self.workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            silence_logs=self.silence_logs,
-            scheduler_kwargs={
-                "allowed_failures": self.allowed_failures,
-                # No dashboard, and the scheduler's health/metrics HTTP server on a free loopback port: its
-                # default 8787 is taken as soon as two studies (or a study and a notebook) run at once.
-                "dashboard": False,
-                "dashboard_address": "127.0.0.1:0",
-            },
-        )
         try:
-            self._client = Client(self._cluster, set_as_default=False)
-        except BaseException:
-            self._cluster.close()
-            raise
+            self._client = self._cluster.open()
+        except ConnectionError as exc:
+            raise StudyError(str(exc)) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # Client first, then the cluster it talks to: the reverse order leaves the client reconnecting to a
-        # dead scheduler and warns on shutdown.
-        try:
-            if self._client is not None:
-                self._client.close()
-        finally:
-            self._client = None
-            if self._cluster is not None:
-                self._cluster.close()
-                self._cluster = None
+        self._client = None
+        self._cluster.close()
 
     @property
     def client(self) -> Any:
