@@ -192,20 +192,21 @@ def test_batched_local_steps_equal_agents_solving_alone() -> None:
 def test_outage_dropout_and_loss_together_keep_the_feeder_inside_its_limits() -> None:
     """Urban6 on a high-PV midday: the control centre is down for the whole window (SCADA loses control), 10 %
     of participants drop out and 10 % of the mesh messages are lost. The DePIN agents keep coordinating on the
-    premises; the feeder stays inside the band, and the cost of the faults is small next to what no control
-    costs in violations."""
+    premises; the feeder stays inside the band, and the faults cost little against the same policy run without
+    them in the same scenario (the faults name the policies they hit)."""
     fleet = {"pv_penetration": 4.0, "battery_share": 0.5, "ev_share": 0.2, "flex_share": 0.3}
     window = {"start": "2016-06-06T10:00:00Z", "end": "2016-06-06T13:00:00Z"}
-    faults = [{"kind": "control_centre_outage", **window},
-              {"kind": "participant_dropout", "share": 0.1, **window},
-              {"kind": "message_loss", "loss": 0.1, **window}]
-    base = {"feeder": URBAN6, "fleet": fleet, "horizon": "4h", "network": NETWORK, "comms": {"rounds": 200}, **window}
-    faulty = make_scenario(**base, faults=faults, controllers=[DEPIN, {**SCADA_NET, "mode": "central"}])
-    clean = make_scenario(**base, controllers=[DEPIN])
-    inputs = build_inputs(clean)
-    rec = run_scenario(faulty, runs_root=None, inputs=inputs).records
-    ref = run_scenario(clean, runs_root=None, inputs=inputs).records["depin"]
-    depin, scada = rec["depin"], rec["scada"]
+    hit = {"policies": ["depin-faults", "scada"]}  # the plain "depin" is the fault-free reference, same run
+    faults = [{"kind": "control_centre_outage", **window, **hit},
+              {"kind": "participant_dropout", "share": 0.1, **window, **hit},
+              {"kind": "message_loss", "loss": 0.1, **window, **hit}]
+    scenario = make_scenario(feeder=URBAN6, fleet=fleet, horizon="4h", network=NETWORK, comms={"rounds": 200},
+                             **window, faults=faults,
+                             controllers=[DEPIN, {**DEPIN, "name": "depin-faults"}, {**SCADA_NET, "mode": "central"}])
+    rec = run_scenario(scenario, runs_root=None).records
+    ref = rec["depin"]
+    assert ref.summary["dropped_messages"].eq(0).all() and not ref.asset_fallback.to_numpy().any()
+    depin, scada = rec["depin-faults"], rec["scada"]
     assert not scada.summary["controller_online"].any()
     assert (scada.vm_pu.to_numpy() > 1.05 + LINEARIZATION_TOL_PU).any()  # SCADA lost the band
     assert depin.summary["controller_online"].all()

@@ -113,6 +113,8 @@ def test_sample_scenarios_validate(path: Path) -> None:
         ({"settlement": {"events": [{"start": "2016-06-06T03:00:00Z", "end": "2016-06-06T04:00:00Z"}]}},
          "settlement.events[0].end='2016-06-06T04:00:00+00:00' is after the run's end"),
         ({"base_dir": "/etc"}, "base_dir: not a scenario key"),
+        ({"faults": [{"kind": "message_loss", "loss": 0.1, "policies": ["depin-faults"], "start": "2016-06-06T00:00:00Z",
+                      "end": "2016-06-06T01:00:00Z"}]}, "faults[0].policies: 'depin-faults' is not a policy"),
     ],
 )
 def test_static_checks_name_the_key_and_the_value(patch: dict, line: str) -> None:

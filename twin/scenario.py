@@ -300,12 +300,15 @@ class CommsSpec(_Strict):
 
 
 class FaultSpec(_Strict):
-    """A scheduled fault over [start, end). ``participants`` names them; ``share`` picks that fraction by seed."""
+    """A scheduled fault over [start, end). ``participants`` names them; ``share`` picks that fraction by seed.
+    ``policies`` limits it to those policies' twins (default: every policy), so a policy can run beside a copy of
+    itself under the fault and the report shows what the fault cost."""
 
     kind: Literal["control_centre_outage", "backhaul_cut", "participant_dropout", "message_loss", "false_telemetry"]
     start: str
     end: str
     participants: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()
     share: Number | None = Field(default=None, gt=0, le=1)
     loss: Number = Field(default=0.0, ge=0, lt=1)
     scale: Number = Field(default=1.0, ge=0)
@@ -519,8 +522,13 @@ class Scenario(_Strict):
             if period > self.setpoint_ttl:
                 raise ValueError(f"decision_period={period} is longer than setpoint_ttl={self.setpoint_ttl}: devices "
                                  "would drop their schedule before the next decision; raise setpoint_ttl")
+        names = {c.name for c in self.controllers}
         for i, fault in enumerate(self.faults):
             self._inside_period(f"faults[{i}]", fault.start_utc, fault.end_utc)
+            unknown = [p for p in fault.policies if p not in names]
+            if unknown:
+                raise ValueError(f"faults[{i}].policies: {unknown[0]!r} is not a policy of this scenario "
+                                 f"(controllers: {sorted(names)})")
         config = self.settlement_config()
         if config is not None:
             for i, event in enumerate(config.events):

@@ -84,9 +84,11 @@ def build_comms(scenario: Scenario, inputs: RunInputs, *, policy: str) -> CommsM
         unknown = chosen - set(participants)
         if unknown:
             raise ValueError(f"faults.participants: unknown participant_id {sorted(unknown)[0]!r}")
-        if spec.share is not None:
+        if spec.share is not None:  # drawn for every policy, so the same participants fail in each twin
             k = max(1, int(round(spec.share * len(participants))))
             chosen |= set(rng.choice(participants, size=k, replace=False).tolist())
+        if spec.policies and policy not in spec.policies:
+            continue
         faults.append(Fault(kind=FaultKind(spec.kind), start=spec.start_utc, end=spec.end_utc,
                             participants=frozenset(chosen), loss=spec.loss, scale=spec.scale))
     c = scenario.comms
