@@ -124,6 +124,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 TOLERANCE = 1e-9
+ADDED_COLUMNS = ("primal_residual_mw", "dual_residual_mw")
 
 
 def run_tables(name: str, inputs: Any, run_dir: Path) -> dict[str, dict[str, pd.DataFrame]]:
@@ -167,6 +168,9 @@ def compare_frames(got: pd.DataFrame, want: pd.DataFrame, *, skip: tuple[str, ..
     """None when equal (floats to TOLERANCE, NaNs alike), else what differs."""
     if not got.index.equals(want.index):
         return f"index differs ({len(got)} vs {len(want)} rows)"
+    # Columns added to the summary after the tables were saved (the DePIN rounds' last residuals, issue 12;
+    # tests/test_depin.py checks them), compared only where the saved table has them.
+    got = got.drop(columns=[c for c in ADDED_COLUMNS if c in got.columns and c not in want.columns])
     if list(got.columns) != list(want.columns):
         return f"columns differ: {list(got.columns)[:5]} vs {list(want.columns)[:5]}"
     worst: tuple[float, str] = (0.0, "")

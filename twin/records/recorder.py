@@ -8,6 +8,8 @@ once per run; rows are appended as those arrays and become labelled tables only 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -80,6 +82,8 @@ SUMMARY_COLUMNS = (
     "dropped_messages",
     "central_bytes",
     "rounds",
+    "primal_residual_mw",
+    "dual_residual_mw",
     "controller_online",
     "operator_eur",
     "participants_eur",
@@ -96,9 +100,16 @@ SUMMARY_COLUMNS = (
 #: The per-record values of the summary, in the order _PolicyBuffer.add stores them.
 _SCALAR_COLUMNS = ("p_head_mw", "q_head_mvar", "losses_mw", "converged", "price_eur_per_mwh", "feed_in_eur_per_mwh",
                    "pv_curtailed_mwh", "ev_unmet_mwh", "flex_unserved_mwh", "compute_s", "messages", "bytes",
-                   "dropped_messages", "central_bytes", "rounds", "controller_online", "operator_eur",
+                   "dropped_messages", "central_bytes", "rounds", "primal_residual_mw", "dual_residual_mw",
+                   "controller_online", "operator_eur",
                    "participants_eur", "n_unverified", "t_telemetry_s", "t_optimize_s", "t_coordinate_s",
                    "t_devices_s", "t_power_flow_s", "t_settle_s")
+
+def _number(diagnostics: Any, key: str) -> float:
+    """A coordinating policy's scalar diagnostic (its last round's primal or dual residual), NaN otherwise."""
+    value = diagnostics.get(key) if isinstance(diagnostics, Mapping) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
 
 #: Stages of an interval with their wall-time column (decide = telemetry + optimize + coordinate).
 STAGE_COLUMNS = {
@@ -178,7 +189,8 @@ class _PolicyBuffer:
             pf.p_head_mw, pf.q_head_mvar, pf.losses_mw, float(pf.converged), rec.price_eur_per_mwh,
             rec.feed_in_eur_per_mwh, out.pv_curtailed_mwh, out.ev_unmet_mwh, out.flex_unserved_mwh, rec.compute_s,
             traffic.get("messages", 0), traffic.get("bytes", 0), traffic.get("dropped", 0),
-            traffic.get("central_bytes", 0), rec.rounds, float(rec.controller_online), settled.get("operator", 0.0),
+            traffic.get("central_bytes", 0), rec.rounds, _number(rec.diagnostics, "primal_residual_mw"),
+            _number(rec.diagnostics, "dual_residual_mw"), float(rec.controller_online), settled.get("operator", 0.0),
             settled.get("participants", 0.0), float(len(rec.unverified)), stage.get("telemetry", 0.0),
             stage.get("optimize", 0.0), stage.get("coordinate", 0.0), stage.get("devices", 0.0),
             stage.get("power_flow", 0.0), stage.get("settle", 0.0),
