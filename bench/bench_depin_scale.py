@@ -66,7 +66,7 @@ def _duration(td: pd.Timedelta) -> str:
     return f"{int(td.total_seconds() // 60)}min"
 
 
-def run_one(spec: dict[str, Any], out: mp.Queue) -> None:
+def run_one(spec: dict[str, Any], out: mp.Queue, workers: int = 1) -> None:
     """One (feeder, policy) in this process: build, run, summarize, peak RSS."""
     from twin.inputs import build_inputs
     from twin.run import run_scenario
@@ -77,7 +77,7 @@ def run_one(spec: dict[str, Any], out: mp.Queue) -> None:
     inputs = build_inputs(scenario)
     t_inputs = time.perf_counter() - t0
     t1 = time.perf_counter()
-    result = run_scenario(scenario, runs_root=None, inputs=inputs)
+    result = run_scenario(scenario, runs_root=None, inputs=inputs, agent_workers=workers)
     wall = time.perf_counter() - t1
     name = scenario.controllers[0].name
     rec = result.records[name]
@@ -111,9 +111,9 @@ def run_one(spec: dict[str, Any], out: mp.Queue) -> None:
     })
 
 
-def run_isolated(spec: dict[str, Any], *, time_limit_s: float) -> dict[str, Any]:
+def run_isolated(spec: dict[str, Any], *, time_limit_s: float, workers: int = 1) -> dict[str, Any]:
     queue: mp.Queue = mp.get_context("spawn").Queue()
-    proc = mp.get_context("spawn").Process(target=run_one, args=(spec, queue))
+    proc = mp.get_context("spawn").Process(target=run_one, args=(spec, queue, workers))
     t0 = time.perf_counter()
     proc.start()
     proc.join(time_limit_s)
@@ -136,17 +136,19 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=1800.0, help="seconds per (feeder, policy) run")
     parser.add_argument("--policies", nargs="+", default=["depin", "scada"], choices=["depin", "scada"])
     parser.add_argument("--faults", action="store_true", help="also run DePIN under outage + dropout + loss")
+    parser.add_argument("--agent-workers", type=int, default=1,
+                        help="Dask worker processes DePIN's participants are spread over (1 = in-process)")
     args = parser.parse_args()
     rows = []
     for key in args.feeders:
         for policy in args.policies:
             spec = scenario_dict(FEEDERS[key], policy, hours=args.hours, decide_every=args.decide_every, faults=False)
-            row = {"feeder": key, **run_isolated(spec, time_limit_s=args.time_limit)}
+            row = {"feeder": key, **run_isolated(spec, time_limit_s=args.time_limit, workers=args.agent_workers)}
             rows.append(row)
             print(json.dumps(row), flush=True)
         if args.faults:
             spec = scenario_dict(FEEDERS[key], "depin", hours=args.hours, decide_every=args.decide_every, faults=True)
-            row = {"feeder": key, "faults": True, **run_isolated(spec, time_limit_s=args.time_limit)}
+            row = {"feeder": key, "faults": True, **run_isolated(spec, time_limit_s=args.time_limit, workers=args.agent_workers)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     table = pd.DataFrame(rows)

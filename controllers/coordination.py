@@ -123,6 +123,8 @@ class AgentNetworkSpec:
 
     ``assets``: every participant's asset table (each participant's agent uses only its own rows);
     ``participants``: ids in a fixed order; ``node_of_participant``: the tree node each connects at.
+    ``dask_client``: when the run spreads agents over processes or machines (``--agent-workers``), a
+    ``distributed.Client`` whose workers may hold shares of the participants for the run; None = in-process.
     """
 
     assets: pd.DataFrame
@@ -133,6 +135,7 @@ class AgentNetworkSpec:
     horizon: int
     rounds: int
     limits: NetworkLimits = field(default_factory=NetworkLimits)
+    dask_client: Any = None
 
 
 @dataclass(frozen=True)

@@ -263,3 +263,17 @@ def test_hourly_decisions_coordinate_once_an_hour_and_devices_follow_the_agreed_
     assert (coarse.loc[on_the_hour, "rounds"] > 0).all() and coarse.loc[~on_the_hour, "rounds"].eq(0).all()
     assert not coarse_rec.asset_fallback.to_numpy().any()
     assert coarse["cost_eur"].sum() == pytest.approx(fine["cost_eur"].sum(), rel=0.005)
+
+
+def test_participants_spread_over_a_dask_cluster_give_the_same_run() -> None:
+    """``--agent-workers 2``: the participants' local steps run as two resident shares on a Dask cluster of two
+    worker processes; urban6's 111 participants give the same tables as in one process (10 % mesh loss)."""
+    s = make_scenario(feeder=URBAN6, fleet={**FLEET, "pv_penetration": 3.0}, start="2016-06-06T11:00:00Z",
+                      end="2016-06-06T11:45:00Z", horizon="3h", network=NETWORK,
+                      comms={"rounds": 60, "mesh": {"latency": "100ms", "loss": 0.1}}, controllers=[DEPIN])
+    inputs = build_inputs(s)
+    here = run_scenario(s, runs_root=None, inputs=inputs).records["depin"]
+    there = run_scenario(s, runs_root=None, inputs=inputs, agent_workers=2).records["depin"]
+    for table in ("asset_p_mw", "asset_setpoint_mw", "asset_soc_mwh", "vm_pu"):
+        np.testing.assert_allclose(getattr(here, table).to_numpy(), getattr(there, table).to_numpy(), rtol=0, atol=1e-9)
+    assert here.summary["rounds"].equals(there.summary["rounds"]) and (here.summary["rounds"] > 1).all()

@@ -70,13 +70,10 @@ def _prepare(scenario: Scenario, source: Path) -> Any:
         raise  # unreachable: _fail exits
 
 
-def _default_agent_workers() -> int:
-    """One agent worker per core (up to 8): DePIN agents of a round solve in parallel; 1 = in-process."""
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
 AgentWorkers = Annotated[int | None, typer.Option(
-    help="Processes the DePIN edge agents run in (default: one per core, up to 8; 1 = in this process). "
+    help="Dask worker processes the edge agents of mode = 'agents' policies are spread over (default 1: all in "
+         "this process): per-participant plug-ins as resident actors, the DePIN policy's participants as one "
+         "share per worker. "
          "Results do not depend on it.")]
 
 

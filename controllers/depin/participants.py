@@ -5,8 +5,11 @@ it (the locational signal σ and the weight W of ``controllers.depin.grid_nodes`
 its assets to ``argmin f_a(p) + W/2 ‖p − (p⁻ − σ/W)‖²`` (``controllers.local_steps``), and it reports its own net
 trajectory (one number per period) to its node. The simulation may solve every participant's step in one
 vectorized call (``batch=True``): the asset problems are independent, so the result equals the agents solving
-one by one (``batch=False``, the reference, tested). The time a real edge device would need is measured on a
-few participants solved alone.
+one by one (``batch=False``, the reference, tested). With a Dask client (``dask_client``) the batch is split
+into one share of whole participants per worker, each a resident actor that keeps its assets' problems (and
+their warm starts) for the run; a round sends each share its targets and weights and gathers its plans, so the
+shares solve in parallel with the same result. The time a real edge device would need is measured on a few
+participants solved alone.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from controllers.dispatch_inputs import DispatchReader
 from controllers.dispatch_model import DispatchWeights
 from controllers.local_steps import AssetProx
 
-__all__ = ["Participants", "restrict_observation"]
+__all__ = ["Participants", "ProxShard", "restrict_observation"]
 
 
 def restrict_observation(obs: Observation, assets: pd.Index) -> Observation:
@@ -48,11 +51,27 @@ class _Group:
     reader: DispatchReader
 
 
+class ProxShard:
+    """A share of the participants' assets on a Dask worker (an actor): their proximal problems for the run."""
+
+    def __init__(self, table: pd.DataFrame, step: pd.Timedelta, horizon: int, weights: DispatchWeights) -> None:
+        self.prox = AssetProx.build(table, step=step, horizon=horizon, weights=weights)
+
+    def set_inputs(self, inputs: object) -> None:
+        self.prox.set_inputs(inputs)
+
+    def solve(self, weight: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """The plans for targets ``target`` (assets, periods) with per-asset weights ``weight`` (assets,)."""
+        w = np.ascontiguousarray(np.broadcast_to(weight[:, None], target.shape))
+        return self.prox.solve(w, target).p_mw
+
+
 class Participants:
     """Every participant agent of one DePIN policy. Arrays are (assets, periods) in asset-table order."""
 
     def __init__(self, *, assets: pd.DataFrame, participants: tuple[str, ...], step: pd.Timedelta, horizon: int,
-                 weights: DispatchWeights, batch: bool = True, edge_sample: int = 3) -> None:
+                 weights: DispatchWeights, batch: bool = True, edge_sample: int = 3,
+                 dask_client: object = None) -> None:
         self.assets = assets
         self.participants = participants
         self.T = horizon
@@ -70,8 +89,14 @@ class Participants:
                           prox=AssetProx.build(table, step=step, horizon=horizon, weights=weights),
                           reader=DispatchReader(table, step=step, horizon=horizon))
 
-        by_owner = [np.flatnonzero(self.owner == i) for i in range(len(participants))]
-        self.groups = [group(np.arange(len(assets)))] if batch else [group(r) for r in by_owner if r.size]
+        by_owner = _rows_by_owner(self.owner, len(participants))
+        self.shards: list[tuple[np.ndarray, pd.Index, DispatchReader, object]] = []
+        workers = sorted(dask_client.scheduler_info()["workers"]) if batch and dask_client is not None else []
+        if len(workers) > 1:
+            self.groups = []
+            self._start_shards(dask_client, workers, by_owner, step=step, horizon=horizon, weights=weights)
+        else:
+            self.groups = [group(np.arange(len(assets)))] if batch else [group(r) for r in by_owner if r.size]
         # Edge compute: the participants with the most assets, each solved alone once per decision.
         sizes = np.array([r.size for r in by_owner])
         sample = [i for i in np.argsort(-sizes, kind="stable")[:edge_sample] if sizes[i]]
@@ -81,6 +106,23 @@ class Participants:
         self.edge_time_s = 0.0
         self.step_time_s = 0.0
 
+    def _start_shards(self, client: object, workers: list[str], by_owner: list[np.ndarray], *,
+                      step: pd.Timedelta, horizon: int, weights: DispatchWeights) -> None:
+        """One share of whole participants per worker, balanced by their number of assets."""
+        sizes = np.array([r.size for r in by_owner])
+        cut = np.searchsorted(np.cumsum(sizes), np.linspace(0, sizes.sum(), len(workers) + 1)[1:-1])
+        futures = []
+        for k, owners in enumerate(np.split(np.arange(len(by_owner)), cut)):
+            rows = np.sort(np.concatenate([by_owner[i] for i in owners] or [np.zeros(0, np.int64)]))
+            if not rows.size:
+                continue
+            table = self.assets.iloc[rows]
+            futures.append((rows, table.index, DispatchReader(table, step=step, horizon=horizon),
+                            client.submit(ProxShard, table, step, horizon, weights, actor=True, workers=[workers[k]],
+                                          allow_other_workers=False, key=f"depin-shard-{k}-{id(self)}")))
+        with client.as_current():  # actor handles bind to the current client
+            self.shards = [(rows, ids, reader, future.result()) for rows, ids, reader, future in futures]
+
     def begin(self, observation: Observation, *, shift: int) -> None:
         """A new decision: read every participant's own observation; recede the last plan by ``shift`` periods
         as the warm start."""
@@ -88,8 +130,13 @@ class Participants:
             kept = self.p[:, min(shift, self.T - 1):]
             self.p = np.pad(kept, [(0, 0), (0, self.T - kept.shape[1])], mode="edge")
         for g in self.groups + self._edge:
-            own = observation if self.batch and g is self.groups[0] else restrict_observation(observation, g.ids)
+            own = observation if self.batch and self.groups and g is self.groups[0] \
+                else restrict_observation(observation, g.ids)
             g.prox.set_inputs(g.reader.read(own, include_base_load=False))
+        pending = [actor.set_inputs(reader.read(restrict_observation(observation, ids), include_base_load=False))
+                   for _, ids, reader, actor in self.shards]
+        for future in pending:
+            future.result()
         self._edge_pending = bool(self._edge)
         # What each asset's own meter measured in the last interval: plans are reported as changes from it.
         metered = observation.state["p_mw"].reindex(self.assets.index).to_numpy(float) \
@@ -105,9 +152,13 @@ class Participants:
         weights = np.broadcast_to(w, target.shape)
         t0 = time.perf_counter()
         new = self.p.copy()
+        w_asset = w[:, 0]
+        pending = [(rows, actor.solve(w_asset[rows], target[rows])) for rows, _, _, actor in self.shards]
         for g in self.groups:
             result = g.prox.solve(np.ascontiguousarray(weights[g.rows]), target[g.rows])
             new[g.rows] = result.p_mw
+        for rows, future in pending:  # the shards solved while this process did its own share
+            new[rows] = future.result()
         self.step_time_s = time.perf_counter() - t0
         if self._edge_pending:  # what one household's device would spend on the same step
             slowest = 0.0
@@ -129,3 +180,10 @@ class Participants:
         out = np.zeros((len(self.participants), self.T))
         np.add.at(out, self.owner, self.p - self.p_measured[:, None])
         return out
+
+
+def _rows_by_owner(owner: np.ndarray, n: int) -> list[np.ndarray]:
+    """Each participant's asset rows, ascending (one stable sort, not a scan per participant)."""
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(n + 1))
+    return [order[bounds[i]:bounds[i + 1]] for i in range(n)]

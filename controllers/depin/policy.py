@@ -113,7 +113,7 @@ class NetworkAdmm:
         n_nodes, T = tree.n_nodes, spec.horizon
         assets = spec.assets
         self.participants = Participants(assets=assets, participants=spec.participants, step=spec.step, horizon=T,
-                                         weights=self.weights, batch=self.batch)
+                                         weights=self.weights, batch=self.batch, dask_client=spec.dask_client)
         self.node_of_asset = spec.node_of_participant[self.participants.owner]
         assets_at_node = np.bincount(self.node_of_asset, minlength=n_nodes).astype(float)
         self.grid = GridNodes(sweeps=self.sweeps, assets_at_node=assets_at_node, horizon=T,

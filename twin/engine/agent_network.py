@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from controllers.api import Dispatch, Forecast, Observation
 from controllers.coordination import AgentNetwork, AgentNetworkSpec, GridObservation
+from twin.cluster import DaskCluster
 from twin.grid.fastpf import NetworkModel
 from twin.grid.feeder_tree import FeederTreeModel
 
@@ -46,8 +47,12 @@ class AgentNetworkRunner:
     participant_of_asset: np.ndarray  # position in spec.participants per asset
     stats: dict[str, Any]
 
+    cluster: Any = None  # the Dask cluster the participants are spread over (``workers`` > 1), if any
+
     @classmethod
-    def create(cls, network: AgentNetwork, twin: PolicyTwin, *, seed: int) -> AgentNetworkRunner:
+    def create(cls, network: AgentNetwork, twin: PolicyTwin, *, seed: int, workers: int = 1) -> AgentNetworkRunner:
+        """The runner of ``network`` on ``twin``'s feeder; with ``workers`` > 1 the participants may be spread
+        over a Dask cluster of that many local processes (``AgentNetworkSpec.dask_client``; call ``close``)."""
         inputs, scenario = twin.inputs, twin.scenario
         solved = copy.deepcopy(twin.grid.net)
         pp.runpp(solved, numba=False)  # the tree's topology and branch data (static for the run)
@@ -59,10 +64,17 @@ class AgentNetworkRunner:
         if missing:
             raise ValueError(f"policy {twin.name!r}: participant {missing[0]!r} is not on an energized bus")
         node_of_participant = np.array([tree.node_of_bus[int(bus_of[p])] for p in participants], dtype=np.int64)
+        cluster = DaskCluster(workers=workers) if workers > 1 else None
         spec = AgentNetworkSpec(assets=inputs.assets.copy(), participants=participants,
                                 node_of_participant=node_of_participant, tree=tree, step=scenario.step,
-                                horizon=scenario.horizon_steps, rounds=scenario.comms.rounds, limits=twin.limits)
-        network.reset(spec, seed=seed)
+                                horizon=scenario.horizon_steps, rounds=scenario.comms.rounds, limits=twin.limits,
+                                dask_client=cluster.open() if cluster is not None else None)
+        try:
+            network.reset(spec, seed=seed)
+        except BaseException:
+            if cluster is not None:
+                cluster.close()
+            raise
         buses = inputs.base_load_bus_mw.columns
         nodes = np.array([tree.node_of_bus.get(int(b), -1) for b in buses])
         on = nodes >= 0
@@ -71,7 +83,13 @@ class AgentNetworkRunner:
         position = {p: i for i, p in enumerate(participants)}
         owner = inputs.assets["participant_id"].astype(str).map(position).to_numpy(dtype=np.int64)
         return cls(network=network, tree_model=tree_model, spec=spec, node_incidence=incidence,
-                   participant_of_asset=owner, stats={})
+                   participant_of_asset=owner, stats={}, cluster=cluster)
+
+    def close(self) -> None:
+        """Stop the Dask cluster the participants were spread over, if any."""
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
 
     def decide(self, twin: PolicyTwin, time: pd.Timestamp) -> tuple[Dispatch, pd.Series, int, dict[str, float]]:
         """Coordinate one decision; returns the dispatch, which assets it reached, the rounds used and the

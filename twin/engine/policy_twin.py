@@ -205,7 +205,7 @@ class PolicyTwin:
         seed = derive_seed(scenario.seed, f"controller:{entry.name}")
         if entry.mode == "agents" and _is_agent_network_target(entry.target):
             network = load_controller(entry.target, **entry.kwargs)
-            twin.agent_network = AgentNetworkRunner.create(network, twin, seed=seed)
+            twin.agent_network = AgentNetworkRunner.create(network, twin, seed=seed, workers=agent_workers)
         elif entry.mode == "agents":
             setups = [
                 AgentSetup(target=entry.target, kwargs=dict(entry.kwargs), seed=derive_seed(seed, pid), spec=AgentSpec(
@@ -238,6 +238,8 @@ class PolicyTwin:
         """Stop the agents' Dask cluster, if any."""
         if self.agent_pool is not None:
             self.agent_pool.close()
+        if self.agent_network is not None:
+            self.agent_network.close()
 
     # -- what a decider may see --------------------------------------------------------------------
     @property
