@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -101,7 +100,7 @@ def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pa
                 runs_root=runs_root,
                 pace=pace,
                 on_progress=lambda done, total: progress.update(task, completed=done),
-                agent_workers=_default_agent_workers() if agent_workers is None else agent_workers,
+                agent_workers=1 if agent_workers is None else agent_workers,
             )
         except RunFailed as exc:
             progress.stop()
