@@ -97,6 +97,7 @@ def run_one(spec: dict[str, Any], out: mp.Queue, workers: int = 1) -> None:
         "rounds_mean": float(rounds.mean()) if len(rounds) else 0.0, "rounds_max": float(sm["rounds"].max()),
         "primal_residual_mw_max": float(decisions["primal_residual_mw"].max()) if name == "depin" else None,
         "dual_residual_mw_max": float(decisions["dual_residual_mw"].max()) if name == "depin" else None,
+        "edge_step_ms_max": float(1e3 * decisions["t_edge_step_s"].max()) if name == "depin" else None,
         "round_ms_per_1000": (float(1e6 * decisions["t_optimize_s"].sum() / max(rounds.sum(), 1) / n_part)
                               if name == "depin" else None),
         "round_ms": float(1e3 * decisions["t_optimize_s"].sum() / max(rounds.sum(), 1)) if name == "depin" else None,

@@ -124,7 +124,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 TOLERANCE = 1e-9
-ADDED_COLUMNS = ("primal_residual_mw", "dual_residual_mw")
+ADDED_COLUMNS = ("primal_residual_mw", "dual_residual_mw", "t_edge_step_s")
 
 
 def run_tables(name: str, inputs: Any, run_dir: Path) -> dict[str, dict[str, pd.DataFrame]]:

@@ -128,6 +128,8 @@ def test_network_aware_depin_holds_the_voltage_band_on_a_high_pv_day(feeder: str
     stopped = depin.summary["rounds"] < 200
     assert stopped.iloc[2:].all() and (residuals[stopped].to_numpy() < 0.01).all()
     assert scada.summary["primal_residual_mw"].isna().all()  # a central optimizer has no rounds
+    edge = depin.summary["t_edge_step_s"]  # one household's own step, timed alone: recorded every decision
+    assert edge.notna().all() and (edge > 0).all() and scada.summary["t_edge_step_s"].isna().all()
 
 
 @pytest.mark.parametrize(("feeder", "limits"), [

@@ -94,6 +94,7 @@ SUMMARY_COLUMNS = (
     "t_devices_s",
     "t_power_flow_s",
     "t_settle_s",
+    "t_edge_step_s",
 )
 
 
@@ -103,10 +104,11 @@ _SCALAR_COLUMNS = ("p_head_mw", "q_head_mvar", "losses_mw", "converged", "price_
                    "dropped_messages", "central_bytes", "rounds", "primal_residual_mw", "dual_residual_mw",
                    "controller_online", "operator_eur",
                    "participants_eur", "n_unverified", "t_telemetry_s", "t_optimize_s", "t_coordinate_s",
-                   "t_devices_s", "t_power_flow_s", "t_settle_s")
+                   "t_devices_s", "t_power_flow_s", "t_settle_s", "t_edge_step_s")
 
 def _number(diagnostics: Any, key: str) -> float:
-    """A coordinating policy's scalar diagnostic (its last round's primal or dual residual), NaN otherwise."""
+    """A coordinating policy's scalar diagnostic (its last round's primal or dual residual, the seconds one edge
+    device spends on its own local step), NaN otherwise."""
     value = diagnostics.get(key) if isinstance(diagnostics, Mapping) else None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
@@ -123,7 +125,7 @@ STAGE_COLUMNS = {
 
 #: Wall-clock measurements: they describe the machine, not the scenario, so they differ run to run.
 TIMING_COLUMNS = ("compute_s", "t_telemetry_s", "t_optimize_s", "t_coordinate_s", "t_devices_s", "t_power_flow_s",
-                  "t_settle_s")
+                  "t_settle_s", "t_edge_step_s")
 
 
 @dataclass(frozen=True)
