@@ -31,7 +31,7 @@ from twin.commands import CommandChannel
 from twin.records.kpis import KPI_LABELS, compute_kpis, kpi_table
 from twin.records.recorder import PolicyRecords
 from twin.names import is_policy_name
-from twin.records.runstore import RunStore, policy_dir
+from twin.records.runstore import RunStore, policy_dir, run_liveness
 from twin.grid.topology import FEEDER_FILENAME, FeederTopology, TopologyError, read_feeder_topology
 
 __all__ = ["LedgerView", "RunData", "StudyTable", "reference_policy"]
@@ -155,11 +155,16 @@ class RunData:
         return self._memoized("meta", _stat_key(path), load)
 
     def status(self) -> dict[str, Any]:
+        """status.json as the twin wrote it, but a "running" run whose writer is gone (stale heartbeat, or its
+        process is gone) shows as "stopped"; ``reason`` says why (twin.records.runstore.run_liveness)."""
         try:
             data = self.store.status()
         except (OSError, ValueError):
             return {"state": "unknown"}
-        return data if isinstance(data, dict) else {"state": "unknown"}
+        if not isinstance(data, dict):
+            return {"state": "unknown"}
+        state, reason = run_liveness(self.run_dir, status=data)
+        return {**data, "state": state, "reason": reason}
 
     def status_age_s(self, status: Mapping[str, Any] | None = None) -> float | None:
         """Seconds since the twin last wrote status.json (None when unknown)."""
@@ -268,6 +273,15 @@ class RunData:
                 cache.parts = len(parts)
             return cache.frame if cache.frame is not None else pd.DataFrame()
 
+    def warm(self) -> None:
+        """Read every table of every policy and the feeder now (the dashboard calls it in the background at
+        start): a week of a 9,099-bus feeder takes tens of seconds to read, which the first page would
+        otherwise wait for."""
+        self.topology()
+        for policy in self.policies():
+            for name in PolicyRecords.TABLES:
+                self.table(policy, name)
+
     def summaries(self) -> dict[str, pd.DataFrame]:
         """Summary table per policy that has one (in meta.json order)."""
         out = {}
@@ -278,7 +292,11 @@ class RunData:
         return out
 
     def records(self, policy: str) -> PolicyRecords:
+        """All of ``policy``'s tables, cut to the intervals every one of them has: a running twin writes
+        an interval's tables one after the other, so a read can catch some with one row more."""
         tables = {name: self.table(policy, name) for name in PolicyRecords.TABLES}
+        rows = min((len(t) for t in tables.values() if len(t)), default=0)
+        tables = {name: t.iloc[:rows] if len(t) > rows else t for name, t in tables.items()}
         return PolicyRecords(policy=policy, step=self.step(), **tables)
 
     def kpis(self) -> pd.DataFrame:
@@ -290,10 +308,6 @@ class RunData:
         with self._lock:
             hit = self._memo.get("live_kpis")
             fresh = time.monotonic() - self._live_kpis_at < self.live_kpis_every_s
-        if hit is not None and fresh:
-            # All tables (assets included) feed compute_kpis; re-reading them every refresh of a paced run
-            # would cost more than the rest of the Overview, so live KPIs may lag by live_kpis_every_s.
-            return hit[1]
 
         def live() -> pd.DataFrame:
             kpis = {}
@@ -302,6 +316,17 @@ class RunData:
                     kpis[policy] = compute_kpis(self.records(policy), limits=self.limits())
             return kpi_table(kpis) if kpis else pd.DataFrame(index=list(KPI_LABELS))
 
+        if hit is not None and len(hit[1].columns):  # an empty table (no interval yet) is never kept
+            # All tables (assets included) feed compute_kpis; re-reading them every refresh of a paced run
+            # would cost more than the rest of the Overview (seconds on a 9,099-bus feeder), so live KPIs are
+            # recomputed at most every live_kpis_every_s, in the background, and the last ones shown meanwhile.
+            with self._lock:
+                due = not fresh and hit[0] != key and "live_kpis" not in self._refreshing
+                if due:
+                    self._refreshing.add("live_kpis")
+                    threading.Thread(target=self._refresh_live_kpis, args=(key, live), daemon=True,
+                                     name="gridtwin-live-kpis").start()
+            return hit[1]
         value = self._memoized("live_kpis", key, live)
         with self._lock:
             self._live_kpis_at = time.monotonic()
@@ -390,6 +415,16 @@ class RunData:
                                      name=f"gridtwin-{name}").start()
                 return hit[1]
         return self._memoized(name, key, lambda: _read_ledger(path))
+
+    def _refresh_live_kpis(self, key: Any, live: Any) -> None:
+        try:
+            value = live()
+            with self._lock:
+                self._memo["live_kpis"] = (key, value)
+                self._live_kpis_at = time.monotonic()
+        finally:
+            with self._lock:
+                self._refreshing.discard("live_kpis")
 
     def _refresh_ledger(self, name: str, key: Any, path: Path) -> None:
         try:

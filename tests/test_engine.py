@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,9 @@ def test_run_folder_and_kpis_agree_with_the_records(tmp_path: Path, rural_day: t
     meta = store.meta()
     assert meta["seed"] == 7 and meta["policies"] == ["none", "shaver"]
     assert meta["versions"]["pandapower"] != "not installed"
-    assert store.status() | {"updated_utc": None} == {"done": 96, "total": 96, "state": "finished", "updated_utc": None}
+    status = store.status()
+    assert {k: status[k] for k in ("done", "total", "state")} == {"done": 96, "total": 96, "state": "finished"}
+    assert status["pid"] == os.getpid() and "heartbeat_at" in status  # the writer's liveness (twin.records.runstore)
     summary = store.read_table("none", "summary")
     assert len(summary) == 96  # three parts of 40, 40 and 16 intervals read back as one table
     assert len(list((tmp_path / "run" / "none" / "summary").glob("part-*.parquet"))) == 3
@@ -95,6 +98,23 @@ def test_between_decisions_devices_follow_the_schedule_they_hold(rural_day: tupl
     np.testing.assert_allclose(setpoints, np.tile([[0.001], [0.002], [0.003], [0.004]], (3, len(bats))))
     assert not rec.asset_fallback[bats].to_numpy().any()
     assert rec.summary["controller_online"].all()
+
+
+def test_each_record_carries_the_schedules_that_reached_devices(rural_day: tuple[Scenario, RunInputs]) -> None:
+    """What the live twin sends on (an OCPP TxProfile's periods): the plan each device now holds, from the
+    interval it was decided in; nothing between decisions."""
+    _, inputs = rural_day
+    s = make_scenario(end="2016-06-06T01:30:00Z", decision_period="1h", setpoint_ttl="1h", controllers=[
+        {"name": "two", "target": "engine_helpers:RampSchedule", "kwargs": {"p_mw": 0.001, "periods": 2}}])
+    steps = iterate_policies(s, inputs)
+    records = [next(steps)[0] for _ in range(5)]
+    steps.close()
+    bats = np.flatnonzero(inputs.assets.kind.astype(str).to_numpy() == "battery")
+    for i in (0, 4):  # 00:00 and 01:00 decide: now 1 kW, 00:15 2 kW, then that held until the TTL (4 periods)
+        rows, plans = records[i].held_schedule
+        assert list(records[i].outcome.ids[rows]) == list(inputs.assets.index[bats])
+        np.testing.assert_allclose(plans, np.tile([0.001, 0.002, 0.002, 0.002], (len(bats), 1)))
+    assert all(r.held_schedule is None for r in records[1:4])
 
 
 def test_a_schedule_that_ends_early_is_held_and_one_off_the_step_grid_is_refused(

@@ -37,6 +37,9 @@ name = "peak-shaver"
 target = "controllers.baseline:PeakShaver"
 """
 
+#: A plug-in's exception ends its variant as the CLI reports it: the policy, the method, the exception.
+PROBE_FAILED = "policy 'probe' (study_helpers:Probe): reset raised RuntimeError: probe told to fail before the first interval"
+
 
 def probe_base(tmp_path: Path) -> str:
     return PERIOD + f"""
@@ -88,10 +91,10 @@ label = "broken"
     assert runs_counted(tmp_path / "runs") == 3
     assert first.executed == (*ok_ids, broken) and first.skipped == ()
     assert [(f.variant_id, f.label, f.error_type, f.error) for f in first.failed] == [
-        (broken, "broken", "RuntimeError", "probe told to fail")
+        (broken, "broken", "RunFailed", PROBE_FAILED)
     ]
     record = json.loads((out / "failed" / f"{broken}.json").read_text(encoding="utf-8"))
-    assert record["error_type"] == "RuntimeError" and "study_helpers.py" in record["traceback"]
+    assert record["error_type"] == "RunFailed" and "study_helpers.py" in record["traceback"]
     assert sorted(p.stem for p in (out / "variants").glob("*.parquet")) == sorted(ok_ids)
     results = pd.read_parquet(out / "results.parquet")
     assert list(results["variant_id"]) == ok_ids and list(results["seed"]) == [1, 2]
@@ -164,7 +167,7 @@ seed = 2
     result = run_study(study, out_dir=tmp_path / "out", scheduler=scheduler, progress=False)
     ids = {v.label: v.variant_id for v in result.study.variants}
     assert {(f.label, f.variant_id, f.error_type) for f in result.failed} == {
-        ("killer", ids["killer"], "KilledWorker"), ("raiser", ids["raiser"], "RuntimeError"),
+        ("killer", ids["killer"], "KilledWorker"), ("raiser", ids["raiser"], "RunFailed"),
     }
     killed = next(f for f in result.failed if f.label == "killer")
     assert "died 2 times" in killed.error
@@ -177,7 +180,7 @@ seed = 2
 def test_own_local_cluster_reports_a_failing_variant(tmp_path: Path) -> None:
     study = write(tmp_path, base=probe_base(tmp_path), study='"controllers.probe.kwargs.mode" = ["raise"]\n')
     result = run_study(study, out_dir=tmp_path / "out", workers=1, progress=False)
-    assert [(f.error_type, f.error) for f in result.failed] == [("RuntimeError", "probe told to fail")]
+    assert [(f.error_type, f.error) for f in result.failed] == [("RunFailed", PROBE_FAILED)]
     assert result.results.empty and runs_counted(tmp_path / "runs") == 1
 
 

@@ -76,13 +76,37 @@ AgentWorkers = Annotated[int | None, typer.Option(
          "Results do not depend on it.")]
 
 
-def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pace: float | None = None,
-                    report: bool = False, agent_workers: int | None = None) -> None:
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops a run like Ctrl-C does: its status says "interrupted" and it can be resumed."""
+    import signal
+
+    from twin.run import Terminated
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _run_and_report(scenario: Scenario | None, *, out: Path | None, runs_root: Path, pace: float | None = None,
+                    report: bool = False, agent_workers: int | None = None, resume: Path | None = None,
+                    commit_every: int = 96) -> None:
     from twin.records.kpis import KPI_LABELS
-    from twin.run import RunFailed, run_scenario
+    from twin.run import RunFailed, resume_run, run_scenario
 
     if agent_workers is not None and agent_workers < 1:
         _fail(f"--agent-workers={agent_workers}: must be >= 1")
+    workers = 1 if agent_workers is None else agent_workers
+    if resume is not None:
+        from twin.resume import resume_point
+
+        try:  # checked before the progress bar starts, so a refusal is one clean line
+            scenario = resume_point(resume, scenario=scenario).scenario
+        except ValueError as exc:
+            _fail(str(exc))
+            raise
+    assert scenario is not None
+    _stop_on_sigterm()
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -94,14 +118,14 @@ def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pa
     with Progress(*columns, console=err_console, transient=False) as progress:
         task = progress.add_task(f"{scenario.name}: {len(scenario.controllers)} policies", total=len(scenario.times))
         try:
-            result = run_scenario(
-                scenario,
-                out=out,
-                runs_root=runs_root,
-                pace=pace,
-                on_progress=lambda done, total: progress.update(task, completed=done),
-                agent_workers=1 if agent_workers is None else agent_workers,
-            )
+            def on_progress(done: int, total: int) -> None:
+                progress.update(task, completed=done)
+
+            if resume is not None:
+                result = resume_run(resume, scenario=scenario, on_progress=on_progress, agent_workers=workers)
+            else:
+                result = run_scenario(scenario, out=out, runs_root=runs_root, pace=pace, on_progress=on_progress,
+                                      agent_workers=workers, flush_every=commit_every)
         except RunFailed as exc:
             progress.stop()
             where = f"; traceback in {exc.log_path}" if exc.log_path is not None else ""
@@ -123,11 +147,31 @@ def _run_and_report(scenario: Scenario, *, out: Path | None, runs_root: Path, pa
         table.add_row(escape(label), *row)
     console.print(table)
     if result.path is not None:
+        _print_earnings(result.path, list(result.kpis))
         console.print(f"run folder: [bold]{result.path}[/]")
         if report:
             from twin.reporting.report import write_report
 
             console.print(f"report: [bold]{write_report(result.path)}[/]")
+
+
+def _print_earnings(run_dir: Path, policies: list[str]) -> None:
+    """Under the KPI table: what each participant earned under each policy (a settled run's ledgers)."""
+    from twin.reporting.report import earnings_by_participant, read_earnings
+
+    earnings = read_earnings(run_dir)
+    if earnings is None or earnings.empty:
+        return
+    wide = earnings_by_participant(earnings, policies)
+    table = Table(title="Participant earnings [EUR] (+ = paid to the participant; net of every rule in each "
+                        "policy's ledger)")
+    table.add_column("participant")
+    for name in wide.columns:
+        table.add_column(name, justify="right")
+    for participant, row in zip(wide.index, wide.to_numpy(float)):
+        table.add_row(escape(str(participant)), *(f"{v:,.2f}" for v in row))
+    table.add_row("all participants", *(f"{v:,.2f}" for v in wide.sum().to_numpy(float)), style="bold")
+    console.print(table)
 
 
 @app.callback()
@@ -182,18 +226,39 @@ def report(run: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
 
 @app.command()
 def run(
-    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    scenario: Annotated[Path | None, typer.Argument(
+        help="Scenario TOML file (with --resume: optional, and then it must be the run's).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder to write (default: runs/<name>-<time>).")] = None,
     runs_root: Annotated[Path, typer.Option(help="Where new run folders go.")] = Path("runs"),
     pace: Annotated[float | None, typer.Option(
         help="Replay in paced time: simulated seconds per wall-clock second (e.g. 60 plays a 15-minute "
              "interval every 15 s). Records are flushed every interval so a dashboard can follow.")] = None,
     agent_workers: AgentWorkers = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", metavar="RUN",
+        help="Continue a killed, failed or interrupted run folder to its end (same scenario, seed and options; "
+             "its tables and ledgers come out as an uninterrupted run's).")] = None,
+    commit_every: Annotated[int | None, typer.Option(
+        help="Intervals per commit of the run folder: tables, ledgers and status advance together (default 96; "
+             "a paced run commits every interval). A kill loses at most this many intervals' work.")] = None,
 ) -> None:
     """Run a scenario: every policy on its own twin copy, same data, lock-step."""
+    if commit_every is not None and commit_every < 1:
+        _fail(f"--commit-every={commit_every!r}: must be a whole number of intervals >= 1")
+    if resume is not None:
+        for name, value in (("--out", out), ("--pace", pace), ("--commit-every", commit_every)):
+            if value is not None:
+                _fail(f"{name}={value!r}: not with --resume (a resumed run keeps its folder and its options)")
+        _run_and_report(_load(scenario) if scenario is not None else None, out=None, runs_root=runs_root,
+                        agent_workers=agent_workers, resume=resume)
+        return
+    if scenario is None:
+        _fail("SCENARIO: missing; name a scenario file, or continue a run with --resume RUN")
+        return
     if pace is not None and pace <= 0:
         _fail(f"--pace={pace!r}: must be a positive number of simulated seconds per second")
-    _run_and_report(_load(scenario), out=out, runs_root=runs_root, pace=pace, agent_workers=agent_workers)
+    _run_and_report(_load(scenario), out=out, runs_root=runs_root, pace=pace, agent_workers=agent_workers,
+                    commit_every=96 if commit_every is None else commit_every)
 
 
 @app.command()

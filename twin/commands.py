@@ -197,6 +197,14 @@ class CommandChannel:
         self.done = Path(run_dir) / "commands" / "done"
 
     def submit(self, command: OperatorCommand) -> str:
+        """Drop ``command`` for the twin; CommandError when no twin is running to take it (the run finished,
+        failed, was interrupted, or its heartbeat stopped: twin.records.runstore.run_liveness)."""
+        from twin.records.runstore import run_liveness  # noqa: PLC0415 — the run store imports nothing of this
+
+        state, reason = run_liveness(self.pending.parent.parent)
+        if state not in ("running", "unknown"):
+            raise CommandError(f"the run is {state}: {reason}; no twin is running to apply command "
+                               f"{command.kind.value!r}")
         self.pending.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         _write_atomic(self.pending / f"{stamp}-{command.command_id}.json", command.to_dict())
@@ -225,14 +233,19 @@ class CommandChannel:
                 out.append((None, path, f"{path.name}: cannot read ({exc.strerror})"))
         return out
 
-    def finish(self, path: Path, *, verdict: str, applied_at: pd.Timestamp | None, detail: str = "") -> None:
-        """Move a taken command to ``done/`` with its verdict (the original content is kept verbatim)."""
+    def finish(self, path: Path, *, verdict: str, applied_at: pd.Timestamp | None, detail: str = "",
+               taken_at: pd.Timestamp | None = None) -> None:
+        """Move a taken command to ``done/`` with its verdict (the original content is kept verbatim).
+        ``applied_at``: the interval the twins were given it (None: refused unread); ``taken_at``: the interval
+        the engine took it at (a resumed run replays both, ``twin.run``)."""
         self.done.mkdir(parents=True, exist_ok=True)
         raw = path.read_text(encoding="utf-8", errors="replace")
+        taken = taken_at if taken_at is not None else applied_at
         record = {
             "verdict": verdict,
             "detail": detail,
             "applied_at": applied_at.isoformat() if applied_at is not None else None,
+            "taken_at": taken.isoformat() if taken is not None else None,
             "raw": raw,
         }
         _write_atomic(self.done / path.name, record)

@@ -119,7 +119,8 @@ def check_fault(data: RunData, *, operator: str, kind: Any, duration: Any, parti
     status = data.status()
     state = status.get("state")
     if state != "running":
-        return False, f"the run is {state or 'not started'}: no twin is running to apply a command", None
+        why = f" ({status['reason']})" if status.get("reason") and state in ("stopped", "failed", "interrupted") else ""
+        return False, f"the run is {state or 'not started'}{why}: no twin is running to apply a command", None
     payload: dict[str, Any] = {"kind": kind, "duration": duration, "operator": operator}
     if kind == CommandKind.PARTICIPANT_DROPOUT.value:
         if not isinstance(participant, str) or participant not in data.participants():

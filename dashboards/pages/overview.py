@@ -17,7 +17,15 @@ from dashboards.components import fmt, graph, html_table, notice
 from dashboards.data import RunData, age_text, reference_policy
 from dashboards.events import run_events, windows
 from dashboards.glance import driver_sentences, glance_table
-from dashboards.mapview import asset_unit, bus_assets, bus_trend_figure, clicked_bus, keep_zoom, map_figure
+from dashboards.mapview import (
+    KEEP_ZOOM_JS,
+    asset_unit,
+    bus_assets,
+    bus_trend_figure,
+    clicked_bus,
+    keep_zoom,
+    map_figure,
+)
 from dashboards.pages.common import Context, chart_time, clicked, cursor_row, policy_options, text, time_chart, waiting
 from dashboards.timeline import TimeView
 from twin.reporting.figures import empty_figure
@@ -56,6 +64,7 @@ def layout(data: RunData, *, operator: str | None, auth_enabled: bool) -> html.D
         ], className="controls"),
         html.Div([
             html.Div([html.Div(id="ov-caption", className="caption"), graph("ov-map", style={"height": "560px"}),
+                      dcc.Store(id="ov-map-server", data=None), dcc.Store(id="ov-map-id", data="ov-map"),
                       html.Div("Click a bus or a DER marker for its assets and trends.", className="muted")],
                      className="panel panel-map"),
             html.Div([
@@ -155,6 +164,8 @@ def status_alarms(data: RunData, *, stale_after_s: float) -> list[dict[str, Any]
         alarm("no-status", "warning", "no status.json: the run's progress is unknown")
     if status.get("state") == "failed":
         alarm("failed", "critical", "the run stopped with an error (see RUN/log.txt)")
+    if status.get("state") in ("stopped", "interrupted"):  # a killed writer (stale heartbeat) or a SIGTERM / Ctrl-C
+        alarm("stopped", "critical", f"the twin is not running: {status.get('reason', status['state'])}")
     for label in data.ledgers():
         try:
             ledger = data.ledger(label)
@@ -259,11 +270,14 @@ def jump_time(data: RunData, policy: str | None, key: str) -> pd.Timestamp | Non
 def register(app: dash.Dash, c: Context) -> None:
     data = c.data
 
-    @app.callback(Output("ov-map", "figure"), Output("ov-caption", "children"),
+    @app.callback(Output("ov-map-server", "data"), Output("ov-caption", "children"),
                   Input("run-version", "data"), Input("time-view", "data"), Input("ov-policy", "value"),
                   Input("ov-map", "clickData"), State("ov-map", "relayoutData"))
     def overview_map(_v: Any, view: Any, policy: Any, click: Any, zoom: Any) -> tuple[go.Figure, str]:
         return map_view(data, policy=text(policy), view=view, click=click, zoom=zoom)
+
+    app.clientside_callback(KEEP_ZOOM_JS, Output("ov-map", "figure"), Input("ov-map-server", "data"),
+                            State("ov-map-id", "data"))
 
     @app.callback(Output("ov-bus", "children"), Output("ov-bus-trend", "figure"), Output("ov-bus-trend", "style"),
                   Input("run-version", "data"), Input("time-view", "data"), Input("ov-policy", "value"),
@@ -278,7 +292,14 @@ def register(app: dash.Dash, c: Context) -> None:
         reference = reference_policy(list(kpis.columns))
         sentences = driver_sentences(summaries, reference=reference, windows=windows(data), step=data.step())
         drivers = html.Ul([html.Li(s) for s in sentences], id="ov-driver-list") if sentences else None
-        return glance_table(kpis, summaries, reference=reference), drivers
+        table = glance_table(kpis, summaries, reference=reference)
+        if not (data.run_dir / "kpis.parquet").exists() and data.status().get("state") == "running":
+            # Live KPIs are recomputed at most every live_kpis_every_s (they read every table): say so, since
+            # the sentences above follow every interval and may be a step ahead of the table.
+            table = html.Div([html.Div(f"while the run goes, the table is recomputed every "
+                                       f"{data.live_kpis_every_s:g} s; the sentences follow every interval",
+                                       className="muted", id="ov-kpi-lag"), table])
+        return table, drivers
 
     @app.callback(Output("ov-alarm-select", "options"), Output("ov-alarm-summary", "children"),
                   Input("run-version", "data"), Input("time-view", "data"), Input("op-alarm-result", "children"))

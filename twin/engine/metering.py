@@ -25,9 +25,10 @@ from twin.inputs import RunInputs
 from twin.scenario import Scenario
 from twin.settlement import Settlement, SettlementConfig, meters_frame
 from twin.settlement.contracts import DrEvent
+from twin.settlement.ledger import EntryDraft
 from twin.settlement.settle import IntervalSettlement
 
-__all__ = ["Meters", "PolicySettlement", "participant_of_load", "settlement_history_kw"]
+__all__ = ["DeferredLedgers", "Meters", "PolicySettlement", "participant_of_load", "settlement_history_kw"]
 
 #: Baselines look back this far (CAISO 10-in-10 over 45 calendar days, plus the adjustment window).
 HISTORY = pd.Timedelta("46D")
@@ -108,12 +109,17 @@ class PolicySettlement:
 
     Baselines need each participant's load history: before the run it comes from ``history_before`` (built
     on first need), during the run from the metered intervals themselves.
+
+    ``deferred``: intervals are drafted as they are stepped and reach the ledger only at :meth:`commit`, one
+    transaction per call, so a run can commit its ledger and its run store at the same interval boundary.
     """
 
     def __init__(self, *, folder: Path, config: SettlementConfig, run_id: str, meters: Meters,
-                 history_before: Callable[[], pd.DataFrame], step: pd.Timedelta) -> None:
+                 history_before: Callable[[], pd.DataFrame], step: pd.Timedelta, deferred: bool = False) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.settlement = Settlement.for_run(folder, config=config, run_id=run_id)
+        self.deferred = deferred
+        self._drafted: list[tuple[pd.Timestamp, tuple[EntryDraft, ...]]] = []  # deferred: not yet committed
         self.meters = meters
         self.step = step
         self.hours = step / pd.Timedelta("1h")
@@ -161,10 +167,40 @@ class PolicySettlement:
         end = self.meters.registers()
         self._metered_times.append(time)
         self._metered_kw.append(net_kw)
-        return self.settlement.settle_interval(
+        settle = self.settlement.draft_interval if self.deferred else self.settlement.settle_interval
+        result = settle(
             start=time, end=time + self.step, meters=meters_frame(start_registers=start, end_registers=end),
             load_history_kw=self._history() if self.in_event(time) else None, unverified=unverified,
         )
+        if self.deferred:
+            self._drafted.append((time, result.entries))
+        return result
 
-    def close(self) -> None:
-        self.settlement.close()
+    def commit(self, *, before: pd.Timestamp) -> None:
+        """Deferred: append the drafted entries of every interval starting before ``before``, in one
+        transaction (already settled ones are no-ops; LedgerConflictError if they differ)."""
+        due = [entries for time, entries in self._drafted if time < before]
+        self._drafted = [(time, entries) for time, entries in self._drafted if time >= before]
+        drafts = [d for entries in due for d in entries]
+        if drafts:
+            self.settlement.commit(drafts)
+
+    def close(self, *, complete: bool = True) -> None:
+        """Close the ledger: signing its closing checkpoint when the run is ``complete``. Drafts not committed
+        are dropped (their intervals were not recorded either), and the ledger is then not complete."""
+        complete = complete and not self._drafted
+        self._drafted = []
+        self.settlement.close(complete=complete)
+
+
+class DeferredLedgers:
+    """A run's hand on its policies' deferred settlements (``PolicySettlement(deferred=True)``): the run commits
+    them at the interval boundaries where it commits its run store (``twin.run``)."""
+
+    def __init__(self) -> None:
+        self.settlements: list[PolicySettlement] = []
+
+    def commit(self, *, before: pd.Timestamp) -> None:
+        """Commit every policy's drafted intervals that start before ``before`` (one transaction each)."""
+        for settlement in self.settlements:
+            settlement.commit(before=before)

@@ -7,11 +7,14 @@ Layout::
     RUN/<policy>/<table>/part-NNNNNN.parquet
                                        summary, vm_pu, line_loading_percent, ... (see PolicyRecords.TABLES),
                                        appended in parts while the run goes, so a dashboard can read a live run
-    RUN/status.json                    intervals done / total, running or finished (live progress)
+    RUN/status.json                    intervals committed / total; running, finished, failed or
+                                       interrupted; the writer's heartbeat (see run_liveness)
     RUN/commands/                      operator commands for a running twin (twin.commands)
 
 Every file is written to a temporary name and renamed, so a reader never sees half a file and a killed
-run leaves only whole parts behind.
+run leaves only whole parts behind. ``status.json``'s ``done`` is the run's commit point: a run writes an
+interval's parts, then its ledgers, then ``done``; parts past ``done`` are what a kill left of an uncommitted
+chunk, and a resumed run removes them (:meth:`RunStore.truncate`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import platform
 import re
+import threading
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -31,7 +35,15 @@ from twin.names import check_policy_name, check_run_name
 from twin.records.kpis import Kpis, kpi_table
 from twin.records.recorder import PolicyRecords
 
-__all__ = ["RunStore", "new_run_dir", "package_versions", "policy_dir"]
+__all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "Heartbeat", "RunStore", "new_run_dir", "package_versions", "policy_dir",
+           "run_liveness"]
+
+#: How often a running twin rewrites ``heartbeat_at`` in status.json (seconds).
+HEARTBEAT_S = 5.0
+#: A "running" run whose heartbeat is older than this has stopped: its writer was killed.
+STALE_AFTER_S = 30.0
+#: States a writer leaves behind when it stops on its own.
+STOPPED_STATES = ("finished", "failed", "interrupted")
 
 _VERSIONED = ("gridtwin", "pandapower", "simbench", "pandas", "numpy", "scipy", "cvxpy", "pyarrow")
 
@@ -66,10 +78,97 @@ def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_json(data: Any, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+def _atomic_json(data: Any, path: Path, *, durable: bool = False) -> None:
+    tmp = path.with_suffix(f".json.{threading.get_ident()}.tmp")  # the heartbeat thread writes too
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, indent=2, default=str))
+        if durable:  # a commit point: on disk before it is renamed into place
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def run_liveness(run_dir: Path | str, *, status: dict[str, Any] | None = None, now: datetime | None = None,
+                 stale_after_s: float = STALE_AFTER_S) -> tuple[str, str]:
+    """(state, why) of a run folder as a reader should show it: "running" while its writer's heartbeat is
+    fresh; "stopped" when it says running but the heartbeat is older than ``stale_after_s`` (the writer was
+    killed); else what status.json says ("finished", "failed", "interrupted"; "unknown" without one). A
+    status without a heartbeat (a writer from before heartbeats) counts as running."""
+    if status is None:
+        try:
+            status = json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return "unknown", "no readable status.json"
+    if not isinstance(status, dict):
+        return "unknown", "status.json is not an object"
+    state = str(status.get("state", "unknown"))
+    done, total = status.get("done"), status.get("total")
+    where = f" after {done} of {total} intervals" if done is not None and total is not None else ""
+    if state in STOPPED_STATES:
+        why = {"finished": f"it finished{where}", "failed": f"it failed{where} (see its log.txt)",
+               "interrupted": f"it was interrupted{where}; resume it with gridtwin run --resume"}[state]
+        return state, why
+    if state != "running":
+        return state, f"status {state!r}"
+    pid = status.get("pid")
+    if isinstance(pid, int) and status.get("host") == platform.node() and not _process_exists(pid):
+        return "stopped", f"its writer (process {pid}) is gone: killed{where}; resume it with gridtwin run --resume"
+    try:
+        beat = datetime.fromisoformat(str(status["heartbeat_at"]))
+    except (KeyError, ValueError, TypeError):
+        return "running", "running (no heartbeat recorded)"
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=UTC)
+    age = ((now or datetime.now(UTC)) - beat).total_seconds()
+    if age > stale_after_s:
+        return "stopped", (f"its writer stopped: no heartbeat for {age:.0f} s (killed?){where}; resume it with "
+                           "gridtwin run --resume")
+    return "running", f"running, heartbeat {age:.0f} s ago"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: it exists
+    return True
+
+
+class Heartbeat:
+    """Rewrites status.json every ``every_s`` seconds from a daemon thread while a run goes, so a reader can
+    tell a live writer from a killed one (``run_liveness``); the run's own status writes go through
+    :meth:`write` so the two never interleave."""
+
+    def __init__(self, store: RunStore, *, every_s: float = HEARTBEAT_S) -> None:
+        self.store, self.every_s = store, every_s
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="gridtwin-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def write(self, *, done: int, total: int, state: str, durable: bool = False) -> None:
+        with self._lock:
+            self._status = {"done": done, "total": total, "state": state}
+            self.store.write_status(**self._status, durable=durable, heartbeat=True)
+            if state in STOPPED_STATES:
+                self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2 * self.every_s)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            with self._lock:
+                if self._status is not None and not self._stop.is_set():
+                    self.store.write_status(**self._status, updated=False, heartbeat=True)
 
 
 def policy_dir(run_dir: Path, policy: str) -> Path:
@@ -99,21 +198,58 @@ class RunStore:
             part = len(list(folder.glob("part-*.parquet")))
             _atomic_parquet(getattr(records, name), folder / f"part-{part:06d}.parquet")
 
-    def compact(self) -> None:
+    def compact(self, *, min_parts: int = 2) -> None:
         """Merge each table's parts into one file (a paced run writes one part per interval, and readers
-        pay per file). The merged part is renamed into place before the old parts go."""
+        pay per file), for tables with at least ``min_parts`` parts. The merged part is renamed into place
+        before the old parts go."""
         for folder in sorted(self.path.glob("*/*")):
             parts = sorted(folder.glob("part-*.parquet"))
-            if len(parts) < 2:
+            if len(parts) < max(min_parts, 2):
                 continue
             merged = pd.concat([pd.read_parquet(p) for p in parts])
             _atomic_parquet(merged, folder / "part-000000.parquet")
             for p in parts[1:]:
                 p.unlink()
 
-    def write_status(self, *, done: int, total: int, state: str) -> None:
-        _atomic_json({"done": done, "total": total, "state": state,
-                      "updated_utc": datetime.now(UTC).isoformat()}, self.path / "status.json")
+    def write_status(self, *, done: int, total: int, state: str, durable: bool = False,
+                     updated: bool = True, heartbeat: bool = False, live: dict[str, Any] | None = None) -> None:
+        """``done``: intervals committed. ``updated_utc`` is now unless ``updated`` is False (a heartbeat:
+        nothing new was committed). ``durable``: fsync before the rename (a commit). ``heartbeat``: the writer
+        keeps a heartbeat (:class:`Heartbeat`): record it, with the writer's process id and host."""
+        now = datetime.now(UTC).isoformat()
+        last = self.status().get("updated_utc", now) if not updated else now
+        status: dict[str, Any] = {"done": done, "total": total, "state": state, "updated_utc": last}
+        if heartbeat:
+            status.update(heartbeat_at=now, pid=os.getpid(), host=platform.node())
+        if live is not None:  # a live run's backlog (twin.live.live_run): behind_s, ingest_queue, seq_missing
+            status["live"] = live
+        _atomic_json(status, self.path / "status.json", durable=durable)
+
+    def truncate(self, intervals: int, *, times: pd.DatetimeIndex) -> None:
+        """Cut every table back to its first ``intervals`` rows (a resumed run: parts past the commit point
+        are what a kill left of an uncommitted chunk). The rows kept must be ``times[:intervals]``; each
+        changed table becomes one part, renamed into place before the old parts go."""
+        for folder in sorted(self.path.glob("*/*")):
+            for leftover in folder.glob("part-*.parquet.tmp"):
+                leftover.unlink()
+            parts = sorted(folder.glob("part-*.parquet"))
+            if not parts:
+                continue
+            table = pd.concat([pd.read_parquet(p) for p in parts])
+            table = table[~table.index.duplicated(keep="first")]  # a compaction a kill cut short
+            kept = table.iloc[:intervals]
+            if len(kept) < intervals or not pd.DatetimeIndex(kept.index).equals(times[:intervals]):
+                raise ValueError(f"{folder}: holds {len(kept)} of the {intervals} committed intervals, or other "
+                                 "times: the run folder was changed by hand")
+            if len(parts) == 1 and len(table) == intervals:
+                continue
+            if intervals == 0:
+                for p in parts:
+                    p.unlink()
+                continue
+            _atomic_parquet(kept, folder / "part-000000.parquet")
+            for p in parts[1:]:
+                p.unlink()
 
     def status(self) -> dict[str, Any]:
         path = self.path / "status.json"

@@ -71,6 +71,11 @@ GENESIS_HASH = "0" * 64
 _TABLES = ("ledger_meta", "entries", "postings", "checkpoints", "closings")
 #: ledger_meta key of the operator's public key (hex), recorded when a writer first opens the ledger.
 PUBLIC_KEY_META = "operator_public_key"
+#: ledger_meta key of the run id the ledger was begun for (its genesis): every entry carries it, and a writer
+#: or a run folder with another one is refused (a renamed or copied folder cannot be settled again).
+RUN_ID_META = "run_id"
+#: A run folder's metadata file (twin.records.runstore), read by verify to check the binding.
+_RUN_META = "meta.json"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -435,10 +440,11 @@ class Ledger:
         return cls(conn, path=path, signer=signer, read_only=read_only)
 
     @classmethod
-    def open_run(cls, run_dir: Path | str) -> Ledger:
+    def open_run(cls, run_dir: Path | str, *, run_id: str | None = None) -> Ledger:
         """Open ``<run_dir>/ledger.sqlite`` for writing, signing with the operator key from the key store
         (:mod:`twin.settlement.keystore`, created there on first use; never inside a run folder). The key's
-        public half is recorded in the ledger; a ledger begun under another key is refused."""
+        public half is recorded in the ledger; a ledger begun under another key is refused. ``run_id``: a new
+        ledger is bound to it (its genesis); one bound to another run id is refused (LedgerError)."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         keystore.check_outside(run_dir)
@@ -448,6 +454,8 @@ class Ledger:
         ledger = cls.open(run_dir / LEDGER_FILENAME, signer=key)
         try:
             ledger._record_public_key(public_key_hex(key.public_key()))
+            if run_id is not None:
+                ledger._bind_run(run_id)
         except BaseException:
             ledger.close()
             raise
@@ -461,6 +469,19 @@ class Ledger:
             raise LedgerError(f"{self.path} was begun under operator key {recorded}, but the key store "
                               f"({keystore.key_dir()}) holds {public}: set {keystore.KEY_DIR_ENV} to the key "
                               "store this ledger was written with")
+
+    def _bind_run(self, run_id: str) -> None:
+        bound = self.run_id()
+        if bound is None and self.size() == 0:
+            self._conn.execute("INSERT OR IGNORE INTO ledger_meta(key, value) VALUES (?, ?)", (RUN_ID_META, run_id))
+        elif bound is not None and bound != run_id:
+            raise LedgerError(f"{self.path} belongs to run {bound!r}, not {run_id!r}: the run folder was renamed or "
+                              "copied, and a copy cannot be settled again under another name")
+
+    def run_id(self) -> str | None:
+        """The run id the ledger was begun for (None for a ledger begun without one)."""
+        row = self._conn.execute("SELECT value FROM ledger_meta WHERE key = ?", (RUN_ID_META,)).fetchone()
+        return str(row[0]) if row else None
 
     def public_key(self) -> str | None:
         """The operator public key recorded when the ledger was begun (None for a ledger opened without one)."""
@@ -480,13 +501,17 @@ class Ledger:
     def append(self, draft: EntryDraft) -> AppendOutcome:
         return self.append_all([draft])
 
-    def append_all(self, drafts: Sequence[EntryDraft]) -> AppendOutcome:
+    def append_all(self, drafts: Sequence[EntryDraft], *, checkpoint_every: int | None = None) -> AppendOutcome:
         """Append ``drafts`` in one transaction. A draft whose key is already stored is a no-op when its
-        content is identical (then nothing at all is written) and a LedgerConflictError otherwise."""
+        content is identical (then nothing at all is written) and a LedgerConflictError otherwise.
+
+        ``checkpoint_every``: when at least that many entries are not covered by a signed checkpoint, sign one
+        in the same transaction (so a kill leaves the entries and their checkpoint, or neither)."""
         if self.read_only:
             raise LedgerError(f"{self.path} is open read-only")
         conn = self._conn
         reopened: Checkpoint | None = None
+        before = len(self._leaves)
         conn.execute("BEGIN IMMEDIATE")
         try:
             head = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
@@ -526,12 +551,21 @@ class Ledger:
                     raise LedgerError(f"{self.path} was closed by checkpoint {last.id} at {last.tree_size} entries; "
                                       "appending to it needs the operator key (to sign its reopening)")
                 reopened = self._insert_checkpoint(before, closing=False)
+            periodic: Checkpoint | None = None
+            if appended and checkpoint_every is not None and self.signer is not None:
+                covered = reopened.tree_size if reopened is not None else (last.tree_size if last else 0)
+                if appended[-1] - covered >= checkpoint_every:
+                    periodic = self._insert_checkpoint(appended[-1], closing=False)
             conn.execute("COMMIT" if appended else "ROLLBACK")
         except BaseException:
             conn.execute("ROLLBACK")
+            del self._leaves[before:]  # a checkpoint signed inside the transaction cached leaves now gone
             raise
-        if reopened is not None:
-            self._announce(reopened)
+        # Heads go to the witnesses only once committed: a head of entries a kill rolled back would look like
+        # a truncated history.
+        for checkpoint in (reopened, periodic):
+            if checkpoint is not None:
+                self._announce(checkpoint)
         return AppendOutcome(appended=tuple(appended), existing=tuple(existing))
 
     def checkpoint(self, *, closing: bool = False) -> Checkpoint:
@@ -645,6 +679,13 @@ class Ledger:
         """Per-account balance (positive = the account has received money)."""
         rows = self._conn.execute("SELECT account, SUM(amount_micro) FROM postings GROUP BY account ORDER BY account")
         return {account: from_micro(int(total)) for account, total in rows}
+
+    def totals_by_rule(self) -> dict[tuple[str, str], Decimal]:
+        """Per (account, rule), the sum of the account's postings under that rule (one query over the ledger)."""
+        rows = self._conn.execute(
+            "SELECT p.account, e.rule, SUM(p.amount_micro) FROM postings p JOIN entries e ON e.seq = p.entry_seq "
+            "GROUP BY p.account, e.rule ORDER BY p.account, e.rule")
+        return {(account, rule): from_micro(int(total)) for account, rule, total in rows}
 
     def statement(self, participant_id: str) -> Statement:
         rows = self._conn.execute(
@@ -760,6 +801,38 @@ def _coverage(checkpoints: list[Checkpoint], entries: int) -> tuple[LedgerStatus
         + (f" (the last, checkpoint {last.id}, covers 1..{covered})" if last else "")], None, uncovered
 
 
+def _run_binding_problems(ledger: Ledger, path: Path) -> list[str]:
+    """A ledger is bound to the run id it was begun for: every entry must carry it, and when the ledger sits in
+    a run folder (``RUN/<policy>/ledger.sqlite`` beside ``RUN/meta.json`` naming a ``run_id``), that folder must
+    still be that run — a renamed or copied folder settled again would put a second run id in the ledger."""
+    runs = [str(r[0]) for r in ledger._conn.execute("SELECT run_id FROM entries GROUP BY run_id ORDER BY MIN(seq)")]
+    bound = ledger.run_id()
+    problems: list[str] = []
+    if bound is not None:
+        for other in (r for r in runs if r != bound):
+            seq = ledger._conn.execute("SELECT MIN(seq) FROM entries WHERE run_id = ?", (other,)).fetchone()[0]
+            problems.append(f"entry {seq}: settled as run {other!r}, but this ledger belongs to run {bound!r}: the "
+                            f"same intervals were settled again under another name (a renamed or copied run folder)")
+            return problems
+    run_dir = path.parent.parent
+    try:
+        meta = json.loads((run_dir / _RUN_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return problems
+    run_id = meta.get("run_id") if isinstance(meta, dict) else None
+    if not isinstance(run_id, str):
+        return problems
+    expected = f"{run_id}:{path.parent.name}"
+    if run_id != run_dir.name:
+        problems.append(f"run folder {run_dir.name!r} was made as run {run_id!r} (its meta.json): renamed or "
+                        "copied; a run folder is bound to its run id, so a copy cannot be settled under another name")
+    wrong = [r for r in ([bound] if bound else []) + runs if r != expected]
+    if wrong:
+        problems.append(f"this ledger was settled as run {wrong[0]!r}, but it sits in run folder {run_dir.name!r} "
+                        f"as policy {path.parent.name!r} (expected run {expected!r}): copied from another run?")
+    return problems
+
+
 def _resolve_trust(public_key: str | None, unsigned: bool) -> str | None:
     if public_key is not None or unsigned:
         return public_key
@@ -801,6 +874,8 @@ def verify(path: Path | str, *, public_key: str | None = None, unsigned: bool = 
         total = int(conn.execute("SELECT COALESCE(SUM(amount_micro), 0) FROM postings").fetchone()[0])
         if total != 0 and not problems:
             problems = [f"postings sum to {total} micro-units, not zero"]
+        if not problems:
+            problems = _run_binding_problems(ledger, path)
         size = ledger.size()
         notes: list[str] = []
         uncovered: tuple[int, int] | None = None

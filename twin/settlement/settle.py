@@ -20,7 +20,8 @@ or not at all, and calling again with the same inputs is a no-op.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -41,7 +42,7 @@ from twin.settlement.contracts import (
     SettlementConfig,
 )
 from twin.settlement.dr_program import DrProgram
-from twin.settlement.ledger import Checkpoint, EntryDraft, EntryKey, Ledger, participant_account
+from twin.settlement.ledger import AppendOutcome, Checkpoint, EntryDraft, EntryKey, Ledger, participant_account
 from twin.settlement.money import allocate_largest_remainder, from_micro, to_decimal, to_micro
 from twin.settlement.p2p import settle_community
 from twin.settlement.rules import capacity_payment_micro, hours, penalty_rate_per_mwh
@@ -142,8 +143,10 @@ def _interval_energy(meters: pd.DataFrame, needed: Collection[str]) -> dict[str,
     if missing:
         raise ValueError(f"meters: no registers for participant(s) {missing}")
     energy = {}
-    for pid, row in meters.iterrows():
-        values = {c: to_decimal(row[c], what=f"meters[{pid!r}].{c}") for c in METER_COLUMNS}
+    # Rows as plain arrays (iterrows builds a Series per participant: most of an ordinary interval's cost).
+    columns = meters if tuple(meters.columns) == METER_COLUMNS else meters[list(METER_COLUMNS)]  # meters_frame's
+    for pid, row in zip(meters.index, columns.to_numpy()):
+        values = {c: to_decimal(v, what=f"meters[{pid!r}].{c}") for c, v in zip(METER_COLUMNS, row)}
         for register in ("e_imp_kwh", "e_exp_kwh"):
             a, b = values[f"{register}_start"], values[f"{register}_end"]
             if b < a:
@@ -207,7 +210,7 @@ class Settlement:
         """Open (or resume) ``<run_dir>/ledger.sqlite`` with the operator key from the key store; signed heads
         go to every participant's witness file in ``<run_dir>/witnesses/`` as they are made (heads a killed
         writer signed but never delivered are delivered now)."""
-        ledger = Ledger.open_run(run_dir)
+        ledger = Ledger.open_run(run_dir, run_id=run_id)
         program = None
         try:
             witnesses = WitnessStore(Path(run_dir) / WITNESS_DIRNAME)
@@ -221,11 +224,13 @@ class Settlement:
             raise
         return cls(ledger=ledger, config=config, run_id=run_id, program=program)
 
-    def close(self) -> Checkpoint | None:
-        """Sign the closing checkpoint (when there is a key) and close the ledger."""
+    def close(self, *, complete: bool = True) -> Checkpoint | None:
+        """Sign the closing checkpoint (when there is a key) and close the ledger. ``complete=False`` (the
+        run stopped early: failed, interrupted) signs an ordinary checkpoint instead, so every entry is covered
+        but the ledger stays open for a resumed run and verify reports it incomplete."""
         try:
             if self.ledger.signer is not None:
-                return self.ledger.checkpoint(closing=True)
+                return self.ledger.checkpoint(closing=complete)
             return None
         finally:
             self.ledger.close()
@@ -242,7 +247,7 @@ class Settlement:
         load_history_kw: pd.DataFrame | None = None,
         unverified: Collection[str] = (),
     ) -> IntervalSettlement:
-        """Settle [start, end).
+        """Settle [start, end): :meth:`draft_interval`, then :meth:`commit` its entries (one transaction).
 
         ``meters``: index participant_id, columns :data:`METER_COLUMNS` (cumulative kWh registers at start
         and end; see :func:`meters_frame`). ``load_history_kw``: index = UTC interval starts, one column
@@ -251,6 +256,32 @@ class Settlement:
         whose flexibility the physics check rejected this interval; they are credited with no delivery
         (so no performance payment or pool share, and a penalty if they were committed).
         """
+        drafted = self.draft_interval(start=start, end=end, meters=meters, load_history_kw=load_history_kw,
+                                      unverified=unverified)
+        outcome, checkpoint = self.commit(drafted.entries)
+        return dataclasses.replace(drafted, appended=outcome.appended, existing=outcome.existing,
+                                   checkpoint=checkpoint)
+
+    def commit(self, drafts: Sequence[EntryDraft]) -> tuple[AppendOutcome, Checkpoint | None]:
+        """Append drafted entries (of one or many intervals) in one transaction, with the periodic checkpoint
+        they make due; entries already in the ledger are no-ops (LedgerConflictError if they differ)."""
+        last = self.ledger.last_checkpoint()
+        outcome = self.ledger.append_all(drafts, checkpoint_every=self.config.checkpoint_every)
+        after = self.ledger.last_checkpoint()
+        return outcome, (after if outcome.appended and after != last else None)
+
+    def draft_interval(
+        self,
+        *,
+        start: pd.Timestamp,
+        end: pd.Timestamp,
+        meters: pd.DataFrame,
+        load_history_kw: pd.DataFrame | None = None,
+        unverified: Collection[str] = (),
+    ) -> IntervalSettlement:
+        """The entries settling [start, end) would append, computed without touching the ledger (``appended``
+        and ``existing`` are empty): a caller that commits several intervals at once (the run, together with
+        its run store) commits them later with :meth:`commit`. Arguments as :meth:`settle_interval`."""
         start, end = _utc(start, "start"), _utc(end, "end")
         if end <= start:
             raise ValueError(f"interval {start}..{end} is empty")
@@ -262,12 +293,10 @@ class Settlement:
             *self._community_entries(start, end, energy),
             *self._pool_entries(start, end, event, delivered),
         ]
-        outcome = self.ledger.append_all(drafts)
-        checkpoint = self._maybe_checkpoint() if outcome.appended else None
         return IntervalSettlement(
             start=start, end=end, event=event, energy=MappingProxyType(energy),
             delivered_kwh=MappingProxyType({p: MappingProxyType(d) for p, d in delivered.items()}),
-            entries=tuple(drafts), appended=outcome.appended, existing=outcome.existing, checkpoint=checkpoint,
+            entries=tuple(drafts), appended=(), existing=(),
         )
 
     # -- events and baselines --------------------------------------------------------------------------
@@ -423,10 +452,3 @@ class Settlement:
 
         return to_date(end) - to_date(start)
 
-    def _maybe_checkpoint(self) -> Checkpoint | None:
-        if self.ledger.signer is None:
-            return None
-        last = self.ledger.last_checkpoint()
-        if self.ledger.size() - (last.tree_size if last else 0) >= self.config.checkpoint_every:
-            return self.ledger.checkpoint()
-        return None
