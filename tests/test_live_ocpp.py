@@ -345,3 +345,128 @@ def test_a_device_that_reports_after_an_offline_status_is_online_again(field: _F
     charger.flush()
     with field.lock:
         assert field.ingestor.stats().status == {"ev-a": "online"}
+
+
+def _basic(station: str, password: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{station}:{password}".encode()).decode()}
+
+
+def test_a_dispatch_schedule_goes_on_the_wire_as_a_multi_period_tx_profile(field: _Field) -> None:
+    """A bare WebSocket client as the charger: the SetChargingProfile frame is read as the CSMS wrote it."""
+    import asyncio
+    import json
+
+    from websockets.asyncio.client import connect
+
+    in_transaction = threading.Event()
+
+    async def charger() -> list[Any]:
+        async with connect(f"{field.csms.url}/ev-a", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                           additional_headers=_basic("ev-a", PASSWORDS["ev-a"])) as ws:
+            await ws.send(json.dumps([2, "tx-1", "TransactionEvent", {
+                "eventType": "Started", "timestamp": "2016-06-06T10:00:00Z", "triggerReason": "CablePluggedIn",
+                "seqNo": 0, "transactionInfo": {"transactionId": "T-42"}, "evse": {"id": 1, "connectorId": 1}}]))
+            assert json.loads(await ws.recv())[:2] == [3, "tx-1"]
+            in_transaction.set()
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 5.0))
+            await ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+            return frame
+
+    answered = field.runner.submit(charger())
+    assert in_transaction.wait(5.0)
+    # The controller's schedule for three 15-minute intervals: 7.4 kW, then 3.7 kW, then nothing.
+    outcome = field.csms.send_setpoint("ev-a", start=T0, periods_kw=[(0, 7.4), (900, 3.7), (1800, 0.0)],
+                                       valid_to=T0 + timedelta(minutes=45))
+    assert outcome.sent
+    message_type, _id, action, payload = answered.result(10.0)
+    assert (message_type, action, payload["evseId"]) == (2, "SetChargingProfile", 1)
+    profile = payload["chargingProfile"]
+    assert (profile["chargingProfilePurpose"], profile["chargingProfileKind"], profile["transactionId"]) == (
+        "TxProfile", "Absolute", "T-42")
+    assert profile["validFrom"] == "2016-06-06T10:00:00.000000Z"
+    assert profile["validTo"] == "2016-06-06T10:45:00.000000Z"
+    [schedule] = profile["chargingSchedule"]
+    assert schedule["startSchedule"] == "2016-06-06T10:00:00.000000Z"
+    assert schedule["chargingRateUnit"] == "W" and schedule["duration"] == 45 * 60
+    assert schedule["chargingSchedulePeriod"] == [  # kW x 1000, one period per interval of 900 s
+        {"startPeriod": 0, "limit": 7400.0}, {"startPeriod": 900, "limit": 3700.0},
+        {"startPeriod": 1800, "limit": 0.0}]
+    # The answer is archived with the periods it answered.
+    [ack] = [r for r in field.wait_rows(lambda rows: any(r.channel == "cmd/ack" for r in rows))
+             if r.channel == "cmd/ack"]
+    assert ack.verdict == "accepted" and b'"Accepted"' in ack.payload
+    assert "SetChargingProfile Accepted" in ack.detail
+    assert "7400 W from 0 s, 3700 W from 900 s, 0 W from 1800 s" in ack.detail
+    assert field.ingestor.take_command_acks()[0].applied_p_kw == 7.4
+
+
+def test_the_simulated_charger_understands_every_period(field: _Field) -> None:
+    charger = field.charger("ev-a")
+    charger.connect(now=T0)
+    _sample(charger, 0, p_kw=1.0, plugged=True, e_imp=0.0)
+    charger.flush()
+    assert field.csms.send_setpoint("ev-a", start=T0, periods_kw=[(0, 2.0), (900, 1.5)],
+                                    valid_to=T0 + timedelta(minutes=30)).sent
+    field.wait_rows(lambda rows: any(r.channel == "cmd/ack" for r in rows))
+    [limit] = list(charger.profiles)
+    assert limit.periods_kw == ((0, 2.0), (900, 1.5)) and limit.limit_kw == 2.0
+    assert limit.start == T0 and limit.valid_to == T0 + timedelta(minutes=30)
+
+
+def test_the_rest_of_a_held_plan_is_what_a_tx_profile_carries() -> None:
+    from twin.live.ocpp_mapping import remaining_periods_kw
+
+    step = timedelta(minutes=15)
+    plan = [0.0074, 0.0037, 0.0]  # MW, held from T0
+    assert remaining_periods_kw(plan, held_from=T0, at=T0, step=step) == [(0, 7.4), (900, 3.7), (1800, 0.0)]
+    # Between decisions (decision_period > step) the charger gets what is left, offsets from now.
+    assert remaining_periods_kw(plan, held_from=T0, at=T0 + step, step=step) == [(0, 3.7), (900, 0.0)]
+    assert remaining_periods_kw(plan, held_from=T0, at=T0 + 3 * step, step=step) == []
+    with pytest.raises(ValueError, match="offsets must increase"):
+        tx_profile(profile_id=1, transaction_id="tx", start=T0, periods_kw=[(0, 1.0), (0, 2.0)], valid_to=T0)
+
+
+def test_failed_authentications_are_throttled_per_station_and_per_address(field: _Field) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    from twin.live.ocpp_throttle import AuthThrottle
+
+    field.csms.stop()
+    auth = FieldAuth(ocpp={s: hash_secret(p, iterations=1000) for s, p in PASSWORDS.items()})
+    field.csms = OcppCsms(auth=auth, stations={s: s for s in STATIONS}, sink=field.sink, clock=lambda: T0,
+                          throttle=AuthThrottle(per_station=3, per_address=5, window_s=2)).start()
+
+    async def attempt(station: str, password: str) -> tuple[int, str, str | None]:
+        try:
+            async with connect(f"{field.csms.url}/{station}", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                               additional_headers=_basic(station, password)):
+                return 101, "", None
+        except InvalidStatus as exc:
+            return exc.response.status_code, exc.response.body.decode(), exc.response.headers.get("Retry-After")
+
+    def tries(station: str, password: str) -> tuple[int, str, str | None]:
+        return field.runner.run(attempt(station, password))
+
+    wrong = "not-the-password-000000"
+    assert [tries("ev-a", wrong)[0] for _ in range(3)] == [401, 401, 401]
+    # The station used up its 3 failures: even its right password is refused unchecked, with when to retry.
+    status, body, retry_after = tries("ev-a", PASSWORDS["ev-a"])
+    assert status == 429 and "charging station 'ev-a': 3 failed authentications within 2 s" in body
+    assert retry_after is not None and 1 <= int(retry_after) <= 2
+    # Another station from the same address still gets in (3 failures of 5 for the address) ...
+    assert tries("ev-b", PASSWORDS["ev-b"])[0] == 101
+    # ... until the address has 5 failures: then every station from it waits.
+    assert [tries("ev-b", wrong)[0] for _ in range(2)] == [401, 401]
+    status, body, _ = tries("ev-b", PASSWORDS["ev-b"])
+    assert status == 429 and "address 127.0.0.1: 5 failed authentications within 2 s" in body
+    refused = [(r.reason, r.device_id) for r in field.rows(verdict="rejected")]
+    assert refused == [("unauthenticated", "ev-a")] * 3 + [("throttled", "ev-a")] + \
+        [("unauthenticated", "ev-b")] * 2 + [("throttled", "ev-b")]
+    assert all("(from 127.0.0.1)" in r.detail for r in field.rows(verdict="rejected"))
+    time.sleep(2.2)  # the window moved past every failure: the right password works again
+    assert tries("ev-a", PASSWORDS["ev-a"])[0] == 101
+    with pytest.raises(ValueError, match="per_station=0"):
+        AuthThrottle(per_station=0)

@@ -34,9 +34,10 @@ except ImportError:  # tests/ collected as a package
 
 pytestmark = pytest.mark.slow
 
-SPEED = 300.0  # a 15-minute interval every 3 s (the first DR interval also builds 46 days of baseline history)
+SPEED = 150.0  # a 15-minute interval every 6 s (the first DR interval also builds 46 days of baseline history)
 LEAD_S = 15.0  # the twin's warm-up, then every MQTT device, OCPP charger and VEN connecting
 CHARGE_KW = 2.0
+THEN_KW = 1.5  # the controller's schedule for the interval after each decision
 TRANSPORTS = {"ev_charger": "ocpp", "flex_load": "openadr"}
 OPTS_OUT = "p-4"
 SETTLEMENT: dict[str, Any] = {
@@ -61,7 +62,7 @@ def _scenario(*, live: dict[str, Any] | None, settlement: dict[str, Any] | None)
         controllers=[
             {"name": "none", "target": "controllers.baseline:NoControl"},
             {"name": "charge", "target": "transport_helpers:ChargeBatteriesAndEvs", "mode": "central",
-             "kwargs": {"p_mw": CHARGE_KW / 1000.0}},
+             "kwargs": {"p_mw": CHARGE_KW / 1000.0, "then_mw": [THEN_KW / 1000.0]}},
         ],
     )
 
@@ -147,6 +148,8 @@ def test_one_run_with_ocpp_chargers_and_an_openadr_event(inputs: RunInputs, brok
     run = _Run(scenario, inputs, broker, tmp_path / "run")
     assert run.twin.ocpp_url and run.twin.ocpp_url.startswith("ws://127.0.0.1:")
     assert run.twin.openadr_url and run.twin.openadr_url.startswith("http://127.0.0.1:")
+    assert run.sim is not None
+    charger = run.sim.charger("ev-0009")
     run.wait_done(4)  # then the operator calls a DR event: the VTN issues it after the program's notice
     CommandChannel(run.out).submit(OperatorCommand(kind=CommandKind.DR_EVENT, duration=pd.Timedelta("30min"),
                                                    operator="ann"))
@@ -176,6 +179,16 @@ def test_one_run_with_ocpp_chargers_and_an_openadr_event(inputs: RunInputs, brok
     assert twin_p.loc[later, "ev-0009"].to_numpy() == pytest.approx(truth.loc[later, "ev-0009"].to_numpy())
     live = read_live_table(run.out)
     assert "no transaction" in " ".join(live["not_sent"])  # chargers without a car: no TxProfile, said why
+    # Each TxProfile carried the controller's schedule, one period per 15-minute interval until the setpoint
+    # expires (setpoint_ttl 30 min): 2 kW now, 1.5 kW from 900 s; the charger's answer is archived with it.
+    profiles = list(charger.profiles)
+    assert len(profiles) >= len(later)
+    assert {p.periods_kw for p in profiles} == {((0, CHARGE_KW), (900, THEN_KW))}
+    assert {p.valid_to - p.start for p in profiles} == {pd.Timedelta("30min")}
+    assert {pd.Timestamp(p.start) for p in profiles} >= set(later)
+    acks = run.archive("SELECT verdict, detail FROM raw_messages WHERE device_id = 'ev-0009' AND channel = 'cmd/ack'")
+    assert len(acks) == len(profiles) and all(v == "accepted" for v, _ in acks)
+    assert all("SetChargingProfile Accepted" in d and "2000 W from 0 s, 1500 W from 900 s" in d for _, d in acks)
 
     # The program: the scenario's event and the operator's, as the VTN issued them, and every VEN's answer.
     program = DrProgram.open(run.out / LIVE_DIR / "openadr" / "program.sqlite", create=False)

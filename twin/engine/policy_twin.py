@@ -10,6 +10,7 @@ sequences the policies.
 from __future__ import annotations
 
 import time as wallclock
+import weakref
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -94,12 +95,27 @@ def build_comms(scenario: Scenario, inputs: RunInputs, *, policy: str) -> CommsM
     c = scenario.comms
     return CommsModel(
         participants=participants,
-        neighbours=mesh_neighbours(inputs.net, inputs.assets, hops=c.mesh_hops),
+        neighbours=_mesh_of(inputs, c.mesh_hops),
         backhaul=LinkSpec(pd.Timedelta(c.backhaul.latency), c.backhaul.loss),
         mesh=LinkSpec(pd.Timedelta(c.mesh.latency), c.mesh.loss),
         faults=faults,
         seed=derive_seed(scenario.seed, f"comms:{policy}"),
     )
+
+
+#: Mesh neighbours by run inputs and hops (every policy of a run shares its feeder's mesh; a BFS per DER bus).
+_MESHES: dict[tuple[int, int], tuple[weakref.ref, dict[str, tuple[str, ...]]]] = {}
+
+
+def _mesh_of(inputs: RunInputs, hops: int) -> dict[str, tuple[str, ...]]:
+    """``mesh_neighbours`` of the run's feeder and fleet, computed once while ``inputs`` lives (read-only use)."""
+    key = (id(inputs), hops)
+    hit = _MESHES.get(key)
+    if hit is not None and hit[0]() is inputs:
+        return hit[1]
+    neighbours = mesh_neighbours(inputs.net, inputs.assets, hops=hops)
+    _MESHES[key] = (weakref.ref(inputs, lambda _, key=key: _MESHES.pop(key, None)), neighbours)
+    return neighbours
 
 
 _NOT_HELD = np.iinfo(np.int64).min  # held_until of a device that holds nothing
@@ -124,6 +140,8 @@ class IntervalParts:
     devices_s: float
     traffic: dict[str, int]
     stage_s: dict[str, float]
+    #: The schedules that reached devices this interval (``_hold``): asset positions and their plans.
+    held_schedule: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class PolicyTwin:
@@ -192,15 +210,15 @@ class PolicyTwin:
         self.settlement: PolicySettlement | None = None
         self._sens: Sensitivities | None = None
         self._sens_time: pd.Timestamp | None = None
-        self._monitored = monitored_buses(scenario, inputs)
+        self._monitored: list[int] | None | bool = False  # monitored_buses, computed when first linearized
         self._decide = {"ideal": self._decide_ideal, "central": self._decide_central,
                         "agents": self._decide_agents}[entry.mode]
 
     @classmethod
     def create(cls, entry: ControllerEntry, inputs: RunInputs, scenario: Scenario, *,
                agent_workers: int = 1) -> PolicyTwin:
-        """A policy's twin with its controller built (or its agents started: in this process, or over
-        ``agent_workers`` processes; call ``close`` when done)."""
+        """A policy's twin with its controller built (or its agents started: in this process, or on a Dask
+        cluster of ``agent_workers`` processes; call ``close`` when done)."""
         twin = cls(entry, inputs, scenario, build_comms(scenario, inputs, policy=entry.name))
         seed = derive_seed(scenario.seed, f"controller:{entry.name}")
         if entry.mode == "agents" and _is_agent_network_target(entry.target):
@@ -350,6 +368,8 @@ class PolicyTwin:
         if not spec.sensitivities or self.last_pf is None or not self.last_pf.converged:
             return self._sens
         if self._sens_time is None or time - self._sens_time >= pd.Timedelta(spec.refresh):
+            if self._monitored is False:
+                self._monitored = monitored_buses(self.scenario, self.inputs)
             self._sens = self.grid.sensitivities(monitored_buses=self._monitored, monitored_branches=None)
             self._sens_time = time
         return self._sens
@@ -542,8 +562,9 @@ class PolicyTwin:
             online = self.mode != "central" or self.comms.control_centre_up(time)
         compute_s = wallclock.perf_counter() - t0
         t1 = wallclock.perf_counter()
-        if dispatch is not None:
-            self._hold(time, dispatch, np.asarray(delivered, dtype=bool))  # agents send a Series in asset order
+        held_schedule = None
+        if dispatch is not None:  # agents send ``delivered`` as a Series in asset order
+            held_schedule = self._hold(time, dispatch, np.asarray(delivered, dtype=bool))
         row = self.arrays.row(time)
         pv_avail, flex_base = self.arrays.pv_avail(row), self.arrays.flex_base(row)
         # What each device runs on: its held setpoint / schedule entry, else its autonomous default (volt-var
@@ -564,7 +585,8 @@ class PolicyTwin:
         return IntervalParts(time=time, row=row, outcome=outcome, valid=valid, q_held=q_held, dispatch=dispatch,
                              rounds=rounds, online=online, compute_s=compute_s,
                              devices_s=wallclock.perf_counter() - t1,
-                             traffic={k: after[k] - before[k] for k in after}, stage_s=dict(self._stage))
+                             traffic={k: after[k] - before[k] for k in after}, stage_s=dict(self._stage),
+                             held_schedule=held_schedule)
 
     def solve_grid(self, parts: IntervalParts) -> PowerFlowResult:
         """The AC power flow of an interval's injections; it becomes the twin's last power flow."""
@@ -595,6 +617,7 @@ class PolicyTwin:
             settlement_eur=settled,
             unverified=unverified,
             diagnostics=dispatch.diagnostics if dispatch is not None else MappingProxyType({}),
+            held_schedule=parts.held_schedule,
             stage_s={"decide": parts.compute_s, **parts.stage_s, "devices": parts.devices_s,
                      "power_flow": power_flow_s, "settle": t4 - t3},
         )
@@ -649,13 +672,15 @@ class PolicyTwin:
         except ValueError as exc:
             raise ValueError(f"controller {self.name!r}: {exc}") from None
 
-    def _hold(self, time: pd.Timestamp, dispatch: Dispatch, delivered: np.ndarray) -> None:
+    def _hold(self, time: pd.Timestamp, dispatch: Dispatch,
+              delivered: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Setpoints (and the schedules sent with them) that reached their device (``delivered``: bool per
-        asset) are held until ``time + setpoint_ttl``."""
+        asset) are held until ``time + setpoint_ttl``. Returns the asset positions that now hold a new plan and
+        those plans (MW per period from ``time``, as held), None when nothing reached a device."""
         ids = self.inputs.assets.index
         schedule = dispatch.schedule_mw
         if schedule is None and len(dispatch.p_mw) == 0:
-            return  # nothing sent (no control, or nothing new): every device keeps what it holds
+            return None  # nothing sent (no control, or nothing new): every device keeps what it holds
         p = dispatch.p_mw.dropna()
         scheduled = pd.Index([]) if schedule is None else schedule.index
         for what, index in (("dispatched", p.index), ("scheduled", scheduled)):
@@ -665,7 +690,7 @@ class PolicyTwin:
         rows = ids.get_indexer(p.index)
         reached = delivered[rows]
         if not reached.any():
-            return
+            return None
         p, rows = p[reached], rows[reached]
         plan = np.full((len(p), self._schedule_len), np.nan)
         plan[:, 0] = p.to_numpy(float)
@@ -683,6 +708,7 @@ class PolicyTwin:
         self.held_q[rows] = 0.0
         self.held_q[ids.get_indexer(q.index)] = q.to_numpy(float)
         self.held_until_ns[rows] = (time + self.scenario.setpoint_ttl).value
+        return rows, plan
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

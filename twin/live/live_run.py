@@ -3,7 +3,8 @@
 Owns the live loop around ``twin.engine.iterate_policies`` (which stays the only sequencer): it waits for an
 interval's telemetry, writes the measured exogenous values into that interval's row of the run inputs
 (``LiveInputs``), steps every policy, publishes the controlling policy's setpoints as signed
-``CommandPayload``s (the other policies run as shadow twins), turns devices that went offline into
+``CommandPayload``s (to OCPP chargers: TxProfiles with the rest of the controller's schedule, as the engine
+holds it; the other policies run as shadow twins), turns devices that went offline into
 ``participant_dropout`` operator commands, and writes the run store every interval.
 
 The twin keeps its own clock (wall clock × speed from an anchor, ``SimClock``): it steps an interval once
@@ -44,6 +45,7 @@ from twin.live.ingest import Ingestor, IngestPolicy, MqttIngest
 from twin.live.messages import Channel, DeviceAddress
 from twin.live.mqtt import connect_and_wait, format_ts, make_client
 from twin.live.ocpp_csms import OcppCsms, parse_ocpp_address
+from twin.live.ocpp_mapping import remaining_periods_kw
 from twin.live.openadr_vtn import OpenAdrVtn
 from twin.live.protocol_log import protocol_log
 from twin.live.signing import KeyRegistry, public_key_b64, sign_payload
@@ -184,7 +186,7 @@ class LiveResult:
 
 _LIVE_COLUMNS = ("measured", "expected", "forecast_filled", "offline", "dropouts_submitted", "commands_sent",
                  "releases_sent", "acks_accepted", "acks_refused", "trigger", "wait_s", "step_s", "flush_s",
-                 "dr_events_issued", "not_sent")
+                 "dr_events_issued", "not_sent", "behind_s", "ingest_queue", "seq_missing")
 
 
 class LiveTwin:
@@ -258,6 +260,10 @@ class LiveTwin:
         self._vtn: OpenAdrVtn | None = None
         self._program: DrProgram | None = None
         self._not_sent: list[str] = []
+        #: OCPP charger → (interval its plan starts, the controller's schedule as the engine holds it, MW per
+        #: interval): a TxProfile carries the rest of it.
+        self._ocpp_plans: dict[str, tuple[pd.Timestamp, np.ndarray]] = {}
+        self._ocpp_devices = pd.Index(self.plan.devices(Transport.OCPP))
         self.session = self._session()
         self.client_id = self.session.client_id
         self.clock = self.session.clock
@@ -272,6 +278,7 @@ class LiveTwin:
         self._stats = {"commands": 0, "acks_accepted": 0, "acks_refused": 0, "intervals": 0}
         self._last_received = -1
         self._quiet_since = time.monotonic()
+        self._last_backlog: dict[str, Any] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -544,17 +551,29 @@ class LiveTwin:
         if device_id not in bucket:
             bucket[device_id] = values
 
+    def _add_samples(self, samples: pd.DataFrame) -> None:
+        """``_add_sample`` for a batch of canonical samples, by arrays: only each device's first sample of an
+        interval becomes a dict (a device reporting every second sends 60 per 1-minute interval)."""
+        start, step = self.scenario.start, self.scenario.step
+        frame = samples.assign(interval=start + ((samples["ts"] - start) // step) * step)
+        first = frame.groupby(["interval", "device_id"], sort=False)["ts"].transform("min")
+        frame = frame[frame["ts"].to_numpy() == first.to_numpy()]
+        wide = frame.pivot_table(index=["interval", "device_id"], columns="quantity", values="value",
+                                 aggfunc="first")
+        quantities = [str(q) for q in wide.columns]
+        for (interval, device_id), row in zip(wide.index, wide.to_numpy(), strict=True):
+            bucket = self._buckets.setdefault(pd.Timestamp(interval), {})
+            if device_id not in bucket:
+                bucket[str(device_id)] = {q: float(v) for q, v in zip(quantities, row, strict=True) if v == v}
+
     def _drain(self) -> None:
         assert self._ingest is not None
         samples = self._ingest.take_samples()
         if len(samples):
-            wide = samples.pivot_table(index=["ts", "device_id"], columns="quantity", values="value", aggfunc="first")
-            for (ts, device_id), values in wide.iterrows():
-                self._add_sample(pd.Timestamp(ts), str(device_id),
-                                 {q: float(v) for q, v in values.items() if not pd.isna(v)})
+            self._add_samples(samples)
         with self._ingest.locked() as ingestor:
             acks = ingestor.take_command_acks()
-            received = ingestor.stats().received
+            received = ingestor.received
         self._stats["acks_accepted"] += sum(1 for a in acks if a.accepted)
         self._stats["acks_refused"] += sum(1 for a in acks if not a.accepted)
         if received != self._last_received:
@@ -571,11 +590,14 @@ class LiveTwin:
 
         Only the twin's clock says when: not before ``t`` begins on it, however complete the telemetry looks."""
         grace = self.deadline * self.scenario.step
+        offline: set[str] = set()
+        offline_at = -1.0
         while not stop.is_set():
             self._drain()
             now = self.clock.now()
             if now >= t:
-                offline = set(self._offline())
+                if time.monotonic() - offline_at > 0.25:  # a walk over every device: not at every 10-ms poll
+                    offline, offline_at = set(self._offline()), time.monotonic()
                 expected = set(self.devices) - offline
                 if expected and expected <= set(self._buckets.get(t, {})):
                     return "complete"
@@ -627,6 +649,7 @@ class LiveTwin:
     def _publish_setpoints(self, t: pd.Timestamp, record: StepRecord, offline: set[str]) -> tuple[int, int]:
         """Signed commands for every asset the controlling policy holds a setpoint for; a release (expired
         command) for one it stopped holding. Skipped for intervals already over (catch-up after a restart)."""
+        self._remember_plans(t, record)
         if self._publisher is None or self.clock.now() >= t + self.scenario.step:
             return 0, 0
         held = record.fallback.index[~record.fallback.to_numpy(bool)]
@@ -643,7 +666,7 @@ class LiveTwin:
                 by_ven.setdefault(self.plan.ven_of(asset_id), {})[asset_id] = p_kw
                 continue
             if transport is Transport.OCPP:
-                sent += self._send_profile(t, asset_id, p_kw=p_kw, valid_to=until)
+                sent += self._send_profile(t, asset_id, *self._profile_periods(t, asset_id, p_kw=p_kw))
                 continue
             self._send_command(t, asset_id, p_kw=p_kw, q_kvar=float(record.outcome.q_mvar[asset_id]) * 1000.0,
                                valid_until=valid_until)
@@ -661,15 +684,34 @@ class LiveTwin:
                 self._send_command(t, asset_id, p_kw=0.0, q_kvar=0.0, valid_until=format_ts(t.to_pydatetime()))
                 released += 1
             elif transport is Transport.OCPP:  # an already expired TxProfile releases the charger
-                released += self._send_profile(t, asset_id, p_kw=0.0, valid_to=t)
+                released += self._send_profile(t, asset_id, [(0, 0.0)], t)
             # OpenADR: the setpoint event simply ends at its setpoint_ttl
         self._commanded = set(map(str, held))
         return sent, released
 
-    def _send_profile(self, t: pd.Timestamp, device_id: str, *, p_kw: float, valid_to: pd.Timestamp) -> int:
+    def _remember_plans(self, t: pd.Timestamp, record: StepRecord) -> None:
+        """Keep the schedules that reached OCPP chargers in interval ``t`` (the engine held them)."""
+        if record.held_schedule is None or not len(self._ocpp_devices):
+            return
+        rows, plans = record.held_schedule
+        ids = pd.Index(record.outcome.ids[rows]).astype(str)
+        for i in np.flatnonzero(ids.isin(self._ocpp_devices)):
+            self._ocpp_plans[ids[i]] = (t, plans[i])
+
+    def _profile_periods(self, t: pd.Timestamp, device_id: str, *,
+                         p_kw: float) -> tuple[list[tuple[int, float]], pd.Timestamp]:
+        """A held charger's TxProfile from ``t``: the rest of the controller's schedule, one period (seconds
+        from ``t``, kW) per interval, valid until the setpoint expires (``p_kw`` alone if no plan is known)."""
+        ttl = self.scenario.setpoint_ttl
+        since, plan_mw = self._ocpp_plans.get(device_id, (t, np.zeros(0)))
+        periods = remaining_periods_kw(plan_mw, held_from=since, at=t, step=self.scenario.step)
+        return (periods, since + ttl) if periods else ([(0, p_kw)], t + ttl)
+
+    def _send_profile(self, t: pd.Timestamp, device_id: str, periods_kw: list[tuple[int, float]],
+                      valid_to: pd.Timestamp) -> int:
         """A TxProfile for an OCPP charger (1 if sent; when not, the live table says why)."""
         assert self._csms is not None
-        outcome = self._csms.send_setpoint(device_id, start=t.to_pydatetime(), periods_kw=[(0, p_kw)],
+        outcome = self._csms.send_setpoint(device_id, start=t.to_pydatetime(), periods_kw=periods_kw,
                                            valid_to=valid_to.to_pydatetime())
         if not outcome.sent:
             self._not_sent.append(f"{device_id}: {outcome.detail}")
@@ -732,19 +774,30 @@ class LiveTwin:
             for rec in recorder.freeze(since=len(recorder) - 1).values():
                 self.store.append(rec)
             live_rows[-1]["flush_s"] = time.monotonic() - t1
+            backlog = self._last_backlog = self._backlog(t)
+            live_rows[-1].update(backlog)
             self._append_live(live_rows[-1:])
             self._buckets.pop(t, None)
             done += 1
             self._stats["intervals"] += 1
-            self.store.write_status(done=done, total=total, state="running")
+            self.store.write_status(done=done, total=total, state="running", live=backlog)
         if engine is not None:
             engine.close()
         if done == total:
-            self.store.write_status(done=done, total=total, state="finished")
+            self.store.write_status(done=done, total=total, state="finished", live=self._last_backlog)
             self._write_kpis()
         return LiveResult(path=self.out, intervals=self._stats["intervals"], commands_sent=self._stats["commands"],
                           acks_accepted=self._stats["acks_accepted"], acks_refused=self._stats["acks_refused"],
                           command_wall=dict(self._command_wall), ocpp_url=self.ocpp_url, openadr_url=self.openadr_url)
+
+    def _backlog(self, t: pd.Timestamp) -> dict[str, Any]:
+        """How far behind the twin is once interval ``t`` is done: simulated seconds past the start of the next
+        interval (0 while it keeps up), messages received but not yet judged, and telemetry sequence numbers
+        missing so far (what QoS-0 telemetry lost; the cumulative registers keep settlement exact)."""
+        assert self._ingest is not None
+        behind = (self.clock.now() - (t + self.scenario.step)).total_seconds()
+        return {"behind_s": round(max(0.0, behind), 3), "ingest_queue": self._ingest.backlog(),
+                "seq_missing": self._ingest.total_missing()}
 
     def _append_live(self, rows: list[dict[str, Any]]) -> None:
         folder = self.out / LIVE_DIR / "intervals"

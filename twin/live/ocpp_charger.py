@@ -3,8 +3,10 @@
 A charger connects to the CSMS with HTTP Basic (its provisioned password), sends BootNotification and a
 StatusNotification, and then, each time the field simulator publishes its telemetry: MeterValues while no EV is
 plugged in, TransactionEvent ``Started`` when one plugs in, ``Updated`` (with meter values) while it charges
-and ``Ended`` when it leaves. A ``SetChargingProfile`` (TxProfile) is answered through ``on_limit``, the
-simulator's setpoint rule, so the charger obeys it exactly as an MQTT device obeys a command.
+and ``Ended`` when it leaves. A ``SetChargingProfile`` (TxProfile: the controller's schedule, one period per
+interval) is answered through ``on_limit``, the simulator's setpoint rule, so the charger obeys it exactly as
+an MQTT device obeys a command (the twin sends the rest of the schedule again every interval, so the limit
+now is the first period).
 
 Like a real station it keeps what it could not deliver: messages made while the link is down wait in order
 (transaction events flagged ``offline``) and go out when it reconnects, continuing the same transaction. It
@@ -42,13 +44,15 @@ _LOG = logging.getLogger("twin.live.ocpp.charger")
 
 @dataclass(frozen=True, kw_only=True)
 class ChargingLimit:
-    """A TxProfile as the charger understood it: the limit now (kW), from when, until when."""
+    """A TxProfile as the charger understood it: the limit now (kW), from when, until when, and the whole
+    schedule (seconds from ``start``, kW) it follows — ``periods_kw[0]`` is ``(0, limit_kw)``."""
 
     station_id: str
     profile_id: int
     limit_kw: float
     start: datetime
     valid_to: datetime | None
+    periods_kw: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +118,8 @@ class OcppCharger:
         self._seq_no = -1
         self.sent = 0
         self.answers: list[tuple[str, Any]] = []  # (action, the CSMS's parsed answer), in order
+        #: The last well-formed TxProfiles received, in order (bounded: a long run sends one per interval).
+        self.profiles: collections.deque[ChargingLimit] = collections.deque(maxlen=1000)
 
     # --- link ---------------------------------------------------------------------------------------------
 
@@ -297,8 +303,22 @@ class OcppCharger:
             valid_to = parse_ocpp_time(profile["valid_to"], field="validTo") if profile.get("valid_to") else None
         except MessageError:
             return ProfileAnswer(accepted=False, reason="InvalidSchedule")
-        if not periods or periods[0].get("start_period") != 0:
+        parsed = _periods_kw(periods)
+        if parsed is None:
             return ProfileAnswer(accepted=False, reason="InvalidSchedule")
-        limit = ChargingLimit(station_id=self.station_id, profile_id=int(profile["id"]),
-                              limit_kw=float(periods[0]["limit"]) / 1000.0, start=start, valid_to=valid_to)
+        limit = ChargingLimit(station_id=self.station_id, profile_id=int(profile["id"]), limit_kw=parsed[0][1],
+                              start=start, valid_to=valid_to, periods_kw=parsed)
+        self.profiles.append(limit)
         return self._on_limit(limit)
+
+
+def _periods_kw(periods: list[dict[str, Any]]) -> tuple[tuple[int, float], ...] | None:
+    """``chargingSchedulePeriod`` as (startPeriod s, kW); None unless the first starts at 0 and they increase."""
+    try:
+        parsed = tuple((int(p["start_period"]), float(p["limit"]) / 1000.0) for p in periods)
+    except (KeyError, TypeError, ValueError):
+        return None
+    offsets = [offset for offset, _ in parsed]
+    if not offsets or offsets[0] != 0 or any(b <= a for a, b in zip(offsets, offsets[1:])):
+        return None
+    return parsed

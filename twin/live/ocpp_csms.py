@@ -4,14 +4,17 @@ telemetry, and the controlling policy's setpoints go to them as ``SetChargingPro
 Built on the ``ocpp`` library (mobilityhouse) over ``websockets``; the protocol is theirs. This module owns:
 
 - authentication: OCPP security profile 1, HTTP Basic per charging station (user = station id, password
-  from provisioning, checked against its hash). A refused handshake is answered 401 and archived with why.
+  from provisioning, checked against its hash). A refused handshake is answered 401 and archived with why;
+  after too many failures of one station or one remote address in a window (``ocpp_throttle``) handshakes
+  are refused unchecked with 429 and Retry-After, archived as ``throttled``.
 - the boundary: every frame received is archived before it is answered (so a crash can lose no message a
   charger saw acknowledged). A frame that is not OCPP-J, or fails the OCPP 2.0.1 schema, is archived with
   the reason and answered with a CallError; MeterValues and the meter values of TransactionEvents become
   canonical samples (``ocpp_mapping``), Boot/Status notifications and the connection itself become status.
 - transactions: which transaction each charger runs, so a TxProfile names it; a charger that reconnects
   (or a CSMS that restarted) resumes the transaction its next TransactionEvent names.
-- dispatch: ``send_setpoint`` sends a TxProfile and archives the charger's answer as a canonical command ack.
+- dispatch: ``send_setpoint`` sends a TxProfile (one period per interval of the schedule it is given) and
+  archives the charger's answer as a canonical command ack whose detail names the periods answered.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from twin.live.canonical import SESSION, Decoded, RawMessage, Transport, command
 from twin.live.field_identity import FieldAuth
 from twin.live.ingest import IngestResult, RejectReason
 from twin.live.messages import Channel, DeviceState, StatusPayload, TelemetryPayload
-from twin.live.ocpp_mapping import meter_value_samples, tx_profile
+from twin.live.ocpp_mapping import ProfileRequest, describe_profile, meter_value_samples, tx_profile
+from twin.live.ocpp_throttle import AuthThrottle
 
 __all__ = ["OCPP_PATH", "SUBPROTOCOL", "OcppCsms", "SetpointOutcome", "parse_ocpp_address"]
 
@@ -229,8 +233,11 @@ class OcppCsms:
 
     def __init__(self, *, auth: FieldAuth, stations: Mapping[str, str], sink: Sink,
                  clock: Callable[[], datetime], host: str = "127.0.0.1", port: int = 0,
-                 heartbeat_s: int = 60, response_timeout_s: float = 5.0) -> None:
+                 heartbeat_s: int = 60, response_timeout_s: float = 5.0,
+                 throttle: AuthThrottle | None = None) -> None:
         self.auth = auth
+        #: Failed authentications allowed per station / address and window (default 5 / 20 per 60 s).
+        self.throttle = throttle if throttle is not None else AuthThrottle()
         self.sink = sink
         self.clock = clock
         self.host = host
@@ -306,14 +313,24 @@ class OcppCsms:
         path = request.path.split("?", 1)[0]
         station = path[len(OCPP_PATH):] if path.startswith(OCPP_PATH) else ""
         record = self._handshake_record(request, station)
+        address = str(connection.remote_address[0]) if connection.remote_address else "?"
+        known = station if station in self._states else None
 
         def refuse(status: int, reason: str, detail: str) -> Response:
-            self.refuse(record, device_id=station or None, reason=reason, detail=detail, channel=Channel.STATUS)
+            self.refuse(record, device_id=station or None, reason=reason, detail=f"{detail} (from {address})",
+                        channel=Channel.STATUS)
+            if status != 429:  # a throttled attempt is not counted again: the window ends as announced
+                self.throttle.failed(station=known, address=address)
             return connection.respond(status, f"{detail}\n")
 
+        throttled = self.throttle.check(station=known, address=address)
+        if throttled is not None:
+            response = refuse(429, RejectReason.THROTTLED, throttled.detail)
+            response.headers["Retry-After"] = str(throttled.retry_after_s)
+            return response
         if not station or "/" in station:
             return refuse(404, RejectReason.BAD_TOPIC, f"path {path!r} is not {OCPP_PATH}<charging station id>")
-        if station not in self._states:
+        if known is None:
             return refuse(401, RejectReason.UNKNOWN_DEVICE, f"charging station {station!r} is not provisioned")
         header = request.headers.get("Authorization")
         if header is None:
@@ -430,11 +447,14 @@ class OcppCsms:
                              evse_id=state.transaction.evse_id)
         self._runner.submit(self._dispatch(station_id, state.station, request, periods_kw[0][1]))
         clipped = "; discharge sent as limit 0 (OCPP 2.0.1 limits charging only)" if request.clipped else ""
-        return SetpointOutcome(device_id=device_id, sent=True, detail=f"TxProfile {request.profile['id']}{clipped}")
+        return SetpointOutcome(device_id=device_id, sent=True, detail=f"{describe_profile(request)}{clipped}")
 
-    async def _dispatch(self, station_id: str, station: _Station, request: Any, first_kw: float) -> None:
+    async def _dispatch(self, station_id: str, station: _Station, request: ProfileRequest, first_kw: float) -> None:
+        """Send one TxProfile; archive the charger's answer (or its absence) as a command ack whose detail
+        names the periods it answered."""
         device = self._states[station_id].device_id
         profile_id = int(request.profile["id"])
+        sent = describe_profile(request)
         wire = call.SetChargingProfile(evse_id=request.evse_id, charging_profile=request.profile)
         try:
             answer, raw = await station.set_charging_profile(wire)
@@ -446,7 +466,7 @@ class OcppCsms:
             ack = command_ack(device, cmd_seq=profile_id, ts=self.clock(), accepted=False, applied_p_kw=None,
                               reason=f"SetChargingProfile {profile_id}: {what} ({exc})"[:200])
             self.sink([Decoded(raw=raw, transport=Transport.OCPP, channel=Channel.CMD_ACK.value, device_id=device,
-                               payload=ack, note="SetChargingProfile not answered")])
+                               payload=ack, note=f"SetChargingProfile not answered: {sent}")])
             return
         if isinstance(answer, OCPPError):
             accepted, status, reason = False, "CallError", f"CallError {_describe(answer)}"[:200]
@@ -461,7 +481,7 @@ class OcppCsms:
             raw = RawMessage(topic=f"ocpp/{station_id}/SetChargingProfile/result",
                              payload=json.dumps({"status": status}).encode(), received_at=datetime.now(UTC))
         self.sink([Decoded(raw=raw, transport=Transport.OCPP, channel=Channel.CMD_ACK.value, device_id=device,
-                           payload=ack, note=f"SetChargingProfile {profile_id} {status}")])
+                           payload=ack, note=f"SetChargingProfile {status}: {sent}")])
 
 
 def _basic_credentials(header: str) -> tuple[str | None, str | None]:

@@ -9,7 +9,8 @@ measurand is, as OCPP says, the import energy register in Wh. Reactive power and
 to 0 when a charger does not measure them (a V1G charger exports nothing); active power and the import
 register are required.
 
-Out: a setpoint schedule becomes a ``TxProfile`` (absolute, in W) for ``SetChargingProfile``. OCPP 2.0.1 limits
+Out: a setpoint schedule (the controller's, as the device holds it: one value per interval) becomes a
+``TxProfile`` (absolute, in W, one ``chargingSchedulePeriod`` per interval) for ``SetChargingProfile``. OCPP 2.0.1 limits
 charging only: a discharge setpoint is sent as limit 0 and the caller is told (``ProfileRequest.clipped``).
 """
 
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+import numpy as np
 
 from twin.live.canonical import telemetry_from_values
 from twin.live.messages import MessageError, TelemetryPayload
 
-__all__ = ["ProfileRequest", "meter_value_samples", "parse_ocpp_time", "tx_profile"]
+__all__ = ["ProfileRequest", "describe_profile", "meter_value_samples", "parse_ocpp_time", "remaining_periods_kw",
+           "tx_profile"]
 
 #: measurand → (canonical quantity, sign)
 _MEASURANDS: dict[str, tuple[str, float]] = {
@@ -112,12 +116,24 @@ class ProfileRequest:
     clipped: bool  # a discharge setpoint was sent as 0 (OCPP 2.0.1 has no discharge limit)
 
 
+def remaining_periods_kw(plan_mw: np.ndarray, *, held_from: datetime, at: datetime,
+                         step: timedelta) -> list[tuple[int, float]]:
+    """What is left at interval ``at`` of a plan held since interval ``held_from`` (MW per interval, load
+    convention): one (seconds from ``at``, kW) period per interval; empty once the plan ran out."""
+    rest = np.asarray(plan_mw, dtype=float)[max(0, (at - held_from) // step):]
+    step_s = int(step.total_seconds())
+    return [(k * step_s, kw) for k, kw in enumerate((rest * 1000.0).tolist())]
+
+
 def tx_profile(*, profile_id: int, transaction_id: str, start: datetime, periods_kw: Sequence[tuple[int, float]],
                valid_to: datetime, evse_id: int = 1) -> ProfileRequest:
-    """A TxProfile that follows ``periods_kw`` — (seconds from ``start``, kW) pairs, the first at 0 — until
-    ``valid_to`` (the setpoint's expiry). Limits are in W with one decimal, as the schema allows."""
-    if not periods_kw or periods_kw[0][0] != 0:
-        raise ValueError(f"periods_kw={list(periods_kw)!r}: the first period must start at offset 0")
+    """A TxProfile that follows ``periods_kw`` — (seconds from ``start``, kW) pairs, the first at 0, offsets
+    increasing — until ``valid_to`` (the setpoint's expiry): one ``chargingSchedulePeriod`` per pair. Limits are
+    in W (``chargingRateUnit`` W throughout) with one decimal, as the schema allows."""
+    offsets = [offset for offset, _ in periods_kw]
+    if not offsets or offsets[0] != 0 or any(b <= a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"periods_kw={list(periods_kw)!r}: the first period must start at offset 0 and the "
+                         "offsets must increase")
     limits = tuple(round(max(kw, 0.0) * 1000.0, 1) for _, kw in periods_kw)
     clipped = any(kw < 0 for _, kw in periods_kw)
     schedule = {
@@ -134,6 +150,14 @@ def tx_profile(*, profile_id: int, transaction_id: str, start: datetime, periods
         "transaction_id": transaction_id, "charging_schedule": [schedule],
     }
     return ProfileRequest(evse_id=evse_id, profile=profile, limit_w=limits, clipped=clipped)
+
+
+def describe_profile(request: ProfileRequest) -> str:
+    """One line for the archive: the TxProfile's periods as sent (W from offset s) and its validity."""
+    schedule = request.profile["charging_schedule"][0]
+    periods = ", ".join(f"{p['limit']:g} W from {p['start_period']} s" for p in schedule["charging_schedule_period"])
+    return (f"TxProfile {request.profile['id']} from {schedule['start_schedule']} until "
+            f"{request.profile['valid_to']}: {periods}")
 
 
 def _rfc3339(ts: datetime) -> str:

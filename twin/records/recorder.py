@@ -48,6 +48,11 @@ class StepRecord:
     #: telemetry into observations, the controllers' or agents' own computation, moving messages over the
     #: comms model), devices (setpoints and physics), power_flow, settle (verification and ledger).
     stage_s: dict[str, float] = field(default_factory=dict)
+    #: The controller's setpoint schedules that reached devices in this interval, as the devices hold them
+    #: (None: none did): asset positions (``outcome.ids`` order) and, per position, MW for the intervals
+    #: ``time + k * step``, k = 0 .. ceil(setpoint_ttl / step) - 1 (a period left open holds the one before).
+    #: Not recorded; the live twin sends them on (an OCPP TxProfile's periods).
+    held_schedule: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def fallback(self) -> pd.Series:
@@ -195,7 +200,7 @@ class _PolicyBuffer:
             _number(rec.diagnostics, "dual_residual_mw"), float(rec.controller_online), settled.get("operator", 0.0),
             settled.get("participants", 0.0), float(len(rec.unverified)), stage.get("telemetry", 0.0),
             stage.get("optimize", 0.0), stage.get("coordinate", 0.0), stage.get("devices", 0.0),
-            stage.get("power_flow", 0.0), stage.get("settle", 0.0),
+            stage.get("power_flow", 0.0), stage.get("settle", 0.0), _number(rec.diagnostics, "edge_step_s"),
         ))
         self.times.append(rec.time)
         r = self.rows
@@ -237,7 +242,8 @@ class _PolicyBuffer:
             if name == "summary":
                 continue
             rows = self.rows[name][since:]
-            data[name] = np.vstack(rows) if rows else np.empty((0, len(self.columns.get(name, ()))))
+            # np.array stacks equal-length rows in one C pass (vstack makes each row 2-D first: most of a freeze)
+            data[name] = np.array(rows) if rows else np.empty((0, len(self.columns.get(name, ()))))
         data["summary"] = self._summary(since, data, step / pd.Timedelta("1h"))
         tables = {}
         for name in PolicyRecords.TABLES:
