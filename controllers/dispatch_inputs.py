@@ -104,6 +104,8 @@ class DispatchReader:
         self._static["v2g"] = ordered["v2g"].fillna(False).astype(bool).to_numpy()
         windows = ordered["flex_window"].iloc[self._slice[AssetKind.FLEX_LOAD]]
         self._flex_window = np.array([_periods_of(w, step) for w in windows], dtype=int)
+        self._order_index = pd.Index(self._order, dtype=object)
+        self._columns = {kind: pd.Index(self.ids[kind], dtype=object) for kind in (AssetKind.PV, AssetKind.FLEX_LOAD)}
 
     @property
     def hours(self) -> float:
@@ -126,27 +128,40 @@ class DispatchReader:
         periods = pd.date_range(obs.time, periods=T, freq=step)
         fc = obs.forecast
 
-        def frame(df: pd.DataFrame, cols: list[Any], what: str) -> pd.DataFrame:
-            """Rows at the horizon's period starts (last known value carried forward), columns ``cols``."""
+        def frame(df: pd.DataFrame, cols: pd.Index, what: str) -> np.ndarray:
+            """(T, len(cols)): rows at the horizon's period starts (last known value carried forward)."""
             if len(df.index) == 0:
                 notes.append(f"{what}: empty forecast, zeros used")
-                return pd.DataFrame(0.0, index=periods, columns=cols)
-            out = df if df.columns.equals(pd.Index(cols)) else df.reindex(columns=cols)
+                return np.zeros((T, len(cols)))
             if len(df.index) >= T and df.index[:T].equals(periods):  # the usual case: aligned, no gaps
-                out = out.iloc[:T].astype(float)
-                if not out.isna().to_numpy().any():
-                    return out
+                if df.columns.equals(cols):
+                    values = df.to_numpy(dtype=float)[:T]
+                else:
+                    pos = df.columns.get_indexer(cols)
+                    values = df.to_numpy(dtype=float)[:T, np.maximum(pos, 0)]
+                    values[:, pos < 0] = np.nan
+                if not np.isnan(values).any():
+                    return values
+            out = df if df.columns.equals(cols) else df.reindex(columns=cols)
             out = out.astype(float)
             out = out.reindex(out.index.union(periods)).ffill().reindex(periods)
             if out.isna().to_numpy().any():
                 notes.append(f"{what}: missing forecast values, zeros used")
                 out = out.fillna(0.0)
-            return out
+            return out.to_numpy()
 
-        price = frame(fc.price_eur_per_mwh.to_frame("price"), ["price"], "price")["price"].to_numpy()
-        base_cols = list(fc.base_load_mw.columns)
-        base = frame(fc.base_load_mw, base_cols, "base_load_mw") if base_cols else None
-        state = obs.state.reindex(self._order)
+        price = frame(fc.price_eur_per_mwh.to_frame("price"), pd.Index(["price"]), "price")[:, 0]
+        base_frame = fc.base_load_mw
+        base = frame(base_frame, base_frame.columns, "base_load_mw") if len(base_frame.columns) else None
+        # State columns in the model's row order, by position (no reindexed copy of the whole table); an asset
+        # missing from the state reads as NaN, as a reindex would give.
+        state = obs.state
+        if state.index.equals(self._order_index):
+            rows = None
+        else:
+            rows = state.index.get_indexer(self._order_index)
+            if (rows < 0).any():
+                state, rows = state.reindex(self._order), None
         static = self._static
 
         def column(name: str, kind: AssetKind | None = None) -> np.ndarray | None:
@@ -154,6 +169,8 @@ class DispatchReader:
             if name not in state.columns:
                 return None
             values = state[name].to_numpy()
+            if rows is not None:
+                values = values[rows]
             return values if kind is None else values[self._slice[kind]]
 
         def flags(values: np.ndarray | None, n: int, default: bool) -> np.ndarray:
@@ -170,20 +187,26 @@ class DispatchReader:
             n = len(self.ids[kind])
             if name not in state.columns or n == 0:
                 return np.full(n, np.inf)
-            at = pd.DatetimeIndex(pd.to_datetime(state[name].iloc[self._slice[kind]], utc=True))
+            series = state[name]
+            if isinstance(series.dtype, pd.DatetimeTZDtype):  # the twin's own observations: UTC datetimes
+                at = series.to_numpy(dtype="datetime64[ns]")
+                at = (at if rows is None else at[rows])[self._slice[kind]]
+                hours_left = (at - np.datetime64(pd.Timestamp(obs.time).value, "ns")) / np.timedelta64(1, "h")
+                return np.where(np.isnat(at), np.inf, hours_left)
+            values = series.to_numpy()
+            values = (values if rows is None else values[rows])[self._slice[kind]]
+            at = pd.DatetimeIndex(pd.to_datetime(values, utc=True))
             return np.where(at.isna(), np.inf, ((at - obs.time) / pd.Timedelta("1h")).to_numpy(float))
 
         avail = flags(column("available"), len(self._order), True)
 
         # PV
-        pv_ids = self.ids[AssetKind.PV]
-        pv = frame(fc.pv_avail_mw, pv_ids, "pv_avail_mw")
-        pv_arr = np.maximum(pv.to_numpy().T, 0.0) * avail[self._slice[AssetKind.PV]][:, None]
-        pv = pd.DataFrame(pv_arr.T, index=pv.index, columns=pv.columns)
+        pv_arr = np.maximum(frame(fc.pv_avail_mw, self._columns[AssetKind.PV], "pv_avail_mw").T, 0.0) \
+            * avail[self._slice[AssetKind.PV]][:, None]
 
         head_fixed = -pv_arr.sum(axis=0)
         if include_base_load and base is not None:
-            head_fixed = head_fixed + base.to_numpy().sum(axis=1)
+            head_fixed = head_fixed + base.sum(axis=1)
 
         # batteries
         sb = self._slice[AssetKind.BATTERY]
@@ -225,7 +248,8 @@ class DispatchReader:
         sf = self._slice[AssetKind.FLEX_LOAD]
         f_ids = self.ids[AssetKind.FLEX_LOAD]
         f_avail = avail[sf]
-        fbase = np.maximum(frame(fc.flex_base_mw, f_ids, "flex_base_mw").to_numpy().T, 0.0) * f_avail[:, None]
+        fbase = np.maximum(frame(fc.flex_base_mw, self._columns[AssetKind.FLEX_LOAD], "flex_base_mw").T, 0.0) \
+            * f_avail[:, None]
         fpmax = np.tile((static["p_max_mw"][sf] * f_avail)[:, None], (1, T))
         b0 = amounts(column("flex_backlog_mwh", AssetKind.FLEX_LOAD), len(f_ids))
         # Backlog at the start of period t may only hold energy requested in the last W periods, plus the
@@ -240,8 +264,13 @@ class DispatchReader:
         cap += b0[:, None] * ((start_h[None, :] + h) < deadline_h[:, None] - 1e-9)  # period ends before it
 
         # network
+        # The network rows read labelled frames; built only when the model has network slots.
+        networked = bool(self.n_voltage_rows or self.n_loading_rows)
+        base_df = pd.DataFrame(base, index=periods, columns=base_frame.columns) \
+            if networked and base is not None else None
+        pv_df = pd.DataFrame(pv_arr.T, index=periods, columns=self._columns[AssetKind.PV]) if networked else None
         v_rows, v_sens, v_lo, v_hi, l_rows, l_sens, l_head = self._network_inputs(
-            obs, base=base, pv=pv, bat_pmax=bat_pmax, ev_ch_max=ev_ch_max, fpmax=fpmax, notes=notes
+            obs, base=base_df, pv=pv_df, bat_pmax=bat_pmax, ev_ch_max=ev_ch_max, fpmax=fpmax, notes=notes
         )
 
         head_limit = obs.limits.p_head_max_mw
@@ -287,7 +316,7 @@ class DispatchReader:
         obs: Observation,
         *,
         base: pd.DataFrame | None,
-        pv: pd.DataFrame,
+        pv: pd.DataFrame | None,
         bat_pmax: np.ndarray,
         ev_ch_max: np.ndarray,
         fpmax: np.ndarray,

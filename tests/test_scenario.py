@@ -24,8 +24,13 @@ def test_demo_scenario_is_valid_and_one_week() -> None:
     assert s.step == pd.Timedelta("15min")
     assert len(s.times) == 7 * 96
     assert s.times[0] == pd.Timestamp("2016-06-06", tz="UTC")
-    assert s.horizon_steps == 48  # a 12-hour look-ahead
+    assert s.horizon_steps == 32  # an 8-hour look-ahead
+    assert s.decision_period == pd.Timedelta("1h")
     assert s.feeder.startswith("simbench:")
+    # The whole story: settled under contracts, one control-centre outage, the network-aware DePIN policy.
+    assert s.settlement_config() is not None and len(s.settlement_config().contracts) == 2
+    assert [f.kind for f in s.faults] == ["control_centre_outage"]
+    assert [c.target for c in s.controllers if c.mode == "agents"] == ["controllers.depin:NetworkAdmm"]
 
 
 @pytest.mark.parametrize(

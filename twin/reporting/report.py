@@ -1,8 +1,9 @@
 """The comparison report: one HTML page per run, built from the run store with the same figure functions the
-dashboard uses (twin.reporting.figures).
+dashboard uses (twin.reporting.figures). A settled run's page says what each participant earned under each
+policy (``RUN/earnings.parquet``), and a run with faults shows, per fault window, how each policy rode through it.
 
 plotly.js (4.8 MB) sits beside the page as ``RUN/plotly.min.js`` rather than inside it, so the page stays small
-(a demo week with four policies: well under 2 MB) and still opens offline; served by the dashboard (``/report``)
+(the demo week with four policies: 0.9 MB) and still opens offline; served by the dashboard (``/report``)
 the page loads the dashboard's own copy. Runs longer than ``DISPLAY_POINTS`` intervals are drawn as aggregates a
 person cannot tell apart at that width (voltage envelopes by their extremes, powers by their means, money and
 energy by their sums); every figure's full-resolution data is one click away: the page links each policy's
@@ -17,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import plotly.io as pio
 import plotly.offline
 
 from twin.records.kpis import KPI_LABELS
 from twin.records.recorder import STAGE_COLUMNS
 from twin.records.runstore import RunStore
+from twin.reporting.phase_section import three_phase_html
 from twin.reporting.figures import (
     PLOTLY_CONFIG,
     cost_figure,
@@ -110,6 +113,10 @@ def for_display(frame: pd.DataFrame, *, points: int = DISPLAY_POINTS) -> tuple[p
     return grouped, k
 
 
+def _figure_html(fig: go.Figure) -> str:
+    return pio.to_html(fig, full_html=False, include_plotlyjs=False, config=PLOTLY_CONFIG)
+
+
 def _write_plotly_js(folder: Path) -> str:
     """plotly.js beside the page (written once per version); the script tags that load it."""
     script = plotly.offline.get_plotlyjs()
@@ -144,6 +151,115 @@ def _full_data_html(run_dir: Path, policies: list[str], summaries: dict[str, pd.
     return f"<h2>Full-resolution data</h2><p>{shown}</p><ul>{''.join(links)}</ul>"
 
 
+#: The run's earnings table (twin.settlement.earnings writes it when a settled run ends: policy, participant,
+#: rule, eur); read here as a file, since the report comes after settlement in the flow.
+EARNINGS_FILE = "earnings.parquet"
+#: Hours of context drawn on each side of a fault window.
+_FAULT_CONTEXT = pd.Timedelta("6h")
+
+
+def read_earnings(run_dir: Path) -> pd.DataFrame | None:
+    """The run's earnings table, or None for a run that settled nothing (or was written before it existed)."""
+    path = Path(run_dir) / EARNINGS_FILE
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def earnings_by_participant(table: pd.DataFrame, policies: list[str] | None = None) -> pd.DataFrame:
+    """Participant × policy: the net of every rule (EUR, + = paid to the participant), participants in natural
+    order (p-2 before p-10), policies in ``policies`` order."""
+    wide = table.pivot_table(index="participant", columns="policy", values="eur", aggfunc="sum", fill_value=0.0)
+    order = sorted(wide.index, key=lambda p: (len(str(p)), str(p)))
+    columns = [p for p in (policies or list(wide.columns)) if p in wide.columns]
+    wide = wide.reindex(index=order, columns=columns)
+    wide.columns.name = None
+    wide.index.name = "participant"
+    return wide
+
+
+def _money_table_html(frame: pd.DataFrame, corner: str) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = "".join(f"<tr><th>{html.escape(str(i))}</th>" + "".join(f"<td>{v:,.2f}</td>" for v in row) + "</tr>"
+                   for i, row in zip(frame.index, frame.to_numpy(float)))
+    return f"<table><thead><tr><th>{html.escape(corner)}</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _earnings_html(run_dir: Path, policies: list[str]) -> str:
+    """What each participant earned under each policy (net of every rule), and each rule's total."""
+    table = read_earnings(run_dir)
+    if table is None or table.empty:
+        return ""
+    folder = run_dir / "report-data"
+    folder.mkdir(exist_ok=True)
+    tmp = folder / ".earnings.csv.tmp"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, folder / "earnings.csv")
+    per_participant = earnings_by_participant(table, policies)
+    per_participant.loc["all participants"] = per_participant.sum()
+    rules = table.pivot_table(index="rule", columns="policy", values="eur", aggfunc="sum", fill_value=0.0)
+    rules = rules.reindex(columns=[p for p in policies if p in rules.columns])
+    return ("<h2>Settlement: what each participant earns</h2><p>Net of every posting in each policy's ledger "
+            "(EUR; positive = paid to the participant, negative = the participant pays, e.g. its energy bill in the "
+            "community). Every policy is settled under the same contracts; <code>gridtwin ledger statement "
+            "RUN/&lt;policy&gt; &lt;participant&gt;</code> lists the postings, <a href=\"report-data/earnings.csv\">"
+            "earnings.csv</a> has them by rule.</p>"
+            + _money_table_html(per_participant, "participant") + "<h3>By rule</h3>"
+            + _money_table_html(rules, "rule"))
+
+
+def _faults(meta: dict) -> list[dict]:
+    """The scenario's fault windows from the run's meta.json (not trusted: an unreadable entry is skipped)."""
+    out = []
+    for f in meta.get("scenario", {}).get("faults", []) or []:
+        try:
+            start, end = (pd.Timestamp(f[k]) for k in ("start", "end"))
+            start, end = (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC") for t in (start, end))
+            out.append({"kind": str(f["kind"]), "start": start, "end": end})
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return out
+
+
+def _fault_label(fault: dict) -> str:
+    return f"{fault['kind'].replace('_', ' ')} {fault['start']:%Y-%m-%d %H:%M}–{fault['end']:%H:%M} UTC"
+
+
+def _ride_through_html(meta: dict, full: dict[str, pd.DataFrame]) -> tuple[str, list]:
+    """Per fault: how each policy rode through it (inside the window, at full resolution), and a figure of the
+    window with its context. Returns (html, figures)."""
+    parts, figures = [], []
+    limits = meta.get("scenario", {}).get("limits", {})
+    for fault in _faults(meta):
+        rows = []
+        for policy, s in full.items():
+            w = s[(s.index >= fault["start"]) & (s.index < fault["end"])]
+            if w.empty:
+                continue
+            offline = int((~w["controller_online"].astype(bool)).sum()) if "controller_online" in w else 0
+            rows.append(
+                f"<tr><th>{html.escape(policy)}</th><td>{offline} of {len(w)}</td>"
+                f"<td>{w['n_fallback'].max():,.0f}</td><td>{w['p_head_mw'].max() * 1e3:,.1f}</td>"
+                f"<td>{w['vm_min_pu'].min():.4f}</td><td>{w['vm_max_pu'].max():.4f}</td>"
+                f"<td>{w['cost_eur'].sum():,.2f}</td><td>{w['participants_eur'].sum():,.2f}</td></tr>")
+        if not rows:
+            continue
+        head = ("<tr><th>policy</th><th>intervals without a controller</th><th>most assets on fallback</th>"
+                "<th>peak import [kW]</th><th>lowest V [pu]</th><th>highest V [pu]</th><th>energy cost [EUR]</th>"
+                "<th>participants earn [EUR]</th></tr>")
+        label = _fault_label(fault)
+        parts.append(f"<h3>{html.escape(label)}</h3><p>Inside the window, every interval.</p>"
+                     f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+        lo, hi = fault["start"] - _FAULT_CONTEXT, fault["end"] + _FAULT_CONTEXT
+        near = {p: s[(s.index >= lo) & (s.index < hi)] for p, s in full.items()}
+        fig = head_power_figure(near, p_head_max_mw=limits.get("p_head_max_mw"))
+        fig.add_vrect(x0=fault["start"], x1=fault["end"], fillcolor="#c62828", opacity=0.12, line_width=0,
+                      annotation=dict(text=fault["kind"].replace("_", " ")), annotation_position="top left")
+        fig.update_layout(title=dict(text=f"Feeder-head power around the {label} (every interval)"))
+        figures.append(fig)
+    if not parts:
+        return "", figures
+    return "<h2>Faults: how each policy rode through them</h2>" + "".join(parts), figures
+
+
 def _battery_soc(store: RunStore, policies: list[str]) -> pd.DataFrame:
     """Total battery energy (MWh) per policy over time."""
     frames = {}
@@ -171,18 +287,24 @@ def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
     soc_fig.update_layout(title=dict(text="Battery energy stored (MWh, all batteries)"))
     soc_fig.update_yaxes(title_text="MWh")
     payments = pd.DataFrame({p: s["participants_eur"] for p, s in summaries.items()})
+    faults = _faults(meta)
+    fault_bands = pd.DataFrame({"start": [f["start"] for f in faults], "end": [f["end"] for f in faults],
+                                "label": [f["kind"].replace("_", " ") for f in faults]}) if faults else None
+    ride_through, fault_figures = _ride_through_html(meta, full)
     figures = [
         kpi_comparison_figure(kpis.reindex([k for k in KPI_LABELS if k in kpis.index]), labels=KPI_LABELS),
         head_power_figure(summaries, p_head_max_mw=limits.get("p_head_max_mw")),
         voltage_envelope_figure(summaries, v_min_pu=limits.get("v_min_pu", 0.95), v_max_pu=limits.get("v_max_pu", 1.05)),
         cost_figure(summaries),
         soc_fig,
-        fallback_figure(summaries),
+        fallback_figure(summaries, faults=fault_bands),
         payments_figure(payments if payments.abs().to_numpy().sum() > 0 else pd.DataFrame()),
     ]
-    parts = [_write_plotly_js(Path(run_dir))]
+    plotly_tags = _write_plotly_js(Path(run_dir))  # in <head>: every figure's script below needs it
+    parts = []
     for fig in figures:
-        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False, config=PLOTLY_CONFIG))
+        parts.append(_figure_html(fig))
+    fault_parts = "".join(_figure_html(fig) for fig in fault_figures)
     scenario = meta.get("scenario", {})
     title = f"gridtwin — {scenario.get('name', run_dir.name)}"
     step = scenario.get("step", "15min")
@@ -190,6 +312,7 @@ def write_report(run_dir: Path, *, out: Path | None = None) -> Path:
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}th:first-child{{text-align:left}}</style>
+{plotly_tags}
 </head><body>
 <h1>{html.escape(title)}</h1>
 <p>Feeder <b>{html.escape(str(meta.get('feeder')))}</b>, {meta.get('n_intervals')} intervals of
@@ -197,7 +320,10 @@ td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}th:first-
 decisions every {format_duration(scenario.get("decision_period") or step)}.
 Policies: {', '.join(html.escape(p) for p in policies)}.</p>
 <h2>KPIs</h2>{_kpi_table_html(kpis)}
+{three_phase_html(Path(run_dir), meta)}
 <h2>Coordination</h2>{_coordination_html(meta, full)}
+{_earnings_html(Path(run_dir), policies)}
+{ride_through}{fault_parts}
 <h2>Compute time by stage</h2>{_stages_html(full)}
 {''.join(parts)}
 {_full_data_html(Path(run_dir), policies, full, k)}

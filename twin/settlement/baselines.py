@@ -111,6 +111,15 @@ def _slots(start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> pd.Dat
     return pd.date_range(start, end, freq=step, inclusive="left")
 
 
+def _readings(load_kw: pd.Series, slots: pd.DatetimeIndex) -> list[Decimal]:
+    """The readings of ``load_kw`` at ``slots`` as Decimal (``_History.actual`` without indexing the rest)."""
+    values = load_kw.reindex(slots)
+    missing = values.index[values.isna().to_numpy()]
+    if len(missing):
+        raise BaselineError(f"load_kw has no reading at {missing[0]} (needed for the same-day adjustment)")
+    return [to_decimal(v, what=f"load_kw[{ts}]") for ts, v in zip(values.index, values.to_numpy())]
+
+
 class _History:
     """A load series addressable by (local date, local time of day), values as Decimal."""
 
@@ -340,10 +349,11 @@ def meter_before_meter_after(
     """Meter-before/meter-after (storage): the baseline is the mean load over ``window`` just before the event
     (default: the one interval before it), held flat through the event."""
     step = _step_of(load_kw)
-    history = _History(load_kw, "UTC")
     event_start, event_end = pd.Timestamp(event_start), pd.Timestamp(event_end)
     event = _slots(event_start, event_end, step)
-    before = history.actual(_slots(event_start - (window or step), event_start, step))
+    # Only the readings just before the event count: read those, not the whole look-back (which the other
+    # methods walk day by day), so an event's baseline costs the same whatever history the caller holds.
+    before = _readings(load_kw, _slots(event_start - (window or step), event_start, step))
     level = sum(before, _ZERO) / len(before)
     flat = _series(event, [level] * len(event))
     return Baseline(method=BaselineMethod.METER_BEFORE_METER_AFTER, kw=flat, unadjusted_kw=flat,

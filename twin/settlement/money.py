@@ -10,7 +10,6 @@ from __future__ import annotations
 import decimal
 from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
-from fractions import Fraction
 
 __all__ = [
     "MICRO_PER_UNIT",
@@ -111,24 +110,35 @@ def allocate_largest_remainder(total_micro: int, weights: Mapping[str, Decimal |
     """
     if isinstance(total_micro, bool) or not isinstance(total_micro, int):
         raise TypeError(f"total_micro={total_micro!r}: expected int micro-units")
-    exact: dict[str, Fraction] = {}
+    # Each weight as an integer mantissa and a power of ten, exactly (Decimal's own digits): scaled to the
+    # smallest exponent they all become integers over one common denominator, so quotas and remainders are
+    # integer divisions (the same numbers as exact fractions, without Fraction's cost on every interval).
+    mantissas: dict[str, tuple[int, int]] = {}
     for key, weight in weights.items():
         _refuse_float(weight, f"weights[{key!r}]")
         if not isinstance(weight, (Decimal, int)):
             raise TypeError(f"weights[{key!r}]={weight!r}: expected Decimal or int")
         if not Decimal(weight).is_finite() or weight < 0:
             raise ValueError(f"weights[{key!r}]={weight!r}: weights must be finite and >= 0")
-        exact[key] = Fraction(weight)
+        if isinstance(weight, int):
+            mantissas[key] = (weight, 0)
+        else:
+            sign_bit, digits, exponent = weight.as_tuple()
+            mantissa = int("".join(map(str, digits)) or "0")
+            mantissas[key] = (-mantissa if sign_bit else mantissa, int(exponent))
     if total_micro == 0:
         return {key: 0 for key in weights}
-    weight_sum = sum(exact.values(), Fraction(0))
+    low = min((e for _, e in mantissas.values()), default=0)
+    exact = {key: m * 10 ** (e - low) for key, (m, e) in mantissas.items()}
+    weight_sum = sum(exact.values())
     if weight_sum == 0:
         raise ValueError(f"cannot allocate {total_micro} micro-units: weights are empty or all zero")
     sign, magnitude = (-1, -total_micro) if total_micro < 0 else (1, total_micro)
-    quotas = {key: magnitude * w / weight_sum for key, w in exact.items()}
-    parts = {key: q.numerator // q.denominator for key, q in quotas.items()}
+    parts, remainders = {}, {}
+    for key, w in exact.items():
+        parts[key], remainders[key] = divmod(magnitude * w, weight_sum)
     leftover = magnitude - sum(parts.values())
-    by_remainder = sorted(quotas, key=lambda k: (-(quotas[k] - parts[k]), k))
+    by_remainder = sorted(exact, key=lambda k: (-remainders[k], k))
     for key in by_remainder[:leftover]:
         parts[key] += 1
     return {key: sign * parts[key] for key in weights}
