@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -40,6 +41,7 @@ def create_app(
     refresh_s: float = 5.0,
     stale_after_s: float = 60.0,
     secret_key: bytes | None = None,
+    warm: bool = False,
 ) -> dash.Dash:
     """The operator dashboard of the run folder ``run_dir``.
 
@@ -49,7 +51,8 @@ def create_app(
     read-only. ``studies_dir``: a folder of study KPI tables (``*.parquet``) for the Studies page.
     ``refresh_s``: how often the browser polls the run folder. ``stale_after_s``: a running twin that has not
     written for this long raises a stale-telemetry alarm. ``secret_key`` signs session cookies (random per app
-    when None, so logins end when the dashboard restarts).
+    when None, so logins end when the dashboard restarts). ``warm``: read the run's tables in a background
+    thread from the start, so the first page does not wait for them.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -82,10 +85,19 @@ def create_app(
     context = pages.Context(data=data, auth=auth, stale_after_s=stale_after_s)
     install_exports(app.server, data, fleet=pages.fleet_frame, events=run_events)
     app.layout = lambda: _shell(data, refresh_s=refresh_s)
+    if warm:
+        threading.Thread(target=_warm, args=(data,), name="gridtwin-dashboard-warm", daemon=True).start()
     _register_shell(app, data, auth, stale_after_s=stale_after_s)
     timebar.register(app)
     pages.register_pages(app, context)
     return app
+
+
+def _warm(data: RunData) -> None:
+    try:
+        data.warm()
+    except Exception:  # noqa: BLE001 — a page reads the same tables again and shows what is wrong there
+        _log.exception("reading the run's tables in the background failed")
 
 
 def _not_found(error: Exception) -> Any:
@@ -137,8 +149,15 @@ def _status_line(data: RunData) -> Any:
     done, total = status.get("done"), status.get("total")
     progress = f" · {done:,}/{total:,} intervals" if isinstance(done, int) and isinstance(total, int) else ""
     age = data.status_age_s(status)
-    return [html.Span(state, className=f"badge badge-state-{state}", id="run-state"),
-            html.Span(f"{progress} · updated {age_text(age)}", id="run-progress")]
+    spans = [html.Span(state, className=f"badge badge-state-{state}", id="run-state"),
+             html.Span(f"{progress} · updated {age_text(age)}", id="run-progress")]
+    live = status.get("live")
+    if isinstance(live, dict):  # a live run's backlog (twin.live.live_run): keeping up, or how far behind
+        behind, queue, gaps = live.get("behind_s"), live.get("ingest_queue"), live.get("seq_missing")
+        lag = f"behind {behind:g} s" if isinstance(behind, (int, float)) and behind > 0 else "keeping up"
+        spans.append(html.Span(f" · live: {lag}, ingest queue {queue}, telemetry gaps {gaps}", id="run-backlog",
+                               className="badge badge-warning" if lag != "keeping up" else None))
+    return spans
 
 
 def _register_shell(app: dash.Dash, data: RunData, auth: OperatorAuth, *, stale_after_s: float) -> None:
@@ -197,7 +216,7 @@ def serve(
     if not 0 < port < 65536:
         raise ValueError(f"port={port!r}: must be 1..65535")
     app = create_app(run_dir, operator_password=operator_password, studies_dir=studies_dir, refresh_s=refresh_s,
-                     stale_after_s=stale_after_s)
+                     stale_after_s=stale_after_s, warm=True)
     if operator_password and not _is_loopback(host):
         _log.warning("serving operator logins over plain HTTP on %s: put the dashboard behind TLS", host)
     app.run(host=host, port=port, debug=False)

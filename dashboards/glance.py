@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from dash import html
 
-from dashboards.components import fmt, notice
+from dashboards.components import notice
 
 __all__ = ["GLANCE_ROWS", "GlanceRow", "better_of", "driver_sentences", "glance_frame", "glance_table"]
 
@@ -93,6 +93,15 @@ def _delta(row: GlanceRow, value: float, ref: float) -> html.Span | None:
                      title=f"difference from the reference, {row.unit}")
 
 
+def _value_text(value: float, digits: int) -> str:
+    """The row's own precision for every policy (0.000 beside 0.040, not 0): fmt drops the decimals of a
+    whole number."""
+    if not math.isfinite(value):
+        return "–"
+    text = f"{value:,.{digits}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text  # no "-0.000"
+
+
 def glance_table(kpis: pd.DataFrame, summaries: Mapping[str, pd.DataFrame], *, reference: str | None) -> html.Div:
     """The comparison table: one column per policy (reference first), absolute differences under each value."""
     frame = glance_frame(kpis, summaries)
@@ -117,7 +126,7 @@ def glance_table(kpis: pd.DataFrame, summaries: Mapping[str, pd.DataFrame], *, r
         best = better_of(row, values)
         cells = [html.Td([row.label, html.Span(f" [{row.unit}]", className="muted")])]
         for p in policies:
-            text = fmt(values[p], row.digits) if math.isfinite(values[p]) else "–"
+            text = _value_text(values[p], row.digits)
             parts: list = [html.Span(text, className="value")]
             if p in best:
                 parts.append(html.Span(" ✓ best", className="best-mark"))
@@ -143,6 +152,10 @@ def _episodes(flags: np.ndarray, index: pd.DatetimeIndex, step: pd.Timedelta) ->
     from dashboards.events import episodes
 
     return [(pd.Timestamp(index[a]), pd.Timestamp(index[b - 1]) + step) for a, b in episodes(flags)]
+
+
+def _more_or_less(eur: float) -> str:
+    return f"{abs(eur):,.2f} EUR {'more' if eur > 0 else 'less'}"
 
 
 def driver_sentences(summaries: Mapping[str, pd.DataFrame], *, reference: str | None, windows: pd.DataFrame,
@@ -189,21 +202,22 @@ def driver_sentences(summaries: Mapping[str, pd.DataFrame], *, reference: str | 
                 share, peak = share * sign, peak * sign  # from the point of view of the one that lost control
                 higher = f", {abs(peak):.3f} MW {'higher' if peak > 0 else 'lower'} peak" if abs(peak) >= 0.0005 else ""
                 candidates.append((abs(share), f"{who} lost control {_span_text(start, end)} "
-                                               f"({cause[0] if cause else 'controller offline'}): "
-                                               f"{share:+,.2f} EUR against {against}{higher}"))
+                                               f"({cause[0] if cause else 'controller offline'}): it paid "
+                                               f"{_more_or_less(share)} than {against} there{higher}"))
         for w in windows.itertuples(index=False) if len(windows) else ():
             share, peak = effect(pd.Timestamp(w.start), pd.Timestamp(w.end))
             if share:
                 higher = f", {abs(peak):.3f} MW {'higher' if peak > 0 else 'lower'} peak" if abs(peak) >= 0.0005 else ""
                 candidates.append((abs(share), f"during the {w.label} {_span_text(pd.Timestamp(w.start), pd.Timestamp(w.end))}"
-                                               f" {reference} paid {share:+,.2f} EUR against {policy}{higher}"))
+                                               f" {reference} paid {_more_or_less(share)} than {policy}{higher}"))
         if "price_eur_per_mwh" in a.columns:
             price = a["price_eur_per_mwh"].to_numpy(float)
             if np.isfinite(price).any() and np.nanmax(price) > np.nanmin(price):
                 dear = price >= np.nanmax(price)
                 share = float(np.nansum(diff[dear]))
                 candidates.append((abs(share), f"{abs(share) / abs(total):.0%} of the difference falls in the "
-                                               f"peak-price intervals ({reference} {share:+,.2f} EUR there)"))
+                                               f"peak-price intervals ({reference} paid {_more_or_less(share)} "
+                                               f"than {policy} there)"))
         candidates = [c for c in candidates if c[0] >= 0.005]
         if candidates:
             _, text = max(candidates, key=lambda c: c[0])

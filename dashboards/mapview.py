@@ -17,7 +17,7 @@ from dashboards.data import RunData
 from twin.grid.topology import FeederTopology
 from twin.reporting.figures import feeder_map_figure, policy_colors
 
-__all__ = ["DER_SYMBOLS", "asset_unit", "bus_assets", "clicked_bus", "keep_zoom", "map_figure"]
+__all__ = ["DER_SYMBOLS", "KEEP_ZOOM_JS", "asset_unit", "bus_assets", "clicked_bus", "keep_zoom", "map_figure"]
 
 #: Marker symbol and colour per asset kind.
 DER_SYMBOLS = {
@@ -61,9 +61,31 @@ def clicked_bus(click: Any, topology: FeederTopology | None) -> str | None:
     return None
 
 
+#: The browser side of keeping the map's zoom: the server's map goes to a store, and this copies it into the
+#: graph with the zoom the graph shows at that moment. A zoom made while a refresh was on its way (its
+#: request carried the zoom from before) is then kept too; Plotly's ``uirevision`` does not keep it when Dash
+#: replaces the figure. Arguments: the figure from the server, the graph's id.
+KEEP_ZOOM_JS = """
+function(fig, graphId) {
+    if (!fig) { return window.dash_clientside.no_update; }
+    const gd = document.querySelector('#' + graphId + ' .js-plotly-plot');
+    const shown = gd && gd.layout;
+    if (!shown) { return fig; }
+    const layout = Object.assign({}, fig.layout || {});
+    for (const axis of ['xaxis', 'yaxis']) {
+        const now = shown[axis];
+        if (now && now.autorange === false && Array.isArray(now.range) && now.range.length === 2) {
+            layout[axis] = Object.assign({}, layout[axis] || {}, {range: now.range.slice(), autorange: false});
+        }
+    }
+    return Object.assign({}, fig, {layout: layout});
+}
+"""
+
+
 def keep_zoom(fig: go.Figure, relayout: Any) -> go.Figure:
-    """Apply the user's last pan / zoom of the map (its ``relayoutData``) to a redrawn map. Plotly's
-    ``uirevision`` does not survive Dash replacing the figure here, so the ranges travel explicitly."""
+    """Apply the user's last pan / zoom of the map (its ``relayoutData``) to a redrawn map, so the figure the
+    server sends already has it (``KEEP_ZOOM_JS`` then applies the zoom shown when it arrives)."""
     if not isinstance(relayout, dict):
         return fig
     for axis in ("xaxis", "yaxis"):
@@ -83,6 +105,8 @@ def _der_trace(topology: FeederTopology, assets: pd.DataFrame, *, spread: float)
     frame = pd.DataFrame({"bus": assets["bus"].astype(str), "kind": assets["kind"].astype(str)})
     frame = frame[frame["bus"].isin(xy.index)]
     counts = frame.groupby(["kind", "bus"]).size()
+    # On a big feeder thousands of full-size markers would hide the bus voltages they sit on.
+    size, opacity = (8, 1.0) if len(xy) < 300 else (5, 0.55)
     traces = []
     for k, (kind, (symbol, colour)) in enumerate(DER_SYMBOLS.items()):
         if kind not in counts.index.get_level_values(0):
@@ -93,7 +117,7 @@ def _der_trace(topology: FeederTopology, assets: pd.DataFrame, *, spread: float)
         y = xy["y"].reindex(per_bus.index).to_numpy(float) + spread * np.sin(angle)
         traces.append(go.Scatter(
             x=x, y=y, mode="markers", name=kind.replace("_", " "), legendgroup="der",
-            marker=dict(symbol=symbol, size=8, color=colour, line=dict(width=0.5, color="#ffffff")),
+            marker=dict(symbol=symbol, size=size, color=colour, opacity=opacity, line=dict(width=0.5, color="#ffffff")),
             customdata=np.asarray(per_bus.index, dtype=object),
             hovertext=[f"{n} {kind.replace('_', ' ')} at bus {b}" for b, n in per_bus.items()], hoverinfo="text"))
     return traces

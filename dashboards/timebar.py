@@ -13,7 +13,7 @@ from dash import Input, Output, State, ctx, dcc, html
 from dashboards.components import fmt
 from dashboards.timeline import Axis, TimeView
 
-__all__ = ["PLAY_PERIOD_MS", "layout", "register", "step_view"]
+__all__ = ["PLAY_PERIOD_MS", "layout", "register", "scrubber_marks", "step_view"]
 
 #: How often playback advances the cursor by one interval.
 PLAY_PERIOD_MS = 700
@@ -65,10 +65,16 @@ def step_view(view: TimeView, axis: Axis, trigger: str | None, *, slider: Any = 
     return view
 
 
-def _marks(axis: Axis) -> dict[int, str]:
-    """One mark per day (a few per run at most, so long runs stay readable)."""
+def scrubber_marks(axis: Axis) -> dict[int, str]:
+    """One mark per day (a few per run at most, so long runs stay readable); every 3 hours on a run of two
+    days or less, where one mark a day would leave the scrubber bare."""
     if axis.start is None or axis.n == 0:
         return {}
+    if axis.n * axis.step <= pd.Timedelta("2D") and axis.step <= pd.Timedelta("1h"):
+        every = max(1, int(pd.Timedelta("3h") / axis.step))
+        first = int(-((axis.start - axis.start.floor("3h")) // axis.step) % every)
+        return {i: f"{axis.time_at(i):%d %b}" if axis.time_at(i) == axis.time_at(i).normalize()
+                else f"{axis.time_at(i):%H:%M}" for i in range(first, axis.n, every)}
     per_day = max(1, int(pd.Timedelta("1D") / axis.step))
     every = per_day * max(1, (axis.n // per_day) // 8 + 1)
     first = int(-((axis.start - axis.start.normalize()) // axis.step) % per_day)  # the first midnight
@@ -95,7 +101,9 @@ def register(app: dash.Dash) -> None:
             cursor_text, range_text = "no interval recorded yet", ""
         else:
             cursor_text = f"cursor {fmt(cursor)}" + (" (latest)" if view.following else "")
-            range_text = ("whole run" if view.start is None else f"zoom {fmt(span[0])} → {fmt(span[1])}") if span else ""
+            zoom = "showing the whole run" if view.start is None else f"zoom {fmt(span[0])} → {fmt(span[1])}"
+            range_text = zoom if span else ""
         out_view = view.to_store() if view != before else dash.no_update
         return (out_view, not view.playing, "❚❚ pause" if view.playing else "▶ play", max(axis.n - 1, 1), index,
-                _marks(axis), cursor_text, range_text, "tb-button tb-live-on" if view.following else "tb-button")
+                scrubber_marks(axis), cursor_text, range_text,
+                "tb-button tb-live-on" if view.following else "tb-button")

@@ -30,21 +30,28 @@ class BrowserLog:
         self.problems: list[str] = []
         self.navigating = False
         self.expected_statuses: set[int] = set()
+        #: the test running now (set by the test module), so a problem names where it happened
+        self.where = ""
+
+    def add(self, problem: str) -> None:
+        self.problems.append(f"[{self.where}] {problem}" if self.where else problem)
 
     def attach(self, page: Any) -> None:
-        page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}")
+        page.on("console", lambda m: self.add(f"console {m.type}: {m.text}")
                 if m.type in ("error", "warning") else None)
-        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("pageerror", lambda e: self.add(f"page error: {e}"))
         page.on("requestfailed", self._failed)
-        page.on("response", lambda r: self.problems.append(f"HTTP {r.status} {r.url}")
+        page.on("response", lambda r: self.add(f"HTTP {r.status} {r.url}")
                 if r.status >= 400 and r.status not in self.expected_statuses else None)
         page.on("request", lambda r: None if r.url.startswith((self.base, "data:", "blob:"))
-                else self.problems.append(f"off-machine request {r.url}"))
+                else self.add(f"off-machine request {r.url}"))
 
     def _failed(self, request: Any) -> None:
         if self.navigating and request.failure == "net::ERR_ABORTED":
             return
-        self.problems.append(f"request failed {request.url}: {request.failure}")
+        if "/export/" in request.url and request.failure == "net::ERR_ABORTED":
+            return  # a download: Chromium hands the response to its download manager and aborts the request
+        self.add(f"request failed {request.url}: {request.failure}")
 
 
 @contextlib.contextmanager

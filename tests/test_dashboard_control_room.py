@@ -7,6 +7,7 @@ run. Screenshots of every step go to the test's ``shots`` folder."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from dashboards import create_app
 from dashboards.synthetic import SyntheticTwin, radial_topology
+from twin.commands import CommandChannel
 from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, BrowserLog, serving
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -48,15 +50,17 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     twin.advance(16)
     twin.settle()
     (run / "report.html").write_text("<!doctype html><title>gridtwin report</title><h1>demo report</h1>")
-    stop = threading.Event()
+    stop, writing = threading.Event(), threading.Event()
 
-    def run_twin() -> None:  # a paced twin: one interval per period
+    def run_twin() -> None:  # a paced twin: one interval per period, while a test wants live refreshes
         while not stop.wait(TWIN_PERIOD_S):
-            twin.advance(1)
+            if writing.is_set():
+                twin.advance(1)
 
     writer = threading.Thread(target=run_twin, name="synthetic-twin", daemon=True)
     writer.start()
-    app = create_app(run, operator_password=PASSWORD, studies_dir=studies, refresh_s=REFRESH_S, stale_after_s=30)
+    app = create_app(run, operator_password=PASSWORD, studies_dir=studies, refresh_s=REFRESH_S,
+                     stale_after_s=3600)  # the twin pauses between the tests that need it writing
     with serving(app.server) as base, playwright_sync.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
@@ -69,11 +73,29 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                                             r.headers.get("content-encoding", "")))
         try:
             yield {"page": page, "context": context, "base": base, "log": log, "shots": shots, "run": run,
-                   "encodings": encodings, "root": root, "browser": browser}
+                   "encodings": encodings, "root": root, "browser": browser, "writing": writing}
         finally:
             browser.close()
             stop.set()
             writer.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _name_the_test(room: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[None]:
+    room["log"].where = request.node.name  # a browser problem then names the test it happened in
+    yield
+    room["log"].where = ""
+
+
+@contextlib.contextmanager
+def _live(room: dict[str, Any]) -> Iterator[None]:
+    """The twin writes an interval every TWIN_PERIOD_S inside this block only: every new interval makes every
+    open chart redraw, which would slow the tests that need no live refresh."""
+    room["writing"].set()
+    try:
+        yield
+    finally:
+        room["writing"].clear()
 
 
 def _goto(room: dict[str, Any], path: str) -> None:
@@ -109,6 +131,13 @@ def test_overview_says_who_wins_and_why(room: dict[str, Any]) -> None:
     assert "✓ best" in table and "Controller uptime" in table
     cost_cell = page.inner_text("#glance-table td[data-kpi='energy_cost_eur'][data-policy='depin']")
     assert "EUR" in cost_cell and "%" not in cost_cell
+    # The better value by meaning: depin is cheaper (lower cost wins) and never lost its controller (more uptime).
+    for kpi in ("energy_cost_eur", "controller_uptime_percent"):
+        assert "✓ best" in page.inner_text(f"#glance-table td[data-kpi='{kpi}'][data-policy='depin']"), kpi
+        assert "✓ best" not in page.inner_text(f"#glance-table td[data-kpi='{kpi}'][data-policy='scada']"), kpi
+    assert "scada lost control Mon 06 Jun 01:00–02:00 (control-centre outage)" in drivers  # the scheduled outage
+    page.wait_for_function("(document.querySelector('#ov-map .js-plotly-plot')?.data || [])"
+                           ".some(t => t.name === 'buses')")
     _shot(room, "1-overview")
 
 
@@ -169,25 +198,29 @@ def test_one_zoom_for_every_chart_kept_across_live_refreshes(room: dict[str, Any
         return r[0] === want[0] && r[1] === want[1]; })""", arg=[list(CHARTS), zoomed, RANGE_JS])
     _shot(room, "3-zoomed")
     done = _intervals_done(page)
-    page.wait_for_function("""([n]) => {
-        const m = document.querySelector('#run-progress').innerText.match(/([\\d,]+)\\/[\\d,]+ intervals/);
-        return m && parseInt(m[1].replace(/,/g, '')) >= n + 2; }""", arg=[done], timeout=15_000)
-    time.sleep(2 * REFRESH_S)  # two more refreshes redraw the charts with the new intervals
+    with _live(room):
+        page.wait_for_function("""([n]) => {
+            const m = document.querySelector('#run-progress').innerText.match(/([\\d,]+)\\/[\\d,]+ intervals/);
+            return m && parseInt(m[1].replace(/,/g, '')) >= n + 2; }""", arg=[done], timeout=15_000)
+        time.sleep(2 * REFRESH_S)  # two more refreshes redraw the charts with the new intervals
     for chart in CHARTS:
         assert page.evaluate(RANGE_JS, chart) == zoomed, chart
     page.click("#tb-reset")
-    page.wait_for_function("document.querySelector('#tb-range').innerText === 'whole run'")
+    page.wait_for_function("document.querySelector('#tb-range').innerText === 'showing the whole run'")
     page.wait_for_function("([js, z]) => { const r = eval(js)('cmp-head'); return r[0] !== z[0] || r[1] !== z[1]; }",
                            arg=[RANGE_JS, zoomed])  # every chart back to the whole run
 
 
 def test_map_zoom_and_bus_selection_survive_live_refreshes(room: dict[str, Any]) -> None:
     page = room["page"]
-    page.click("#nav-overview")
+    _goto(room, "/")
     page.wait_for_selector("#ov-map .main-svg")
     _click_bus(page, room["run"])
     page.wait_for_selector("#ov-bus-head")
     bus = page.inner_text("#ov-bus-head").split(" — ")[0]
+    page.wait_for_function("document.querySelector('#ov-map .js-plotly-plot').data"
+                           ".some(t => String(t.name).startsWith('selected: bus'))")  # redrawn with the selection
+    time.sleep(0.5)
     map_range = "() => Array.from(document.querySelector('#ov-map .js-plotly-plot')._fullLayout.xaxis.range).map(String)"
     whole = page.evaluate(map_range)
     box = page.locator("#ov-map .nsewdrag").first.bounding_box()
@@ -198,9 +231,10 @@ def test_map_zoom_and_bus_selection_survive_live_refreshes(room: dict[str, Any])
     page.wait_for_function("([js, w]) => eval(js)().join() !== w.join()", arg=[map_range, whole])
     zoomed = page.evaluate(map_range)
     caption = page.inner_text("#ov-caption")
-    page.wait_for_function("([c]) => document.querySelector('#ov-caption').innerText !== c", arg=[caption],
-                           timeout=15_000)  # a refresh redrew the map with a new interval
-    time.sleep(REFRESH_S)
+    with _live(room):
+        page.wait_for_function("([c]) => document.querySelector('#ov-caption').innerText !== c", arg=[caption],
+                               timeout=15_000)  # a refresh redrew the map with a new interval
+        time.sleep(REFRESH_S)
     assert page.evaluate(map_range) == zoomed
     assert page.inner_text("#ov-bus-head").startswith(bus)  # the selection too
 
@@ -294,6 +328,39 @@ def test_a_fault_no_policy_can_feel_is_refused_and_others_need_a_confirmation(ro
     assert page.inner_text("#op-fault-result") == ""  # cancelled: nothing was sent
 
 
+def test_a_fault_is_refused_in_the_browser_when_no_policy_of_the_run_can_feel_it(room: dict[str, Any],
+                                                                                  tmp_path: Path) -> None:
+    run = tmp_path / "agents-only"
+    twin = SyntheticTwin(run, radial_topology(10, seed=1), policies=("depin",), n_intervals=8, n_assets=4)
+    twin.write_start()
+    twin.advance(2)
+    with serving(create_app(run, operator_password=PASSWORD, refresh_s=REFRESH_S, stale_after_s=3600).server) as base:
+        context = room["browser"].new_context(viewport={"width": 1400, "height": 1000})  # its own login cookie
+        page = context.new_page()
+        log = BrowserLog(base)
+        log.attach(page)
+        try:
+            page.goto(base + "/login?next=/faults")
+            page.fill("#login-operator", "alice")
+            page.fill("#login-password", PASSWORD)
+            with page.expect_navigation():
+                page.click("#login-submit")
+            page.wait_for_selector("#fault-review")
+            page.click("#fault-kind")
+            page.click("text=control-centre outage")
+            page.click("#fault-review")
+            page.wait_for_selector("#op-fault-confirm .notice-critical")
+            assert page.inner_text("#op-fault-confirm") == (
+                "refused: no policy of this run can feel a control-centre outage — a control-centre outage acts only "
+                "on central policies; depin coordinates its agents over the mesh")
+            assert not page.is_visible("#fault-submit")  # nothing to confirm, nothing sent
+            page.screenshot(path=str(room["shots"] / "2-fault-refused.png"), full_page=True)
+        finally:
+            context.close()
+        assert log.problems == []
+    assert CommandChannel(run).take() == []
+
+
 # -- 4 ------------------------------------------------------------------------------------------------------
 def _click_bus(page: Any, run: Path) -> None:
     """Click the map marker of the bus the first asset sits on (plotly's own axis mapping gives the pixel)."""
@@ -317,6 +384,7 @@ def test_a_map_click_drills_down_to_an_asset_in_kw(room: dict[str, Any]) -> None
     page = room["page"]
     _goto(room, "/")
     page.wait_for_selector("#ov-map .main-svg")
+    page.wait_for_function("(document.querySelector('#ov-map .js-plotly-plot').data || []).some(t => t.name === 'buses')")
     names = page.evaluate("document.querySelector('#ov-map .js-plotly-plot').data.map(t => t.name)")
     assert {"battery", "pv", "ev charger", "flex load"} & set(names)  # DER locations on the map
     _click_bus(page, room["run"])
@@ -339,6 +407,22 @@ def test_a_map_click_drills_down_to_an_asset_in_kw(room: dict[str, Any]) -> None
     page.press("#as-filter", "Enter")
     page.wait_for_function("document.querySelector('#as-page-label').innerText === 'rows 1–2 of 2'")
     _shot(room, "4-assets")
+    import json
+
+    kinds = {}
+    for a in json.loads((room["run"] / "meta.json").read_text())["assets"]:
+        kinds.setdefault(a["kind"], a["asset_id"])
+    assert set(kinds) == {"battery", "pv", "ev_charger", "flex_load"}
+    for kind, asset in kinds.items():  # every kind over the run's own days, in kW (kWh for a battery's SOC)
+        _goto(room, f"/assets?policy=scada&asset={asset}")
+        page.wait_for_function("([a]) => document.querySelector('#as-figure .gtitle')?.textContent.startsWith(a)",
+                               arg=[asset])
+        layout = page.evaluate("document.querySelector('#as-figure .js-plotly-plot').layout")
+        assert layout["yaxis"]["title"]["text"] == "kW", kind
+        assert layout["yaxis2"]["title"]["text"] == "kWh", kind
+        assert [str(t)[:10] for t in layout["xaxis"]["range"]] == ["2016-06-06", "2016-06-06"], kind
+        texts = page.locator("#as-figure .annotation-text").all_text_contents()
+        assert ("no storage" in texts) == (kind != "battery"), kind
 
 
 def test_the_fleet_pages(room: dict[str, Any], tmp_path: Path) -> None:
@@ -387,6 +471,17 @@ def test_csv_exports_download_and_the_report_is_linked(room: dict[str, Any]) -> 
     with page.expect_download() as download:
         page.click("#as-fleet-csv")
     assert "P now [kW]" in Path(download.value.path()).read_text().splitlines()[0]
+    with page.expect_download() as download:
+        page.click("#as-series-asset_p_mw")  # a chart's series: one row per interval, one column per asset
+    rows = Path(download.value.path()).read_text().splitlines()
+    assert download.value.suggested_filename == "synthetic-scada-asset_p_mw.csv"
+    assert rows[0].split(",")[0] == "time" and rows[1].startswith("2016-06-06T00:00:00Z,")
+    page.click("#nav-comparison")
+    page.wait_for_selector("#cmp-series-0")
+    with page.expect_download() as download:
+        page.click("#cmp-series-0")
+    header = Path(download.value.path()).read_text().splitlines()[0].split(",")
+    assert header[0] == "time" and "p_head_mw" in header and "cost_eur" in header
 
 
 def test_no_upload_button_anywhere_and_static_files_are_compressed(room: dict[str, Any]) -> None:
@@ -412,7 +507,8 @@ def test_studies_are_labelled_by_their_parameters(room: dict[str, Any]) -> None:
     page = room["page"]
     page.click("#nav-studies")
     page.wait_for_selector("#sd-table-rows")
-    ticks = page.locator("#sd-figure .xtick text").all_inner_texts()
+    page.wait_for_selector("#sd-figure .xtick text")
+    ticks = page.locator("#sd-figure .xtick text").all_text_contents()
     assert ticks == ["PV penetration (fleet)=0.5", "PV penetration (fleet)=1"]
     headers = page.locator("#sd-table-rows th").all_inner_texts()
     assert "Energy cost [EUR]" in headers and "variant_id" not in headers
@@ -434,7 +530,7 @@ def test_the_dashboard_waits_for_a_run_in_an_empty_folder(room: dict[str, Any], 
             twin = SyntheticTwin(run, radial_topology(10), n_intervals=8, n_assets=4, name="late-run")
             twin.write_start()
             twin.advance(4)
-            page.wait_for_selector("#glance-table", timeout=6 * REFRESH_S * 1000)  # no reload needed
+            page.wait_for_selector("#glance-table", timeout=30_000)  # no reload needed
             page.wait_for_function("document.querySelector('#run-name').innerText === 'late-run'")
             assert page.query_selector("text=waiting for the run in") is None
             page.wait_for_selector("#ov-map .main-svg")

@@ -90,6 +90,44 @@ def test_tables_are_read_incrementally_and_match_the_run_store(tmp_path: Path) -
     assert data.table("scada", "vm_pu").empty  # no parts yet: empty, not an error
 
 
+def test_a_read_while_the_twin_writes_an_interval_sees_whole_intervals(tmp_path: Path) -> None:
+    store = new_run(tmp_path)
+    store.append(hand_records("depin", 0, [[1.0, 0.94, 0.93], [1.0, 1.0, 1.0]]))
+    store.append(hand_records("depin", 2, [[1.0, 0.99, 0.99]]))
+    # The twin had written interval 2's voltages but not yet its loadings when the dashboard read them.
+    for name in ("line_loading_percent", "trafo_loading_percent", "summary"):
+        parts = sorted((tmp_path / "depin" / name).glob("part-*.parquet"))
+        parts[-1].unlink()
+    records = RunData(tmp_path).records("depin")
+    assert len(records.vm_pu) == len(records.line_loading_percent) == len(records.summary) == 2
+    kpis = RunData(tmp_path).kpis()  # no shape error: the KPIs of the two whole intervals
+    assert kpis.at["voltage_violation_bus_intervals", "depin"] == 2
+
+
+def test_warming_reads_every_table_once(tmp_path: Path) -> None:
+    store = new_run(tmp_path)
+    store.append(hand_records("depin", 0, [[1.0, 0.99, 0.98], [1.0, 0.98, 0.97]]))
+    data = RunData(tmp_path)
+    data.warm()
+    written = {name for name in PolicyRecords.TABLES if (tmp_path / "depin" / name).is_dir()}
+    assert {n for (p, n), c in data._tables.items() if p == "depin" and c.parts == 1} == written
+    assert data.table("depin", "vm_pu")["2"].tolist() == [0.98, 0.97]  # from the cache, the same frame
+
+
+def test_live_kpis_are_recomputed_in_the_background_and_the_last_shown_meanwhile(tmp_path: Path) -> None:
+    store = new_run(tmp_path)
+    store.append(hand_records("depin", 0, [[1.0, 0.94, 0.93]]))
+    data = RunData(tmp_path, live_kpis_every_s=0.0)
+    assert data.kpis().at["voltage_violation_bus_intervals", "depin"] == 2  # the first: computed right away
+    store.append(hand_records("depin", 1, [[1.0, 0.94, 1.0]]))
+    store.write_status(done=2, total=8, state="running")
+    assert data.kpis().at["voltage_violation_bus_intervals", "depin"] == 2  # the last ones, while it recomputes
+    deadline = time.monotonic() + 20
+    while data.kpis().at["voltage_violation_bus_intervals", "depin"] != 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert data.kpis().at["voltage_violation_bus_intervals", "depin"] == 3  # 2 + bus 1 in interval 1
+
+
 def test_live_kpis_then_the_runs_kpis(tmp_path: Path) -> None:
     store = new_run(tmp_path)
     rec = hand_records("depin", 0, [[1.0, 0.94, 0.93], [1.0, 1.0, 1.0]])

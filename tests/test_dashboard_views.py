@@ -28,7 +28,7 @@ from dashboards.mapview import asset_unit, clicked_bus
 from dashboards.pages.studies import column_title, variant_labels
 from dashboards.synthetic import SyntheticTwin, radial_topology
 from dashboards.tables import natural_key, next_page
-from dashboards.timebar import step_view
+from dashboards.timebar import scrubber_marks, step_view
 from dashboards.timeline import Axis, TimeView, decorate, zoom_from_relayout
 from twin.commands import CommandChannel, OperatorCommand
 from twin.reporting.figures import head_power_figure
@@ -88,8 +88,8 @@ def test_the_driver_sentence_names_the_outage_and_what_it_cost() -> None:
     (sentence,) = driver_sentences({"scada": scada, "depin": depin}, reference="scada", windows=spans, step=STEP)
     assert sentence.startswith("depin is 4.60 EUR cheaper than scada (8.00 vs 12.60 EUR).")
     # 2 × (3.0 - 1.0) = 4.00 EUR of the 4.60, and a 0.05 - 0.03 = 0.020 MW higher peak
-    assert ("Biggest driver: scada lost control Mon 06 Jun 01:00–01:30 (control-centre outage): +4.00 EUR "
-            "against depin, 0.020 MW higher peak.") in sentence
+    assert ("Biggest driver: scada lost control Mon 06 Jun 01:00–01:30 (control-centre outage): it paid 4.00 EUR "
+            "more than depin there, 0.020 MW higher peak.") in sentence
 
 
 # -- 2. events and alarms ---------------------------------------------------------------------------------
@@ -410,3 +410,20 @@ def test_fuzzed_time_views_never_break_a_page(synthetic: Path) -> None:
         assert pages.map_view(data, policy="scada", view=view, click=None)[1].startswith("scada at 2016-06-06")
 
 
+def test_the_maps_zoom_travels_to_the_redrawn_map(synthetic: Path) -> None:
+    data = RunData(synthetic)
+    zoomed, _ = pages.map_view(data, policy="scada", view=None, click=None,
+                               zoom={"xaxis.range[0]": 1.5, "xaxis.range[1]": 4.0, "yaxis.range": [-3, -1]})
+    assert list(zoomed.layout.xaxis.range) == [1.5, 4.0] and list(zoomed.layout.yaxis.range) == [-3.0, -1.0]
+    reset, _ = pages.map_view(data, policy="scada", view=None, click=None, zoom={"xaxis.autorange": True})
+    assert reset.layout.xaxis.range is None
+
+
+def test_the_scrubber_marks_hours_on_a_day_and_days_on_a_week() -> None:
+    t0, step = pd.Timestamp("2016-06-10T00:00:00Z"), pd.Timedelta("15min")
+    day = scrubber_marks(Axis(t0, step, 96))
+    assert day == {0: "10 Jun", 12: "03:00", 24: "06:00", 36: "09:00", 48: "12:00", 60: "15:00", 72: "18:00",
+                   84: "21:00"}  # every 3 h = 12 intervals of 15 min
+    assert scrubber_marks(Axis(t0 + pd.Timedelta("1h"), step, 12)) == {8: "03:00"}  # 01:00 + 8 × 15 min
+    week = scrubber_marks(Axis(t0, step, 7 * 96))
+    assert week == {i * 96: f"{10 + i} Jun" for i in range(7)}

@@ -121,11 +121,22 @@ def asset_view(data: RunData, policy: str | None, asset_id: str | None, view: An
     rating = assets.at[asset_id, "p_max_mw"] if asset_id in assets.index and "p_max_mw" in assets.columns else None
     unit, _ = asset_unit(rating)
     setpoint = col("asset_setpoint_mw")
+    soc = col("asset_soc_mwh")
+    if soc is not None and not np.isfinite(soc.to_numpy(float)).any():
+        soc = None  # PV, a charger or a load: the table has a column for it, but no storage to show
     fig = asset_figure(asset_id=asset_id, actual_mw=actual[asset_id],
                        setpoint_mw=setpoint if setpoint is not None else actual[asset_id] * np.nan,
-                       soc_mwh=col("asset_soc_mwh"), clipped=col("asset_clipped"), fallback=col("asset_fallback"),
+                       soc_mwh=soc, clipped=col("asset_clipped"), fallback=col("asset_fallback"),
                        description=f"{policy}: {_label(asset_id, assets)}", power_unit=unit)
     return time_chart(fig, data, view)
+
+
+#: The asset tables the page offers as CSV (``/export/series.csv``): (table, link label).
+_SERIES = (("asset_p_mw", "power [MW]"), ("asset_setpoint_mw", "setpoints [MW]"), ("asset_soc_mwh", "SOC [MWh]"))
+
+
+def _series_href(policy: str | None, table: str) -> str:
+    return "/export/series.csv?" + urlencode({"policy": policy or "", "table": table})
 
 
 def layout(data: RunData, query: dict[str, str]) -> html.Div:
@@ -143,7 +154,11 @@ def layout(data: RunData, query: dict[str, str]) -> html.Div:
             html.Label(["Asset ", dcc.Dropdown(id="as-asset", options=assets, value=chosen,
                                                className="dropdown wide")]),
         ], className="controls"),
-        html.Div([graph("as-figure")], className="panel"),
+        html.Div([graph("as-figure"),
+                  html.Div(["as CSV, every asset of this policy: ",
+                            *[html.A(label, id=f"as-series-{table}", className="button button-quiet",
+                                     href=_series_href(policy, table)) for table, label in _SERIES]],
+                           className="caption")], className="panel"),
         html.Div([html.H3("Fleet", className="inline"),
                   html.A("fleet as CSV", id="as-fleet-csv", href="/export/fleet.csv", className="button button-quiet")],
                  className="panel-head"),
@@ -165,9 +180,10 @@ def layout(data: RunData, query: dict[str, str]) -> html.Div:
 def register(app: dash.Dash, c: Context) -> None:
     data = c.data
 
-    @app.callback(Output("as-asset", "options"), Input("as-policy", "value"))
+    @app.callback(Output("as-asset", "options"), *[Output(f"as-series-{t}", "href") for t, _ in _SERIES],
+                  Input("as-policy", "value"))
     def asset_list(policy: Any) -> Any:
-        return asset_options(data, text(policy))
+        return asset_options(data, text(policy)), *[_series_href(text(policy), t) for t, _ in _SERIES]
 
     @app.callback(Output("as-fleet", "children"), Output("as-page", "data"), Output("as-page-label", "children"),
                   Output("as-fleet-csv", "href"),

@@ -4,6 +4,7 @@ costs and payments on the shared time axis (fault and DR windows shaded), and al
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import dash
 from dash import Input, Output, html
@@ -33,6 +34,10 @@ def layout(data: RunData) -> html.Div:
                  "point to move the cursor there. Shaded: faults (red) and demand-response events (amber).",
                  className="caption"),
         *[html.Div([graph(chart_id)], className="panel") for chart_id in CHARTS],
+        html.Div(["The series behind these charts (one row per interval) as CSV: "] + [
+            html.A(p, href="/export/series.csv?" + urlencode({"policy": p, "table": "summary"}),
+                   className="button button-quiet", id=f"cmp-series-{i}") for i, p in enumerate(data.policies())],
+                 className="caption", id="cmp-series"),
         html.Div([html.H3("All KPIs", className="inline"),
                   html.A("KPIs as CSV", href="/export/kpis.csv", className="button button-quiet")],
                  className="panel-head"),

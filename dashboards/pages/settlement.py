@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from dash import Input, Output, State, ctx, dcc, html
 
 from dashboards.components import fmt, graph, html_table, notice
-from dashboards.data import LedgerView, RunData
+from dashboards.data import LedgerView, RunData, reference_policy
 from dashboards.pages.common import Context, register_chart_time, text, time_chart, waiting
 from dashboards.tables import natural_key, next_page, page_controls, paged_table
 from twin.reporting.figures import empty_figure, payments_figure
@@ -29,7 +29,8 @@ SIGN_NOTE = ("Amounts are what each account received: + = paid to that account, 
 
 def ledger_options(data: RunData) -> tuple[list[dict[str, str]], str | None]:
     labels = list(data.ledgers())
-    return [{"label": label, "value": label} for label in labels], (labels[0] if labels else None)
+    # The reference's ledger first, as on every other page (the one the others are compared with).
+    return [{"label": label, "value": label} for label in labels], reference_policy(labels)
 
 
 def _ledger(data: RunData, label: str | None) -> LedgerView | None:
@@ -99,6 +100,11 @@ def settlement_status(data: RunData, label: str | None, view: Any = None, *, pag
             html.Div([html.Div(SIGN_NOTE, className="muted"), table]), figure, options, page, page_label)
 
 
+#: Posting columns as an operator reads them (the CSV export keeps the ledger's own names).
+_POSTING_HEADERS = {"seq": "entry", "interval_start": "interval start", "interval_end": "interval end",
+                    "rule_version": "rule version", "amount": "amount [EUR]", "balance": "balance [EUR]"}
+
+
 def statement_view(data: RunData, label: str | None, participant: str | None, *, page: Any = 0,
                    trigger: str | None = None) -> tuple[Any, int, str, str]:
     """(a participant's statement with one page of postings, that page, its label, the CSV link)."""
@@ -111,7 +117,7 @@ def statement_view(data: RunData, label: str | None, participant: str | None, *,
         return notice(f"no statement for {participant!r} in {label}"), 0, "", ""
     statement = data.statement(label, participant)
     by_rule = pd.DataFrame({"rule": list(statement.by_rule), "amount [EUR]": list(statement.by_rule.values())})
-    rows = statement.rows.drop(columns=["detail"], errors="ignore").iloc[::-1]
+    rows = statement.rows.drop(columns=["detail"], errors="ignore").iloc[::-1].rename(columns=_POSTING_HEADERS)
     page = next_page(page, trigger=trigger, prev_id="st-prev", next_id="st-next", n_rows=len(rows))
     table, page_label = paged_table(rows, page=page, table_id="st-rows")
     csv = "/export/statement.csv?" + urlencode({"ledger": label, "participant": participant})

@@ -408,6 +408,9 @@ def asset_figure(
         fig.add_trace(go.Scatter(x=soc_mwh.index, y=soc_mwh.to_numpy(float) * scale, name="SOC", mode="lines",
                                  line=dict(color="#009E73", width=1.8)), row=2, col=1)
     else:
+        # An empty row is not drawn at all (nor its note): a blank trace keeps its axes on screen.
+        fig.add_trace(go.Scatter(x=actual_mw.index[:1], y=[None] * min(len(actual_mw.index), 1), mode="lines",
+                                 name="no storage", showlegend=False, hoverinfo="skip"), row=2, col=1)
         fig.add_annotation(text="no storage", showarrow=False, xref="x2 domain", yref="y2 domain", x=0.5, y=0.5)
     if clipped is not None:
         reasons = clipped.astype(str)
