@@ -26,6 +26,8 @@ __all__ = [
     "EV_SESSION_COLUMNS",
     "FleetError",
     "FleetRatings",
+    "PHASE_COLUMN",
+    "PHASE_VALUES",
     "build_fleet",
     "generate_ev_sessions",
     "participant_id_for_load",
@@ -62,6 +64,9 @@ ASSET_COLUMNS: tuple[str, ...] = (
     "flex_window",
 )
 EV_SESSION_COLUMNS: tuple[str, ...] = ("asset_id", "arrival", "departure", "energy_mwh")
+#: Optional column: the asset's phase connection in three-phase runs (grids.phases fills it when absent).
+PHASE_COLUMN = "phase"
+PHASE_VALUES: tuple[str, ...] = ("a", "b", "c", "abc")
 
 _ID_PREFIX: Mapping[AssetKind, str] = {
     AssetKind.PV: "pv",
@@ -222,7 +227,8 @@ def _asset_row(
 
 
 def _as_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    table = pd.DataFrame(rows, columns=["asset_id", *ASSET_COLUMNS])
+    phased = any(PHASE_COLUMN in row for row in rows)
+    table = pd.DataFrame(rows, columns=["asset_id", *ASSET_COLUMNS, *((PHASE_COLUMN,) if phased else ())])
     table = table.astype(
         {
             "kind": object,
@@ -287,6 +293,8 @@ def _validate_rows(df: pd.DataFrame, net: pp.pandapowerNet, *, where: Callable[[
             raise FleetError(f"{at}: field 'v2g': value {row['v2g']!r} is not a boolean")
         if not isinstance(row["flex_window"], pd.Timedelta) or row["flex_window"] < pd.Timedelta(0):
             raise FleetError(f"{at}: field 'flex_window': value {row['flex_window']!r} is not a duration >= 0")
+        if PHASE_COLUMN in df.columns and row[PHASE_COLUMN] not in PHASE_VALUES:
+            raise FleetError(f"{at}: field 'phase': value {row[PHASE_COLUMN]!r} is not one of {list(PHASE_VALUES)}")
 
 
 # ----------------------------------------------------------------------------------------------- CSV
@@ -294,7 +302,7 @@ def _validate_rows(df: pd.DataFrame, net: pp.pandapowerNet, *, where: Callable[[
 
 def write_fleet_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Write the fleet as CSV: ``asset_id`` first, durations as ISO 8601 (``PT4H``), booleans as true/false."""
-    out = df.loc[:, list(ASSET_COLUMNS)].copy()
+    out = df.loc[:, [*ASSET_COLUMNS, *((PHASE_COLUMN,) if PHASE_COLUMN in df.columns else ())]].copy()
     out["flex_window"] = [pd.Timedelta(w).isoformat() for w in out["flex_window"]]
     out["v2g"] = np.where(out["v2g"].astype(bool), "true", "false")
     out.to_csv(path, index_label="asset_id")
@@ -305,7 +313,8 @@ _FALSE = {"false", "0", "no"}
 
 
 def read_fleet_csv(path: str | os.PathLike[str], net: pp.pandapowerNet) -> pd.DataFrame:
-    """Read and validate a fleet CSV (header ``asset_id`` + ASSET_COLUMNS). Errors name the file line."""
+    """Read and validate a fleet CSV (header ``asset_id`` + ASSET_COLUMNS, optionally ``phase``). Errors name the
+    file line."""
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in ("asset_id", *ASSET_COLUMNS) if c not in raw.columns]
     if missing:
@@ -313,7 +322,10 @@ def read_fleet_csv(path: str | os.PathLike[str], net: pp.pandapowerNet) -> pd.Da
     rows: list[dict[str, Any]] = []
     for position, record in enumerate(raw.to_dict("records")):
         line = position + 2  # the header is line 1
-        rows.append(_parse_row(record, at=f"{os.fspath(path)} line {line} (asset {record['asset_id']!r})"))
+        row = _parse_row(record, at=f"{os.fspath(path)} line {line} (asset {record['asset_id']!r})")
+        if PHASE_COLUMN in raw.columns:
+            row[PHASE_COLUMN] = record[PHASE_COLUMN].strip()
+        rows.append(row)
     table = _as_table(rows) if rows else _as_table([])
     # Later rows overwrite earlier ones, so a duplicate id points at its second occurrence (the one to fix).
     line_of = {row["asset_id"]: position + 2 for position, row in enumerate(rows)}

@@ -19,7 +19,8 @@ import pandapower as pp
 
 import grids
 from controllers.api import AssetKind
-from grids.fleet import build_fleet, generate_ev_sessions, read_fleet_csv
+from grids.fleet import PHASE_COLUMN, build_fleet, generate_ev_sessions, read_fleet_csv
+from grids.phases import PhaseAllocation, allocate_phases
 from grids.profiles import DATA_END, DATA_START, ExogenousProfiles, feeder_profiles
 from twin.scenario import Scenario, ScenarioError, TariffSpec
 
@@ -58,6 +59,9 @@ class RunInputs:
     flex_base_mw: pd.DataFrame  # time × flex asset
     #: The telemetry file the load and generation came from (with its counts of dropped rows), if any.
     telemetry: TelemetryFile | None = None
+    #: Three-phase runs only (``[power_flow] phases = "three_phase"``): the phase of every native load and asset
+    #: (also the assets' ``phase`` column) and how it was chosen, for the run's metadata.
+    phases: PhaseAllocation | None = None
 
     def at(self, time: pd.Timestamp) -> int:
         """Row position of interval ``time`` in the input series."""
@@ -180,6 +184,11 @@ def build_inputs(scenario: Scenario) -> RunInputs:
             flex_share=fleet_spec.flex_share,
             seed=derive_seed(seed, "fleet"),
         )
+    phases = None
+    if scenario.power_flow.phases == "three_phase":
+        with _named("fleet.csv" if fleet_spec.csv else "feeder", fleet_spec.csv or scenario.feeder):
+            phases = allocate_phases(net, assets, feeder=scenario.feeder, seed=derive_seed(seed, "phases"))
+        assets = assets.assign(**{PHASE_COLUMN: phases.assets})
     check_period_in_data(scenario)
     telemetry = _read_telemetry_file(scenario, net, assets) if scenario.telemetry.source == "file" else None
     with _named("start", scenario.start.isoformat()):
@@ -212,4 +221,5 @@ def build_inputs(scenario: Scenario) -> RunInputs:
         pv_avail_mw=pv_avail,
         flex_base_mw=flex_base,
         telemetry=telemetry,
+        phases=phases,
     )

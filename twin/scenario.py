@@ -208,7 +208,12 @@ class LimitsSpec(_Strict):
 
 
 class PowerFlowSpec(_Strict):
+    """``engine``: pandapower (the model of record) or the fast path. ``phases``: ``balanced`` (positive
+    sequence, as before) or ``three_phase`` (every load and asset on its phase; twin.grid.three_phase and
+    twin.grid.fast3ph; the phase allocation and any assumed zero-sequence data go in the run's metadata)."""
+
     engine: Literal["pandapower", "fast"] = "pandapower"
+    phases: Literal["balanced", "three_phase"] = "balanced"
 
 
 class NetworkSpec(_Strict):
