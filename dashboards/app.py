@@ -78,7 +78,7 @@ def create_app(
         app.server.secret_key = secret_key
     install_static(app.server)
     auth.install(app.server, callback_path=f"{app.config.routes_pathname_prefix}_dash-update-component",
-                 callback_spec=app.callback_map.get)
+                 callback_spec=lambda output: _server_callback(app, output))
     # Dash answers a request for a script it does not ship with an exception (a 500): it is a 404.
     for missing in (dash.exceptions.DependencyException, dash.exceptions.InvalidResourceError):
         app.server.register_error_handler(missing, _not_found)
@@ -220,3 +220,10 @@ def serve(
     if operator_password and not _is_loopback(host):
         _log.warning("serving operator logins over plain HTTP on %s: put the dashboard behind TLS", host)
     app.run(host=host, port=port, debug=False)
+
+
+def _server_callback(app: Dash, output: str) -> Any:
+    """The app's server-side callback for an output string, or None: a browser-side (clientside) callback has no
+    server function, so a request naming one is malformed (400), not a server error."""
+    spec = app.callback_map.get(output)
+    return spec if spec is not None and "callback" in spec else None

@@ -104,6 +104,24 @@ def test_solve_many_matches_single_solves_and_runpp() -> None:
     pd.testing.assert_series_equal(batch.result_at(times[2]).vm_pu, single.vm_pu, check_names=False, atol=1e-9)
 
 
+def test_a_batch_is_the_step_path_case_after_case() -> None:
+    # solve_many_arrays runs each case with the single-case kernel from the case before it, as stepping does: a
+    # fresh solver stepped through the same cases gives the same numbers, bit for bit.
+    name = "kerber-dorfnetz"
+    rng = np.random.default_rng(11)
+    injections = [bus_injections(_scaled(_feeder(name), rng)) for _ in range(5)]
+    p_bus = np.column_stack([p.to_numpy(float) for p, _ in injections])
+    q_bus = np.column_stack([q.to_numpy(float) for _, q in injections])
+    batch = _solver(name).fresh().solve_many_arrays(p_bus, q_bus)
+    stepper = _solver(name).fresh()
+    assert batch.converged.all()
+    for k in range(len(injections)):
+        step = stepper.solve_arrays(p_bus[:, k], q_bus[:, k])
+        np.testing.assert_array_equal(batch.vm[:, k], step.vm)
+        np.testing.assert_array_equal(batch.line_loading[:, k], step.line_loading)
+        assert (batch.p_head_mw[k], batch.losses_mw[k]) == (step.p_head_mw, step.losses_mw)
+
+
 def test_out_of_service_line_leaves_isolated_buses_nan_like_pandapower() -> None:
     net = load_feeder("cigre-lv")
     net.line.loc[3, "in_service"] = False  # cuts buses 6..11 and 17..19 off the residential feeder

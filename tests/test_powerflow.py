@@ -73,6 +73,26 @@ def test_fleet_powers_enter_pandapower_in_the_right_sign() -> None:
     assert result.vm_pu[fleet.bus.iloc[0]] > base.vm_pu[fleet.bus.iloc[0]]
 
 
+def test_models_of_one_feeder_share_its_parts_but_not_their_state() -> None:
+    net = grids.load_feeder("cigre-lv")
+    first, second = GridModel(net, EMPTY_FLEET, engine="fast"), GridModel(net, EMPTY_FLEET, engine="fast")
+    assert first._template is second._template and first.fast is not second.fast
+    first.set_injections(load_p_mw=net.load.p_mw * 2, load_q_mvar=net.load.q_mvar * 2, sgen_p_mw=net.sgen.p_mw,
+                         asset_p_mw=pd.Series(dtype=float), asset_q_mvar=pd.Series(dtype=float))
+    doubled = first.solve()
+    as_is = solve_as_is(net)
+    # the second model (and the source net) never saw the first one's injections
+    assert first.net.load.p_mw.sum() == pytest.approx(2 * net.load.p_mw.sum())
+    assert second.net.load.p_mw.sum() == pytest.approx(net.load.p_mw.sum())
+    assert doubled.vm_pu.min() < as_is.vm_pu.min() - 1e-3
+    # the same net edited in place is a new snapshot: it gets its own parts
+    net.load["p_mw"] *= 1.5
+    scaled = GridModel(net, EMPTY_FLEET)
+    assert scaled._template is not first._template
+    net.line.loc[net.line.index[-1], "length_km"] *= 2
+    assert GridModel(net, EMPTY_FLEET)._template not in (first._template, scaled._template)
+
+
 def test_non_converged_power_flow_is_reported_not_raised() -> None:
     net = pn.case33bw()
     model = GridModel(net, EMPTY_FLEET)

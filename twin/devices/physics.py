@@ -10,10 +10,9 @@ Load convention throughout: positive p_mw charges / consumes, negative discharge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
 import weakref
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -451,7 +450,6 @@ class FleetPhysics:
             self.ev_departure[i] = departure
         self._next_session = k
 
-    _update_sessions = update_sessions
 
 
 def state_frame_of(state: dict[str, np.ndarray], ids: pd.Index) -> pd.DataFrame:

@@ -526,8 +526,7 @@ class FastPowerFlow:
             self._v_last = v[:, np.flatnonzero(converged)[-1]].copy()
         v_out = v.copy()
         v_out[:, ~converged] = np.nan
-        line_loading, trafo_loading, losses, head = model.evaluate(v_out, s_all)
-        vm, va = self._bus_values(v_out)
+        vm, va, line_loading, trafo_loading, losses, head = self._case.evaluate_many(model, v_out, s_all)
         return BatchArrays(labels=self.labels, vm=vm, va=va, line_loading=line_loading, trafo_loading=trafo_loading,
                            p_head_mw=np.asarray(head.real, float), q_head_mvar=np.asarray(head.imag, float),
                            losses_mw=np.asarray(losses, float), converged=converged, v_internal=v_out)
@@ -535,9 +534,7 @@ class FastPowerFlow:
     def _solve_block(self, s_spec: np.ndarray, v_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         n_case = s_spec.shape[1]
         if self._use_zbus:
-            no_load = np.repeat(self._v_no_load[:, None], n_case, axis=1)
-            start = no_load if v_start is None else np.where(np.isfinite(v_start), v_start, no_load)
-            v, converged = self._zbus(s_spec, start)
+            v, converged = self._zbus_chain(s_spec, v_start)
         else:
             v = np.repeat(self._v_no_load[:, None], n_case, axis=1)
             converged = np.zeros(n_case, dtype=bool)
@@ -562,29 +559,25 @@ class FastPowerFlow:
         v[pq] = self._factors.solve(-self._y_pq_ref_v[:, None])[:, 0]
         return v
 
-    def _zbus(self, s_spec: np.ndarray, v_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Implicit Z-bus fixed point Y_qq V_q = conj(S_q / V_q) - Y_qr V_r for all columns at once."""
+    def _zbus_chain(self, s_spec: np.ndarray, v_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The cases one after another with the single-case fixed point (``_zbus_case``, what a step solves),
+        each started from its column of ``v_start`` where that is finite, else from the case before it (the
+        first from this solver's last solution): consecutive intervals are close, so few iterations each, and
+        each case stops when it has converged."""
         pq = self.model.pq
-        v_pq, converged = _zbus_iterate(
-            *self._factors.arrays,
-            np.ascontiguousarray(s_spec[pq]),
-            np.ascontiguousarray(v_start[pq]),
-            -self._y_pq_ref_v,
-            self._tolerance_pu,
-            self.max_iteration,
-        )
+        s_cases = np.ascontiguousarray(s_spec[pq].T)
+        if v_start is None:
+            starts = np.zeros_like(s_cases)
+            has_start = np.zeros(len(s_cases), dtype=bool)
+        else:
+            starts = np.ascontiguousarray(v_start[pq].T)
+            has_start = np.isfinite(starts).all(axis=1)
+        v_pq, converged = _zbus_chain(*self._factors.arrays, s_cases, starts, has_start,
+                                      np.ascontiguousarray(self._v_last[pq]), self._minus_y_pq_ref_v,
+                                      self._tolerance_pu, self.max_iteration)
         v = np.repeat(self.model.v_set[:, None], s_spec.shape[1], axis=1)
-        v[pq] = v_pq
+        v[pq] = v_pq.T
         return v, converged
-
-    def _bus_values(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        positions, internal = self._bus_positions
-        shape = (len(self.model.bus_index),) + v.shape[1:]
-        vm = np.full(shape, np.nan)
-        va = np.full(shape, np.nan)
-        vm[positions] = np.abs(v[internal])
-        va[positions] = np.angle(v[internal], deg=True)
-        return vm, va
 
     def _bus_vector(self, values: pd.Series, name: str) -> np.ndarray:
         if values.index.equals(self.model.bus_index):
@@ -658,53 +651,13 @@ def _lu_solve(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm
 
 
 @numba.njit(cache=True, nogil=True)
-def _zbus_iterate(
-    l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, s_pq, v_pq, offset, tolerance, max_iteration
-):  # pragma: no cover
-    """Fixed point V <- Y_qq^-1 (conj(S / V) + offset) per column, until the power mismatch < tolerance.
-
-    The mismatch at the new iterate equals S (V_new - V_old) / V_old (because Y_qq V_new + Y_qr V_r equals
-    conj(S / V_old)), so it is checked without another product with Ybus. Returns V and per-column convergence.
-    """
-    n, m = s_pq.shape
-    v = v_pq.copy()
-    converged = np.zeros(m, dtype=np.bool_)
-    rhs = np.empty_like(v)
-    for _ in range(max_iteration):
-        for i in range(n):
-            for c in range(m):
-                rhs[i, c] = np.conj(s_pq[i, c] / v[i, c]) + offset[i]
-        v_new = _lu_solve(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, rhs)
-        all_done = True
-        any_finite = False
-        tolerance_squared = tolerance * tolerance
-        for c in range(m):
-            # |S dV / V| < tol  <=>  |S dV|^2 < tol^2 |V|^2, without division or square root
-            done = True
-            finite = True
-            for i in range(n):
-                step = s_pq[i, c] * (v_new[i, c] - v[i, c])
-                old = v[i, c]
-                left = step.real * step.real + step.imag * step.imag
-                right = tolerance_squared * (old.real * old.real + old.imag * old.imag)
-                if not (left < right):
-                    done = False
-                    if not (np.isfinite(left) and np.isfinite(right)):
-                        finite = False
-            converged[c] = done and finite
-            all_done = all_done and converged[c]
-            any_finite = any_finite or finite
-        v = v_new
-        if all_done or not any_finite:
-            break
-    return v, converged
-
-
-@numba.njit(cache=True, nogil=True)
 def _zbus_case(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, s_pq, v_pq, offset, tolerance,
                max_iteration):  # pragma: no cover
-    """``_zbus_iterate`` for one case on 1-D arrays, with its work arrays allocated once (the per-step path:
-    the same operations in the same order, so the same voltages)."""
+    """Fixed point V <- Y_qq^-1 (conj(S / V) + offset) for one case, until the power mismatch < tolerance.
+
+    The mismatch at the new iterate equals S (V_new - V_old) / V_old (because Y_qq V_new + Y_qr V_r equals
+    conj(S / V_old)), so it is checked without another product with Ybus. Work arrays are allocated once; a
+    step and a batch (``_zbus_chain``) run this same kernel, so they give the same voltages from the same start."""
     n = len(s_pq)
     v = v_pq.copy()
     v_new = np.empty_like(v)
@@ -738,6 +691,26 @@ def _zbus_case(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, per
         if done or not finite:
             break
     return v, converged
+
+
+@numba.njit(cache=True, nogil=True)
+def _zbus_chain(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, s_cases, starts, has_start,
+                v_first, offset, tolerance, max_iteration):  # pragma: no cover - compiled
+    """``_zbus_case`` for each row of ``s_cases`` in turn: from its row of ``starts`` where ``has_start``, else
+    from the last converged case before it (``v_first`` before any). Returns V per case (rows) and convergence."""
+    m, n = s_cases.shape
+    v_out = np.empty((m, n), dtype=np.complex128)
+    converged = np.zeros(m, dtype=np.bool_)
+    previous = v_first.copy()
+    for c in range(m):
+        start = starts[c] if has_start[c] else previous
+        v, ok = _zbus_case(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, s_cases[c], start,
+                           offset, tolerance, max_iteration)
+        v_out[c] = v
+        converged[c] = ok
+        if ok:
+            previous = v
+    return v_out, converged
 
 
 def _energized_positions(model: NetworkModel) -> tuple[np.ndarray, np.ndarray]:
@@ -798,12 +771,43 @@ class _CaseArrays:
         return _specified_case(*self.injection, np.asarray(p_bus_mw, dtype=float),
                                np.asarray(q_bus_mvar, dtype=float), self.s_gen_pu, model.base_mva)
 
+    def evaluate_many(self, model: NetworkModel, v: np.ndarray, s_spec: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``evaluate`` of many cases (``v``, ``s_spec``: internal buses x cases); the per-bus / per-branch results
+        as (n x n_case) views of case-major blocks (a case's row is contiguous)."""
+        vm, va, line, trafo, losses, head = _evaluate_many(
+            np.ascontiguousarray(v.T), np.ascontiguousarray(s_spec.T), *self.yf, *self.yt, *self.ybus_ref,
+            self.branch_from, self.branch_to, self.line_branch, self.line_coef, self.line_idle, self.trafo_branch,
+            self.trafo_coef, self.trafo_idle, model.trafo_power_based, self.loss_branches, self.ref,
+            self.bus_positions, self.bus_internal, self.n_bus, model.base_mva)
+        return vm.T, va.T, line.T, trafo.T, losses, head
+
     def evaluate(self, model: NetworkModel, v: np.ndarray, s_spec: np.ndarray) -> tuple[np.ndarray, ...]:
         """Bus vm / va (pandapower bus order), line and trafo loading, losses (MW), head import (MVA)."""
         return _evaluate_case(v, s_spec, *self.yf, *self.yt, *self.ybus_ref, self.branch_from, self.branch_to,
                               self.line_branch, self.line_coef, self.line_idle, self.trafo_branch, self.trafo_coef,
                               self.trafo_idle, model.trafo_power_based, self.loss_branches, self.ref,
                               self.bus_positions, self.bus_internal, self.n_bus, model.base_mva)
+
+
+@numba.njit(cache=True, nogil=True)
+def _evaluate_many(v, s_spec, f_ptr, f_idx, f_val, t_ptr, t_idx, t_val, r_ptr, r_idx, r_val, branch_from, branch_to,
+                   line_branch, line_coef, line_idle, trafo_branch, trafo_coef, trafo_idle, power_based, loss_rows,
+                   ref, positions, internal, n_bus, base_mva):  # pragma: no cover - compiled
+    """``_evaluate_case`` for every row of ``v`` / ``s_spec`` (cases x internal buses): per-case rows of bus vm /
+    va, line and trafo loading, and per-case losses and head import (the step's kernel, so the same numbers)."""
+    m = v.shape[0]
+    vm = np.empty((m, n_bus))
+    va = np.empty((m, n_bus))
+    line = np.empty((m, len(line_branch)))
+    trafo = np.empty((m, len(trafo_branch)))
+    losses = np.empty(m)
+    head = np.empty(m, dtype=np.complex128)
+    for c in range(m):
+        vm[c], va[c], line[c], trafo[c], losses[c], head[c] = _evaluate_case(
+            v[c], s_spec[c], f_ptr, f_idx, f_val, t_ptr, t_idx, t_val, r_ptr, r_idx, r_val, branch_from, branch_to,
+            line_branch, line_coef, line_idle, trafo_branch, trafo_coef, trafo_idle, power_based, loss_rows, ref,
+            positions, internal, n_bus, base_mva)
+    return vm, va, line, trafo, losses, head
 
 
 @numba.njit(cache=True, nogil=True)

@@ -28,27 +28,80 @@ from twin.grid.sensitivity import compute_sensitivities, sensitivities_at
 #: branch loadings (differences of voltages) to ~1e-9 %; it costs a couple of fixed-point iterations per step.
 FAST_TOLERANCE_MVA = 1e-12
 
-#: Fast solvers by the (net, assets) objects their model was built from: one runpp per feeder and fleet.
-_SOLVERS: dict[tuple[int, int, int], tuple[Any, Any, FastPowerFlow]] = {}
+#: What every grid model of one feeder and fleet shares, by the (net, assets) objects it was built from and
+#: their content: the net with the fleet attached (never written), the element positions and incidence
+#: matrices, and the fast engine's solver. Built once per feeder and fleet, so a run's policies, a study's
+#: runs and a benchmark's repetitions each skip the copy of the net and the runpp behind the admittance model.
+_TEMPLATES: dict[tuple[int, int, int], _Template] = {}
+
+#: Columns whose values the shared parts are a snapshot of (an edited net or fleet is not served stale parts).
+_FINGERPRINT_COLUMNS = (
+    ("bus", ("in_service",)), ("line", ("in_service", "length_km")), ("trafo", ("in_service", "tap_pos")),
+    ("switch", ("closed",)), ("ext_grid", ("vm_pu", "va_degree", "in_service")), ("gen", ("vm_pu", "in_service")),
+    ("load", ("bus", "p_mw", "q_mvar", "scaling", "in_service")),
+    ("sgen", ("bus", "p_mw", "q_mvar", "scaling", "in_service")),
+    ("storage", ("bus", "p_mw", "q_mvar", "scaling", "in_service")),
+    ("asymmetric_load", ("bus", "p_a_mw", "p_b_mw", "p_c_mw", "q_a_mvar", "q_b_mvar", "q_c_mvar", "in_service")),
+    ("asymmetric_sgen", ("bus", "p_a_mw", "p_b_mw", "p_c_mw", "q_a_mvar", "q_b_mvar", "q_c_mvar", "in_service")),
+)
 
 
-def _topology_fingerprint(net: pp.pandapowerNet) -> int:
-    """What the admittance model is a snapshot of (an edited net is not served a stale model)."""
-    parts = [len(net.bus), len(net.line), len(net.trafo), len(net.load), len(net.sgen), len(net.storage)]
-    for element, columns in (("bus", ("in_service",)), ("line", ("in_service", "length_km")),
-                             ("trafo", ("in_service", "tap_pos")), ("switch", ("closed",)),
-                             ("ext_grid", ("vm_pu", "va_degree", "in_service")), ("gen", ("vm_pu", "in_service"))):
+def _fingerprint(net: pp.pandapowerNet, assets: pd.DataFrame) -> int:
+    """What a grid model is a snapshot of: the net's topology and injections, the fleet's kinds and buses."""
+    parts: list[Any] = [len(net.bus), len(net.line), len(net.trafo), len(net.load), len(net.sgen), len(net.storage)]
+    for element, columns in _FINGERPRINT_COLUMNS:
         table = net[element] if element in net else None
         if table is not None and len(table):
+            parts.append(hash(table.index.to_numpy().tobytes()))
             for column in columns:
                 if column in table:
                     parts.append(hash(table[column].to_numpy().tobytes()))
+    parts += [tuple(assets.index.astype(str)), tuple(assets["kind"].astype(str)),
+              hash(assets["bus"].to_numpy(np.int64).tobytes())] if len(assets) else [0]
     return hash(tuple(parts))
 
 
 def clear_solver_cache() -> None:
-    """Forget the shared admittance models (the next fast grid model builds its own; for benchmarks)."""
-    _SOLVERS.clear()
+    """Forget the shared parts (the next grid model builds its own and runs pandapower again; for benchmarks)."""
+    _TEMPLATES.clear()
+
+
+class _Template:
+    """The shared, read-only parts of every grid model of one (net, assets) pair."""
+
+    def __init__(self, model: GridModel) -> None:
+        self.parts = dict(model.__dict__)  # the built net and everything derived from it
+        self.net: pp.pandapowerNet = model._own_net
+        self.solver: tuple[FastPowerFlow, tuple[Any, ...]] | None = None
+
+    @classmethod
+    def of(cls, net: pp.pandapowerNet, assets: pd.DataFrame) -> _Template:
+        key = (id(net), id(assets), _fingerprint(net, assets))
+        hit = _TEMPLATES.get(key)
+        if hit is not None and hit.sources[0]() is net and hit.sources[1]() is assets:
+            return hit
+        template = cls(GridModel._built(net, assets))
+        try:  # forgotten with the net it was built from
+            template.sources = (weakref.ref(net, lambda _, key=key: _TEMPLATES.pop(key, None)), weakref.ref(assets))
+        except TypeError:  # not weak-referenceable: no sharing
+            return template
+        _TEMPLATES[key] = template
+        return template
+
+    sources: tuple[weakref.ref, weakref.ref]
+
+    def fast_solver(self, model: GridModel) -> tuple[FastPowerFlow, tuple[Any, ...]]:
+        """The fast engine's solver and the element -> internal-bus maps (one runpp of a copy of the net)."""
+        if self.solver is None:
+            solver = FastPowerFlow.from_net(self.net, tolerance_mva=FAST_TOLERANCE_MVA, copy_net=True)
+            fm = solver.model
+            kp = sp.csr_matrix(fm.injection_map @ model._inj_p)
+            kq = sp.csr_matrix(fm.injection_map @ model._inj_q)
+            const = fm.s_gen_pu - fm.injection_map @ (model._inj_p_const + 1j * model._inj_q_const) / fm.base_mva
+            specified = tuple((m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data.astype(float))
+                              for m in (kp, kq)) + (np.asarray(const, dtype=complex),)
+            self.solver = (solver, specified)
+        return self.solver
 
 
 class GridModel:
@@ -62,9 +115,23 @@ class GridModel:
     def __init__(self, net: pp.pandapowerNet, assets: pd.DataFrame, *, engine: str = "pandapower") -> None:
         if engine not in ("pandapower", "fast"):
             raise ValueError(f"power_flow.engine={engine!r}: expected 'pandapower' or 'fast'")
-        self._net = copy.deepcopy(net)
-        self._source = (net, assets)  # what the fast engine's admittance model is shared by
+        template = _Template.of(net, assets)
+        self.__dict__.update(template.parts)
+        self._template = template
         self.engine = engine
+        # This model's own net is a copy of the template's, made when first needed (the pandapower engine's first
+        # solve, or a reader of ``net``): the fast engine solves from arrays and usually never needs one.
+        self._own_net = None
+        self._fast = None
+        self._x_p = None
+        self._x_q = None
+        self._tables_stale = False
+
+    @classmethod
+    def _built(cls, net: pp.pandapowerNet, assets: pd.DataFrame) -> GridModel:
+        """A model built from scratch: its own copy of ``net`` with the fleet attached, and what derives from it."""
+        self = cls.__new__(cls)
+        self._own_net = copy.deepcopy(net)
         self.native_load_index = self._net.load.index.copy()
         self.native_sgen_index = self._net.sgen.index.copy()
         self.asset_ids = assets.index
@@ -91,6 +158,14 @@ class GridModel:
         self._x_p: np.ndarray | None = None  # [native load p, native sgen p, asset p] of the current interval
         self._x_q: np.ndarray | None = None  # [native load q, asset q]
         self._tables_stale = False
+        return self
+
+    @property
+    def _net(self) -> pp.pandapowerNet:
+        """This model's own net (copied from the template's on first use)."""
+        if self._own_net is None:
+            self._own_net = copy.deepcopy(self._template.net)
+        return self._own_net
 
     @property
     def net(self) -> pp.pandapowerNet:
@@ -285,25 +360,8 @@ class GridModel:
         """The fast engine's solver (built on first use: one ``runpp`` of a copy for the admittance model,
         shared by every grid model of the same feeder and fleet objects; each gets its own warm start)."""
         if self._fast is None:
-            key = (id(self._source[0]), id(self._source[1]), _topology_fingerprint(self._net))
-            hit = _SOLVERS.get(key)
-            if hit is None or hit[0]() is not self._source[0] or hit[1]() is not self._source[1]:
-                # on this model's own copy of the net: runpp leaves results and lookups there, which nothing reads
-                solver = FastPowerFlow.from_net(self.net, tolerance_mva=FAST_TOLERANCE_MVA, copy_net=False)
-                try:
-                    refs = (weakref.ref(self._source[0]), weakref.ref(self._source[1]))
-                    _SOLVERS[key] = (*refs, solver)
-                except TypeError:  # not weak-referenceable: no sharing
-                    pass
-            else:
-                solver = hit[2]
+            solver, self._specified_map = self._template.fast_solver(self)
             self._fast = solver.fresh()
-            model = self._fast.model
-            kp = sp.csr_matrix(model.injection_map @ self._inj_p)
-            kq = sp.csr_matrix(model.injection_map @ self._inj_q)
-            const = model.s_gen_pu - model.injection_map @ (self._inj_p_const + 1j * self._inj_q_const) / model.base_mva
-            self._specified_map = tuple((m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data.astype(float))
-                                        for m in (kp, kq)) + (np.asarray(const, dtype=complex),)
         return self._fast
 
 
