@@ -7,6 +7,7 @@ reached the devices, what the devices did, and what the twin recorded.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -173,8 +174,8 @@ def test_setpoints_reach_devices_and_a_killed_site_falls_back(live_case, broker:
         twin.close()
 
     n = len(scenario.times)
-    assert RunStore(out).status() | {"updated_utc": None} == {"done": n, "total": n, "state": "finished",
-                                                              "updated_utc": None}
+    assert RunStore(out).status() | {"updated_utc": None, "live": None} == {
+        "done": n, "total": n, "state": "finished", "updated_utc": None, "live": None}
     # Every command the twin sent to a live device was accepted and acknowledged on cmd/ack.
     assert report.commands_refused == 0, report.refusals
     assert report.commands_accepted > 0
@@ -208,6 +209,12 @@ def test_setpoints_reach_devices_and_a_killed_site_falls_back(live_case, broker:
     assert (source.loc[expired, victim] == "autonomous").all()
     assert truth.loc[expired, victim].to_numpy() == pytest.approx(0.0)
     assert (live.loc[offline_at, "dropouts_submitted"] >= 1).all()
+    # The twin's backlog, per interval and in status.json: QoS-1 telemetry on loopback lost nothing, the ingest
+    # queue is a count, and "behind" is simulated seconds past the next interval's start (never negative).
+    assert (live["seq_missing"] == 0).all() and (live["ingest_queue"] >= 0).all() and (live["behind_s"] >= 0).all()
+    status = json.loads((out / "status.json").read_text(encoding="utf-8"))
+    assert set(status["live"]) == {"behind_s", "ingest_queue", "seq_missing"}
+    assert status["live"]["seq_missing"] == 0
 
 
 def test_twin_restart_with_persistent_session_loses_no_telemetry(live_case, broker: BrokerSetup, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from twin.live.broker import BrokerCredentials
 from twin.live.messages import Channel, DeviceAddress, DeviceState
-from twin.live.mqtt import connect_and_wait, format_ts, make_client
+from twin.live.mqtt import connect_and_wait, connect_in_pool, format_ts, make_client
+from twin.live.session_pool import SessionPool
 from twin.live.signing import sign_payload
 
 __all__ = ["DeviceClient", "encode_payload"]
@@ -39,7 +40,16 @@ class DeviceClient:
         keepalive_s: int = 10,
         first_seq: int = 0,
         max_inflight_messages: int = 100,
+        telemetry_qos: int = 1,
+        pool: SessionPool | None = None,
     ) -> None:
+        """``telemetry_qos`` 0 sends telemetry as Sparkplug B sends data (the ingest counts sequence gaps; the
+        cumulative registers keep settlement exact); status and acknowledgements stay QoS 1. With ``pool`` the
+        session is driven by that pool's thread instead of a thread of its own."""
+        if telemetry_qos not in (0, 1):
+            raise ValueError(f"telemetry_qos={telemetry_qos!r} must be 0 or 1")
+        self.telemetry_qos = telemetry_qos
+        self._pool = pool
         self.address = address
         self._private_key = private_key
         self._credentials = credentials
@@ -110,10 +120,14 @@ class DeviceClient:
             qos=1,
             retain=True,
         )
-        connect_and_wait(
-            client, host=self._host, port=self._port, keepalive_s=self._keepalive_s, clean_start=True,
-            timeout_s=timeout_s,
-        )
+        if self._pool is not None:
+            connect_in_pool(client, self._pool, host=self._host, port=self._port, keepalive_s=self._keepalive_s,
+                            clean_start=True, timeout_s=timeout_s)
+        else:
+            connect_and_wait(
+                client, host=self._host, port=self._port, keepalive_s=self._keepalive_s, clean_start=True,
+                timeout_s=timeout_s,
+            )
         self._client = client
         online = self.publish(
             channel=Channel.STATUS, payload=self.status_payload(state=DeviceState.ONLINE, ts=now), retain=True
@@ -128,7 +142,8 @@ class DeviceClient:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def publish_telemetry(self, **values: Any) -> mqtt.MQTTMessageInfo:
-        return self.publish(channel=Channel.TELEMETRY, payload=self.telemetry_payload(**values))
+        return self.publish(channel=Channel.TELEMETRY, payload=self.telemetry_payload(**values),
+                            qos=self.telemetry_qos)
 
     def abort(self) -> None:
         """Fault injection: drop the TCP connection without DISCONNECT, as a power cut or a lost link would,
@@ -136,6 +151,9 @@ class DeviceClient:
         if self._client is None:
             return
         client, self._client = self._client, None
+        if self._pool is not None:
+            self._pool.abort(client)
+            return
         client.loop_stop()  # first stop the network thread, so nothing reconnects or writes after the close
         sock = client.socket()
         if sock is not None:
@@ -146,6 +164,7 @@ class DeviceClient:
         if self._client is None:
             return
         client, self._client = self._client, None
+        ended = False
         try:
             if client.is_connected():
                 info = client.publish(
@@ -155,6 +174,14 @@ class DeviceClient:
                     retain=True,
                 )
                 info.wait_for_publish(timeout_s)
-                client.disconnect()
+                if self._pool is not None:
+                    self._pool.disconnect(client)
+                    ended = True
+                else:
+                    client.disconnect()
         finally:
-            client.loop_stop()
+            if self._pool is not None:
+                if not ended:
+                    self._pool.abort(client)  # not connected (or it failed): stop any reconnecting
+            else:
+                client.loop_stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -12,7 +13,10 @@ from paho.mqtt.properties import Properties
 
 from twin.live.broker import BrokerCredentials
 
-__all__ = ["MqttConnectError", "connect_and_wait", "format_ts", "make_client"]
+if TYPE_CHECKING:
+    from twin.live.session_pool import SessionPool
+
+__all__ = ["MqttConnectError", "connect_and_wait", "connect_in_pool", "format_ts", "make_client"]
 
 
 class MqttConnectError(ConnectionError):
@@ -26,12 +30,16 @@ def format_ts(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def make_client(*, client_id: str, credentials: BrokerCredentials, manual_ack: bool = False) -> mqtt.Client:
+def make_client(*, client_id: str, credentials: BrokerCredentials, manual_ack: bool = False,
+                protocol: int = mqtt.MQTTv5, clean_session: bool = True) -> mqtt.Client:
+    """A paho client speaking MQTT 5 (or 3.1.1: ``protocol=mqtt.MQTTv311``, whose session is chosen here by
+    ``clean_session`` rather than at connect time)."""
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=mqtt.MQTTv5,
+        protocol=protocol,
         manual_ack=manual_ack,
+        **({"clean_session": clean_session} if protocol == mqtt.MQTTv311 else {}),
     )
     client.username_pw_set(credentials.username, credentials.password)
     return client
@@ -66,10 +74,13 @@ def connect_and_wait(
             previous(client_, userdata, flags, reason_code, props)
 
     client.on_connect = on_connect
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = session_expiry_s
     try:
-        client.connect(host, port, keepalive=keepalive_s, clean_start=clean_start, properties=properties)
+        if client.protocol == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = session_expiry_s
+            client.connect(host, port, keepalive=keepalive_s, clean_start=clean_start, properties=properties)
+        else:  # 3.1.1: the session (clean or persistent) was chosen when the client was made
+            client.connect(host, port, keepalive=keepalive_s)
     except OSError as exc:
         raise MqttConnectError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
     client.loop_start()
@@ -79,6 +90,49 @@ def connect_and_wait(
     reason = outcome["reason"]
     if getattr(reason, "is_failure", False):
         _abort(client)
+        raise MqttConnectError(f"broker {host}:{port} refused the connection: {reason}")
+    return bool(outcome["session_present"])
+
+
+def connect_in_pool(
+    client: mqtt.Client,
+    pool: SessionPool,
+    *,
+    host: str,
+    port: int,
+    keepalive_s: int,
+    clean_start: bool,
+    session_expiry_s: int = 0,
+    timeout_s: float = 10.0,
+) -> bool:
+    """``connect_and_wait`` for a session driven by a ``SessionPool`` (no thread of its own)."""
+    done = threading.Event()
+    outcome: dict[str, object] = {}
+    previous = client.on_connect
+
+    def on_connect(client_: mqtt.Client, userdata: object, flags, reason_code, props) -> None:  # type: ignore[no-untyped-def]
+        if not done.is_set():
+            outcome["reason"] = reason_code
+            outcome["session_present"] = flags.session_present
+            done.set()
+        if previous is not None:
+            previous(client_, userdata, flags, reason_code, props)
+
+    client.on_connect = on_connect
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = session_expiry_s
+    try:
+        pool.connect(client, host=host, port=port, keepalive_s=keepalive_s, clean_start=clean_start,
+                     properties=properties)
+    except OSError as exc:
+        pool.abort(client)
+        raise MqttConnectError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
+    if not done.wait(timeout_s):
+        pool.abort(client)
+        raise MqttConnectError(f"no CONNACK from {host}:{port} within {timeout_s} s")
+    reason = outcome["reason"]
+    if getattr(reason, "is_failure", False):
+        pool.abort(client)  # never retry a refused login
         raise MqttConnectError(f"broker {host}:{port} refused the connection: {reason}")
     return bool(outcome["session_present"])
 

@@ -15,6 +15,7 @@ simulated UTC, obey signed setpoints from their ``cmd`` topic until they expire,
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -38,6 +39,7 @@ from pydantic import ValidationError
 from controllers.api import AssetKind
 from twin.devices.physics import FleetPhysics
 from twin.live.aio import AsyncRunner
+from twin.live.session_pool import SessionPool
 from twin.live.broker import BrokerCredentials, MosquittoBroker
 from twin.live.canonical import Transport
 from twin.live.clock import SimClock
@@ -89,6 +91,8 @@ __all__ = [
 ]
 
 CREDENTIALS_FORMAT = "gridtwin-broker-credentials/1"
+#: Device sessions opened concurrently by ``FieldSimulator.connect``.
+_CONNECT_AT_ONCE = 32
 #: Site (topic segment) of the feeder's own load meters; DER devices use their ``participant_id``.
 NATIVE_LOAD_SITE = "feeder"
 #: Kind under which native-load meters publish. The topic contract (``DeviceAddress``) only knows the four DER
@@ -360,7 +364,11 @@ class FieldSimulator:
         clock: SimClock | None = None,
         ocpp_url: str | None = None,
         openadr_url: str | None = None,
+        telemetry_qos: int = 1,
     ) -> None:
+        if telemetry_qos not in (0, 1):
+            raise ValueError(f"telemetry_qos={telemetry_qos!r} must be 0 or 1")
+        self.telemetry_qos = telemetry_qos
         self.scenario = scenario
         self.inputs = inputs
         self.credentials = credentials
@@ -404,6 +412,8 @@ class FieldSimulator:
             raise ValueError("openadr_url=None: the scenario uses OpenADR ([live]); give the VTN address `gridtwin "
                              "live` printed (--openadr http://HOST:PORT/OpenADR2/Simple/2.0b)")
         self._clients: dict[str, DeviceClient] = {}
+        #: Every MQTT session of this simulator is driven by one thread (epoll), not a thread per device.
+        self._pool: SessionPool | None = None
         self._chargers: dict[str, OcppCharger] = {}
         self._vens: dict[str, OpenAdrVen] = {}
         self._runner: AsyncRunner | None = None
@@ -435,22 +445,22 @@ class FieldSimulator:
         try:
             if self._runner is None and (self.plan.devices(Transport.OCPP) or self.plan.openadr is not None):
                 self._runner = AsyncRunner(name="field-protocols").start()
+            mqtt_devices = []
             for device_id, address in sorted(self.addresses.items()):
                 transport = self.plan.transport.get(device_id, Transport.MQTT)
                 if transport is Transport.OCPP:
                     self._connect_charger(device_id, now=now, timeout_s=timeout_s)
-                    continue
-                if transport is Transport.OPENADR:
-                    continue  # reported by its participant's VEN
-                client = DeviceClient(
-                    address=address, private_key=self.credentials.device_key(device_id),
-                    credentials=self.credentials.device(device_id), host=self.credentials.host,
-                    port=self.credentials.port, keepalive_s=self.keepalive_s,
-                )
-                client.connect(now=now, timeout_s=timeout_s)
-                self._clients[device_id] = client
-                if device_id in self._der:
-                    self._subscribe(client, timeout_s=timeout_s)
+                elif transport is Transport.MQTT:  # OpenADR devices are reported by their participant's VEN
+                    mqtt_devices.append((device_id, address))
+            if mqtt_devices and self._pool is None:
+                self._pool = SessionPool(name="field-mqtt").start()
+            # Sessions open a few dozen at a time: each waits for its CONNACK, SUBACK and the online PUBACK, and
+            # thousands of devices one after the other would take minutes.
+            with concurrent.futures.ThreadPoolExecutor(max_workers=_CONNECT_AT_ONCE,
+                                                       thread_name_prefix="connect") as connecting:
+                for future in [connecting.submit(self._connect_mqtt, d, a, now=now, timeout_s=timeout_s)
+                               for d, a in mqtt_devices]:
+                    future.result()
             vens = [self._make_ven(participant) for participant in sorted(self.plan.vens)]
             if vens:
                 assert self._runner is not None
@@ -463,6 +473,19 @@ class FieldSimulator:
         except BaseException:
             self.close()
             raise
+
+    def _connect_mqtt(self, device_id: str, address: DeviceAddress, *, now: Any, timeout_s: float) -> None:
+        client = DeviceClient(
+            address=address, private_key=self.credentials.device_key(device_id),
+            credentials=self.credentials.device(device_id), host=self.credentials.host,
+            port=self.credentials.port, keepalive_s=self.keepalive_s, telemetry_qos=self.telemetry_qos,
+            pool=self._pool,
+        )
+        client.connect(now=now, timeout_s=timeout_s)
+        with self._lock:
+            self._clients[device_id] = client
+        if device_id in self._der:
+            self._subscribe(client, timeout_s=timeout_s)
 
     def _connect_charger(self, device_id: str, *, now: Any, timeout_s: float) -> None:
         assert self._runner is not None and self._ocpp_url is not None
@@ -539,10 +562,18 @@ class FieldSimulator:
 
     def close(self) -> None:
         """End every live session gracefully (retained ``offline``)."""
-        for device_id, client in self._clients.items():
-            if device_id not in self._dead:
-                client.close(now=self._sim_now().to_pydatetime())
+        now = self._sim_now().to_pydatetime()
+        live = [c for d, c in self._clients.items() if d not in self._dead]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=_CONNECT_AT_ONCE, thread_name_prefix="close") as closing:
+            for future in [closing.submit(client.close, now=now) for client in live]:
+                try:
+                    future.result()
+                except (RuntimeError, ValueError, OSError):
+                    pass  # a session that cannot say goodbye leaves its Last Will to the broker
         self._clients.clear()
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
         for device_id, charger in self._chargers.items():
             if device_id not in self._dead:
                 try:
@@ -742,16 +773,21 @@ class FieldSimulator:
         with self._lock:
             dead = set(self._dead)
         bat = self.physics.is_kind[AssetKind.BATTERY]
+        # Every device's values as plain lists, computed by arrays once per tick: the loop below only sends.
+        p_kw = (p_der.reindex(self._der).to_numpy(float) * 1000.0).tolist()
+        q_kvar = (q_der.reindex(self._der).to_numpy(float) * 1000.0).tolist()
+        e_imp_kwh = (np.asarray(e_imp, float) * 1000.0).tolist()
+        e_exp_kwh = (np.asarray(e_exp, float) * 1000.0).tolist()
+        e_max = self.physics.e_max
+        has_soc = bat & (e_max > 0)
+        soc_pct = np.clip(np.divide(soc, e_max, out=np.zeros(len(e_max)), where=has_soc) * 100.0, 0.0, 100.0)
+        socs = [float(v) if ok else None for v, ok in zip(soc_pct.tolist(), has_soc.tolist(), strict=True)]
+        plugged = self.physics.ev_connected.astype(bool).tolist()
         for i, device_id in enumerate(self._der):
             if device_id in dead:
                 continue
-            soc_pct = None
-            if bat[i] and self.physics.e_max[i] > 0:
-                soc_pct = float(np.clip(soc[i] / self.physics.e_max[i] * 100.0, 0.0, 100.0))
-            self._send(device_id, ts=ts, wall=wall, interval=interval, p_kw=float(p_der[device_id]) * 1000.0,
-                       q_kvar=float(q_der[device_id]) * 1000.0, e_imp_kwh=float(e_imp[i]) * 1000.0,
-                       e_exp_kwh=float(e_exp[i]) * 1000.0, soc_pct=soc_pct,
-                       plugged=bool(self.physics.ev_connected[i]))
+            self._send(device_id, ts=ts, wall=wall, interval=interval, p_kw=p_kw[i], q_kvar=q_kvar[i],
+                       e_imp_kwh=e_imp_kwh[i], e_exp_kwh=e_exp_kwh[i], soc_pct=socs[i], plugged=plugged[i])
         self._load_registers(interval)
         row = self.inputs.at(interval)
         load_p = self.inputs.profiles.load_p_mw.iloc[row]
@@ -807,6 +843,7 @@ def run_devices(
     on_ready: Callable[[FieldSimulator], None] | None = None,
     ocpp_url: str | None = None,
     openadr_url: str | None = None,
+    telemetry_qos: int = 1,
 ) -> SimulatorReport:
     """Run the scenario's field devices against the broker until the scenario's end (blocking).
 
@@ -828,7 +865,7 @@ def run_devices(
     simulator = FieldSimulator(
         scenario=scenario, inputs=inputs, credentials=creds, speed=speed, publish_every=publish_every,
         device_ids=device_ids, keepalive_s=keepalive_s, ocpp_url=ocpp_url, openadr_url=openadr_url,
-        clock=SimClock(sim_start=scenario.start, speed=speed, wall_start=start_at)
+        telemetry_qos=telemetry_qos, clock=SimClock(sim_start=scenario.start, speed=speed, wall_start=start_at)
         if isinstance(start_at, (int, float)) else None,
     )
     if keys is not None:
@@ -934,11 +971,26 @@ def devices_command(
     openadr: Annotated[str | None, typer.Option(
         "--openadr", metavar="URL", help="The twin's OpenADR VTN, http://HOST:PORT/OpenADR2/Simple/2.0b (`gridtwin "
                                          "live` prints it), when the scenario uses OpenADR.")] = None,
+    publish_every: Annotated[str | None, typer.Option(
+        "--publish-every", metavar="DURATION",
+        help="Telemetry period of every device in simulated time, e.g. 1s or 15min (default: the scenario's step).")]
+    = None,
+    telemetry_qos: Annotated[int, typer.Option(
+        "--telemetry-qos", help="MQTT QoS of telemetry: 1, or 0 as Sparkplug B sends data (the twin counts sequence "
+                                "gaps; cumulative registers keep settlement exact). Status and acks stay QoS 1.")] = 1,
+    processes: Annotated[int, typer.Option(
+        "--processes", help="Split the devices over this many processes (MQTT-only scenarios); one process "
+                            "signs and sends a few thousand messages a second.")] = 1,
 ) -> None:
     """Simulate the scenario's field devices (every DER and native load) against a broker, a CSMS and a VTN."""
     host, port = broker_url_or_bad(broker)
     _check_speed(speed)
     anchor = start_at_or_bad(start_at)
+    every = _publish_every_or_bad(publish_every)
+    if telemetry_qos not in (0, 1):
+        raise typer.BadParameter(f"--telemetry-qos={telemetry_qos!r} must be 0 or 1", param_hint="--telemetry-qos")
+    if processes < 1:
+        raise typer.BadParameter(f"--processes={processes!r} must be at least 1", param_hint="--processes")
     loaded = _load_or_bad(scenario)
     creds = credentials_or_bad(credentials)
     for option, value, schemes in (("--ocpp", ocpp, ("ws",)), ("--openadr", openadr, ("http", "https"))):
@@ -948,10 +1000,19 @@ def devices_command(
     if loaded.live.uses_openadr and anchor is None:
         raise typer.BadParameter("--start-at is required when the scenario uses OpenADR (VENs map OpenADR's real "
                                  "times to simulated time with the shared clock anchor)", param_hint="--start-at")
+    if processes > 1 and (loaded.live.uses_ocpp or loaded.live.uses_openadr):
+        raise typer.BadParameter(f"--processes={processes}: only scenarios whose devices all speak MQTT can be split "
+                                 "over processes ([live] uses OCPP or OpenADR)", param_hint="--processes")
     try:
+        if processes > 1:
+            _devices_in_processes(scenario, loaded, creds, credentials=credentials, keys=keys, host=host, port=port,
+                                  speed=speed, publish_every=every, telemetry_qos=telemetry_qos, anchor=anchor,
+                                  processes=processes)
+            return
         with protocol_log(credentials.parent / "devices-protocols.log"):
             report = run_devices(loaded, broker_host=host, broker_port=port, credentials=creds, keys=keys,
-                                 speed=speed, start_at=anchor, ocpp_url=ocpp, openadr_url=openadr)
+                                 speed=speed, start_at=anchor, ocpp_url=ocpp, openadr_url=openadr,
+                                 publish_every=every, telemetry_qos=telemetry_qos)
     except (ValueError, KeyError) as exc:
         raise typer.BadParameter(str(exc).strip("'\"")) from None
     except ConnectionError as exc:
@@ -959,7 +1020,87 @@ def devices_command(
             raise  # the CLI names --broker for these
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"published {report.total_published} telemetry messages from {len(report.published)} devices; "
-               f"commands accepted {report.commands_accepted}, refused {report.commands_refused}")
+               f"commands accepted {report.commands_accepted}, refused {report.commands_refused}; "
+               f"peak memory {_peak_rss_mb():.0f} MB")
+
+
+def field_process_main(scenario_path: str, device_ids: list[str], credentials_path: str, host: str, port: int,
+                       speed: float, publish_every: str | None, telemetry_qos: int, start_at: float | None,
+                       ready: Any, go: Any, results: Any) -> None:
+    """One process of ``run_devices_in_processes``: its share of the devices, until the scenario ends."""
+    from twin.inputs import build_inputs
+    from twin.live.field_processes import rss_mb
+    from twin.scenario import load_scenario
+
+    scenario = load_scenario(Path(scenario_path))
+    inputs = build_inputs(scenario)
+    before = rss_mb()
+    box: dict[str, float] = {}
+
+    def on_ready(_sim: Any) -> None:
+        box["sessions_mb"] = rss_mb() - before
+        ready.put(len(device_ids))
+        anchor = go.get()
+        box["at"] = anchor if start_at is None else start_at
+
+    try:
+        report = run_devices(scenario, broker_host=host, broker_port=port, credentials=Path(credentials_path),
+                             speed=speed, publish_every=pd.Timedelta(publish_every) if publish_every else None,
+                             inputs=inputs, device_ids=device_ids, start_at=lambda: box["at"], on_ready=on_ready,
+                             telemetry_qos=telemetry_qos)
+    except BaseException as exc:  # handed to the parent, which names it
+        ready.put(-1)
+        results.put({"error": f"{type(exc).__name__}: {exc}"})
+        return
+    results.put({"published": report.total_published, "accepted": report.commands_accepted,
+                 "refused": report.commands_refused, "peak_mb": rss_mb("VmHWM"),
+                 "sessions_mb": box.get("sessions_mb", float("nan"))})
+
+
+def _publish_every_or_bad(value: str | None) -> pd.Timedelta | None:
+    if value is None:
+        return None
+    try:
+        every = pd.Timedelta(value)
+    except (ValueError, TypeError):
+        every = pd.NaT
+    if pd.isna(every) or every <= pd.Timedelta(0):
+        raise typer.BadParameter(f"--publish-every={value!r} must be a positive duration such as 1s or 15min",
+                                 param_hint="--publish-every")
+    return every
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            return next(int(line.split()[1]) / 1024.0 for line in handle if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return float("nan")
+
+
+def _devices_in_processes(path: Path, loaded: Scenario, creds: LiveCredentials, *, credentials: Path,
+                          keys: Path | None, host: str, port: int, speed: float, publish_every: pd.Timedelta | None,
+                          telemetry_qos: int, anchor: float | None, processes: int) -> None:
+    from twin.inputs import build_inputs
+    from twin.live.field_processes import run_devices_in_processes
+
+    devices = sorted(fleet_devices(build_inputs(loaded)))
+    unkeyed = [d for d in devices if d not in creds.device_signing_keys]
+    if unkeyed:
+        raise ValueError(f"credentials: device_id {unkeyed[0]!r} has no provisioned signing key; provision again "
+                         "with `gridtwin broker`")
+    if keys is not None:
+        KeyRegistry({d: creds.device_key(d).public_key() for d in devices}).save(keys)
+    try:
+        run = run_devices_in_processes(path, devices, processes=processes, credentials_path=credentials, host=host,
+                                       port=port, speed=speed, publish_every=publish_every,
+                                       telemetry_qos=telemetry_qos, start_at=anchor, child=field_process_main)
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from None
+    typer.echo(f"published {run.published} telemetry messages from {run.devices} devices in {run.processes} "
+               f"processes; commands accepted {run.commands_accepted}, refused {run.commands_refused}; peak memory "
+               f"{'+'.join(f'{m:.0f}' for m in run.peak_rss_mb)} MB, device sessions {run.kb_per_device:.1f} kB "
+               "per device")
 
 
 def _interrupt(signum: int, frame: object) -> None:
