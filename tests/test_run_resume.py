@@ -113,7 +113,11 @@ def _run_until(args: list[str], run: Path, *, kill_at: int, delay_s: float) -> i
         while _status(run).get("done", -1) < kill_at or _status(run).get("state") != "running":
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
             time.sleep(0.01)
-        time.sleep(delay_s)
+        # The kill lands anywhere in the next chunk: after ``delay_s``, or as soon as that chunk is committed
+        # (on a fast machine the last dozen intervals take less than the delay; the run must not finish first).
+        deadline = time.monotonic() + delay_s
+        while time.monotonic() < deadline and _status(run).get("done", -1) < kill_at + COMMIT_EVERY:
+            time.sleep(0.002)
         assert proc.poll() is None, "the run finished before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
