@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -60,38 +61,20 @@ def connect_and_wait(
     On refusal the network thread is stopped (paho would otherwise retry a bad password forever) and
     ``MqttConnectError`` names the broker's reason.
     """
-    done = threading.Event()
-    outcome: dict[str, object] = {}
+    def start() -> None:
+        try:
+            if client.protocol == mqtt.MQTTv5:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = session_expiry_s
+                client.connect(host, port, keepalive=keepalive_s, clean_start=clean_start, properties=properties)
+            else:  # 3.1.1: the session (clean or persistent) was chosen when the client was made
+                client.connect(host, port, keepalive=keepalive_s)
+        except OSError as exc:
+            raise MqttConnectError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
+        client.loop_start()
 
-    previous = client.on_connect
-
-    def on_connect(client_: mqtt.Client, userdata: object, flags, reason_code, props) -> None:  # type: ignore[no-untyped-def]
-        if not done.is_set():
-            outcome["reason"] = reason_code
-            outcome["session_present"] = flags.session_present
-            done.set()
-        if previous is not None:  # the caller's handler (e.g. subscribe) runs on every (re)connect
-            previous(client_, userdata, flags, reason_code, props)
-
-    client.on_connect = on_connect
-    try:
-        if client.protocol == mqtt.MQTTv5:
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = session_expiry_s
-            client.connect(host, port, keepalive=keepalive_s, clean_start=clean_start, properties=properties)
-        else:  # 3.1.1: the session (clean or persistent) was chosen when the client was made
-            client.connect(host, port, keepalive=keepalive_s)
-    except OSError as exc:
-        raise MqttConnectError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
-    client.loop_start()
-    if not done.wait(timeout_s):
-        _abort(client)
-        raise MqttConnectError(f"no CONNACK from {host}:{port} within {timeout_s} s")
-    reason = outcome["reason"]
-    if getattr(reason, "is_failure", False):
-        _abort(client)
-        raise MqttConnectError(f"broker {host}:{port} refused the connection: {reason}")
-    return bool(outcome["session_present"])
+    return _connect_awaiting_connack(client, start, abort=lambda: _abort(client), host=host, port=port,
+                                     timeout_s=timeout_s)
 
 
 def connect_in_pool(
@@ -106,6 +89,25 @@ def connect_in_pool(
     timeout_s: float = 10.0,
 ) -> bool:
     """``connect_and_wait`` for a session driven by a ``SessionPool`` (no thread of its own)."""
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = session_expiry_s
+
+    def start() -> None:
+        try:
+            pool.connect(client, host=host, port=port, keepalive_s=keepalive_s, clean_start=clean_start,
+                         properties=properties)
+        except OSError as exc:
+            pool.abort(client)
+            raise MqttConnectError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
+
+    return _connect_awaiting_connack(client, start, abort=lambda: pool.abort(client), host=host, port=port,
+                                     timeout_s=timeout_s)
+
+
+def _connect_awaiting_connack(client: mqtt.Client, start: Callable[[], None], *, abort: Callable[[], None],
+                              host: str, port: int, timeout_s: float) -> bool:
+    """Chain a one-shot CONNACK handler before the caller's, ``start`` the connection and wait; a refusal or
+    no answer aborts (never retry a refused login) and raises MqttConnectError. The session-present flag."""
     done = threading.Event()
     outcome: dict[str, object] = {}
     previous = client.on_connect
@@ -115,24 +117,17 @@ def connect_in_pool(
             outcome["reason"] = reason_code
             outcome["session_present"] = flags.session_present
             done.set()
-        if previous is not None:
+        if previous is not None:  # the caller's handler (e.g. subscribe) runs on every (re)connect
             previous(client_, userdata, flags, reason_code, props)
 
     client.on_connect = on_connect
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = session_expiry_s
-    try:
-        pool.connect(client, host=host, port=port, keepalive_s=keepalive_s, clean_start=clean_start,
-                     properties=properties)
-    except OSError as exc:
-        pool.abort(client)
-        raise MqttConnectError(f"cannot reach MQTT broker {host}:{port}: {exc}") from exc
+    start()
     if not done.wait(timeout_s):
-        pool.abort(client)
+        abort()
         raise MqttConnectError(f"no CONNACK from {host}:{port} within {timeout_s} s")
     reason = outcome["reason"]
     if getattr(reason, "is_failure", False):
-        pool.abort(client)  # never retry a refused login
+        abort()
         raise MqttConnectError(f"broker {host}:{port} refused the connection: {reason}")
     return bool(outcome["session_present"])
 
