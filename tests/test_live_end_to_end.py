@@ -8,6 +8,7 @@ reached the devices, what the devices did, and what the twin recorded.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -174,8 +175,11 @@ def test_setpoints_reach_devices_and_a_killed_site_falls_back(live_case, broker:
         twin.close()
 
     n = len(scenario.times)
-    assert RunStore(out).status() | {"updated_utc": None, "live": None} == {
-        "done": n, "total": n, "state": "finished", "updated_utc": None, "live": None}
+    status = RunStore(out).status()
+    assert status["pid"] == os.getpid() and status["heartbeat_at"] >= status["updated_utc"]  # the twin's heartbeat
+    assert status | {"updated_utc": None, "live": None, "heartbeat_at": None, "pid": None, "host": None} == {
+        "done": n, "total": n, "state": "finished", "updated_utc": None, "live": None, "heartbeat_at": None,
+        "pid": None, "host": None}
     # Every command the twin sent to a live device was accepted and acknowledged on cmd/ack.
     assert report.commands_refused == 0, report.refusals
     assert report.commands_accepted > 0

@@ -76,18 +76,6 @@ AgentWorkers = Annotated[int | None, typer.Option(
          "Results do not depend on it.")]
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops a run like Ctrl-C does: its status says "interrupted" and it can be resumed."""
-    import signal
-
-    from twin.run import Terminated
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _run_and_report(scenario: Scenario | None, *, out: Path | None, runs_root: Path, pace: float | None = None,
                     report: bool = False, agent_workers: int | None = None, resume: Path | None = None,
                     commit_every: int = 96) -> None:
@@ -106,7 +94,9 @@ def _run_and_report(scenario: Scenario | None, *, out: Path | None, runs_root: P
             _fail(str(exc))
             raise
     assert scenario is not None
-    _stop_on_sigterm()
+    from twin.run import stop_on_sigterm
+
+    stop_on_sigterm()
 
     columns = (
         TextColumn("[bold]{task.description}"),

@@ -16,6 +16,7 @@ keeps ``status.json`` fresh while the writer lives, and a writer that stops on i
 
 from __future__ import annotations
 
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -62,6 +63,16 @@ class RunFailed(Exception):
 
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread by the CLI's SIGTERM handler: the run stops as "interrupted" (exit 143)."""
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops a run (``gridtwin run``, ``gridtwin live``) like Ctrl-C does: its status says
+    "interrupted" and it can be resumed."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _note(path: Path | None, line: str) -> None:

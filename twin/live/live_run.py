@@ -62,7 +62,7 @@ from twin.live.simulator import (
 )
 from twin.live.transports import FieldPlan
 from twin.records.recorder import PolicyRecords, Recorder, StepRecord
-from twin.records.runstore import RunStore
+from twin.records.runstore import Heartbeat, RunStore
 from twin.settlement.contracts import EventKind
 from twin.settlement.dr_program import DrProgram, DrProgramError
 
@@ -733,62 +733,85 @@ class LiveTwin:
     # --- the loop ----------------------------------------------------------------------------------------------
 
     def run(self, *, stop: threading.Event | None = None) -> LiveResult:
+        """Step every interval on the twin's clock until the scenario's end or ``stop``. ``status.json`` keeps a
+        heartbeat (``twin.records.runstore.Heartbeat``) with the backlog, so a reader tells a live twin from a
+        killed one; a twin stopped on purpose (``stop``, Ctrl-C, SIGTERM) says "interrupted", one that failed
+        says "failed" (and re-raises): either resumes by running it again on the same folder."""
         stop = stop or threading.Event()
         times = self.scenario.times[self.scenario.times >= self.resume_at]
         total = len(self.scenario.times)
         done = total - len(times)
-        recorder = Recorder(step=self.scenario.step)
-        engine = None
-        live_rows: list[dict[str, Any]] = []
-        self.store.write_status(done=done, total=total, state="running")
-        for t in times:
-            waited = time.monotonic()
-            trigger = self._wait_for(t, stop)
-            if trigger is None:
-                break
-            wait_s = time.monotonic() - waited
-            offline = self._offline()
-            measured, forecast = self._fill(t)
-            dropouts = self._submit_dropouts(offline)
-            self._publish_prices(t)
-            dr_events = self._operator_dr_events(t)
-            if engine is None:
-                self._initial_soc(t)
-                engine = iterate_policies(self._engine_scenario(t), self.live.inputs, run_dir=self.out)
-            t0 = time.monotonic()
-            records = next(engine)
-            by_name = {r.policy: r for r in records}
-            sent, released = self._publish_setpoints(t, by_name[self.control], set(offline))
-            step_s = time.monotonic() - t0
-            self._drain()
-            acks = (self._stats["acks_accepted"], self._stats["acks_refused"])
-            live_rows.append({"time": t, "measured": measured, "expected": len(self.devices),
-                              "forecast_filled": forecast, "offline": ",".join(sorted(offline)),
-                              "dropouts_submitted": dropouts, "commands_sent": sent, "releases_sent": released,
-                              "acks_accepted": acks[0], "acks_refused": acks[1], "trigger": trigger,
-                              "wait_s": wait_s, "step_s": step_s, "dr_events_issued": dr_events,
-                              "not_sent": "; ".join(self._not_sent)})
-            self._not_sent = []
-            recorder.add(records)
-            t1 = time.monotonic()
-            for rec in recorder.freeze(since=len(recorder) - 1).values():
-                self.store.append(rec)
-            live_rows[-1]["flush_s"] = time.monotonic() - t1
-            backlog = self._last_backlog = self._backlog(t)
-            live_rows[-1].update(backlog)
-            self._append_live(live_rows[-1:])
-            self._buckets.pop(t, None)
-            done += 1
-            self._stats["intervals"] += 1
-            self.store.write_status(done=done, total=total, state="running", live=backlog)
-        if engine is not None:
-            engine.close()
+        heartbeat = Heartbeat(self.store).start()
+        heartbeat.write(done=done, total=total, state="running", live=self._last_backlog or {})
+        try:
+            done = self._step_all(times, done=done, total=total, stop=stop, heartbeat=heartbeat)
+        except BaseException as exc:  # Ctrl-C or SIGTERM (through the CLI's handler): interrupted; else failed
+            state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            heartbeat.write(done=done + self._stats["intervals"], total=total, state=state, live=self._last_backlog)
+            raise
+        finally:
+            heartbeat.stop()
         if done == total:
-            self.store.write_status(done=done, total=total, state="finished", live=self._last_backlog)
+            heartbeat.write(done=done, total=total, state="finished", live=self._last_backlog)
             self._write_kpis()
+        else:
+            heartbeat.write(done=done, total=total, state="interrupted", live=self._last_backlog)
         return LiveResult(path=self.out, intervals=self._stats["intervals"], commands_sent=self._stats["commands"],
                           acks_accepted=self._stats["acks_accepted"], acks_refused=self._stats["acks_refused"],
                           command_wall=dict(self._command_wall), ocpp_url=self.ocpp_url, openadr_url=self.openadr_url)
+
+    def _step_all(self, times: pd.DatetimeIndex, *, done: int, total: int, stop: threading.Event,
+                  heartbeat: Heartbeat) -> int:
+        """The loop: wait for each interval, step the policies, command the devices, record; the intervals
+        done when it ends."""
+        recorder = Recorder(step=self.scenario.step)
+        engine = None
+        live_rows: list[dict[str, Any]] = []
+        try:
+            for t in times:
+                waited = time.monotonic()
+                trigger = self._wait_for(t, stop)
+                if trigger is None:
+                    break
+                wait_s = time.monotonic() - waited
+                offline = self._offline()
+                measured, forecast = self._fill(t)
+                dropouts = self._submit_dropouts(offline)
+                self._publish_prices(t)
+                dr_events = self._operator_dr_events(t)
+                if engine is None:
+                    self._initial_soc(t)
+                    engine = iterate_policies(self._engine_scenario(t), self.live.inputs, run_dir=self.out)
+                t0 = time.monotonic()
+                records = next(engine)
+                by_name = {r.policy: r for r in records}
+                sent, released = self._publish_setpoints(t, by_name[self.control], set(offline))
+                step_s = time.monotonic() - t0
+                self._drain()
+                acks = (self._stats["acks_accepted"], self._stats["acks_refused"])
+                live_rows.append({"time": t, "measured": measured, "expected": len(self.devices),
+                                  "forecast_filled": forecast, "offline": ",".join(sorted(offline)),
+                                  "dropouts_submitted": dropouts, "commands_sent": sent, "releases_sent": released,
+                                  "acks_accepted": acks[0], "acks_refused": acks[1], "trigger": trigger,
+                                  "wait_s": wait_s, "step_s": step_s, "dr_events_issued": dr_events,
+                                  "not_sent": "; ".join(self._not_sent)})
+                self._not_sent = []
+                recorder.add(records)
+                t1 = time.monotonic()
+                for rec in recorder.freeze(since=len(recorder) - 1).values():
+                    self.store.append(rec)
+                live_rows[-1]["flush_s"] = time.monotonic() - t1
+                backlog = self._last_backlog = self._backlog(t)
+                live_rows[-1].update(backlog)
+                self._append_live(live_rows[-1:])
+                self._buckets.pop(t, None)
+                done += 1
+                self._stats["intervals"] += 1
+                heartbeat.write(done=done, total=total, state="running", live=backlog, durable=True)
+        finally:
+            if engine is not None:
+                engine.close()
+        return done
 
     def _backlog(self, t: pd.Timestamp) -> dict[str, Any]:
         """How far behind the twin is once interval ``t`` is done: simulated seconds past the start of the next
@@ -945,6 +968,9 @@ def live_command(
         for what, url in (("OCPP CSMS", twin.ocpp_url), ("OpenADR VTN", twin.openadr_url)):
             if url is not None:
                 typer.echo(f"{what}: {url}")
+    from twin.run import Terminated, stop_on_sigterm
+
+    stop_on_sigterm()
     try:
         session = LiveSession.read(out)
         if session is None and anchor is None:
@@ -962,6 +988,11 @@ def live_command(
                               on_started=announce)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM: status.json says "interrupted"
+        done = RunStore(out).status().get("done", 0)
+        typer.echo(f"interrupted after {done} intervals: run gridtwin live again with --out {out} to resume it",
+                   err=True)
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     typer.echo(f"run folder {result.path}: {result.intervals} intervals, {result.commands_sent} setpoints sent, "
                f"acks {result.acks_accepted} accepted / {result.acks_refused} refused")
 

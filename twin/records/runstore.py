@@ -104,15 +104,18 @@ def run_liveness(run_dir: Path | str, *, status: dict[str, Any] | None = None, n
     state = str(status.get("state", "unknown"))
     done, total = status.get("done"), status.get("total")
     where = f" after {done} of {total} intervals" if done is not None and total is not None else ""
+    # A live run (its status carries the backlog) resumes by running gridtwin live on the same folder again.
+    resume = ("resume it with gridtwin live --out on this folder" if "live" in status
+              else "resume it with gridtwin run --resume")
     if state in STOPPED_STATES:
         why = {"finished": f"it finished{where}", "failed": f"it failed{where} (see its log.txt)",
-               "interrupted": f"it was interrupted{where}; resume it with gridtwin run --resume"}[state]
+               "interrupted": f"it was interrupted{where}; {resume}"}[state]
         return state, why
     if state != "running":
         return state, f"status {state!r}"
     pid = status.get("pid")
     if isinstance(pid, int) and status.get("host") == platform.node() and not _process_exists(pid):
-        return "stopped", f"its writer (process {pid}) is gone: killed{where}; resume it with gridtwin run --resume"
+        return "stopped", f"its writer (process {pid}) is gone: killed{where}; {resume}"
     try:
         beat = datetime.fromisoformat(str(status["heartbeat_at"]))
     except (KeyError, ValueError, TypeError):
@@ -121,8 +124,7 @@ def run_liveness(run_dir: Path | str, *, status: dict[str, Any] | None = None, n
         beat = beat.replace(tzinfo=UTC)
     age = ((now or datetime.now(UTC)) - beat).total_seconds()
     if age > stale_after_s:
-        return "stopped", (f"its writer stopped: no heartbeat for {age:.0f} s (killed?){where}; resume it with "
-                           "gridtwin run --resume")
+        return "stopped", f"its writer stopped: no heartbeat for {age:.0f} s (killed?){where}; {resume}"
     return "running", f"running, heartbeat {age:.0f} s ago"
 
 
@@ -152,9 +154,11 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def write(self, *, done: int, total: int, state: str, durable: bool = False) -> None:
+    def write(self, *, done: int, total: int, state: str, durable: bool = False,
+              live: dict[str, Any] | None = None) -> None:
+        """A status write; ``live`` (a live run's backlog) is kept and repeated by every beat until the next."""
         with self._lock:
-            self._status = {"done": done, "total": total, "state": state}
+            self._status = {"done": done, "total": total, "state": state, "live": live}
             self.store.write_status(**self._status, durable=durable, heartbeat=True)
             if state in STOPPED_STATES:
                 self._stop.set()
