@@ -42,6 +42,7 @@ def create_app(
     stale_after_s: float = 60.0,
     secret_key: bytes | None = None,
     warm: bool = False,
+    views_need_login: bool = False,
 ) -> dash.Dash:
     """The operator dashboard of the run folder ``run_dir``.
 
@@ -52,7 +53,8 @@ def create_app(
     ``refresh_s``: how often the browser polls the run folder. ``stale_after_s``: a running twin that has not
     written for this long raises a stale-telemetry alarm. ``secret_key`` signs session cookies (random per app
     when None, so logins end when the dashboard restarts). ``warm``: read the run's tables in a background
-    thread from the start, so the first page does not wait for them.
+    thread from the start, so the first page does not wait for them. ``views_need_login``: every page and
+    callback needs the operator login too (dashboards.auth; it needs ``operator_password``).
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -65,7 +67,7 @@ def create_app(
     if not refresh_s > 0:
         raise ValueError(f"refresh_s={refresh_s!r}: must be positive")
     data = RunData(run_dir, studies_dir=Path(studies_dir) if studies_dir is not None else None)
-    auth = OperatorAuth(operator_password)
+    auth = OperatorAuth(operator_password, views_need_login=views_need_login)
     app = dash.Dash(
         __name__,
         assets_folder=str(_ASSETS),
@@ -211,12 +213,20 @@ def serve(
     studies_dir: Path | None = None,
     refresh_s: float = 5.0,
     stale_after_s: float = 60.0,
+    views_need_login: bool | None = None,
 ) -> None:
-    """Run the dashboard of ``run_dir`` until interrupted (Flask's threaded server; for the CLI)."""
+    """Run the dashboard of ``run_dir`` until interrupted (Flask's threaded server; for the CLI).
+    ``views_need_login`` None: only when ``host`` is not a loopback address (participants' meter data is not
+    for whoever reaches the port)."""
     if not 0 < port < 65536:
         raise ValueError(f"port={port!r}: must be 1..65535")
+    gated = not _is_loopback(host) if views_need_login is None else views_need_login
+    if gated and not operator_password:
+        why = "--login-to-view" if views_need_login else f"--host={host!r} is not loopback"
+        raise ValueError(f"every view needs the operator login ({why}), and GRIDTWIN_OPERATOR_PASSWORD is not set: "
+                         "set it, or pass --open-view to serve the run to anyone who reaches the port")
     app = create_app(run_dir, operator_password=operator_password, studies_dir=studies_dir, refresh_s=refresh_s,
-                     stale_after_s=stale_after_s, warm=True)
+                     stale_after_s=stale_after_s, warm=True, views_need_login=gated)
     if operator_password and not _is_loopback(host):
         _log.warning("serving operator logins over plain HTTP on %s: put the dashboard behind TLS", host)
     app.run(host=host, port=port, debug=False)

@@ -1,4 +1,5 @@
-"""Operator authentication: viewing is open, operator actions (fault injection) need the operator password.
+"""Operator authentication: operator actions (fault injection) need the operator password; viewing is open on
+loopback, and needs the same login wherever ``views_need_login`` (the CLI's default off loopback).
 
 Built from well-kept libraries rather than by hand: Flask-Login tracks who is logged in, Flask-Session keeps
 sessions on the server (the cookie holds only a random id; logging out deletes the session there, so a copied
@@ -10,7 +11,10 @@ credentials (any user name, the operator password). ``next`` after login may onl
 A guard in front of Dash's callback endpoint answers every request whose outputs are operator components
 (ids starting with ``op-``) with 401 unless it is authenticated, and every malformed callback body with 400
 (or 401 when it is also unauthenticated), so neither unauthenticated nor malformed requests ever reach a
-callback, get data, or cause a 500.
+callback, get data, or cause a 500. With ``views_need_login``, a gate in front of every route lets through
+only the plain login form (``GET /auth/login``, no script, no run data), the login and logout posts: a page
+request without a login is sent to the form (303), anything else gets 401; wrong HTTP Basic passwords spend
+the same throttled budget there.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from html import escape as html_escape
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -46,6 +51,18 @@ FAILED_LOGIN_LIMITS = "5 per minute; 20 per hour"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}$")
 _MAX_BODY_BYTES = 1_000_000
 _DEFAULT_NEXT = "/faults"
+
+
+_LOGIN_FORM = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>gridtwin — log in</title>
+<style>body{{font:16px system-ui,sans-serif;margin:12vh auto;max-width:22em}}label,input,button{{display:block;
+width:100%;margin:.4em 0}}.said{{color:#b00020}}</style></head>
+<body><h1>gridtwin</h1><p>This dashboard needs an operator login.</p><p class="said">{said}</p>
+<form method="post" action="{action}"><input type="hidden" name="next" value="{next}">
+<label>Name <input name="operator" autocomplete="username" required></label>
+<label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+<button type="submit">Log in</button></form></body></html>
+"""
 
 
 def safe_next(value: object, default: str = _DEFAULT_NEXT) -> str:
@@ -181,6 +198,14 @@ class OperatorAuth:
     login_page: str = "/login"
     failed_login_limits: str = FAILED_LOGIN_LIMITS
     session_lifetime: timedelta = timedelta(hours=8)
+    views_need_login: bool = False
+
+    def __post_init__(self) -> None:
+        if self.views_need_login and not self.password:
+            raise ValueError("views_need_login=True needs an operator password (GRIDTWIN_OPERATOR_PASSWORD): "
+                             "nobody could log in to view")
+        if self.views_need_login:  # the Dash login page is behind the gate: failed logins return to the form
+            self.login_page = self.login_path
 
     @property
     def enabled(self) -> bool:
@@ -269,6 +294,23 @@ class OperatorAuth:
         server.add_url_rule(self.login_path, "gridtwin_login", password_budget()(login), methods=["POST"])
         server.add_url_rule(self.logout_path, "gridtwin_logout", self._logout, methods=["POST"])
         server.register_error_handler(429, self._throttled)
+        if self.views_need_login:
+            server.add_url_rule(self.login_path, "gridtwin_login_form", self._login_form, methods=["GET"])
+            basic_refused = password_budget()(lambda: _json_error(401, "wrong operator password"))
+
+            @server.before_request
+            def gate() -> flask.Response | None:
+                """Nothing but the login form and posts without a login (see the module docstring)."""
+                if flask.request.endpoint in ("gridtwin_login", "gridtwin_login_form", "gridtwin_logout"):
+                    return None
+                if self.current_operator() is not None:
+                    return None
+                if "Authorization" in flask.request.headers:
+                    return basic_refused()  # a guess: it spends the login budget (429 once it is spent)
+                if flask.request.method == "GET" and "text/html" in flask.request.headers.get("Accept", "text/html"):
+                    target = safe_next(flask.request.full_path.rstrip("?"), default="/")
+                    return flask.redirect(f"{self.login_path}?next={quote(target)}", code=303)
+                return _json_error(401, "login required", {"WWW-Authenticate": 'Session realm="gridtwin"'})
 
     @staticmethod
     def _throttled(error: Exception) -> flask.Response:
@@ -304,6 +346,18 @@ class OperatorAuth:
         # A new session id at login: an id planted before it (session fixation) is worth nothing.
         flask.current_app.session_interface.regenerate(flask.session)  # type: ignore[attr-defined]
         return flask.redirect(target, code=303)
+
+    def _login_form(self) -> flask.Response:
+        """The plain login form of a dashboard whose views need a login: no script and no run data."""
+        args = flask.request.args
+        target = safe_next(args.get("next"), default="/")
+        said = {"password": "Wrong password.", "name": "Give a name: letters, digits, space, . _ @ -.",
+                "disabled": "Logins are disabled."}.get(str(args.get("error")), "")
+        body = _LOGIN_FORM.format(action=self.login_path, next=html_escape(target), said=html_escape(said))
+        response = flask.Response(body, mimetype="text/html")
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+        return response
 
     def _logout(self) -> flask.Response:
         flask_login.logout_user()

@@ -20,9 +20,13 @@ def dashboard(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8050,
     refresh_s: Annotated[float, typer.Option(help="Seconds between live refreshes.")] = 5.0,
+    login_to_view: Annotated[bool | None, typer.Option(
+        "--login-to-view/--open-view",
+        help="Whether viewing needs the operator login too (default: only when --host is not loopback).")] = None,
 ) -> None:
     """Serve the operator dashboard for a run. Operator actions need the password in the environment
-    variable GRIDTWIN_OPERATOR_PASSWORD (never on the command line, where `ps` would show it)."""
+    variable GRIDTWIN_OPERATOR_PASSWORD (never on the command line, where `ps` would show it); off loopback,
+    viewing needs it too."""
     from dashboards.app import serve
 
     err = Console(stderr=True, soft_wrap=True)
@@ -44,7 +48,8 @@ def dashboard(
         err.print("GRIDTWIN_OPERATOR_PASSWORD is not set: the dashboard is read-only.")
     err.print(f"dashboard on http://{host}:{port}/ (Ctrl+C to stop)")
     try:
-        serve(run, host=host, port=port, operator_password=password, studies_dir=studies, refresh_s=refresh_s)
+        serve(run, host=host, port=port, operator_password=password, studies_dir=studies, refresh_s=refresh_s,
+              views_need_login=login_to_view)
     except ValueError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None

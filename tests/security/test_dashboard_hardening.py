@@ -230,3 +230,119 @@ def test_fuzz_every_route_no_500(app: Any, data: Any) -> None:
     if path.startswith("/auth/login") and response.status_code == 303:
         location = response.headers["Location"]
         assert location.startswith("/") and not location.startswith(("//", "/\\"))
+
+
+# -- viewing behind the login (the CLI's default off loopback) -------------------------------------------------
+@pytest.fixture
+def gated(run_dir: Path) -> Any:
+    return create_app(run_dir, operator_password=PASSWORD, views_need_login=True)
+
+
+def _run_data_in(body: bytes, run_dir: Path, *, asked: str = "") -> bool:
+    """Whether a response carries anything of the run: its name, its policies, Dash's layout or callback
+    definitions, or its tables (``asked``: the request's own path, which a redirect echoes)."""
+    body = body.replace(asked.encode(), b"") if asked else body
+    markers = [run_dir.name.encode(), b"run-name", b'"namespace"', b'"inputs"', b"depin", b"scada", b"participant"]
+    return any(m in body for m in markers)
+
+
+def test_a_gated_dashboard_shows_only_the_login_form_until_login(gated: Any, run_dir: Path) -> None:
+    client = gated.server.test_client()
+    page = client.get("/comparison?x=1", environ_base={"REMOTE_ADDR": "127.0.3.1"})
+    assert page.status_code == 303 and page.headers["Location"] == "/auth/login?next=/comparison%3Fx%3D1"
+    form = client.get(page.headers["Location"])
+    assert form.status_code == 200 and b'type="password"' in form.data and b"<script" not in form.data
+    assert not _run_data_in(form.data, run_dir)
+    assert b'value="/comparison?x=1"' in form.data
+    for path in ("/_dash-layout", "/_dash-dependencies", "/export/kpis.csv", "/assets/style.css"):
+        refused = client.get(path, headers={"Accept": "application/json"})
+        assert refused.status_code == 401 and not _run_data_in(refused.data, run_dir), path
+    assert client.post(CALLBACK, json=INJECT).status_code == 401
+    # The form logs in, with next kept; then the same client sees the run.
+    done = client.post("/auth/login", data={"operator": "ann", "password": PASSWORD, "next": "/comparison"})
+    assert done.status_code == 303 and done.headers["Location"] == "/comparison"
+    layout = client.get("/_dash-layout", headers={"Accept": "application/json"})
+    assert layout.status_code == 200 and b"run-name" in layout.data
+    assert client.post("/auth/logout").status_code == 303
+    assert client.get("/_dash-layout", headers={"Accept": "application/json"}).status_code == 401
+    # A wrong password goes back to the form (not to the gated Dash login page), with the reason.
+    wrong = client.post("/auth/login", data={"operator": "ann", "password": "nope", "next": "/"})
+    assert wrong.headers["Location"].startswith("/auth/login?error=password")
+    assert b"Wrong password" in client.get(wrong.headers["Location"]).data
+
+
+def test_http_basic_guesses_at_a_gated_dashboard_spend_the_login_budget(gated: Any) -> None:
+    client = gated.server.test_client()
+    codes = [client.get("/_dash-layout", headers=_basic("x", f"guess{i}"),
+                        environ_base={"REMOTE_ADDR": "127.0.4.1"}).status_code for i in range(7)]
+    assert codes == [401] * 5 + [429] * 2
+    right = client.get("/_dash-layout", headers=_basic("x", PASSWORD), environ_base={"REMOTE_ADDR": "127.0.4.2"})
+    assert right.status_code == 200
+
+
+def test_a_gated_dashboard_needs_a_password() -> None:
+    from dashboards.auth import OperatorAuth
+
+    with pytest.raises(ValueError, match="views_need_login"):
+        OperatorAuth(None, views_need_login=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_a_gated_dashboard_no_500_and_no_data_without_login(gated: Any, run_dir: Path, data: Any) -> None:
+    client = gated.server.test_client()
+    address = {"REMOTE_ADDR": f"127.0.5.{data.draw(st.integers(1, 250))}"}
+    path = CALLBACK
+    if data.draw(st.booleans()):  # a callback
+        output = data.draw(st.sampled_from(sorted(gated.callback_map)))
+        body = _callback_body(output, gated.callback_map[output], data.draw(st.lists(_values, min_size=1, max_size=4)))
+        response = client.post(CALLBACK, data=json.dumps(body), content_type="application/json",
+                               environ_base=address)
+    else:  # any route, any method, with or without a page's Accept header
+        rules = sorted(gated.server.url_map.iter_rules(), key=lambda r: r.rule)
+        rule = data.draw(st.sampled_from(rules))
+        path = re.sub(r"<[^>]+>", lambda m: quote(data.draw(_text), safe="/") or "x", rule.rule)
+        method = data.draw(st.sampled_from(sorted(rule.methods - {"OPTIONS"} if rule.methods else {"GET"})))
+        accept = data.draw(st.sampled_from(["text/html", "application/json", "*/*"]))
+        response = client.open(path or "/", method=method, headers={"Accept": accept}, environ_base=address,
+                               data=data.draw(st.dictionaries(st.sampled_from(["operator", "next", "x"]), _text,
+                                                              max_size=3)))
+    assert response.status_code < 500, response.data[:300]
+    assert not _run_data_in(response.data, run_dir, asked=path), (response.status_code, response.data[:300])
+    assert _pending(run_dir) == []
+
+
+def test_the_cli_refuses_to_serve_a_run_off_loopback_without_a_login(run_dir: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from twin.cli import app as cli
+
+    monkeypatch.delenv("GRIDTWIN_OPERATOR_PASSWORD", raising=False)
+    for args, says in ((["--host", "0.0.0.0"], "--host='0.0.0.0' is not loopback"),
+                       (["--login-to-view"], "(--login-to-view)")):
+        result = CliRunner().invoke(cli, ["dashboard", str(run_dir), *args])
+        assert result.exit_code == 2 and says in result.output and "--open-view" in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_in_chromium_a_gated_dashboard_logs_in_through_its_form_and_shows_the_run(run_dir: Path) -> None:
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, serving
+
+    app = create_app(run_dir, operator_password=PASSWORD, views_need_login=True)
+    with serving(app.server) as base, playwright_sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(base + "/settlement")
+            assert page.url == base + "/auth/login?next=/settlement"
+            page.fill("input[name=operator]", "ann")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#run-state")
+            assert page.url == base + "/settlement"
+            assert page.inner_text("#run-name") == RunData(run_dir).run_name()
+        finally:
+            browser.close()
