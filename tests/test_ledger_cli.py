@@ -52,6 +52,12 @@ def test_bad_run_paths_exit_2_naming_the_value(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(ledger_app, ["verify", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "has no ledger.sqlite" in result.output
+    for policy in ("scada", "depin"):  # a run folder: each settling policy has its ledger; they are named
+        (tmp_path / "empty" / policy).mkdir()
+        (tmp_path / "empty" / policy / "ledger.sqlite").write_bytes(b"")
+    result = runner.invoke(ledger_app, ["verify", str(tmp_path / "empty")])
+    empty = tmp_path / "empty"
+    assert result.exit_code == 2 and f"each policy has its own: {empty / 'depin'}, {empty / 'scada'}" in result.output
     (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
     result = runner.invoke(ledger_app, ["statement", str(tmp_path / "junk.sqlite"), "alice"])
     assert result.exit_code == 2 and "not a ledger" in result.output

@@ -53,6 +53,10 @@ def _ledger_file(run: Path) -> Path:
     path = resolve_ledger_path(run)
     if not path.is_file():
         where = f"run folder {str(run)!r} has no ledger.sqlite" if run.is_dir() else f"{str(run)!r} does not exist"
+        if run.is_dir():  # a run folder holds one ledger per settling policy: name the ones it has
+            ledgers = sorted(str(p.parent) for p in run.glob(f"*/{path.name}") if p.is_file())
+            if ledgers:
+                where += f"; each policy has its own: {', '.join(ledgers)}"
         raise typer.BadParameter(where, param_hint="RUN")
     return path
 
