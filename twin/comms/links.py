@@ -85,6 +85,13 @@ class TrafficCounter:
         else:
             self.dropped[channel] += 1
 
+    def count_many(self, channel: str, n_bytes: np.ndarray, *, delivered: np.ndarray) -> None:
+        """``count`` for many messages at once (``n_bytes`` and ``delivered`` per message)."""
+        self.messages[channel] += int(n_bytes.size)
+        self.bytes[channel] += int(n_bytes.sum())
+        self.delivered_bytes[channel] += int(n_bytes[delivered].sum())
+        self.dropped[channel] += int(n_bytes.size - np.count_nonzero(delivered))
+
     def totals(self) -> dict[str, int]:
         return {
             "messages": sum(self.messages.values()),
@@ -154,11 +161,13 @@ class CommsModel:
         return any(not f.participants or participant in f.participants
                    for f in self._active(FaultKind.PARTICIPANT_DROPOUT, time))
 
-    def backhaul_up(self, participant: str, time: pd.Timestamp) -> bool:
-        if self.dropped_out(participant, time):
-            return False
-        return not any(not f.participants or participant in f.participants
-                       for f in self._active(FaultKind.BACKHAUL_CUT, time))
+    def backhaul_mask(self, time: pd.Timestamp, participants: np.ndarray) -> np.ndarray:
+        """True for every participant (in that order) whose backhaul link is up: not dropped out, not cut."""
+        ids = np.asarray(participants, dtype=object)
+        out = self.active_mask(time, ids)
+        for f in self._active(FaultKind.BACKHAUL_CUT, time):
+            out &= False if not f.participants else ~np.isin(ids, list(f.participants))
+        return out
 
     def false_telemetry_active(self, time: pd.Timestamp) -> bool:
         return bool(self._active(FaultKind.FALSE_TELEMETRY, time))
@@ -176,24 +185,26 @@ class CommsModel:
         return 1.0 - keep
 
     # -- traffic -----------------------------------------------------------------------------------
-    def uplink(self, participant: str, time: pd.Timestamp, *, n_bytes: int) -> bool:
-        """A telemetry report from a participant's devices to the control centre: delivered?"""
-        ok = (
-            self.control_centre_up(time)
-            and self.backhaul_up(participant, time)
-            and self.rng.random() >= self._loss(self.backhaul.loss, time)
-        )
-        self.traffic.count("telemetry_uplink", n_bytes, delivered=ok)
-        return ok
+    def uplinks(self, participants: np.ndarray, time: pd.Timestamp, *, n_bytes: np.ndarray) -> np.ndarray:
+        """Telemetry reports from participants' devices to the control centre (one per participant, in that
+        order, of ``n_bytes`` each): which were delivered."""
+        return self._backhaul("telemetry_uplink", participants, time, n_bytes)
 
-    def downlink(self, participant: str, time: pd.Timestamp, *, n_bytes: int) -> bool:
-        """A setpoint from the control centre to a participant's device: delivered?"""
-        ok = (
-            self.control_centre_up(time)
-            and self.backhaul_up(participant, time)
-            and self.rng.random() >= self._loss(self.backhaul.loss, time)
-        )
-        self.traffic.count("setpoint_downlink", n_bytes, delivered=ok)
+    def downlinks(self, participants: np.ndarray, time: pd.Timestamp, *, n_bytes: np.ndarray) -> np.ndarray:
+        """Setpoints from the control centre to participants' devices (one message each): which arrived."""
+        return self._backhaul("setpoint_downlink", participants, time, n_bytes)
+
+    def _backhaul(self, channel: str, participants: np.ndarray, time: pd.Timestamp,
+                  n_bytes: np.ndarray) -> np.ndarray:
+        """One backhaul message per participant, drawn at once: a message goes only while the control centre
+        is up and the participant's link is; each that goes is lost with the backhaul's loss probability (plus
+        any message-loss fault). One draw per message that goes, in order, as message-by-message delivery would."""
+        ok = np.zeros(len(participants), dtype=bool)
+        if self.control_centre_up(time):
+            ok = self.backhaul_mask(time, participants)
+            going = np.flatnonzero(ok)
+            ok[going] = self.rng.random(going.size) >= self._loss(self.backhaul.loss, time)
+        self.traffic.count_many(channel, np.asarray(n_bytes, dtype=np.int64), delivered=ok)
         return ok
 
     def draw_round(self, time: pd.Timestamp, *, active: np.ndarray, n_nodes: int) -> RoundDelivery:

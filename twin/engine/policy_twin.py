@@ -169,11 +169,16 @@ class PolicyTwin:
         bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
         self._rows_of_participant = {str(pid): order[bounds[k]:bounds[k + 1]] for k, pid in enumerate(uniques)}
         self._assets_of_participant = {pid: ids[rows] for pid, rows in self._rows_of_participant.items()}
-        # Uplinks go participant by participant in sorted order (as a groupby by participant would).
-        self._uplink_order = [(pid, self._rows_of_participant[pid]) for pid in sorted(self._rows_of_participant)]
         participant_index = pd.Index(sorted(self._rows_of_participant))
         self._participants_sorted = participant_index
         self._participant_pos = participant_index.get_indexer(self.participant_of.to_numpy())
+        # Backhaul messages, one per participant: telemetry in sorted order (as a groupby by participant
+        # would), setpoints in order of first appearance (``_first_code`` of each asset row).
+        self._uplink_ids = participant_index.to_numpy(dtype=object)
+        self._uplink_bytes = TELEMETRY_BYTES_PER_ASSET * np.bincount(self._participant_pos,
+                                                                     minlength=len(participant_index))
+        self._downlink_ids = np.array(list(self._rows_of_participant), dtype=object)
+        self._first_code = codes
         kinds = assets["kind"].astype(str)
         self._inverter = kinds.isin([AssetKind.PV, AssetKind.BATTERY]).to_numpy()
         self._s_max = assets["s_max_mva"].to_numpy(float)
@@ -442,10 +447,9 @@ class PolicyTwin:
         if self.cc_state is None:  # commissioning: the control centre knows the initial state
             self.cc_state = {k: v.copy() for k, v in reported.items()}
             self.cc_seen_ns[:] = time.value
-        arrived = [rows for pid, rows in self._uplink_order
-                   if self.comms.uplink(str(pid), time, n_bytes=TELEMETRY_BYTES_PER_ASSET * len(rows))]
-        if arrived:
-            rows = np.concatenate(arrived)
+        arrived = self.comms.uplinks(self._uplink_ids, time, n_bytes=self._uplink_bytes)
+        if arrived.any():
+            rows = arrived[self._participant_pos]  # the asset rows whose participant's report arrived
             for column, values in reported.items():
                 self.cc_state[column][rows] = values[rows]
             self.cc_seen_ns[rows] = time.value
@@ -464,10 +468,11 @@ class PolicyTwin:
         dispatched = self.inputs.assets.index.isin(dispatch.p_mw.dropna().index)
         per_asset = SETPOINT_BYTES + SCHEDULE_VALUE_BYTES * int(np.sum(self._schedule_offsets(dispatch, time)
                                                                        < self._schedule_len))
-        for pid, rows in self._rows_of_participant.items():
-            targets = rows[dispatched[rows]]
-            if len(targets) and self.comms.downlink(str(pid), time, n_bytes=per_asset * len(targets)):
-                delivered[targets] = True
+        targets = np.bincount(self._first_code[dispatched], minlength=len(self._downlink_ids))  # per participant
+        sent = targets > 0
+        arrived = np.zeros(len(self._downlink_ids), dtype=bool)
+        arrived[sent] = self.comms.downlinks(self._downlink_ids[sent], time, n_bytes=per_asset * targets[sent])
+        delivered = dispatched & arrived[self._first_code]
         self._stage.update(telemetry=t1 - t0, optimize=t2 - t1, coordinate=wallclock.perf_counter() - t2)
         return dispatch, delivered, 0
 
