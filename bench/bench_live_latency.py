@@ -131,13 +131,15 @@ class Result:
     telemetry_archived: int
     ingest_msg_per_s: float
     commands_refused: int
-    step_s_median: float  # the twin's engine step + setpoint signing/publishing per interval
+    step_s_median: float  # the twin's engine step (every policy) + setpoint signing/publishing per interval
     flush_s_median: float  # writing the interval to the run store
     step_s_max: float = float("nan")
     #: The same, without the first interval (which also builds every policy's optimization problems).
     latency_p50_steady_ms: float = float("nan")
     latency_p99_steady_ms: float = float("nan")
     policies: str = "shaver"
+    #: The controlling policy's step + its setpoints signed and published (it steps before its shadows).
+    lead_s_median: float = float("nan")
     control: str = "shaver"
     telemetry_qos: int = 1
     #: The twin's backlog (live table): simulated seconds past the next interval's start when an interval was
@@ -230,6 +232,7 @@ def bench(n: int, *, speed: float, hours: float, publish_every: str, root: Path,
         commands_refused=sum(o["refused"] for o in outs),
         step_s_median=float(live["step_s"].median()), flush_s_median=float(live["flush_s"].median()),
         step_s_max=float(live["step_s"].max()), policies=",".join(policies), control=control,
+        lead_s_median=float(live["lead_s"].median()),
         telemetry_qos=telemetry_qos, behind_s_max=float(live["behind_s"].max()),
         ingest_queue_max=int(live["ingest_queue"].max()), seq_missing=int(live["seq_missing"].iloc[-1]),
     )

@@ -388,3 +388,31 @@ def test_report_shows_coordination_per_interval(tmp_path: Path, rural_day: tuple
         parts = s["t_telemetry_s"] + s["t_optimize_s"] + s["t_coordinate_s"]
         assert (parts > 0).all() and (parts <= s["compute_s"] + 1e-9).all()
     assert 'src="http' not in page and "<link" not in page  # plotly.js inlined: the page opens offline
+
+
+def test_the_lead_policy_steps_first_and_is_handed_over_before_the_others_step(
+        rural_day: tuple[Scenario, RunInputs], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live twin sends the controlling policy's setpoints while its shadows still decide: the lead is
+    stepped first and given to ``on_lead`` at once; the records (and every result) are those of the
+    usual order."""
+    from twin.engine.policy_twin import PolicyTwin
+
+    scenario, inputs = rural_day
+    scenario = scenario.model_copy(update={"end": scenario.start + 4 * scenario.step})
+    usual = [[(r.policy, r.outcome.p.tolist(), r.power_flow.vm.tolist()) for r in records]
+             for records in iterate_policies(scenario, inputs)]
+    order: list[str] = []
+    step = PolicyTwin.step
+
+    def logged(self: PolicyTwin, time: pd.Timestamp) -> object:
+        order.append(self.name)
+        return step(self, time)
+
+    monkeypatch.setattr(PolicyTwin, "step", logged)
+    led = [[(r.policy, r.outcome.p.tolist(), r.power_flow.vm.tolist()) for r in records]
+           for records in iterate_policies(scenario, inputs, lead="shaver",
+                                           on_lead=lambda record: order.append(f"handed {record.policy}"))]
+    assert order == ["shaver", "handed shaver", "none"] * 4
+    assert led == usual and [p for p, _, _ in led[0]] == ["none", "shaver"]
+    with pytest.raises(ValueError, match="lead='scada': not a policy of the scenario"):
+        next(iterate_policies(scenario, inputs, lead="scada"))

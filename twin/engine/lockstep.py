@@ -9,7 +9,7 @@ an operator command arrives; from then on it steps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,8 @@ def iterate_policies(
     open_loop: bool = False,
     ledgers: DeferredLedgers | None = None,
     replay: Replay | None = None,
+    lead: str | None = None,
+    on_lead: Callable[[StepRecord], None] | None = None,
 ) -> Iterator[list[StepRecord]]:
     """Yield, per interval, one StepRecord per policy — all twins advanced in lock-step.
 
@@ -59,13 +61,19 @@ def iterate_policies(
     records; a block is computed before its first interval is yielded, so not for live or paced runs).
     ``ledgers``: settle deferred — each policy's intervals reach its ledger when the caller commits them
     (``DeferredLedgers.commit``), not as they are stepped. ``replay``: re-simulate a resumed run's past.
+    ``lead``: the policy stepped first in each interval; ``on_lead`` gets its record before the others step (a
+    live twin sends the controlling policy's setpoints while its shadows are still deciding). The records
+    yielded, and every policy's results, are the same in any order: the twins share nothing that a step changes.
     """
+    names = [e.name for e in entries or scenario.controllers]
+    if lead is not None and lead not in names:
+        raise ValueError(f"lead={lead!r}: not a policy of the scenario; expected one of {names}")
     twins: list[PolicyTwin] = []
     try:
         for e in entries or scenario.controllers:
             twins.append(PolicyTwin.create(e, inputs, scenario, agent_workers=agent_workers))
         yield from _run_twins(scenario, inputs, twins, run_dir, open_loop=open_loop, ledgers=ledgers,
-                              replay=replay)
+                              replay=replay, lead=names.index(lead) if lead is not None else 0, on_lead=on_lead)
     finally:
         for twin in twins:
             twin.close()
@@ -73,7 +81,8 @@ def iterate_policies(
 
 def _run_twins(scenario: Scenario, inputs: RunInputs, twins: list[PolicyTwin],
                run_dir: Path | None, *, open_loop: bool = False, ledgers: DeferredLedgers | None = None,
-               replay: Replay | None = None) -> Iterator[list[StepRecord]]:
+               replay: Replay | None = None, lead: int = 0,
+               on_lead: Callable[[StepRecord], None] | None = None) -> Iterator[list[StepRecord]]:
     config = scenario.settlement_config()
     if config is not None:
         if run_dir is None:
@@ -96,7 +105,8 @@ def _run_twins(scenario: Scenario, inputs: RunInputs, twins: list[PolicyTwin],
     channel = CommandChannel(run_dir) if run_dir is not None else None
     stepped = 0
     try:
-        for records in _lockstep(scenario, twins, channel, open_loop=open_loop, replay=replay):
+        for records in _lockstep(scenario, twins, channel, open_loop=open_loop, replay=replay, lead=lead,
+                                 on_lead=on_lead):
             stepped += 1  # counted before the yield: a caller that closes us after the last interval is complete
             yield records
     finally:
@@ -107,7 +117,8 @@ def _run_twins(scenario: Scenario, inputs: RunInputs, twins: list[PolicyTwin],
 
 
 def _lockstep(scenario: Scenario, twins: list[PolicyTwin], channel: CommandChannel | None, *,
-              open_loop: bool = False, replay: Replay | None = None) -> Iterator[list[StepRecord]]:
+              open_loop: bool = False, replay: Replay | None = None, lead: int = 0,
+              on_lead: Callable[[StepRecord], None] | None = None) -> Iterator[list[StepRecord]]:
     times = scenario.times
     done = 0
     past = replay.committed if replay is not None else 0  # before it, the run's own past replays: no new commands
@@ -141,4 +152,7 @@ def _lockstep(scenario: Scenario, twins: list[PolicyTwin], channel: CommandChann
                 verdict = "applied" if all(v == "applied" for v, _ in verdicts.values()) else "rejected"
                 detail = next(iter(verdicts.values()))[1]
                 channel.finish(path, verdict=verdict, applied_at=time, detail=detail)
-        yield [twin.step(time) for twin in twins]
+        first = twins[lead].step(time)
+        if on_lead is not None:
+            on_lead(first)
+        yield [first if i == lead else twin.step(time) for i, twin in enumerate(twins)]

@@ -185,7 +185,7 @@ class LiveResult:
 
 
 _LIVE_COLUMNS = ("measured", "expected", "forecast_filled", "offline", "dropouts_submitted", "commands_sent",
-                 "releases_sent", "acks_accepted", "acks_refused", "trigger", "wait_s", "step_s", "flush_s",
+                 "releases_sent", "acks_accepted", "acks_refused", "trigger", "wait_s", "lead_s", "step_s", "flush_s",
                  "dr_events_issued", "not_sent", "behind_s", "ingest_queue", "seq_missing")
 
 
@@ -279,6 +279,9 @@ class LiveTwin:
         self._last_received = -1
         self._quiet_since = time.monotonic()
         self._last_backlog: dict[str, Any] | None = None
+        #: The interval being stepped (time, offline devices, step start) and what its lead record sent.
+        self._interval: tuple[pd.Timestamp, set[str], float] = (pd.Timestamp(0, tz="UTC"), set(), 0.0)
+        self._lead_sent: tuple[int, int, float] = (0, 0, 0.0)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -646,6 +649,12 @@ class LiveTwin:
                                                 operator="live-twin", participant_id=pid))
         return len(participants)
 
+    def _on_lead(self, record: StepRecord) -> None:
+        """The controlling policy's record of the interval being stepped: command the devices at once."""
+        t, offline, t0 = self._interval
+        sent, released = self._publish_setpoints(t, record, offline)
+        self._lead_sent = (sent, released, time.monotonic() - t0)
+
     def _publish_setpoints(self, t: pd.Timestamp, record: StepRecord, offline: set[str]) -> tuple[int, int]:
         """Signed commands for every asset the controlling policy holds a setpoint for; a release (expired
         command) for one it stopped holding. Skipped for intervals already over (catch-up after a restart)."""
@@ -781,11 +790,12 @@ class LiveTwin:
                 dr_events = self._operator_dr_events(t)
                 if engine is None:
                     self._initial_soc(t)
-                    engine = iterate_policies(self._engine_scenario(t), self.live.inputs, run_dir=self.out)
+                    engine = iterate_policies(self._engine_scenario(t), self.live.inputs, run_dir=self.out,
+                                              lead=self.control, on_lead=self._on_lead)
                 t0 = time.monotonic()
-                records = next(engine)
-                by_name = {r.policy: r for r in records}
-                sent, released = self._publish_setpoints(t, by_name[self.control], set(offline))
+                self._interval = (t, set(offline), t0)
+                records = next(engine)  # the controlling policy steps first: its setpoints leave before the shadows'
+                sent, released, lead_s = self._lead_sent
                 step_s = time.monotonic() - t0
                 self._drain()
                 acks = (self._stats["acks_accepted"], self._stats["acks_refused"])
@@ -793,7 +803,8 @@ class LiveTwin:
                                   "forecast_filled": forecast, "offline": ",".join(sorted(offline)),
                                   "dropouts_submitted": dropouts, "commands_sent": sent, "releases_sent": released,
                                   "acks_accepted": acks[0], "acks_refused": acks[1], "trigger": trigger,
-                                  "wait_s": wait_s, "step_s": step_s, "dr_events_issued": dr_events,
+                                  "wait_s": wait_s, "lead_s": lead_s, "step_s": step_s,
+                                  "dr_events_issued": dr_events,
                                   "not_sent": "; ".join(self._not_sent)})
                 self._not_sent = []
                 recorder.add(records)
