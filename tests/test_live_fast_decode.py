@@ -134,7 +134,7 @@ def test_unusual_floats_verify_on_some_path(tmp_path: Path, value: float) -> Non
 def test_the_fast_verifier_agrees_with_cryptography() -> None:
     from cryptography.exceptions import InvalidSignature
 
-    from twin.live.ed25519_verify import verifier_for
+    from twin.live.ed25519_fast import verifier_for
     from twin.live.signing import new_private_key
 
     key, other = new_private_key(), new_private_key()
@@ -153,3 +153,16 @@ def test_the_fast_verifier_agrees_with_cryptography() -> None:
         except InvalidSignature:
             reference = False
         assert (check(signature, text), reference) == (valid, valid)
+
+
+def test_the_fast_signer_signs_exactly_as_cryptography() -> None:
+    """Ed25519 is deterministic (RFC 8032): libsodium's signature of a message is cryptography's, byte for byte."""
+    from twin.live.ed25519_fast import BACKEND, signer_for
+    from twin.live.signing import new_private_key
+
+    for size in (0, 1, 64, 1000):
+        key = new_private_key()
+        message = bytes(range(256)) * 4
+        message = message[:size]
+        assert signer_for(key)(message) == key.sign(message)
+    assert BACKEND in ("libsodium", "cryptography")

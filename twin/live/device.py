@@ -17,6 +17,7 @@ from twin.live.broker import BrokerCredentials
 from twin.live.messages import Channel, DeviceAddress, DeviceState
 from twin.live.mqtt import connect_and_wait, connect_in_pool, format_ts, make_client
 from twin.live.session_pool import SessionPool
+from twin.live.ed25519_fast import signer_for
 from twin.live.signing import sign_payload
 
 __all__ = ["DeviceClient", "encode_payload"]
@@ -51,7 +52,7 @@ class DeviceClient:
         self.telemetry_qos = telemetry_qos
         self._pool = pool
         self.address = address
-        self._private_key = private_key
+        self._signer = signer_for(private_key)  # libsodium where the system has it: every message is signed
         self._credentials = credentials
         self._host = host
         self._port = port
@@ -64,7 +65,7 @@ class DeviceClient:
 
     def sign(self, payload: dict[str, Any], *, channel: Channel) -> bytes:
         """Sign ``payload`` for this device's ``channel`` topic and encode it as JSON bytes."""
-        signed = sign_payload(payload, topic=self.address.topic(channel), private_key=self._private_key)
+        signed = sign_payload(payload, topic=self.address.topic(channel), private_key=self._signer)
         return encode_payload(signed)
 
     def telemetry_payload(

@@ -1,5 +1,5 @@
 """The fast accept path of MQTT telemetry: a batch decoded with msgspec, its Ed25519 signatures checked in one
-tight loop (libsodium where the system has it: ``ed25519_verify``), its fields checked by scalar tests; only
+tight loop (libsodium where the system has it: ``ed25519_fast``), its fields checked by scalar tests; only
 what passes every check is accepted here.
 
 Anything this path cannot accept (a bad signature, a field out of range, an unknown topic, a payload that is
@@ -21,7 +21,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from twin.live.canonical import RawMessage
-from twin.live.ed25519_verify import Verifier, verifier_for
+from twin.live.ed25519_fast import Verifier, verifier_for
 from twin.live.messages import _SEGMENT, Channel, TelemetryPayload, parse_topic
 from twin.live.signing import SIG_FIELD
 

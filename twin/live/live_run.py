@@ -40,6 +40,7 @@ from twin.inputs import RunInputs, build_inputs
 from twin.live.canonical import Transport
 from twin.live.clock import SimClock
 from twin.live.device import encode_payload
+from twin.live.ed25519_fast import signer_for
 from twin.live.field_identity import FIELD_AUTH_FILENAME, FieldAuth, X509Identity, load_vtn_identity
 from twin.live.ingest import Ingestor, IngestPolicy, MqttIngest
 from twin.live.messages import Channel, DeviceAddress
@@ -231,6 +232,7 @@ class LiveTwin:
         self.credentials = credentials
         self.keys = keys
         self._operator_key = operator_key
+        self._operator_signer = signer_for(operator_key)  # one signature per setpoint sent
         self.control = control
         self.speed = speed
         self.out = Path(out)
@@ -734,7 +736,7 @@ class LiveTwin:
         topic = self.devices[device_id].topic(Channel.CMD)
         payload = {"device_id": device_id, "cmd_seq": time.time_ns() // 1000, "ts": format_ts(t.to_pydatetime()),
                    "p_setpoint_kw": p_kw, "q_setpoint_kvar": q_kvar, "valid_until": valid_until}
-        signed = sign_payload(payload, topic=topic, private_key=self._operator_key)
+        signed = sign_payload(payload, topic=topic, private_key=self._operator_signer)
         self._publisher.publish(topic, encode_payload(signed), qos=1)
         self._command_wall[(t, device_id)] = time.time()
         self._stats["commands"] += 1
