@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -94,12 +95,15 @@ def main() -> int:
         started.wait(10)
         try:
             t1 = time.time()
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
             cli = subprocess.run(
                 [str(Path(sys.executable).with_name("gridtwin")), "devices", str(scenario_path), "--broker",
                  f"mqtt://{broker.host}:{broker.port}", "--credentials", str(setup.credentials_path), "--speed", "1",
                  "--publish-every", "1s", "--telemetry-qos", "0", "--processes", str(args.processes)],
                 capture_output=True, text=True, timeout=3600 + args.minutes * 120)
             wall = time.time() - t1
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CLI and its device processes, reaped
+            cpu_s = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
         finally:
             stop.set()
             sub.terminate()
@@ -123,6 +127,9 @@ def main() -> int:
             "delivered_msg_per_s_min": min(steady) if steady else 0,
             "seconds_reporting": len(seconds), "cli_wall_s": round(wall, 1), "provision_s": round(provision_s, 1),
             "kb_per_device": float(kb.group(1)) if kb else None, "cli_report": line,
+            # The field's own CPU (the devices' processes; not the broker's or the counter's): the load-proof figure.
+            "field_cpu_s": round(cpu_s, 1),
+            "field_cpu_us_per_message": round(1e6 * cpu_s / sum(counts), 1) if sum(counts) else None,
         }
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
