@@ -2,16 +2,21 @@
 
 Owns the translation of a prepared pandapower feeder (``twin.grid.three_phase.prepare_three_phase_net``) into a
 power-grid-model model that reproduces pandapower's sequence-component model exactly, and the batch solve of
-per-bus, per-phase injections. Three details make the two models the same:
+per-bus, per-phase injections. These details make the two models the same:
 
 * pandapower's Dyn zero-sequence T model (leakage split ``si0_hv_partial`` around the zero-sequence magnetizing
   impedance) is not power-grid-model's; the transformer is given an unearthed secondary (Dy, no zero-sequence
   path) and the LV bus a zero-sequence-only shunt equal to pandapower's, ``z_lv + z_hv || z_mag0``.
 * pandapower's external grid is an ideal positive-sequence source with its short-circuit impedance
   ``1.1 U² / S_sc`` in the negative and zero sequence; power-grid-model's source has that impedance in every
-  sequence, so its internal voltage is corrected per interval until the positive-sequence slack voltage is the
-  set point to 1e-9 pu (two batch solves on the catalog feeders: the correction contracts by the tiny source
-  impedance).
+  sequence, so its positive-sequence slack voltage sags by the source current. With constant-power loads on a
+  linear network the solution for source voltage ``αE`` and loads ``|α|² S`` is exactly ``α`` times the
+  solution for ``E`` and ``S``: so each interval is solved once with its loads pre-scaled by the sag predicted
+  from its injections, the result is scaled by ``α = set point / slack voltage`` (now exact, for loads off by
+  the factor ``λ = |α|² x pre-scale``), and the small remaining load error is corrected to first order from the
+  feeder's no-load voltages (remainder about ``|1 - λ| D²``, ``D`` the largest voltage drop). Intervals whose
+  remainder could exceed 1e-9 pu (weak grids: a low ``S_sc``) are solved again with a Newton step on the
+  pre-scale; in the bench's week on the IEEE European LV feeder none is, so one batch solve does it all.
 * ``runpp_3ph`` has only pandapower's T model of a transformer (magnetizing branch between two halves of the
   leakage impedance); here each transformer is a half-impedance transformer to an internal node holding the
   magnetizing shunt, and a line of the other half on to the LV bus. (With power-grid-model's own magnetizing
@@ -19,13 +24,14 @@ per-bus, per-phase injections. Three details make the two models the same:
 * one wye ``asym_load`` per bus carries that bus's injection, as in ``ReferenceThreePhase``.
 
 Each batch is solved by power-grid-model's constant-admittance current iteration (one factorization for all
-intervals), with Newton-Raphson for any interval it does not converge on. Tests hold it to 1e-6 pu of
-``runpp_3ph`` on every catalog feeder that has (or is completed with) 3-phase data.
+intervals), with Newton-Raphson for any interval it does not converge on; only the loads of buses with an
+injection in the batch are updated. power-grid-model's cost per interval is mostly fixed (about 1 ms on the
+907-bus IEEE feeder, however few the iterations), which is why the number of batch solves is what counts. Tests
+hold it to 1e-6 pu of ``runpp_3ph`` on every catalog feeder that has (or is completed with) 3-phase data.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pandapower as pp
 import pandas as pd
@@ -52,28 +58,34 @@ __all__ = ["FastThreePhase"]
 
 #: pandapower's voltage factor for the external grid's short-circuit impedance outside short-circuit studies.
 _C_EXT_GRID = 1.1
-#: Largest positive-sequence slack voltage error (pu) left after the source correction.
+#: Largest remainder (pu) of the first-order load-scaling correction accepted; an interval whose estimated
+#: remainder is larger is solved again.
 _SLACK_TOLERANCE_PU = 1e-9
-_MAX_CORRECTIONS = 6
+#: Margin on the remainder estimate ``|1 - λ| D²`` (within 5 % of the true remainder on the catalog feeders).
+_REMAINDER_MARGIN = 2.0
+_MAX_PASSES = 4
 _MAX_ITERATIONS = 100
-_FIRST_PASS_TOLERANCE = 1e-5
 _NODE_OUTPUT = {ComponentType.node: ["u_pu", "u_angle"]}
 _FULL_OUTPUT = {ComponentType.node: ["u_pu", "u_angle"], ComponentType.line: ["i_from", "i_to", "p_from", "q_from"]}
 #: Bounds one batch call's memory (intervals per call; a 907-bus feeder's output is ~0.3 MB per interval).
 _CHUNK = 2016
+#: Intervals per block of the neutral-current computation (bounds its temporaries).
+_NEUTRAL_BLOCK = 64
 
 
 class FastThreePhase:
     """A power-grid-model model of one prepared feeder; ``solve`` runs a batch of intervals in one call."""
 
     def __init__(self, model: PowerGridModel, *, bus: pd.Index, line: pd.Index, source_u: complex,
-                 source_node: int, line_from_positions: np.ndarray, line_from_u_rated: np.ndarray,
-                 error_tolerance: float) -> None:
+                 source_z_pu: complex, source_node: int, no_load_v: np.ndarray, line_from_positions: np.ndarray,
+                 line_from_u_rated: np.ndarray, error_tolerance: float) -> None:
         self._model = model
         self.bus = bus
         self.line = line
         self._source_u = source_u
+        self._source_z = source_z_pu
         self._source_node = source_node
+        self._no_load_v = no_load_v
         self._line_from_positions = line_from_positions
         self._line_from_u_rated = line_from_u_rated
         self._tolerance = error_tolerance
@@ -89,9 +101,12 @@ class FastThreePhase:
             raise ThreePhaseError(f"power-grid-model rejected the feeder: {exc}") from exc
         eg = net.ext_grid.iloc[0]
         u = float(eg["vm_pu"]) * np.exp(1j * np.deg2rad(float(eg["va_degree"])))
+        source_node = int(net.bus.index.get_loc(eg["bus"]))
         from_pos = net.bus.index.get_indexer(net.line["from_bus"])
         return cls(model, bus=pd.Index(net.bus.index), line=pd.Index(net.line.index), source_u=u,
-                   source_node=int(net.bus.index.get_loc(eg["bus"])), line_from_positions=from_pos,
+                   source_z_pu=_source_impedance_pu(data[ComponentType.source][0]), source_node=source_node,
+                   no_load_v=_no_load_voltages(model, len(net.bus), source_node, u, error_tolerance),
+                   line_from_positions=from_pos,
                    line_from_u_rated=net.bus["vn_kv"].to_numpy(dtype=float)[from_pos] * 1e3,
                    error_tolerance=error_tolerance)
 
@@ -105,25 +120,22 @@ class FastThreePhase:
                for field in ("vm_pu", "va_degree", "line_i_ka", "line_i_n_ka", "converged")},
         )
 
-    def _calculate(self, loads: np.ndarray, source: np.ndarray | None, converged: np.ndarray, tolerance: float,
-                   outputs: dict) -> dict:
+    def _calculate(self, loads: np.ndarray, converged: np.ndarray, outputs: dict) -> dict:
         """One batch call by the constant-admittance current iteration (one factorization for the whole batch);
         intervals it cannot solve are solved again by Newton-Raphson, and any that still fail are marked in
         ``converged`` (in place) and come back as NaN."""
-        out = self._call(loads, source, CalculationMethod.iterative_current, converged, tolerance, outputs)
+        out = self._call(loads, CalculationMethod.iterative_current, converged, outputs)
         failed = np.flatnonzero(~converged)
         if len(failed):
             retry = np.ones(len(failed), dtype=bool)
-            again = self._call(loads[failed], None if source is None else source[failed],
-                               CalculationMethod.newton_raphson, retry, tolerance, outputs)
+            again = self._call(loads[failed], CalculationMethod.newton_raphson, retry, outputs)
             for component, values in again.items():
                 for name, array in values.items():
                     out[component][name][failed] = array
             converged[failed] = retry
         return out
 
-    def _call(self, loads: np.ndarray, source: np.ndarray | None, method: CalculationMethod, converged: np.ndarray,
-              tolerance: float, outputs: dict) -> dict:
+    def _call(self, loads: np.ndarray, method: CalculationMethod, converged: np.ndarray, outputs: dict) -> dict:
         for _ in range(2):
             run_loads = loads
             if not converged.all():  # a failed interval is solved unloaded, then discarded
@@ -131,58 +143,105 @@ class FastThreePhase:
                 run_loads["p_specified"][~converged] = 0.0
                 run_loads["q_specified"][~converged] = 0.0
             try:
-                update = {ComponentType.asym_load: run_loads}
-                if source is not None:
-                    update[ComponentType.source] = source
                 return self._model.calculate_power_flow(
-                    symmetric=False, update_data=update, calculation_method=method, error_tolerance=tolerance,
-                    max_iterations=_MAX_ITERATIONS, output_component_types=outputs,
+                    symmetric=False, update_data={ComponentType.asym_load: run_loads}, calculation_method=method,
+                    error_tolerance=self._tolerance, max_iterations=_MAX_ITERATIONS, output_component_types=outputs,
                 )
             except PowerGridBatchError as exc:
                 converged[np.asarray(exc.failed_scenarios, dtype=int)] = False
         raise ThreePhaseError("power-grid-model failed on an unloaded feeder")
 
     def _solve_chunk(self, p_mw: np.ndarray, q_mvar: np.ndarray) -> ThreePhaseResult:
-        steps, n_bus = p_mw.shape[0], len(self.bus)
-        loads = initialize_array(DatasetType.update, ComponentType.asym_load, (steps, n_bus), empty=True)
-        loads["id"] = _load_ids(n_bus)[None, :]
-        loads["p_specified"] = p_mw * 1e6
-        loads["q_specified"] = q_mvar * 1e6
-        loads["status"] = 1
-        source = initialize_array(DatasetType.update, ComponentType.source, (steps, 1))
-        source["id"] = _SOURCE_ID
-        u_internal = np.full(steps, self._source_u, dtype=complex)
+        steps, n_bus, n_line = p_mw.shape[0], len(self.bus), len(self.line)
+        # Buses with no injection in the whole batch keep the model's zero load (fewer updates per interval).
+        active = np.flatnonzero((p_mw != 0).any(axis=(0, 2)) | (q_mvar != 0).any(axis=(0, 2)))
+        if not len(active):
+            active = np.array([0])
+        p_active, q_active = p_mw[:, active], q_mvar[:, active]
+        u = self._source_u
+        # Pre-scale of the loads that cancels the slack's sag behind the source impedance, predicted from the
+        # injections alone (power-grid-model's per unit is 1 MVA; losses are neglected, so it is a first guess).
+        s_pu = p_active.sum(axis=(1, 2)) + 1j * q_active.sum(axis=(1, 2))
+        scale = np.abs((u - self._source_z * np.conj(s_pu / u)) / u) ** 2
+        alpha = np.ones(steps, dtype=complex)
+        lam = np.ones(steps)
         converged = np.ones(steps, dtype=bool)
-        for k in range(_MAX_CORRECTIONS):
-            source["u_ref"] = np.abs(u_internal)[:, None]
-            source["u_ref_angle"] = np.angle(u_internal)[:, None]
-            # The first solve only measures the source current for the correction (needed to ~1e-4 of itself),
-            # so it stops early; the solve whose answers are kept runs to the full tolerance.
-            # It also needs no source update (the model's own source is at the set point) and no branch results.
-            if k == 0:
-                out = self._calculate(loads, None, converged, _FIRST_PASS_TOLERANCE, _NODE_OUTPUT)
+        pending = np.arange(steps)
+        out: dict = {}
+        x = np.empty((steps, n_bus, 3), dtype=complex)  # the solves' bus voltages, before any correction
+        for _ in range(_MAX_PASSES):
+            ok = np.ones(len(pending), dtype=bool)
+            part = self._calculate(self._load_update(p_active[pending], q_active[pending], scale[pending], active),
+                                   ok, _FULL_OUTPUT)
+            converged[pending] = ok
+            if not out:
+                out = part
             else:
-                out = self._calculate(loads, source, converged, self._tolerance, _FULL_OUTPUT)
-            nodes = out[ComponentType.node]
-            slack = nodes["u_pu"][:, self._source_node, :] * np.exp(1j * nodes["u_angle"][:, self._source_node, :])
-            error = self._source_u - sequence_components(slack)[:, 1]
-            if k > 0 and np.nanmax(np.abs(error[converged]), initial=0.0) < _SLACK_TOLERANCE_PU:
+                for component, values in part.items():
+                    for name, array in values.items():
+                        out[component][name][pending] = array
+            x_p = _phasors(part[ComponentType.node], n_bus)
+            x[pending] = x_p
+            # Scaled by alpha, the solve is exact for the slack set point and loads lam * S.
+            a = u / sequence_components(x_p[:, self._source_node])[:, 1]
+            lam_p = np.abs(a) ** 2 * scale[pending]
+            alpha[pending], lam[pending] = a, lam_p
+            drop = np.abs(self._no_load_v - a[:, None, None] * x_p).max(axis=(1, 2))
+            redo = ok & (_REMAINDER_MARGIN * np.abs(1.0 - lam_p) * drop**2 > _SLACK_TOLERANCE_PU)
+            if not redo.any():
                 break
-            u_internal = u_internal + np.where(converged, error, 0.0)
-        # Columnar output (attribute -> [t, component, phase]); the internal T-model nodes and lines come after the
-        # real ones.
-        n_bus, n_line = len(self.bus), len(self.line)
-        vm = nodes["u_pu"][:, :n_bus]
-        angle = nodes["u_angle"][:, :n_bus]
-        lines = {name: values[:, :n_line] for name, values in out[ComponentType.line].items()}
-        i_ka = np.maximum(lines["i_from"], lines["i_to"]) / 1e3
-        i_n = _neutral_current_ka(out[ComponentType.line], nodes["u_pu"], nodes["u_angle"], self._line_from_positions,
-                                  self._line_from_u_rated)
-        va = np.rad2deg(angle)
+            # Newton step on the pre-scale for lam = 1, with lam ~ scale * (1 + c * scale).
+            s_r, l_r = scale[pending[redo]], lam_p[redo]
+            scale[pending[redo]] = s_r - (l_r - 1.0) / (2.0 * l_r / s_r - 1.0)
+            pending = pending[redo]
+        # First order in the load error: v(1) = v0 - (v0 - v(lam)) / lam, v0 the no-load voltages (constant-power
+        # currents scale with the load: |I| |alpha| / lam).
+        v = self._no_load_v - (self._no_load_v - alpha[:, None, None] * x) / lam[:, None, None]
+        vm = np.abs(v)
+        va = np.rad2deg(np.angle(v))
+        current_scale = (np.abs(alpha) / lam)[:, None]
+        lines = out[ComponentType.line]
+        i_ka = np.maximum(lines["i_from"][:, :n_line], lines["i_to"][:, :n_line]) * (current_scale[..., None] / 1e3)
+        i_n = _neutral_current_ka(lines, x, self._line_from_positions, self._line_from_u_rated) * current_scale
         for arr in (vm, va, i_ka, i_n):
             arr[~converged] = np.nan
         return ThreePhaseResult(bus=self.bus, line=self.line, vm_pu=vm, va_degree=va, line_i_ka=i_ka,
                                 line_i_n_ka=i_n, converged=converged)
+
+    def _load_update(self, p_mw: np.ndarray, q_mvar: np.ndarray, scale: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """The batch update of the loads of the ``active`` buses (``p_mw[t, active bus, phase]``), scaled."""
+        loads = initialize_array(DatasetType.update, ComponentType.asym_load, (len(p_mw), len(active)), empty=True)
+        loads["id"] = _load_ids(len(self.bus))[active][None, :]
+        factor = (scale * 1e6)[:, None, None]
+        loads["p_specified"] = p_mw * factor
+        loads["q_specified"] = q_mvar * factor
+        loads["status"] = 1
+        return loads
+
+
+def _phasors(nodes: dict[str, np.ndarray], n_bus: int) -> np.ndarray:
+    """Complex phase voltages (pu) of the real buses, ``[t, bus, phase]`` (the internal T-model nodes follow them)."""
+    return nodes["u_pu"][:, :n_bus] * np.exp(1j * nodes["u_angle"][:, :n_bus])
+
+
+def _source_impedance_pu(source: np.void) -> complex:
+    """power-grid-model's source impedance on its 1 MVA base: ``|z| = 1 MVA / sk`` at ``rx_ratio``."""
+    x = 1e6 / float(source["sk"]) / np.hypot(1.0, float(source["rx_ratio"]))
+    return complex(float(source["rx_ratio"]) * x, x)
+
+
+def _no_load_voltages(model: PowerGridModel, n_bus: int, source_node: int, u: complex,
+                      tolerance: float) -> np.ndarray:
+    """The feeder's voltages with no load and the slack at its set point, ``[bus, phase]`` (the model is linear
+    without loads, so scaling a solve by ``set point / slack voltage`` is exact)."""
+    try:
+        out = model.calculate_power_flow(symmetric=False, calculation_method=CalculationMethod.iterative_current,
+                                         error_tolerance=tolerance, max_iterations=_MAX_ITERATIONS,
+                                         output_component_types=_NODE_OUTPUT)
+    except PowerGridError as exc:
+        raise ThreePhaseError(f"power-grid-model failed on the unloaded feeder: {exc}") from exc
+    x = _phasors({k: v[None] for k, v in out[ComponentType.node].items()}, n_bus)[0]
+    return x * (u / sequence_components(x[source_node])[1])
 
 
 _SOURCE_ID = 1
@@ -194,32 +253,19 @@ def _load_ids(n_bus: int) -> np.ndarray:
     return _ID_BASE["load"] + np.arange(n_bus)
 
 
-def _neutral_current_ka(lines: dict[str, np.ndarray], vm: np.ndarray, angle: np.ndarray, from_pos: np.ndarray,
+def _neutral_current_ka(lines: dict[str, np.ndarray], v_bus: np.ndarray, from_pos: np.ndarray,
                         u_rated: np.ndarray) -> np.ndarray:
     """3|I0| at each line's from end. power-grid-model reports phase current magnitudes only; the phasors are
-    I = conj(S / V) from the from-end power and voltage (one compiled pass, no temporaries of the batch's size)."""
-    # Whole (contiguous) output arrays: the kernel reads only the first len(from_pos) lines.
-    return _neutral_kernel(lines["p_from"], lines["q_from"], vm, angle, from_pos.astype(np.int64),
-                           u_rated / np.sqrt(3.0) * 1e3)
-
-
-@numba.njit(cache=True)
-def _neutral_kernel(p, q, vm, angle, from_pos, i_base):  # pragma: no cover - compiled
-    steps, n_line = p.shape[0], from_pos.shape[0]
+    I = conj(S / V) from the from-end power and the bus voltages ``v_bus[t, bus, phase]`` of the same solve (in
+    blocks of intervals: temporaries stay small)."""
+    steps, n_line = v_bus.shape[0], len(from_pos)
+    i_base = u_rated / np.sqrt(3.0) * 1e3
     out = np.empty((steps, n_line))
-    for t in range(steps):
-        for k in range(n_line):
-            b = from_pos[k]
-            re = 0.0
-            im = 0.0
-            for ph in range(3):
-                v = vm[t, b, ph]
-                vr = v * np.cos(angle[t, b, ph])
-                vi = v * np.sin(angle[t, b, ph])
-                inv = 1.0 / (v * v) if v > 0.0 else np.nan
-                re += (p[t, k, ph] * vr + q[t, k, ph] * vi) * inv
-                im += (p[t, k, ph] * vi - q[t, k, ph] * vr) * inv
-            out[t, k] = np.hypot(re, im) / i_base[k]
+    with np.errstate(divide="ignore", invalid="ignore"):  # an isolated bus (0 V) gives NaN, as it should
+        for s in range(0, steps, _NEUTRAL_BLOCK):
+            block = slice(s, s + _NEUTRAL_BLOCK)
+            power = lines["p_from"][block, :n_line] + 1j * lines["q_from"][block, :n_line]
+            out[block] = np.abs(np.conj(power / v_bus[block][:, from_pos]).sum(axis=-1)) / i_base
     return out
 
 
