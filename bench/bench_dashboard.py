@@ -10,10 +10,26 @@ Two sources:
   is appended to every table before each request, as while a paced run writes.
 
 Per page: cold (first request of a new app, nothing read yet), warm (nothing changed: what every poll of a
-finished run costs) and live (a new part or interval arrived before the request). Peak RSS at the end.
+finished run costs) and live (a new part or interval arrived before the request: a refresh while the run
+writes), with the bytes of a cold and of a live refresh. A callback's outputs that it also reads as State (the
+map's digests of the figure the browser holds) are carried from one request to the next, as the browser does.
+Also the first read of the whole run (``RunData.warm``, what the dashboard does in the background at start) and
+peak RSS at the end.
 
     python bench/bench_dashboard.py [--feeder ieee-eu-lv] [--days 7] [--repeat 5]
     python bench/bench_dashboard.py --run runs/<run> [--repeat 5]
+
+The README's figures are for a week of the 9,099-bus feeder, ``gridtwin run week-semiurb.toml --out RUN`` (~1 min,
+1.9 GB peak) with::
+
+    name = "week-semiurb"
+    seed = 1
+    feeder = "simbench:1-MVLV-semiurb-all-0-sw"
+    start = "2016-06-06T00:00:00Z"
+    end = "2016-06-13T00:00:00Z"
+    fleet = { pv_penetration = 0.5, battery_share = 0.0, ev_share = 0.0, flex_share = 0.0 }
+    power_flow = { engine = "fast" }
+    controllers = [{ name = "no-control", target = "controllers.baseline:NoControl" }]
 """
 
 from __future__ import annotations
@@ -89,38 +105,68 @@ def _poll_body(app: Any) -> dict[str, Any]:
             "changedPropIds": ["tick.n_intervals"]}
 
 
-def _page_time(client: Any, poll: dict[str, Any], bodies: list[dict[str, Any]]) -> tuple[float, int]:
+def _page_time(client: Any, poll: dict[str, Any], bodies: list[dict[str, Any]],
+               carried: dict[str, Any]) -> tuple[float, int]:
     """One refresh of a page: the poll, then its callbacks one after the other (the browser sends them in
-    parallel; serial is the worst case on one core). Seconds and response bytes."""
+    parallel; serial is the worst case on one core). Seconds and response bytes. ``carried``: State values
+    a callback's own earlier answer set (``id.property`` -> value), updated from each answer."""
     t0 = time.perf_counter()
     size = 0
     for body in [poll, *bodies]:
+        for state in body["state"]:
+            key = f"{state['id']}.{state['property']}"
+            if key in carried:
+                state["value"] = carried[key]
         response = client.post("/_dash-update-component", json=body)
         if response.status_code not in (200, 204):
             raise RuntimeError(f"{body['output']} answered {response.status_code}: {response.data[:300]!r}")
         size += len(response.data)
+        if response.status_code == 200 and any(f"{s['id']}.{s['property']}" in carried for s in body["state"]):
+            answer = json.loads(response.data).get("response", {})
+            for component, props in answer.items():
+                for prop, value in props.items():
+                    if f"{component}.{prop}" in carried:
+                        carried[f"{component}.{prop}"] = value
     return time.perf_counter() - t0, size
 
 
+def _carried(bodies: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """``id.property`` of every State that is also an output of the same callback (None: nothing sent yet)."""
+    out = {}
+    for calls in bodies.values():
+        for body in calls:
+            outputs = body["outputs"] if isinstance(body["outputs"], list) else [body["outputs"]]
+            written = {f"{o['id']}.{o['property']}" for o in outputs}
+            out.update({key: None for s in body["state"] if (key := f"{s['id']}.{s['property']}") in written})
+    return out
+
+
 def _measure(run: Path, *, repeat: int, arrive: Callable[[], bool]) -> dict[str, dict[str, float]]:
+    t0 = time.perf_counter()
+    RunData(run).warm()
+    first_read = time.perf_counter() - t0
     app = create_app(run)
     client = app.server.test_client()
     data = RunData(run)
     bodies = _bodies(app, data)
     poll = _poll_body(app)
-    out: dict[str, dict[str, float]] = {}
+    carried = _carried(bodies)
+    out: dict[str, dict[str, float]] = {"first read": {"cold_s": first_read}}
     for page, calls in bodies.items():
-        cold, size = _page_time(client, poll, calls)
-        warm = [_page_time(client, poll, calls)[0] for _ in range(repeat)]
+        cold, size = _page_time(client, poll, calls, carried)
+        warm = [_page_time(client, poll, calls, carried)[0] for _ in range(repeat)]
         out[page] = {"cold_s": cold, "warm_s": statistics.median(warm), "kb": size / 1024}
     for page, calls in bodies.items():
-        live = []
+        live, sizes = [], []
         for _ in range(repeat):
             if not arrive():
                 break
-            live.append(_page_time(client, poll, calls)[0])
+            seconds, size = _page_time(client, poll, calls, carried)
+            live.append(seconds)
+            sizes.append(size)
         out[page]["live_s"] = statistics.median(live) if live else float("nan")
         out[page]["live_max_s"] = max(live) if live else float("nan")
+        out[page]["live_kb"] = statistics.median(sizes) / 1024 if sizes else float("nan")
     return out
 
 
@@ -148,9 +194,14 @@ def _synthetic(args: argparse.Namespace, tmp: Path) -> tuple[Path, Callable[[], 
 
 def _real(args: argparse.Namespace, tmp: Path) -> tuple[Path, Callable[[], bool], str]:
     """A copy of the run marked running (no kpis.parquet: KPIs computed live, as while a run goes); ``arrive``
-    appends one interval to every table (the last recorded row again, one step later, as a paced run's
-    one-interval parts) and bumps status.json."""
+    appends one interval to every table, as a paced run's one-interval parts, in the layout the run store
+    writes (twin.records.parts), and bumps status.json. The k-th interval appended repeats the values of the
+    k-th row of the table's last recorded part (the run's last day), so every new interval differs from the one
+    before, as a running twin's do (the map's colours change; only they should travel)."""
     import pandas as pd
+
+    from twin.records.parts import part_paths, read_parts, write_part
+    from twin.records.runstore import MATRIX_TABLES
 
     source = Path(args.run)
     meta = json.loads((source / "meta.json").read_text())
@@ -162,16 +213,18 @@ def _real(args: argparse.Namespace, tmp: Path) -> tuple[Path, Callable[[], bool]
     (run / "status.json").write_text(json.dumps(state))
     folders = sorted({p.parent for p in run.rglob("part-*.parquet")})
     step = pd.Timedelta(meta.get("scenario", {}).get("step", "15min"))
+    templates = {folder: read_parts(part_paths(folder)[-1:]) for folder in folders}
+    appended = 0
 
     def arrive() -> bool:
+        nonlocal appended
         for folder in folders:
-            parts = sorted(folder.glob("part-*.parquet"))
-            last = pd.read_parquet(parts[-1]).iloc[-1:]
-            last.index = last.index + step
-            number = int(parts[-1].stem.split("-")[1]) + 1
-            tmp_path = folder / f"part-{number:06d}.parquet.tmp"
-            last.to_parquet(tmp_path)
-            tmp_path.rename(folder / f"part-{number:06d}.parquet")
+            template = templates[folder]
+            row = template.iloc[[appended % len(template)]].copy()
+            row.index = pd.DatetimeIndex([template.index[-1] + (appended + 1) * step], name=template.index.name)
+            number = int(part_paths(folder)[-1].stem.split("-")[1]) + 1
+            write_part(row, folder / f"part-{number:06d}.parquet", matrix=folder.name in MATRIX_TABLES)
+        appended += 1
         state["done"] = int(state.get("done") or 0) + 1
         state["total"] = max(int(state.get("total") or 0), state["done"])
         state["updated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
@@ -196,10 +249,12 @@ def main() -> None:
         run, arrive, what = (_real if args.run else _synthetic)(args, Path(tmp))
         print(f"{what} (prepared in {time.perf_counter() - t0:.1f} s)")
         results = _measure(run, repeat=args.repeat, arrive=arrive)
-    print(f"{'page':12} {'cold':>8} {'warm':>8} {'live':>8} {'live max':>9} {'response':>10}")
+    first = results.pop("first read")["cold_s"]
+    print(f"first read of the whole run (RunData.warm): {first:.2f} s")
+    print(f"{'page':12} {'cold':>8} {'warm':>8} {'live':>8} {'live max':>9} {'cold resp':>10} {'live resp':>10}")
     for page, r in results.items():
         print(f"{page:12} {r['cold_s']:7.3f}s {r['warm_s']:7.3f}s {r['live_s']:7.3f}s {r['live_max_s']:8.3f}s "
-              f"{r['kb']:8.0f}kB")
+              f"{r['kb']:8.0f}kB {r['live_kb']:8.0f}kB")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     worst = max(max(r["warm_s"], r["live_s"] if r["live_s"] == r["live_s"] else 0.0) for r in results.values())
     print(json.dumps({page: {k: round(v, 3) for k, v in r.items()} for page, r in results.items()}))

@@ -1,6 +1,7 @@
 """What the dashboard reads from a run folder, cached per app and read incrementally while the twin writes.
 
-Owns reading only: run metadata and status, per-policy tables (new Parquet parts are read once and appended),
+Owns reading only: run metadata and status, per-policy tables (new Parquet parts are read once and appended;
+their format is twin.records.parts'),
 KPIs (the run's ``kpis.parquet``, or the same ``twin.records.kpis.compute_kpis`` over the parts so far while the run
 goes), the feeder topology, operator commands, the settlement ledger (through ``twin.settlement``'s public
 functions) and what-if study tables. Nothing here writes to the run folder; operator commands go through
@@ -20,15 +21,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from controllers.api import NetworkLimits
 from dashboards.timeline import Axis
 from twin.commands import CommandChannel
 from twin.records.kpis import KPI_LABELS, compute_kpis, kpi_table
+from twin.records.parts import part_paths, read_parts
 from twin.records.recorder import PolicyRecords
 from twin.names import is_policy_name
 from twin.records.runstore import RunStore, policy_dir, run_liveness
@@ -61,8 +60,15 @@ def _stat_key(*paths: Path) -> tuple[tuple[int, int], ...]:
 
 @dataclass
 class _TableCache:
-    parts: int = 0
+    #: names of the parts read into ``frame``, in order, and (mtime, size) of the first: the only part a writer
+    #: ever rewrites (compaction and a resumed run's truncation leave one merged part-000000)
+    names: tuple[str, ...] = ()
+    first: tuple[int, int] = (0, -1)
     frame: pd.DataFrame | None = None
+
+    @property
+    def parts(self) -> int:
+        return len(self.names)
 
 
 @dataclass(frozen=True)
@@ -266,11 +272,20 @@ class RunData:
         folder = policy_dir(self.run_dir, policy) / name
         with self._lock:
             cache = self._tables.setdefault((policy, name), _TableCache())
-            parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-            if len(parts) > cache.parts:
-                new = _read_parts(parts[cache.parts:])
-                cache.frame = new if cache.frame is None else pd.concat([cache.frame, new])
-                cache.parts = len(parts)
+            parts = part_paths(folder)
+            names = tuple(p.name for p in parts)
+            first = _stat_key(parts[0])[0] if parts else (0, -1)
+            # Parts merged (the run's closing compaction) or cut back (a resumed run): read them all again.
+            kept = cache.parts if names[:cache.parts] == cache.names and first == cache.first else 0
+            if len(names) > kept or kept < cache.parts:
+                try:
+                    new = read_parts(parts[kept:])
+                except FileNotFoundError:  # a part merged away while listed: the next refresh reads the merge
+                    return cache.frame if cache.frame is not None else pd.DataFrame()
+                frame = new if kept == 0 or cache.frame is None else pd.concat([cache.frame, new])
+                if frame.index.has_duplicates:  # a read racing the closing compaction: each interval once
+                    frame = frame[~frame.index.duplicated(keep="first")]
+                cache.names, cache.first, cache.frame = names, first, frame
             return cache.frame if cache.frame is not None else pd.DataFrame()
 
     def warm(self) -> None:
@@ -493,35 +508,6 @@ class RunData:
         return [status.get("state"), status.get("done"), status.get("updated_utc"), stale, n_pending, n_done,
                 list(_stat_key(*ledgers, self.run_dir / "kpis.parquet", self.run_dir / "meta.json",
                                self.run_dir / FEEDER_FILENAME))]
-
-
-def _read_parts(paths: list[Path]) -> pd.DataFrame:
-    """Concatenated parts, converted to pandas once: per-part ``pd.read_parquet`` costs ~15 ms of pandas
-    metadata handling, which a live run flushing every interval multiplies by thousands of parts."""
-    # One small file at a time: threads and a read buffer only add overhead (memory-mapped, single-threaded
-    # reads measured 2-3x faster here for 1-row parts of 900 columns).
-    tables = [pq.ParquetFile(p, memory_map=True).read(use_threads=False) for p in paths]
-    try:
-        table = pa.concat_tables(tables)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # parts with different schemas: let pandas align them
-        return pd.concat([t.to_pandas() for t in tables])
-    return _wide_to_pandas(table)
-
-
-def _wide_to_pandas(table: pa.Table) -> pd.DataFrame:
-    """``table.to_pandas()``, but one 2-D block for the wide float tables (time × 900 buses): pandas'
-    column-by-column conversion costs ~20 ms for such a table however few rows it has."""
-    names = [n for n in table.column_names if n != "time"]
-    if "time" not in table.column_names or not names or not all(
-            pa.types.is_floating(table.schema.field(n).type) for n in names) or len(names) < 32:
-        return table.to_pandas()
-    values = np.column_stack([table.column(n).to_numpy() for n in names]).astype(float, copy=False)
-    index = pd.DatetimeIndex(table.column("time").to_pandas(), name="time")
-    try:
-        column_name = json.loads((table.schema.metadata or {})[b"pandas"])["column_indexes"][0]["name"]
-    except (KeyError, IndexError, TypeError, ValueError):
-        column_name = None
-    return pd.DataFrame(values, index=index, columns=pd.Index(names, name=column_name))
 
 
 def _read_ledger(path: Path) -> LedgerView:

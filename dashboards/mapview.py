@@ -123,6 +123,42 @@ def _der_trace(topology: FeederTopology, assets: pd.DataFrame, *, spread: float)
     return traces
 
 
+#: Hover layers of the feeder map whose per-point texts become a static label and a number: the buses (voltage,
+#: which is also their colour) and the branches (loading, kept in customdata), with the hover's format.
+_HOVER_UNITS = {"buses": ("marker.color", ":.4f} pu"), "branches": ("customdata", ":.1f} %")}
+
+
+def _hover_as_numbers(trace: go.Scatter) -> None:
+    """Replace the trace's hover texts ("bus 12 (name): 0.9987 pu", "line 3: 45.1 %", "...: no data") by the static
+    labels (``text``) and a hovertemplate that formats the number, held as float32: between two intervals only the
+    numbers change, so a live refresh of a big feeder sends ~50 kB arrays instead of ~300 kB of text each (the
+    texts are parsed back, so the hover reads as the figure drew it). A text not in that form: left as it is."""
+    texts = trace.hovertext
+    if texts is None or isinstance(texts, str) or len(texts) == 0:
+        return
+    labels, numbers = [], []
+    for t in texts:
+        label, sep, value = str(t).rpartition(": ")
+        value = value.removesuffix(" pu").removesuffix(" %")
+        try:
+            number = float("nan") if value == "no data" else float(value)
+        except ValueError:
+            return
+        if not sep:
+            return
+        labels.append(label)
+        numbers.append(number)
+    where, unit = _HOVER_UNITS[str(trace.name)]
+    values = np.asarray(trace.marker.color if where == "marker.color" else numbers, dtype=float)
+    if where == "marker.color":
+        trace.marker.color = values.astype(np.float32)
+    else:
+        trace.customdata = np.asarray(values, dtype=np.float32)
+    trace.text = labels
+    trace.hovertext = None
+    trace.hovertemplate = "%{text}: %{" + where + unit + "<extra></extra>"
+
+
 def map_figure(data: RunData, topology: FeederTopology, *, policy: str | None, row: int | None,
                selected_bus: str | None) -> go.Figure:
     """The feeder of ``policy`` at interval ``row`` (None: drawn without a power flow), with DERs and the
@@ -140,6 +176,8 @@ def map_figure(data: RunData, topology: FeederTopology, *, policy: str | None, r
     for trace in fig.data:
         if trace.name == "buses":
             trace.customdata = np.asarray(buses.index, dtype=object)
+        if row is not None and trace.name in _HOVER_UNITS:
+            _hover_as_numbers(trace)
     width = float(np.ptp(buses["x"].to_numpy(float))) if len(buses) else 1.0
     height = float(np.ptp(buses["y"].to_numpy(float))) if len(buses) else 1.0
     spread = 0.012 * max(width, height, 1e-9)

@@ -181,11 +181,12 @@ def test_the_map_follows_the_cursor_and_jumps_to_the_worst_moment(tmp_path: Path
     data = RunData(tmp_path)
     latest, caption = pages.map_view(data, policy="scada", view=None, click=None)
     buses = next(t for t in latest.data if t.name == "buses")
-    assert [float(v) for v in buses.marker.color] == [1.0, 1.0, 1.01]
+    assert [float(v) for v in buses.marker.color] == pytest.approx([1.0, 1.0, 1.01], abs=1e-6)  # float32 colours
     assert caption.startswith("scada at 2016-06-06 00:30 UTC (latest, following the run)")
     assert pages.jump_time(data, "scada", "vmin") == T0 + STEP
     worst, caption = pages.map_view(data, policy="scada", view={"cursor": (T0 + STEP).isoformat()}, click=None)
-    assert [float(v) for v in next(t for t in worst.data if t.name == "buses").marker.color] == [1.0, 0.96, 0.94]
+    assert [float(v) for v in next(t for t in worst.data if t.name == "buses").marker.color] == pytest.approx(
+        [1.0, 0.96, 0.94], abs=1e-6)
     assert caption.startswith("scada at 2016-06-06 00:15 UTC;")
     assert pages.map_view(data, policy="nope", view=None, click=None)[1].startswith("scada")  # the reference
     (tmp_path / FEEDER_FILENAME).unlink()

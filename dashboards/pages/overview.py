@@ -16,6 +16,7 @@ from dashboards.alarms import AlarmRow, alarms_at
 from dashboards.components import fmt, graph, html_table, notice
 from dashboards.data import RunData, age_text, reference_policy
 from dashboards.events import run_events, windows
+from dashboards.figpatch import figure_update
 from dashboards.glance import driver_sentences, glance_table
 from dashboards.mapview import (
     KEEP_ZOOM_JS,
@@ -65,6 +66,7 @@ def layout(data: RunData, *, operator: str | None, auth_enabled: bool) -> html.D
         html.Div([
             html.Div([html.Div(id="ov-caption", className="caption"), graph("ov-map", style={"height": "560px"}),
                       dcc.Store(id="ov-map-server", data=None), dcc.Store(id="ov-map-id", data="ov-map"),
+                      dcc.Store(id="ov-map-sent", data=None),
                       html.Div("Click a bus or a DER marker for its assets and trends.", className="muted")],
                      className="panel panel-map"),
             html.Div([
@@ -270,11 +272,15 @@ def jump_time(data: RunData, policy: str | None, key: str) -> pd.Timestamp | Non
 def register(app: dash.Dash, c: Context) -> None:
     data = c.data
 
-    @app.callback(Output("ov-map-server", "data"), Output("ov-caption", "children"),
+    # The map goes to a store as a Patch of what changed since the figure the browser holds (its digests are
+    # in ov-map-sent): on a 9,099-bus feeder the whole figure is ~2 MB, a refresh at a parked cursor ~nothing.
+    @app.callback(Output("ov-map-server", "data"), Output("ov-map-sent", "data"), Output("ov-caption", "children"),
                   Input("run-version", "data"), Input("time-view", "data"), Input("ov-policy", "value"),
-                  Input("ov-map", "clickData"), State("ov-map", "relayoutData"))
-    def overview_map(_v: Any, view: Any, policy: Any, click: Any, zoom: Any) -> tuple[go.Figure, str]:
-        return map_view(data, policy=text(policy), view=view, click=click, zoom=zoom)
+                  Input("ov-map", "clickData"), State("ov-map", "relayoutData"), State("ov-map-sent", "data"))
+    def overview_map(_v: Any, view: Any, policy: Any, click: Any, zoom: Any, sent: Any) -> tuple[Any, Any, str]:
+        fig, caption = map_view(data, policy=text(policy), view=view, click=click, zoom=zoom)
+        update, digests = figure_update(fig, sent)
+        return update, digests, caption
 
     app.clientside_callback(KEEP_ZOOM_JS, Output("ov-map", "figure"), Input("ov-map-server", "data"),
                             State("ov-map-id", "data"))

@@ -6,7 +6,9 @@ Layout::
     RUN/kpis.parquet                   KPI × policy
     RUN/<policy>/<table>/part-NNNNNN.parquet
                                        summary, vm_pu, line_loading_percent, ... (see PolicyRecords.TABLES),
-                                       appended in parts while the run goes, so a dashboard can read a live run
+                                       appended in parts while the run goes, so a dashboard can read a live run;
+                                       the wide tables in the matrix layout (twin.records.parts), the summary a
+                                       Parquet column per quantity
     RUN/status.json                    intervals committed / total; running, finished, failed or
                                        interrupted; the writer's heartbeat (see run_liveness)
     RUN/commands/                      operator commands for a running twin (twin.commands)
@@ -33,6 +35,7 @@ import pandas as pd
 
 from twin.names import check_policy_name, check_run_name
 from twin.records.kpis import Kpis, kpi_table
+from twin.records.parts import PART_GLOB, part_number, part_paths, read_parts, write_part
 from twin.records.recorder import PolicyRecords
 
 __all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "Heartbeat", "RunStore", "new_run_dir", "package_versions", "policy_dir",
@@ -44,6 +47,10 @@ HEARTBEAT_S = 5.0
 STALE_AFTER_S = 30.0
 #: States a writer leaves behind when it stops on its own.
 STOPPED_STATES = ("finished", "failed", "interrupted")
+
+#: Tables written in the matrix layout (one dtype, one column per bus / line / trafo / asset); the rest a
+#: Parquet column per quantity (twin.records.parts).
+MATRIX_TABLES = frozenset(PolicyRecords.TABLES) - {"summary"}
 
 _VERSIONED = ("gridtwin", "pandapower", "simbench", "pandas", "numpy", "scipy", "cvxpy", "pyarrow")
 
@@ -76,6 +83,10 @@ def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_suffix(".parquet.tmp")
     frame.to_parquet(tmp)
     os.replace(tmp, path)
+
+
+def _write_table_part(frame: pd.DataFrame, folder: Path, number: int) -> None:
+    write_part(frame, folder / f"part-{number:06d}.parquet", matrix=folder.name in MATRIX_TABLES)
 
 
 def _atomic_json(data: Any, path: Path, *, durable: bool = False) -> None:
@@ -199,19 +210,20 @@ class RunStore:
         for name in PolicyRecords.TABLES:
             folder = policy_dir(self.path, records.policy) / name
             folder.mkdir(parents=True, exist_ok=True)
-            part = len(list(folder.glob("part-*.parquet")))
-            _atomic_parquet(getattr(records, name), folder / f"part-{part:06d}.parquet")
+            parts = part_paths(folder)
+            _write_table_part(getattr(records, name), folder, part_number(parts[-1]) + 1 if parts else 0)
 
     def compact(self, *, min_parts: int = 2) -> None:
         """Merge each table's parts into one file (a paced run writes one part per interval, and readers
         pay per file), for tables with at least ``min_parts`` parts. The merged part is renamed into place
         before the old parts go."""
         for folder in sorted(self.path.glob("*/*")):
-            parts = sorted(folder.glob("part-*.parquet"))
+            parts = part_paths(folder)
             if len(parts) < max(min_parts, 2):
                 continue
-            merged = pd.concat([pd.read_parquet(p) for p in parts])
-            _atomic_parquet(merged, folder / "part-000000.parquet")
+            merged = read_parts(parts)
+            merged = merged[~merged.index.duplicated(keep="first")]  # an earlier compaction a kill cut short
+            _write_table_part(merged, folder, 0)
             for p in parts[1:]:
                 p.unlink()
 
@@ -234,12 +246,12 @@ class RunStore:
         are what a kill left of an uncommitted chunk). The rows kept must be ``times[:intervals]``; each
         changed table becomes one part, renamed into place before the old parts go."""
         for folder in sorted(self.path.glob("*/*")):
-            for leftover in folder.glob("part-*.parquet.tmp"):
+            for leftover in folder.glob(PART_GLOB + ".tmp"):
                 leftover.unlink()
-            parts = sorted(folder.glob("part-*.parquet"))
+            parts = part_paths(folder)
             if not parts:
                 continue
-            table = pd.concat([pd.read_parquet(p) for p in parts])
+            table = read_parts(parts)
             table = table[~table.index.duplicated(keep="first")]  # a compaction a kill cut short
             kept = table.iloc[:intervals]
             if len(kept) < intervals or not pd.DatetimeIndex(kept.index).equals(times[:intervals]):
@@ -251,7 +263,7 @@ class RunStore:
                 for p in parts:
                     p.unlink()
                 continue
-            _atomic_parquet(kept, folder / "part-000000.parquet")
+            _write_table_part(kept, folder, 0)
             for p in parts[1:]:
                 p.unlink()
 
@@ -276,9 +288,9 @@ class RunStore:
         if table not in PolicyRecords.TABLES:
             raise ValueError(f"table={table!r}: expected one of {', '.join(PolicyRecords.TABLES)}")
         folder = policy_dir(self.path, policy) / table
-        parts = sorted(folder.glob("part-*.parquet"))
+        parts = part_paths(folder)
         if not parts:
             raise FileNotFoundError(f"{folder}: no table {table!r} for policy {policy!r} in this run")
-        table = pd.concat([pd.read_parquet(p) for p in parts])
+        table = read_parts(parts)
         # A reader racing compact() may see the merged part and an old one: keep each interval once.
         return table[~table.index.duplicated(keep="first")]
