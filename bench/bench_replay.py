@@ -19,6 +19,9 @@ warm-up run (its numba kernels compile on first use, ~20 s, which would flatter 
   around it);
 - ``--pandapower`` adds the model-of-record engine (``pandapower.runpp`` every step).
 
+Under each feeder's row, the stepped run's time per interval split by stage as the twin timed it (decide,
+devices, power flow, settle) and the rest (building the twin, recording, the sequencer, KPIs).
+
 Each side's time is the best of ``--repeat`` runs (the machine is shared; the best run is the least disturbed).
 The twin's runs follow a short warm-up run on the same inputs, which builds what every grid model of a feeder
 and fleet shares in a process (``twin.grid.powerflow``: the net with the fleet attached and the fast solver),
@@ -100,11 +103,29 @@ def time_run_timeseries(inputs: RunInputs, n: int, *, numba: bool = False) -> tu
     return time.perf_counter() - t0, ow.output["res_bus.vm_pu"]
 
 
-def time_twin(scenario: Scenario, inputs: RunInputs, *, open_loop: bool) -> tuple[float, np.ndarray]:
-    """Wall time of one whole run of the twin, and its recorded bus voltages."""
+def time_twin(scenario: Scenario, inputs: RunInputs, *, open_loop: bool) -> tuple[float, np.ndarray, pd.DataFrame]:
+    """Wall time of one whole run of the twin, its recorded bus voltages and its summary table (the stages'
+    wall times per interval)."""
     t0 = time.perf_counter()
     result = run_scenario(scenario, runs_root=None, inputs=inputs, open_loop=open_loop)
-    return time.perf_counter() - t0, result.records["none"].vm_pu.to_numpy()
+    records = result.records["none"]
+    return time.perf_counter() - t0, records.vm_pu.to_numpy(), records.summary
+
+
+#: The stages of an interval the summary times (``twin.records.recorder.STAGE_COLUMNS``), as printed.
+_STAGES = (("decide", ("t_telemetry_s", "t_optimize_s", "t_coordinate_s")), ("devices", ("t_devices_s",)),
+           ("power flow", ("t_power_flow_s",)), ("settle", ("t_settle_s",)))
+
+
+def stage_profile(total_s: float, summary: pd.DataFrame) -> str:
+    """Where a stepped run's time per interval goes (µs): each stage as the twin timed it, and the rest
+    (building the twin, recording, the sequencer, KPIs: everything around the stages)."""
+    n = max(len(summary), 1)
+    parts = [(name, float(summary[list(columns)].to_numpy().sum()) / n * 1e6) for name, columns in _STAGES]
+    total = total_s / n * 1e6
+    rest = total - sum(us for _, us in parts)
+    return f"{'':34} stepped, per interval: {total:6.1f} us = " + " + ".join(
+        f"{name} {us:.1f}" for name, us in parts) + f" + the rest {rest:.1f} (build, record, sequence, KPIs)"
 
 
 def time_batch_pf(inputs: RunInputs, n: int) -> float:
@@ -151,8 +172,8 @@ def main() -> None:
         time_run_timeseries(inputs, 2, numba=True)  # pandapower's numba kernels compile here, not in the timing
         ts_s, ts_vm = best(args.repeat, time_run_timeseries, inputs, n, numba=True)
         ts_off_s, _ = time_run_timeseries(inputs, n, numba=False)  # for the record: once
-        stepped_s, stepped_vm = best(args.repeat, time_twin, scenario, inputs, open_loop=False)
-        open_s, open_vm = best(args.repeat, time_twin, scenario, inputs, open_loop=True)
+        stepped_s, stepped_vm, stepped_summary = best(args.repeat, time_twin, scenario, inputs, open_loop=False)
+        open_s, open_vm, _ = best(args.repeat, time_twin, scenario, inputs, open_loop=True)
         batch_s = min(time_batch_pf(inputs, n) for _ in range(args.repeat + 1))  # the first one compiles nothing new
         dv = max(float(np.nanmax(np.abs(vm - ts_vm.to_numpy()))) for vm in (stepped_vm, open_vm))
         rate = {"ts": n / ts_s, "ts_off": n / ts_off_s, "stepped": n / stepped_s, "open": n / open_s,
@@ -161,9 +182,10 @@ def main() -> None:
               f"{rate['stepped']:9.0f}/s {rate['stepped'] / rate['ts']:8.1f}x {rate['open']:9.0f}/s "
               f"{rate['open'] / rate['ts']:8.1f}x {rate['batch']:9.0f}/s {rate['batch'] / rate['ts']:7.0f}x "
               f"{dv:9.1e}", flush=True)
+        print(stage_profile(stepped_s, stepped_summary), flush=True)
         if args.pandapower:
             pp_scenario = parse_scenario(scenario_for(feeder, args.days, "pandapower"))
-            pp_s, pp_vm = best(args.repeat, time_twin, pp_scenario, inputs, open_loop=False)
+            pp_s, pp_vm, _ = best(args.repeat, time_twin, pp_scenario, inputs, open_loop=False)
             print(f"{'':34} twin on the pandapower engine: {n / pp_s:7.1f}/s = {n / pp_s / rate['ts']:5.2f}x "
                   f"run_timeseries, max|dvm| {float(np.nanmax(np.abs(pp_vm - ts_vm.to_numpy()))):.1e}", flush=True)
     print("ratios are to run_timeseries with numba; 'nb off' is its rate with numba=False")

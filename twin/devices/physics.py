@@ -297,16 +297,29 @@ class FleetPhysics:
         self.update_sessions(time)
         if self._captures:
             self._freeze_captures()
-        p, q, code, soc, e_imp, e_exp, req, scalars = _advance_kernel(
+        n = len(self.ids)
+        if n == 0:  # no fleet: nothing moves (the kernel's answer, without its call)
+            empty = np.empty(0)
+            return IntervalOutcome(time=time, ids=self.ids, p=empty, q=empty, p_requested=empty,
+                                   clip_code=np.empty(0, dtype=np.int8), soc=empty, pv_curtailed_mwh=0.0,
+                                   ev_unmet_mwh=0.0, flex_unserved_mwh=0.0, e_imp=empty, e_exp=empty)
+        # The kernel writes into one block (p, q, soc, e_imp, e_exp, p_requested, then the three scalars):
+        # views of it are cheaper than a returned array each.
+        out = np.empty(6 * n + 3)
+        code = np.zeros(n, dtype=np.int8)
+        _advance_kernel(
             self._kind_code, self.p_max, self.e_max, self.eta_c, self.eta_d, self.soc_min, self.soc_max, self.s_max,
             self.v2g, self.flex_window_steps, np.asarray(pv_avail, dtype=float), np.asarray(flex_base, dtype=float),
             self.hours, time.value + self.step.value, np.asarray(p_setpoint, dtype=float),
             np.asarray(q_setpoint, dtype=float), self.soc, self.ev_connected, self.ev_need,
             self.ev_departure.view(np.int64), self.flex_buckets, self.e_imp_register_mwh, self.e_exp_register_mwh,
-            _CLIP_TOL_MW)
-        return IntervalOutcome(time=time, ids=self.ids, p=p, q=q, p_requested=req, clip_code=code, soc=soc,
-                               pv_curtailed_mwh=max(float(scalars[0]), 0.0), ev_unmet_mwh=float(scalars[1]),
-                               flex_unserved_mwh=float(scalars[2]), e_imp=e_imp, e_exp=e_exp)
+            _CLIP_TOL_MW, out, code)
+        outcome = object.__new__(IntervalOutcome)  # every field, without the frozen __init__'s per-field setattr
+        outcome.__dict__.update(time=time, ids=self.ids, p=out[:n], q=out[n:2 * n], p_requested=out[5 * n:6 * n],
+                                clip_code=code, soc=out[2 * n:3 * n], pv_curtailed_mwh=max(float(out[6 * n]), 0.0),
+                                ev_unmet_mwh=float(out[6 * n + 1]), flex_unserved_mwh=float(out[6 * n + 2]),
+                                e_imp=out[3 * n:4 * n], e_exp=out[4 * n:5 * n])
+        return outcome
 
     def advance_arrays_numpy(self, time: pd.Timestamp, *, p_setpoint: np.ndarray, q_setpoint: np.ndarray,
                              pv_avail: np.ndarray, flex_base: np.ndarray) -> IntervalOutcome:
@@ -543,18 +556,23 @@ def autonomous_kernel(kind, p_max, eta_c, ev_connected, ev_need, buckets, pv_ava
 @numba.njit(cache=True, error_model="numpy", nogil=True)
 def _advance_kernel(kind, p_max, e_max, eta_c, eta_d, soc_min, soc_max, s_max, v2g, window, pv_avail, flex_base,
                     h, end_ns, p_set, q_set, soc, ev_connected, ev_need, ev_departure, buckets, e_imp_register,
-                    e_exp_register, tol):  # pragma: no cover - compiled
-    """One interval for every asset; the state arrays (soc ... registers) change in place. Returns new arrays
-    p, q, clip code, SOC at the end, energy imported / exported, the setpoints as requested, and
-    [PV energy not produced (may be < 0), EV energy unmet, flex unserved]."""
+                    e_exp_register, tol, out, code):  # pragma: no cover - compiled
+    """One interval for every asset; the state arrays (soc ... registers) change in place. Writes into ``out``
+    (6 n + 3 values) p, q, SOC at the end, energy imported / exported, the setpoints as requested, then [PV
+    energy not produced (may be < 0), EV energy unmet, flex unserved]; and the clip codes into ``code`` (zeros)."""
     nat = np.iinfo(np.int64).min
     n = len(p_set)
-    p = p_set.copy()
-    req = p_set.copy()
-    q = q_set.copy()
-    code = np.zeros(n, dtype=np.int8)
-    e_imp = np.zeros(n)
-    e_exp = np.zeros(n)
+    p = out[:n]
+    q = out[n:2 * n]
+    e_imp = out[3 * n:4 * n]
+    e_exp = out[4 * n:5 * n]
+    req = out[5 * n:6 * n]
+    for i in range(n):
+        p[i] = p_set[i]
+        q[i] = q_set[i]
+        req[i] = p_set[i]
+        e_imp[i] = 0.0
+        e_exp[i] = 0.0
     curtailed = 0.0
     ev_unmet = 0.0
     flex_unserved = 0.0
@@ -649,4 +667,8 @@ def _advance_kernel(kind, p_max, e_max, eta_c, eta_d, soc_min, soc_max, s_max, v
         e_exp[i] = _max0(-e)
         e_imp_register[i] += e_imp[i]
         e_exp_register[i] += e_exp[i]
-    return p, q, code, soc.copy(), e_imp, e_exp, req, np.array([curtailed, ev_unmet, flex_unserved])
+    for i in range(n):
+        out[2 * n + i] = soc[i]
+    out[6 * n] = curtailed
+    out[6 * n + 1] = ev_unmet
+    out[6 * n + 2] = flex_unserved

@@ -119,6 +119,19 @@ def _mesh_of(inputs: RunInputs, hops: int) -> dict[str, tuple[str, ...]]:
 
 
 _NOT_HELD = np.iinfo(np.int64).min  # held_until of a device that holds nothing
+_NO_DIAGNOSTICS = MappingProxyType({})
+
+
+def _frozen(cls: type, **fields: Any) -> Any:
+    """An instance of the frozen dataclass ``cls`` with every field given, without its generated ``__init__``
+    (one ``object.__setattr__`` per field: microseconds per record on the per-step path)."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
+
+
+#: An interval's traffic before anything was ever sent (``TrafficCounter.totals`` of an empty counter).
+_NO_TRAFFIC = MappingProxyType({"messages": 0, "bytes": 0, "dropped": 0, "central_bytes": 0})
 
 
 @dataclass(frozen=True)
@@ -209,6 +222,7 @@ class PolicyTwin:
         self._everyone = np.ones(len(ids), dtype=bool)  # an ideal controller's setpoints reach every device
         self._everyone.flags.writeable = False
         self._signals = MappingProxyType({"feed_in_eur_per_mwh": scenario.tariff.feed_in_eur_per_mwh})
+        self._feed_in = scenario.tariff.feed_in_eur_per_mwh
         self.controller: Controller | None = None
         self.agent_pool: LocalAgents | DaskAgents | None = None
         self.agent_network: AgentNetworkRunner | None = None
@@ -417,7 +431,7 @@ class PolicyTwin:
 
     def _telemetry_scale(self, time: pd.Timestamp) -> np.ndarray | None:
         """Per asset, reported ÷ true power; None when every participant reports truthfully (the usual case)."""
-        if not self.comms.false_telemetry_active(time):
+        if not self.comms.faults or not self.comms.false_telemetry_active(time):
             return None
         per_participant = np.array([self.comms.false_telemetry_scale(pid, time) for pid in self._participants_sorted],
                                    dtype=float)
@@ -556,7 +570,8 @@ class PolicyTwin:
         """Decide (at decision times), hold what reached the devices, and advance their physics over
         ``[time, time + step)``. ``volt_var=False`` leaves the autonomous inverters' reactive power at 0 for the
         caller to settle once the voltages are known (``twin.engine.open_loop``)."""
-        before = self.comms.traffic.totals()
+        counter = self.comms.traffic
+        before = counter.totals() if counter.messages else None  # nothing sent yet: every total is 0
         self._stage = {}
         t0 = wallclock.perf_counter()
         if self.scenario.is_decision_time(time):
@@ -576,22 +591,29 @@ class PolicyTwin:
         # Q on its bus's last voltage); one compiled pass, the same rules as _held_setpoints, physics.autonomous
         # and volt_var_q (tests hold them equal).
         ph, pf = self.physics, self.last_pf
-        volt_var_on = volt_var and pf is not None and pf.converged
-        p_set, q_set, valid = _setpoints_kernel(
-            self.held_plan, self.held_from_ns, self.held_until_ns, self.held_q, time.value, self._step_ns,
-            ph._kind_code, ph.p_max, ph.eta_c, ph.ev_connected, ph.ev_need, ph.flex_buckets, pv_avail, flex_base,
-            ph.hours, volt_var_on, pf.vm if volt_var_on else self._no_voltages, self._asset_bus_pos,
-            self._volt_var_scale, VOLT_VAR_V_PU, VOLT_VAR_Q_SHARE)
-        q_held = self.held_q.copy()
+        if len(self.held_q):
+            volt_var_on = volt_var and pf is not None and pf.converged
+            p_set, q_set, valid = _setpoints_kernel(
+                self.held_plan, self.held_from_ns, self.held_until_ns, self.held_q, time.value, self._step_ns,
+                ph._kind_code, ph.p_max, ph.eta_c, ph.ev_connected, ph.ev_need, ph.flex_buckets, pv_avail, flex_base,
+                ph.hours, volt_var_on, pf.vm if volt_var_on else self._no_voltages, self._asset_bus_pos,
+                self._volt_var_scale, VOLT_VAR_V_PU, VOLT_VAR_Q_SHARE)
+            q_held = self.held_q.copy()
+        else:  # no fleet: no setpoint to make (the kernel's empty answer, without its call)
+            p_set = q_set = q_held = pv_avail
+            valid = self._everyone
         outcome = self.physics.advance_arrays(time, p_setpoint=p_set, q_setpoint=q_set, pv_avail=pv_avail,
                                               flex_base=flex_base)
         self.last_p = outcome.p
-        after = self.comms.traffic.totals()
-        return IntervalParts(time=time, row=row, outcome=outcome, valid=valid, q_held=q_held, dispatch=dispatch,
-                             rounds=rounds, online=online, compute_s=compute_s,
-                             devices_s=wallclock.perf_counter() - t1,
-                             traffic={k: after[k] - before[k] for k in after}, stage_s=dict(self._stage),
-                             held_schedule=held_schedule)
+        if counter.messages:
+            after = counter.totals()
+            traffic = {k: after[k] - before[k] for k in after} if before is not None else after
+        else:
+            traffic = dict(_NO_TRAFFIC)
+        return _frozen(IntervalParts, time=time, row=row, outcome=outcome, valid=valid, q_held=q_held,
+                       dispatch=dispatch, rounds=rounds, online=online, compute_s=compute_s,
+                       devices_s=wallclock.perf_counter() - t1, traffic=traffic, stage_s=self._stage,
+                       held_schedule=held_schedule)
 
     def solve_grid(self, parts: IntervalParts) -> PowerFlowResult:
         """The AC power flow of an interval's injections; it becomes the twin's last power flow."""
@@ -612,19 +634,21 @@ class PolicyTwin:
                                            reported_p_mw=reported, pf=pf)
         t4 = wallclock.perf_counter()
         dispatch = parts.dispatch
-        return StepRecord(
+        stage_s = {"decide": parts.compute_s, **parts.stage_s} if parts.stage_s else {"decide": parts.compute_s}
+        stage_s["devices"], stage_s["power_flow"], stage_s["settle"] = parts.devices_s, power_flow_s, t4 - t3
+        return _frozen(
+            StepRecord,
             policy=self.name, time=time, power_flow=pf, outcome=outcome, fallback_mask=~parts.valid,
             reported_p=reported,
             price_eur_per_mwh=float(self.arrays.price_eur_per_mwh[row]),
-            feed_in_eur_per_mwh=self.scenario.tariff.feed_in_eur_per_mwh, compute_s=parts.compute_s,
+            feed_in_eur_per_mwh=self._feed_in, compute_s=parts.compute_s,
             traffic=parts.traffic, rounds=parts.rounds,
             controller_online=parts.online,
             settlement_eur=settled,
             unverified=unverified,
-            diagnostics=dispatch.diagnostics if dispatch is not None else MappingProxyType({}),
+            diagnostics=dispatch.diagnostics if dispatch is not None else _NO_DIAGNOSTICS,
             held_schedule=parts.held_schedule,
-            stage_s={"decide": parts.compute_s, **parts.stage_s, "devices": parts.devices_s,
-                     "power_flow": power_flow_s, "settle": t4 - t3},
+            stage_s=stage_s,
         )
 
     def _settle(self, time: pd.Timestamp, *, load_p_mw: np.ndarray, outcome: IntervalOutcome,
@@ -739,9 +763,34 @@ def _setpoints_kernel(plan, held_from, held_until, held_q, time_ns, step_ns, kin
                 v = vm[asset_bus[i]] if asset_bus[i] >= 0 else np.nan
                 if v != v:
                     v = 1.0
-                q = np.interp(v, vv_v, vv_share) * volt_var_scale[i]
+                q = _interp(v, vv_v, vv_share) * volt_var_scale[i]
             q_set[i] = q
     return p_set, q_set, valid
+
+
+@numba.njit(cache=True, nogil=True)
+def _interp(x, xp, fp):  # pragma: no cover - compiled
+    """``np.interp(x, xp, fp)`` for one x, numpy's own arithmetic (the same result to the last bit), without
+    numba's general np.interp (seconds of compilation for a four-point curve)."""
+    n = len(xp)
+    if x != x:
+        return x
+    if x < xp[0]:
+        return fp[0]
+    if x > xp[n - 1]:
+        return fp[n - 1]
+    j = 0
+    while j + 1 < n and xp[j + 1] <= x:
+        j += 1
+    if j == n - 1 or xp[j] == x:
+        return fp[j]
+    slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+    out = slope * (x - xp[j]) + fp[j]
+    if out != out:
+        out = slope * (x - xp[j + 1]) + fp[j + 1]
+        if out != out and fp[j] == fp[j + 1]:
+            out = fp[j]
+    return out
 
 
 @numba.njit(cache=True, nogil=True)

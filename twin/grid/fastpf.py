@@ -14,6 +14,7 @@ The model is a snapshot: rebuild it (``FastPowerFlow.from_net``) after a topolog
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numba
@@ -398,6 +399,7 @@ class FastPowerFlow:
         self._bus_positions = _energized_positions(model)
         self.labels = GridLabels(bus=model.bus_index, line=model.line_index, trafo=model.trafo_index)
         self._case = _CaseArrays.of(model, self._bus_positions)
+        self._step_args: dict[int, tuple] = {}  # _step_case's static arguments by element map (solve_elements)
 
     @classmethod
     def from_net(
@@ -432,6 +434,7 @@ class FastPowerFlow:
         """A solver sharing this one's model and factors, with its own warm start (no-load voltages)."""
         other = copy.copy(self)
         other._v_last = self._v_no_load.copy()
+        other._step_args = self._step_args  # read-only arguments: shared
         return other
 
     @property
@@ -463,6 +466,54 @@ class FastPowerFlow:
         return PowerFlowResult(labels=self.labels, vm=vm, va=va, line_loading=line_loading,
                                trafo_loading=trafo_loading, p_head_mw=float(head.real), q_head_mvar=float(head.imag),
                                losses_mw=float(losses), converged=bool(converged))
+
+    def solve_elements(self, element_map: tuple, load_p: np.ndarray, sgen_p: np.ndarray, asset_p: np.ndarray,
+                       load_q: np.ndarray, asset_q: np.ndarray) -> PowerFlowResult:
+        """``solve_specified`` of the injection ``specified_from_elements(*element_map..., x_p, x_q)`` with
+        x_p = [load_p, sgen_p, asset_p] and x_q = [load_q, asset_q] (the engine's per-step call): one compiled call
+        from element powers to the results, which land in one block (``vm``, ``va``, loadings are read-only views
+        of it). The same kernels inside, so the same numbers."""
+        if self._use_zbus:
+            args = self._step_args.get(id(element_map))
+            if args is None or args[0] is not element_map:
+                args = self._step_args[id(element_map)] = (element_map, *self._step_arguments(element_map))
+            _, pre, post, layout = args
+            out = np.empty(layout[-1] + 3)
+            v, converged = _step_case(*pre, load_p, sgen_p, asset_p, load_q, asset_q, self._v_last, out, *post)
+        if not self._use_zbus or not converged:  # Newton-Raphson from the same injection, as before
+            kp, kq, const = element_map
+            x_p, x_q = np.concatenate([load_p, sgen_p, asset_p]), np.concatenate([load_q, asset_q])
+            return self.solve_specified(specified_from_elements(*kp, *kq, x_p, x_q, const, self.model.base_mva))
+        self._v_last = v
+        out.flags.writeable = False
+        n_bus, n_line, n_trafo, end = layout
+        result = object.__new__(PowerFlowResult)  # every field, without the frozen __init__'s per-field setattr
+        result.__dict__.update(labels=self.labels, vm=out[:n_bus], va=out[n_bus:2 * n_bus],
+                               line_loading=out[2 * n_bus:n_line], trafo_loading=out[n_line:n_trafo],
+                               p_head_mw=float(out[end]), q_head_mvar=float(out[end + 1]),
+                               losses_mw=float(out[end + 2]), converged=True)
+        return result
+
+    def _step_arguments(self, element_map: tuple) -> tuple[tuple, tuple, tuple[int, int, int, int]]:
+        """The static arguments of ``_step_case`` around the per-step ones, built once per element map: the
+        arrays of each dtype stacked into one with their offsets (numba unboxes every argument on every call)."""
+        kp, kq, const = element_map
+        model, case = self.model, self._case
+        l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c = self._factors.arrays
+        ints, int_at = _stacked(np.int64, kp[0], kp[1], kq[0], kq[1], l_ptr, l_idx, u_ptr, u_idx, perm_r, perm_c,
+                                model.pq, case.yf[0], case.yf[1], case.yt[0], case.yt[1], case.ybus_ref[0],
+                                case.ybus_ref[1], case.branch_from, case.branch_to, case.line_branch,
+                                case.trafo_branch, case.loss_branches, case.ref, case.bus_positions, case.bus_internal)
+        floats, float_at = _stacked(np.float64, kp[2], kq[2], case.line_idle, case.trafo_idle)
+        cplx, cplx_at = _stacked(np.complex128, const, l_val, u_val, u_inv_diag, model.v_set, self._minus_y_pq_ref_v,
+                                 case.yf[2], case.yt[2], case.ybus_ref[2])
+        pre = (ints, int_at, floats, float_at, cplx, cplx_at, case.line_coef, case.trafo_coef)
+        post = (float(model.base_mva), float(self._tolerance_pu), int(self.max_iteration),
+                bool(model.trafo_power_based), int(case.n_bus))
+        n_bus = case.n_bus
+        n_line = 2 * n_bus + len(case.line_branch)
+        n_trafo = n_line + len(case.trafo_branch)
+        return pre, post, (n_bus, n_line, n_trafo, n_trafo)
 
     def solve_voltages(self, *, p_bus_mw: np.ndarray, q_bus_mvar: np.ndarray) -> tuple[np.ndarray, bool]:
         """Internal complex voltages for injection arrays ordered like ``bus_index`` (no pandas overhead)."""
@@ -628,8 +679,9 @@ def _lu_solve(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm
     """Solve A X = RHS for all columns with A's sparse LU factors (x = Pc U^-1 L^-1 Pr b)."""
     n, m = rhs.shape
     work = np.empty_like(rhs)
-    for i in range(n):
-        work[perm_r[i], :] = rhs[i, :]
+    for i in range(n):  # element loops, not row slices: a slice assignment compiles numba's shape checks (~2 s)
+        for c in range(m):
+            work[perm_r[i], c] = rhs[i, c]
     for i in range(n):
         for k in range(l_ptr[i], l_ptr[i + 1]):
             j = l_idx[k]
@@ -646,7 +698,8 @@ def _lu_solve(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm
             work[i, c] *= u_inv_diag[i]
     out = np.empty_like(rhs)
     for i in range(n):
-        out[i, :] = work[perm_c[i], :]
+        for c in range(m):
+            out[i, c] = work[perm_c[i], c]
     return out
 
 
@@ -706,7 +759,8 @@ def _zbus_chain(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, pe
         start = starts[c] if has_start[c] else previous
         v, ok = _zbus_case(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, s_cases[c], start,
                            offset, tolerance, max_iteration)
-        v_out[c] = v
+        for i in range(n):  # element by element: a row assignment compiles numba's shape checks
+            v_out[c, i] = v[i]
         converged[c] = ok
         if ok:
             previous = v
@@ -803,10 +857,17 @@ def _evaluate_many(v, s_spec, f_ptr, f_idx, f_val, t_ptr, t_idx, t_val, r_ptr, r
     losses = np.empty(m)
     head = np.empty(m, dtype=np.complex128)
     for c in range(m):
-        vm[c], va[c], line[c], trafo[c], losses[c], head[c] = _evaluate_case(
+        vm_c, va_c, line_c, trafo_c, losses[c], head[c] = _evaluate_case(
             v[c], s_spec[c], f_ptr, f_idx, f_val, t_ptr, t_idx, t_val, r_ptr, r_idx, r_val, branch_from, branch_to,
             line_branch, line_coef, line_idle, trafo_branch, trafo_coef, trafo_idle, power_based, loss_rows, ref,
             positions, internal, n_bus, base_mva)
+        for k in range(n_bus):  # element by element: a row assignment compiles numba's shape checks
+            vm[c, k] = vm_c[k]
+            va[c, k] = va_c[k]
+        for k in range(len(line_branch)):
+            line[c, k] = line_c[k]
+        for k in range(len(trafo_branch)):
+            trafo[c, k] = trafo_c[k]
     return vm, va, line, trafo, losses, head
 
 
@@ -842,6 +903,13 @@ def _specified_case(ptr, idx, val, p, q, s_gen, base_mva):  # pragma: no cover -
 
 
 @numba.njit(cache=True, inline="always")
+def _cabs(z):  # pragma: no cover - compiled
+    """|z| as sqrt(re² + im²): a tenth of the cost of abs (hypot, which guards against overflow that per-unit
+    voltages and currents never come near); the same to ~1e-16 relative."""
+    return math.sqrt(z.real * z.real + z.imag * z.imag)
+
+
+@numba.njit(cache=True, inline="always")
 def _nan_max(a, b):  # pragma: no cover - compiled
     if a != a or b != b:
         return np.nan
@@ -870,18 +938,18 @@ def _evaluate_case(v, s_spec, f_ptr, f_idx, f_val, t_ptr, t_idx, t_val, r_ptr, r
         if b < 0:
             line[k] = line_idle[k]
         else:
-            line[k] = _nan_max(line_coef[k, 0] * abs(i_from[b]), line_coef[k, 1] * abs(i_to[b]))
+            line[k] = _nan_max(line_coef[k, 0] * _cabs(i_from[b]), line_coef[k, 1] * _cabs(i_to[b]))
     trafo = np.empty(len(trafo_branch))
     for k in range(len(trafo_branch)):
         b = trafo_branch[k]
         if b < 0:
             trafo[k] = trafo_idle[k]
         else:
-            side_from = trafo_coef[k, 0] * abs(i_from[b])
-            side_to = trafo_coef[k, 1] * abs(i_to[b])
+            side_from = trafo_coef[k, 0] * _cabs(i_from[b])
+            side_to = trafo_coef[k, 1] * _cabs(i_to[b])
             if power_based:
-                side_from = side_from * abs(v[branch_from[b]])
-                side_to = side_to * abs(v[branch_to[b]])
+                side_from = side_from * _cabs(v[branch_from[b]])
+                side_to = side_to * _cabs(v[branch_to[b]])
             trafo[k] = _nan_max(side_from, side_to)
     losses = 0.0
     for r in loss_rows:
@@ -896,6 +964,83 @@ def _evaluate_case(v, s_spec, f_ptr, f_idx, f_val, t_ptr, t_idx, t_val, r_ptr, r
     va = np.full(n_bus, np.nan)
     for k in range(len(positions)):
         x = v[internal[k]]
-        vm[positions[k]] = abs(x)
+        vm[positions[k]] = _cabs(x)
         va[positions[k]] = np.arctan2(x.imag, x.real) * (180.0 / np.pi)
     return vm, va, line, trafo, losses * base_mva, head * base_mva
+
+
+def _stacked(dtype: type, *arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``arrays`` (1-D) end to end as one array of ``dtype``, and where each starts (and the last ends)."""
+    bounds = np.zeros(len(arrays) + 1, dtype=np.int64)
+    bounds[1:] = np.cumsum([len(a) for a in arrays])
+    stacked = np.concatenate([np.asarray(a, dtype=dtype).ravel() for a in arrays]) if arrays else np.zeros(0, dtype)
+    return np.ascontiguousarray(stacked, dtype=dtype), bounds
+
+
+@numba.njit(cache=True, nogil=True)
+def _step_case(ints, oi, floats, of, cplx, oc, line_coef, trafo_coef, load_p, sgen_p, asset_p, load_q, asset_q,
+               v_last, out, base_mva, tolerance, max_iteration, power_based, n_bus):  # pragma: no cover - compiled
+    """One interval from element powers (x_p = [load_p, sgen_p, asset_p], x_q = [load_q, asset_q]):
+    ``specified_from_elements``, the fixed point (``_zbus_case``) from
+    ``v_last`` and, when it converged, ``_evaluate_case`` written into ``out`` (vm, va, line and trafo loading,
+    then p_head, q_head, losses). The static arrays come stacked by dtype (``FastPowerFlow._step_arguments``).
+    Returns the internal voltages and whether the fixed point converged."""
+    p_ptr, p_idx, q_ptr, q_idx = ints[oi[0]:oi[1]], ints[oi[1]:oi[2]], ints[oi[2]:oi[3]], ints[oi[3]:oi[4]]
+    l_ptr, l_idx, u_ptr, u_idx = ints[oi[4]:oi[5]], ints[oi[5]:oi[6]], ints[oi[6]:oi[7]], ints[oi[7]:oi[8]]
+    perm_r, perm_c, pq = ints[oi[8]:oi[9]], ints[oi[9]:oi[10]], ints[oi[10]:oi[11]]
+    f_ptr, f_idx, t_ptr, t_idx = ints[oi[11]:oi[12]], ints[oi[12]:oi[13]], ints[oi[13]:oi[14]], ints[oi[14]:oi[15]]
+    r_ptr, r_idx = ints[oi[15]:oi[16]], ints[oi[16]:oi[17]]
+    branch_from, branch_to = ints[oi[17]:oi[18]], ints[oi[18]:oi[19]]
+    line_branch, trafo_branch, loss_rows = ints[oi[19]:oi[20]], ints[oi[20]:oi[21]], ints[oi[21]:oi[22]]
+    ref, positions, internal = ints[oi[22]:oi[23]], ints[oi[23]:oi[24]], ints[oi[24]:oi[25]]
+    p_val, q_val = floats[of[0]:of[1]], floats[of[1]:of[2]]
+    line_idle, trafo_idle = floats[of[2]:of[3]], floats[of[3]:of[4]]
+    const, l_val, u_val, u_inv_diag = cplx[oc[0]:oc[1]], cplx[oc[1]:oc[2]], cplx[oc[2]:oc[3]], cplx[oc[3]:oc[4]]
+    v_set, offset, f_val, t_val, r_val = (cplx[oc[4]:oc[5]], cplx[oc[5]:oc[6]], cplx[oc[6]:oc[7]], cplx[oc[7]:oc[8]],
+                                          cplx[oc[8]:oc[9]])
+    n_load, n_sgen, n_asset = len(load_p), len(sgen_p), len(asset_p)
+    x_p = np.empty(n_load + n_sgen + n_asset)
+    x_q = np.empty(n_load + n_asset)
+    for j in range(n_load):
+        x_p[j] = load_p[j]
+        x_q[j] = load_q[j]
+    for j in range(n_sgen):
+        x_p[n_load + j] = sgen_p[j]
+    for j in range(n_asset):
+        x_p[n_load + n_sgen + j] = asset_p[j]
+        x_q[n_load + j] = asset_q[j]
+    s_spec = specified_from_elements(p_ptr, p_idx, p_val, q_ptr, q_idx, q_val, x_p, x_q, const, base_mva)
+    n_pq = len(pq)
+    s_pq = np.empty(n_pq, dtype=np.complex128)
+    v_pq = np.empty(n_pq, dtype=np.complex128)
+    for i in range(n_pq):
+        s_pq[i] = s_spec[pq[i]]
+        v_pq[i] = v_last[pq[i]]
+    v_new, converged = _zbus_case(l_ptr, l_idx, l_val, u_ptr, u_idx, u_val, u_inv_diag, perm_r, perm_c, s_pq, v_pq,
+                                  offset, tolerance, max_iteration)
+    v = v_set.copy()
+    if not converged:
+        return v, False
+    for i in range(n_pq):
+        v[pq[i]] = v_new[i]
+    vm, va, line, trafo, losses, head = _evaluate_case(
+        v, s_spec, f_ptr, f_idx, f_val, t_ptr, t_idx, t_val, r_ptr, r_idx, r_val, branch_from, branch_to,
+        line_branch, line_coef, line_idle, trafo_branch, trafo_coef, trafo_idle, power_based, loss_rows, ref,
+        positions, internal, n_bus, base_mva)
+    k = 0
+    for j in range(n_bus):
+        out[k + j] = vm[j]
+    k += n_bus
+    for j in range(n_bus):
+        out[k + j] = va[j]
+    k += n_bus
+    for j in range(len(line)):
+        out[k + j] = line[j]
+    k += len(line)
+    for j in range(len(trafo)):
+        out[k + j] = trafo[j]
+    k += len(trafo)
+    out[k] = head.real
+    out[k + 1] = head.imag
+    out[k + 2] = losses
+    return v, True

@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from controllers.api import AssetKind, Sensitivities
-from twin.grid.fastpf import FastPowerFlow, specified_from_elements
+from twin.grid.fastpf import FastPowerFlow
 from twin.grid.injections import bus_injections, element_incidence
 from twin.grid.results import GridLabels, PowerFlowResult
 from twin.grid.sensitivity import compute_sensitivities, sensitivities_at
@@ -125,6 +125,7 @@ class GridModel:
         self._fast = None
         self._x_p = None
         self._x_q = None
+        self._x_parts = None
         self._tables_stale = False
 
     @classmethod
@@ -157,6 +158,7 @@ class GridModel:
         self._build_incidence(len(assets))
         self._x_p: np.ndarray | None = None  # [native load p, native sgen p, asset p] of the current interval
         self._x_q: np.ndarray | None = None  # [native load q, asset q]
+        self._x_parts: tuple[np.ndarray, ...] | None = None  # what set_injection_arrays was given
         self._tables_stale = False
         return self
 
@@ -246,20 +248,32 @@ class GridModel:
         """One interval's powers as arrays: native loads in ``native_load_index`` order, native sgens in
         ``native_sgen_index`` order, assets in ``asset_ids`` order. The pandapower engine writes them into the
         net's tables now (runpp reads them); the fast engine keeps the arrays and solves from them."""
-        self._x_p = np.concatenate([load_p_mw, sgen_p_mw, asset_p_mw])
-        self._x_q = np.concatenate([load_q_mvar, asset_q_mvar])
+        # Kept as given (the element vectors [native load, native sgen, asset] P and [native load, asset] Q are
+        # put end to end only when read: ``_x``); the fast engine's step kernel reads the pieces.
+        self._x_parts = (load_p_mw, sgen_p_mw, asset_p_mw, load_q_mvar, asset_q_mvar)
+        self._x_p = self._x_q = None
         if self.engine == "pandapower":
             self._write_tables()
         else:
             self._tables_stale = True
 
+    def _x(self) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """The current interval's element vectors: [native load p, native sgen p, asset p] and [native load q,
+        asset q] (None before any ``set_injection_arrays``)."""
+        if self._x_p is None and self._x_parts is not None:
+            load_p, sgen_p, asset_p, load_q, asset_q = self._x_parts
+            self._x_p = np.concatenate([load_p, sgen_p, asset_p])
+            self._x_q = np.concatenate([load_q, asset_q])
+        return self._x_p, self._x_q
+
     def bus_injection_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """P (MW) and Q (Mvar) per bus (``labels.bus`` order, load convention) of the current injections."""
-        if self._x_p is None or self._x_q is None:
+        x_p, x_q = self._x()
+        if x_p is None or x_q is None:
             p_bus, q_bus = bus_injections(self._net)
             return p_bus.to_numpy(float), q_bus.to_numpy(float)
-        return (_matvec_plus(*self._inj_p_csr, self._x_p, self._inj_p_const),
-                _matvec_plus(*self._inj_q_csr, self._x_q, self._inj_q_const))
+        return (_matvec_plus(*self._inj_p_csr, x_p, self._inj_p_const),
+                _matvec_plus(*self._inj_q_csr, x_q, self._inj_q_const))
 
     def bus_p_many(self, *, load_p_mw: np.ndarray, sgen_p_mw: np.ndarray, asset_p_mw: np.ndarray) -> np.ndarray:
         """Bus P (n_bus x n_interval) of many intervals: native loads, native sgens and assets as columns."""
@@ -272,12 +286,13 @@ class GridModel:
     def _write_tables(self) -> None:
         """Write the current injection arrays into the net (whole columns: per-cell writes cost ~1 ms each)."""
         self._tables_stale = False
-        if self._x_p is None or self._x_q is None:
+        x_p, x_q = self._x()
+        if x_p is None or x_q is None:
             return
         net = self._net
         n_load, n_sgen = len(self._native_load_pos), len(self._native_sgen_pos)
-        load_p_mw, sgen_p_mw, p = np.split(self._x_p, [n_load, n_load + n_sgen])
-        load_q_mvar, q = np.split(self._x_q, [n_load])
+        load_p_mw, sgen_p_mw, p = np.split(x_p, [n_load, n_load + n_sgen])
+        load_q_mvar, q = np.split(x_q, [n_load])
         load_p = net.load["p_mw"].to_numpy(float, copy=True)
         load_q = net.load["q_mvar"].to_numpy(float, copy=True)
         load_p[self._native_load_pos] = load_p_mw
@@ -348,12 +363,11 @@ class GridModel:
 
     def _solve_fast(self) -> PowerFlowResult:
         fast = self.fast
-        if self._x_p is None or self._x_q is None:
+        parts = self._x_parts
+        if parts is None:
             return fast.solve_arrays(*self.bus_injection_arrays())
         # Element powers -> internal-bus injection in one product (incidence and bus map multiplied once).
-        kp, kq, const = self._specified_map
-        return fast.solve_specified(specified_from_elements(*kp, *kq, self._x_p, self._x_q, const,
-                                                            fast.model.base_mva))
+        return fast.solve_elements(self._specified_map, *parts)
 
     @property
     def fast(self) -> FastPowerFlow:

@@ -114,6 +114,8 @@ _SCALAR_COLUMNS = ("p_head_mw", "q_head_mvar", "losses_mw", "converged", "price_
 def _number(diagnostics: Any, key: str) -> float:
     """A coordinating policy's scalar diagnostic (its last round's primal or dual residual, the seconds one edge
     device spends on its own local step), NaN otherwise."""
+    if not diagnostics:  # the usual case (no diagnostics): skip the Mapping check
+        return math.nan
     value = diagnostics.get(key) if isinstance(diagnostics, Mapping) else None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
@@ -246,18 +248,26 @@ class _PolicyBuffer:
             data[name] = np.array(rows) if rows else np.empty((0, len(self.columns.get(name, ()))))
         data["summary"] = self._summary(since, data, step / pd.Timedelta("1h"))
         tables = {}
+        labels = self._labels()
         for name in PolicyRecords.TABLES:
             values = data[name]
-            if name == "asset_clipped":
+            if name == "asset_clipped":  # the reasons' text (str objects, as astype(str) leaves them)
                 values = _CLIP_TEXT[values.astype(np.intp)]
-            frame = pd.DataFrame(values, index=index, columns=self.columns.get(name, pd.Index([])))
-            frame.columns = frame.columns.astype(str)
-            tables[name] = frame
+            elif name == "asset_fallback" and values.dtype != np.bool_:
+                values = values.astype(bool)
+            tables[name] = pd.DataFrame(values, index=index, columns=labels[name].copy(), copy=False)
         for flag in ("converged", "controller_online"):
             tables["summary"][flag] = tables["summary"][flag].astype(bool)
-        tables["asset_fallback"] = tables["asset_fallback"].astype(bool)
-        tables["asset_clipped"] = tables["asset_clipped"].astype(str)
         return PolicyRecords(policy=self.policy, step=step, **tables)
+
+    def _labels(self) -> dict[str, pd.Index]:
+        """Each table's column labels as text (as the tables carry them), made once the columns are known."""
+        key = tuple(map(id, self.columns.values()))
+        cached = self.__dict__.get("_labels_cache")
+        if cached is None or cached[0] != key:
+            labels = {name: self.columns.get(name, pd.Index([])).astype(str) for name in PolicyRecords.TABLES}
+            cached = self._labels_cache = (key, labels)
+        return cached[1]
 
 
 class Recorder:
