@@ -154,7 +154,7 @@ def _matrix_frames(tables: list[pa.Table], described: list[dict[str, Any]]) -> p
     values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     times = pa.chunked_array([c for t in tables for c in t.column("time").chunks], type=tables[0].schema.field(
         "time").type)
-    index = pd.Index(times.to_pandas(), name=first["index"])
+    index = pd.Index(times.to_pandas(use_threads=False), name=first["index"])
     return pd.DataFrame(values, index=index, columns=pd.Index(first["columns"], name=first["columns_name"]),
                         copy=False)
 
@@ -167,9 +167,9 @@ def _columns_to_pandas(table: pa.Table) -> pd.DataFrame:
     names = [n for n in table.column_names if n != "time"]
     if "time" not in table.column_names or not names or not all(
             pa.types.is_floating(table.schema.field(n).type) for n in names) or len(names) < 32:
-        return table.to_pandas()
+        return table.to_pandas(use_threads=False)
     values = np.column_stack([table.column(n).to_numpy() for n in names]).astype(float, copy=False)
-    index = pd.DatetimeIndex(table.column("time").to_pandas(), name="time")
+    index = pd.DatetimeIndex(table.column("time").to_pandas(use_threads=False), name="time")
     try:
         column_name = json.loads((table.schema.metadata or {})[b"pandas"])["column_indexes"][0]["name"]
     except (KeyError, IndexError, TypeError, ValueError):
