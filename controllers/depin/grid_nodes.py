@@ -62,11 +62,15 @@ class GridSettings:
     arm_margin_loading: float = 0.1
     #: A voltage row keeps its coefficients only where the path to the root carries some resistance.
     min_path_sensitivity_pu_per_mw: float = 1e-9
+    #: Over-relaxation α of every row's z- and u-update (Boyd et al. §3.4.3), in (0, 2); 1 is plain ADMM.
+    relaxation: float = 1.0
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"GridSettings.{name}: must be finite and >= 0, got {value!r}")
+        if not 0 < self.relaxation < 2:
+            raise ValueError(f"GridSettings.relaxation: must be in (0, 2), got {self.relaxation!r}")
         for name in ("rho_eur_per_mw2", "rho_voltage_eur_per_mw2", "rho_loading_eur_per_mw2"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"GridSettings.{name}: must be > 0")
@@ -106,6 +110,9 @@ class GridNodes:
         self.u_l, self.z_l = zeros.copy(), zeros.copy()
         self.armed_v = np.zeros(n, dtype=bool)
         self.armed_l = np.zeros(n, dtype=bool)
+        self.new_v = np.zeros(n, dtype=bool)
+        self.new_l = np.zeros(n, dtype=bool)
+        self.rho_changed = np.zeros(n, dtype=bool)
         self.s_head = np.zeros(horizon)
         self.s_v, self.s_l = zeros.copy(), zeros.copy()
         self._time = None
@@ -158,6 +165,7 @@ class GridNodes:
         """Arm the rows whose value in the current plan comes within the margin of a limit in some period.
         ``keep=False`` (first round of a decision) also disarms rows that moved well away from theirs."""
         s, lim = self.settings, self.limits
+        before_v, before_l = self.armed_v.copy(), self.armed_l.copy()
         v = self.const_v + x_v
         near_v = self.has_voltage_row & ((v > lim.v_max_pu - s.arm_margin_pu) |
                                          (v < lim.v_min_pu + s.arm_margin_pu)).any(axis=1)
@@ -180,11 +188,15 @@ class GridNodes:
         for armed, rows in ((self.armed_v, (self.u_v, self.s_v)), (self.armed_l, (self.u_l, self.s_l))):
             for r in rows:
                 r[~armed] = 0.0
+        # Rows armed in this round start their relaxation at consensus (their z is the participants' share).
+        self.new_v = self.armed_v & ~before_v
+        self.new_l = self.armed_l & ~before_l
 
     def rescale(self, mu: np.ndarray) -> None:
         """Nodes that heard a new ρ scale from the root adopt it; their scaled duals U = N y / ρ follow."""
         mu = np.asarray(mu, dtype=float)
         changed = mu != self.mu
+        self.rho_changed = changed
         if not changed.any():
             return
         ratio = np.where(changed, self.mu / mu, 1.0)
@@ -198,50 +210,70 @@ class GridNodes:
                                      head_slack_cost_eur_per_mwh=s.head_slack_cost_eur_per_mwh)
         self.mu = mu.copy()
 
-    def update(self, x_head: np.ndarray, x_v: np.ndarray, x_l: np.ndarray) -> RowUpdate:
+    def update(self, x_head: np.ndarray, x_v: np.ndarray, x_l: np.ndarray, *, alpha: np.ndarray) -> RowUpdate:
         """Every owner's z- and u-update on the participants' aggregates of this round; sets ``s_*`` and each
-        node's residuals (``primal_node`` / ``dual_node``, MW-equivalent at the row's own bus)."""
+        node's residuals (``primal_node`` / ``dual_node``, MW-equivalent at the row's own bus).
+
+        ``alpha`` (per node): the over-relaxation each node applies this round (1 = plain ADMM: in the first round
+        of a decision and where the node's ρ changed). Relaxed, a row's update reads (Boyd et al. §3.4.3)
+
+            X̂ = α X + (1 − α) Z⁻,   Z ← prox(X̂ + U),   U ← U + X̂ − Z,   s = (2U − (2 − α) U⁻) / N
+
+        (s at α = 1 is (X − Z + U) / N, the plain signal); the participants complete it with their own memory
+        (``Participants.local_step``)."""
         h, s, n = self.hours, self.settings, self.sweeps.n_nodes
         primal, dual = np.zeros(n), np.zeros(n)
+        alpha = np.broadcast_to(np.asarray(alpha, dtype=float), (n,))
         # Head row (the root).
-        z_prev = self.z_head
+        z_prev, u_prev, a0 = self.z_head, self.u_head, float(alpha[0])
+        x_hat = x_head if a0 == 1.0 else a0 * x_head + (1.0 - a0) * z_prev
         self.z_head = self.feeder.solve(base=self.const_head, price_imp=self.price, price_exp=self.price_exp,
-                                        limit=self.head_limit, target=x_head + self.u_head)
-        self.u_head = self.u_head + x_head - self.z_head
-        self.s_head = (x_head - self.z_head + self.u_head) / self.n_assets
+                                        limit=self.head_limit, target=x_hat + u_prev)
+        self.u_head = u_prev + x_hat - self.z_head
+        self.s_head = (2.0 * self.u_head - (2.0 - a0) * u_prev) / self.n_assets
         primal[0] = np.max(np.abs(x_head - self.z_head), initial=0.0)
         dual[0] = np.max(np.abs(self.z_head - z_prev), initial=0.0)
         scale = np.zeros(n)  # each row's size (MW-equivalent): the stopping rule is relative to it
         scale[0] = max(np.max(np.abs(x_head), initial=0.0), np.max(np.abs(self.z_head), initial=0.0))
+        # Each row's scaled dual (MW-equivalent): the size its dual residual is measured against when ρ is
+        # balanced (Boyd et al. §3.4.1 with both residuals relative, as OSQP does).
+        price = np.zeros(n)
+        price[0] = np.max(np.abs(self.u_head), initial=0.0)
         # Voltage rows (armed ones): soft band [v_min, v_max] at voltage_slack_cost per pu and hour.
         lim = self.limits
         av = np.flatnonzero(self.armed_v)
         if av.size:
             weight = self.mu[av, None] * self.rho_v[av, None] / self.n_assets
-            q = x_v[av] + self.u_v[av]
+            a_row = np.where(self.new_v[av], 1.0, alpha[av])[:, None]
+            u_prev = self.u_v[av]
+            q = a_row * x_v[av] + (1.0 - a_row) * self.z_v[av] + u_prev
             z = _soft_band(self.const_v[av] + q, lo=lim.v_min_pu, hi=lim.v_max_pu,
                            reach=s.voltage_slack_cost_eur_per_pu_h * h / weight) - self.const_v[av]
             per_mw = np.abs(self.R[av, None])  # pu per MW at the row's own bus: residuals in MW there
             dual[av] = np.max(np.abs(z - self.z_v[av]) / per_mw, axis=1)
             primal[av] = np.max(np.abs(x_v[av] - z) / per_mw, axis=1)
             scale[av] = np.max(np.maximum(np.abs(x_v[av]), np.abs(z)) / per_mw, axis=1)
+            price[av] = np.max(np.abs(q - z) / per_mw, axis=1)
             self.z_v[av] = z
             self.u_v[av] = q - z
-            self.s_v[av] = (x_v[av] - z + self.u_v[av]) / self.n_assets
+            self.s_v[av] = (2.0 * self.u_v[av] - (2.0 - a_row) * u_prev) / self.n_assets
         al = np.flatnonzero(self.armed_l)
         if al.size:
             weight = self.mu[al, None] * self.rho_l[al, None] / self.n_subtree[al, None]
-            q = x_l[al] + self.u_l[al]
+            a_row = np.where(self.new_l[al], 1.0, alpha[al])[:, None]
+            u_prev = self.u_l[al]
+            q = a_row * x_l[al] + (1.0 - a_row) * self.z_l[al] + u_prev
             cap = self.cap[al, None]
             reach = self.loading_cost_per_mw_h[al, None] * h / weight
             z = _soft_band(self.const_l[al] + q, lo=-cap, hi=cap, reach=reach) - self.const_l[al]
             dual[al] = np.maximum(dual[al], np.max(np.abs(z - self.z_l[al]), axis=1))
             primal[al] = np.maximum(primal[al], np.max(np.abs(x_l[al] - z), axis=1))
             scale[al] = np.maximum(scale[al], np.max(np.maximum(np.abs(x_l[al]), np.abs(z)), axis=1))
+            price[al] = np.maximum(price[al], np.max(np.abs(q - z), axis=1))
             self.z_l[al] = z
             self.u_l[al] = q - z
-            self.s_l[al] = (x_l[al] - z + self.u_l[al]) / self.n_subtree[al, None]
-        self.primal_node, self.dual_node, self.scale_node = primal, dual, scale
+            self.s_l[al] = (2.0 * self.u_l[al] - (2.0 - a_row) * u_prev) / self.n_subtree[al, None]
+        self.primal_node, self.dual_node, self.scale_node, self.price_node = primal, dual, scale, price
         return RowUpdate(primal_residual_mw=float(primal.max(initial=0.0)), dual_residual_mw=float(dual.max(initial=0.0)),
                          armed_voltage=int(av.size), armed_loading=int(al.size))
 

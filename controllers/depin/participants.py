@@ -102,6 +102,9 @@ class Participants:
         sample = [i for i in np.argsort(-sizes, kind="stable")[:edge_sample] if sizes[i]]
         self._edge = [group(by_owner[i]) for i in sample] if batch else []
         self.p = np.zeros((len(assets), horizon))
+        # Each asset's own memory for over-relaxed rounds: the target and weight of its last local step.
+        self.target = np.zeros((len(assets), horizon))
+        self.weight = np.zeros(len(assets))
         self.p_measured = np.zeros(len(assets))
         self.edge_time_s = 0.0
         self.step_time_s = 0.0
@@ -129,6 +132,7 @@ class Participants:
         if shift > 0:
             kept = self.p[:, min(shift, self.T - 1):]
             self.p = np.pad(kept, [(0, 0), (0, self.T - kept.shape[1])], mode="edge")
+        self.target = self.p.copy()  # the first round of a decision is plain ADMM: no memory carried over
         for g in self.groups + self._edge:
             own = observation if self.batch and self.groups and g is self.groups[0] \
                 else restrict_observation(observation, g.ids)
@@ -143,12 +147,24 @@ class Participants:
             if "p_mw" in observation.state else np.zeros(len(self.assets))
         self.p_measured = np.nan_to_num(metered)
 
-    def local_step(self, sigma: np.ndarray, weight: np.ndarray, *, active: np.ndarray) -> np.ndarray:
+    def local_step(self, sigma: np.ndarray, weight: np.ndarray, *, active: np.ndarray,
+                   alpha: np.ndarray | None = None) -> np.ndarray:
         """Every active participant's local step on the signal it last heard from its node: ``sigma``
-        (participants, periods) and ``weight`` (participants,). Returns the new plans (inactive ones unchanged)."""
+        (participants, periods), ``weight`` (participants,) and the over-relaxation ``alpha`` its node applied
+        (participants,; None = 1). Returns the new plans (inactive ones unchanged).
+
+        The target is ``p − σ/W + (1 − α)(W⁻/W)(c⁻ − p)`` with ``c⁻``, ``W⁻`` the asset's own last target and
+        weight: the relaxed z-update's share of each asset, kept by the asset itself (``grid_nodes.GridNodes.
+        update``; a row armed since the last step joins at consensus, which the weight ratio accounts for). At
+        α = 1 it is the plain sharing-ADMM target ``p − σ/W``."""
         sig = sigma[self.owner]
         w = np.maximum(weight[self.owner], 1e-12)[:, None]
         target = self.p - sig / w
+        if alpha is not None:
+            relax = 1.0 - np.asarray(alpha, dtype=float)[self.owner]
+            if np.any(relax != 0.0):
+                memory = np.where(self.weight > 0, relax * self.weight / w[:, 0], 0.0)
+                target = target + memory[:, None] * (self.target - self.p)
         weights = np.broadcast_to(w, target.shape)
         t0 = time.perf_counter()
         new = self.p.copy()
@@ -172,6 +188,8 @@ class Participants:
             self.edge_time_s = self.step_time_s / max(len(self.groups), 1)
         keep = active[self.owner]
         self.p = np.where(keep[:, None], new, self.p)
+        self.target = np.where(keep[:, None], target, self.target)
+        self.weight = np.where(keep, w[:, 0], self.weight)
         return self.p
 
     def net_trajectories(self) -> np.ndarray:

@@ -11,8 +11,8 @@ One round (``coordinate``), in the order the messages travel (``controllers.coor
 4. every owner of a constraint updates its consensus target and dual (``GridNodes.update``) and the rows near a
    limit arm themselves;
 5. the voltage duals are summed up the tree (duals_up), with each node's residuals (the root takes the largest);
-6. the locational signal and weight are path-summed down (prices_down) with the root's stopping decision, and
-   every node passes them to its participants (downlink).
+6. the locational signal and weight are path-summed down (prices_down) with the root's stopping decision, its ρ
+   scale and the over-relaxation of the next round, and every node passes them to its participants (downlink).
 
 The twin decides which of these messages arrive (``RoundDelivery``); a lost message leaves its receiver with the
 last one it heard. A participant that hears nothing keeps optimizing its own assets on the last signal it got
@@ -41,6 +41,8 @@ __all__ = ["NetworkAdmm"]
 #: Wire size of one number (float64) and of a message's framing (ids, round, sequence, signature).
 _NUMBER_BYTES = 8
 _FRAME_BYTES = 96
+#: Rounds between two changes of ρ (each change makes the next round a plain, unrelaxed one).
+_BALANCE_EVERY = 5
 
 
 class NetworkAdmm:
@@ -50,6 +52,12 @@ class NetworkAdmm:
     loading rows per MW-equivalent (default: ``rho``). Stopping rule: every row's primal and dual residual (MW at
     the row's own bus) below ``tolerance_mw + relative_tolerance × the row's size``. ``batch``: solve every participant's local step in one
     vectorized call (same result as one by one). Cost and slack weights as ``OptimizingController``'s.
+
+    Acceleration (the fixed point, hence the optimum, is plain ADMM's): while only the feeder-head row is armed the
+    rows are over-relaxed by ``relaxation`` (α; Boyd et al. §3.4.3; 1 turns it off) and ρ is balanced on the
+    relative residuals in the first ``balance_rounds``; while voltage or loading rows are armed, rounds are plain
+    and ρ is balanced on the absolute ones in the first ``network_balance_rounds`` (``_balance`` /
+    ``_balance_network``).
     """
 
     def __init__(
@@ -74,7 +82,9 @@ class NetworkAdmm:
         arm_margin_loading: float = 0.1,
         isolation_rounds: int = 2,
         volt_var: bool = True,
-        balance_rounds: int = 100,
+        balance_rounds: int = 30,
+        network_balance_rounds: int = 100,
+        relaxation: float = 1.6,
     ) -> None:
         if not tolerance_mw > 0:
             raise ValueError(f"tolerance_mw={tolerance_mw!r} must be > 0")
@@ -88,7 +98,7 @@ class NetworkAdmm:
             voltage_slack_cost_eur_per_pu_h=voltage_slack_cost_eur_per_pu_h,
             loading_slack_cost_eur_per_percent_h=loading_slack_cost_eur_per_percent_h,
             head_slack_cost_eur_per_mwh=head_slack_cost_eur_per_mwh, demand_charge_eur_per_mw=demand_charge_eur_per_mw,
-            arm_margin_pu=arm_margin_pu, arm_margin_loading=arm_margin_loading,
+            arm_margin_pu=arm_margin_pu, arm_margin_loading=arm_margin_loading, relaxation=relaxation,
         )
         self.weights = DispatchWeights(
             pv_curtailment_cost_eur_per_mwh=pv_curtailment_cost_eur_per_mwh,
@@ -103,6 +113,7 @@ class NetworkAdmm:
         self.isolation_rounds = isolation_rounds
         self.volt_var = volt_var
         self.balance_rounds = balance_rounds
+        self.network_balance_rounds = network_balance_rounds
 
     # -- per run -----------------------------------------------------------------------------------
     def reset(self, spec: AgentNetworkSpec, *, seed: int) -> None:
@@ -124,11 +135,14 @@ class NetworkAdmm:
         self.heard_flows = np.zeros((n_nodes, T))  # at the parent, from each child
         self.heard_volts = np.zeros((n_nodes, T))  # at each node, from its parent
         self.heard_duals = np.zeros((n_nodes, T + 1))
-        self.heard_resid = np.zeros((n_nodes, 4))
-        self.heard_prices = np.zeros((n_nodes, T + 4))  # [σ, ω, L, stop, ρ scale]
+        self.heard_resid = np.zeros((n_nodes, 7))
+        self.heard_prices = np.zeros((n_nodes, T + 5))  # [σ, ω, L, stop, ρ scale, α]
         self.heard_prices[:, T + 3] = 1.0
-        self.heard_signal = np.zeros((n_part, T + 2))  # at each participant: [σ, W, stop] from its node
+        self.heard_prices[:, T + 4] = 1.0
+        self._relax = 1.0  # the over-relaxation the root sends for the next round
+        self.heard_signal = np.zeros((n_part, T + 3))  # at each participant: [σ, W, stop, α] from its node
         self.heard_signal[:, T] = self.settings.rho_eur_per_mw2
+        self.heard_signal[:, T + 2] = 1.0
         self.silent = np.zeros(n_part, dtype=np.int64)
         self.mu = 1.0  # the root's ρ scale (kept from one decision to the next)
         self._time: pd.Timestamp | None = None
@@ -137,9 +151,9 @@ class NetworkAdmm:
             "uplink": _FRAME_BYTES + _NUMBER_BYTES * T,
             "flows_up": _FRAME_BYTES + _NUMBER_BYTES * T,
             "voltages_down": _FRAME_BYTES + _NUMBER_BYTES * T,
-            "duals_up": _FRAME_BYTES + _NUMBER_BYTES * (T + 5),
-            "prices_down": _FRAME_BYTES + _NUMBER_BYTES * (T + 4),
-            "downlink": _FRAME_BYTES + _NUMBER_BYTES * (T + 2),
+            "duals_up": _FRAME_BYTES + _NUMBER_BYTES * (T + 8),
+            "prices_down": _FRAME_BYTES + _NUMBER_BYTES * (T + 5),
+            "downlink": _FRAME_BYTES + _NUMBER_BYTES * (T + 3),
         }
 
     # -- per decision ------------------------------------------------------------------------------
@@ -161,6 +175,7 @@ class NetworkAdmm:
         self.heard_signal[:, :T] = _shift_rows(self.heard_signal[:, :T], shift)
         self.heard_prices[:, T + 2] = 0.0  # no stop heard yet in this decision
         self.heard_signal[:, T + 1] = 0.0
+        self.heard_signal[:, T + 2] = 1.0  # a decision starts with a plain round
         self.rounds = 0
         self._last_balance = -10
         self.stats: dict[str, Any] = {"local_step_s": 0.0, "grid_s": 0.0}
@@ -172,7 +187,8 @@ class NetworkAdmm:
         active = delivery.active & self.active
         # 1. Local steps on the last signal each participant heard; uplink of the net trajectories.
         t0 = time.perf_counter()
-        self.participants.local_step(self.heard_signal[:, :T], self.heard_signal[:, T], active=active)
+        self.participants.local_step(self.heard_signal[:, :T], self.heard_signal[:, T], active=active,
+                                     alpha=self.heard_signal[:, T + 2])
         t1 = time.perf_counter()
         sent = active & delivery.uplink
         trajectories = self.participants.net_trajectories()
@@ -188,22 +204,34 @@ class NetworkAdmm:
         mu_heard[0] = self.mu
         grid.rescale(mu_heard)
         grid.arm(x_volt, x_flow, keep=round_index > 0)
-        rows = grid.update(x_flow[0], x_volt, x_flow)
+        # Over-relaxation while only the feeder-head row is armed (as the root last said), except in a decision's
+        # first round and where ρ just changed (a plain round restarts the participants' memory of the iterate).
+        relax = self.heard_prices[:, T + 4].copy()
+        relax[0] = self._relax
+        alpha = np.where((round_index == 0) | grid.rho_changed, 1.0, relax)
+        rows = grid.update(x_flow[0], x_volt, x_flow, alpha=alpha)
         # 5. Voltage duals and residuals up the tree.
         totals = sweeps.up(grid.duals_up_own(), delivered=delivery.duals_up, heard=self.heard_duals)
         # Each row's residuals against its own tolerance (absolute + relative to the row's size); the root takes
         # the largest ratio and the largest residuals (MW-equivalent, for the record).
         allowed = self.tolerance_mw + self.relative_tolerance * grid.scale_node
+        floor = self.tolerance_mw
         own_resid = np.stack([grid.primal_node / allowed, grid.dual_node / allowed, grid.primal_node,
-                              grid.dual_node], axis=1)
+                              grid.dual_node, grid.scale_node, grid.price_node,
+                              (grid.armed_v | grid.armed_l).astype(float)], axis=1)
         resid = sweeps.up(own_resid, delivered=delivery.duals_up, heard=self.heard_resid, combine="max")
         primal, dual = float(resid[0, 2]), float(resid[0, 3])
         converged = round_index > 0 and resid[0, 0] <= 1.0 and resid[0, 1] <= 1.0
-        self._balance(round_index, primal, dual)
+        network_rows = bool(resid[0, 6] > 0)
+        if network_rows:
+            self._balance_network(round_index, primal, dual)
+        else:
+            self._balance(round_index, primal / max(float(resid[0, 4]), floor), dual / max(float(resid[0, 5]), floor))
+        self._relax = 1.0 if network_rows else self.settings.relaxation
         # 6. Signals down; each node hands its own to its participants.
         root, step = grid.prices_down(totals)
-        root = np.concatenate([root, [1.0 if converged else 0.0, self.mu]])
-        step = np.concatenate([step, np.zeros((sweeps.n_nodes, 2))], axis=1)
+        root = np.concatenate([root, [1.0 if converged else 0.0, self.mu, self._relax]])
+        step = np.concatenate([step, np.zeros((sweeps.n_nodes, 3))], axis=1)
         values = sweeps.down(root, step, delivered=delivery.prices_down, heard=self.heard_prices)
         sigma, omega, load_w, stop = values[:, :T], values[:, T], values[:, T + 1], values[:, T + 2]
         node = self.spec.node_of_participant
@@ -211,6 +239,7 @@ class NetworkAdmm:
         self.heard_signal[heard, :T] = sigma[node[heard]]
         self.heard_signal[heard, T] = omega[node[heard]] + load_w[node[heard]]
         self.heard_signal[heard, T + 1] = stop[node[heard]]
+        self.heard_signal[heard, T + 2] = alpha[node[heard]]
         self.silent = np.where(heard, 0, self.silent + 1)
         t2 = time.perf_counter()
         self.rounds = round_index + 1
@@ -225,10 +254,30 @@ class NetworkAdmm:
         )
 
     def _balance(self, round_index: int, primal: float, dual: float) -> None:
-        """Residual balancing at the root: a primal residual far above the dual one means ρ is too small, and
-        the reverse too large (Boyd et al. §3.4.1, τ = 2, ratio 10). Only in the first rounds of a decision, so
-        that ρ settles and ADMM's convergence guarantee applies to the rest."""
-        if round_index >= self.balance_rounds or round_index - self._last_balance < 2:
+        """Residual balancing at the root on the relative residuals (the primal one against the rows' sizes, the
+        dual one against their scaled duals, so that both scale with ρ as in Boyd et al. §3.4.1): ρ grows by
+        √(primal / dual) when that ratio is above 5 and shrinks by it below 1/5 (OSQP's rule; at most ×10 a step).
+        Only in the first ``balance_rounds`` of a decision and a few rounds apart, so that ρ settles and ADMM's
+        convergence guarantee applies to the rest."""
+        if round_index >= self.balance_rounds or round_index - self._last_balance < _BALANCE_EVERY:
+            return
+        if not (primal > 0 and dual > 0):
+            return
+        ratio = primal / dual
+        if not (ratio > 5.0 or ratio < 0.2):
+            return
+        factor = float(np.clip(np.sqrt(ratio), 0.1, 10.0))
+        mu = float(np.clip(self.mu * factor, 1e-4, 1e4))
+        if mu == self.mu:
+            return
+        self.mu = mu
+        self._last_balance = round_index
+
+    def _balance_network(self, round_index: int, primal: float, dual: float) -> None:
+        """Residual balancing while network rows are armed: a primal residual far above the dual one means ρ is
+        too small, and the reverse too large (τ = 2, ratio 10, every other round in the first
+        ``network_balance_rounds``)."""
+        if round_index >= self.network_balance_rounds or round_index - self._last_balance < 2:
             return
         if primal > 10 * dual and self.mu < 1e4:
             self.mu *= 2.0
