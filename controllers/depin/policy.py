@@ -31,7 +31,7 @@ import pandas as pd
 from controllers.api import AssetKind, Dispatch, Observation
 from controllers.coordination import AgentNetworkSpec, GridObservation, RoundDelivery, RoundOutcome
 from controllers.depin.grid_nodes import GridNodes, GridSettings
-from controllers.depin.participants import Participants
+from controllers.depin.participants import Participants, summing_matrix
 from controllers.depin.sweeps import TreeSweeps
 from controllers.dispatch_model import DispatchWeights
 from controllers.volt_var import volt_var_q_mvar
@@ -126,6 +126,7 @@ class NetworkAdmm:
         self.participants = Participants(assets=assets, participants=spec.participants, step=spec.step, horizon=T,
                                          weights=self.weights, batch=self.batch, dask_client=spec.dask_client)
         self.node_of_asset = spec.node_of_participant[self.participants.owner]
+        self._sum_by_node = summing_matrix(spec.node_of_participant, n_nodes)  # participants → their bus node
         assets_at_node = np.bincount(self.node_of_asset, minlength=n_nodes).astype(float)
         self.grid = GridNodes(sweeps=self.sweeps, assets_at_node=assets_at_node, horizon=T,
                               hours=spec.step / pd.Timedelta("1h"), settings=self.settings)
@@ -193,8 +194,7 @@ class NetworkAdmm:
         sent = active & delivery.uplink
         trajectories = self.participants.net_trajectories()
         self.heard_uplink[sent] = trajectories[sent]
-        own = np.zeros((sweeps.n_nodes, T))
-        np.add.at(own, self.spec.node_of_participant, self.heard_uplink)
+        own = self._sum_by_node @ self.heard_uplink
         # 2.–3. Participants' share of every branch flow, then of every voltage.
         x_flow = sweeps.up(own, delivered=delivery.flows_up, heard=self.heard_flows)
         x_volt = sweeps.down(np.zeros(T), grid.a[:, None] * x_flow, delivered=delivery.voltages_down,

@@ -182,14 +182,23 @@ class GridModel:
         convention), weighted as ``bus_injections`` weighs them; what the engine never writes (native sgen Q,
         native storage, asymmetric elements) is a constant."""
         net = self._net
-        asset_p = sp.lil_matrix((len(net.bus), n_assets))
         # PV is an sgen (generator convention: sgen p = -asset p), so its weight is minus the sgen's (-1) weight.
+        # The kinds' asset positions are disjoint: each kind's incidence goes to its own columns (one COO build;
+        # assigning columns of a LIL matrix took ~0.8 s a kind on the 9,099-bus feeder).
+        rows, cols, data = [], [], []
         for positions, element, table_rows, sign in ((self._pv_pos, "sgen", self._fleet_sgen_pos, -1.0),
                                                      (self._bat_pos, "storage", self._fleet_storage_pos, 1.0),
                                                      (self._load_like_pos, "load", self._fleet_load_pos, 1.0)):
             if len(positions):
-                asset_p[:, positions] = sign * element_incidence(net, element, table_rows)
-        asset_p = sp.csr_matrix(asset_p)
+                kind = sp.coo_matrix(element_incidence(net, element, table_rows))
+                rows.append(kind.row)
+                cols.append(np.asarray(positions, dtype=np.int64)[kind.col])
+                data.append(sign * kind.data)
+        asset_p = sp.csr_matrix((np.concatenate(data) if data else np.zeros(0),
+                                 (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
+                                  np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64))),
+                                shape=(len(net.bus), n_assets))
+        asset_p.sort_indices()  # as the LIL conversion had them: the same summation order in every product
         load = element_incidence(net, "load", self._native_load_pos)
         sgen = element_incidence(net, "sgen", self._native_sgen_pos)
         self._inj_p = sp.csr_matrix(sp.hstack([load, sgen, asset_p]))
