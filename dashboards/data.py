@@ -4,8 +4,9 @@ Owns reading only: run metadata and status, per-policy tables (new Parquet parts
 their format is twin.records.parts'),
 KPIs (the run's ``kpis.parquet``, or the same ``twin.records.kpis.compute_kpis`` over the parts so far while the run
 goes), the feeder topology, operator commands, the settlement ledger (through ``twin.settlement``'s public
-functions) and what-if study tables. Nothing here writes to the run folder; operator commands go through
-``twin.commands.CommandChannel`` in the app. One ``RunData`` per app: no module-level caches.
+functions), what-if study tables and a three-phase run's per-interval phase tables (``three_phase/``). Nothing
+here writes to the run folder; operator commands go through ``twin.commands.CommandChannel`` in the app. One
+``RunData`` per app: no module-level caches.
 """
 
 from __future__ import annotations
@@ -21,19 +22,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from controllers.api import NetworkLimits
 from dashboards.timeline import Axis
 from twin.commands import CommandChannel
 from twin.records.kpis import KPI_LABELS, compute_kpis, kpi_table
-from twin.records.parts import part_paths, read_parts
+from twin.records.parts import part_paths, read_part, read_parts
+from twin.records.phase_tables import INTERVAL_TABLES, interval_table_path
 from twin.records.recorder import PolicyRecords
 from twin.names import is_policy_name
 from twin.records.runstore import RunStore, policy_dir, run_liveness
 from twin.grid.topology import FEEDER_FILENAME, FeederTopology, TopologyError, read_feeder_topology
 
-__all__ = ["LedgerView", "RunData", "StudyTable", "reference_policy"]
+__all__ = ["LedgerView", "PhaseTables", "RunData", "StudyTable", "reference_policy"]
 
 _LEDGER_FILENAME = "ledger.sqlite"
 
@@ -95,6 +98,41 @@ class LedgerView:
     notes: tuple[str, ...] = ()
     #: where the trusted operator key came from; "" when none is configured (signatures not checked)
     trusted_key_source: str = ""
+
+
+@dataclass(frozen=True)
+class PhaseTables:
+    """One policy's per-interval three-phase results (``twin.records.phase_tables.INTERVAL_TABLES``): arrays
+    ``[t, bus]`` over ``index`` × ``bus`` (text ids); ``vm_pu`` is ``[t, bus, phase]`` (a, b, c)."""
+
+    index: pd.DatetimeIndex
+    bus: pd.Index
+    vm_pu: np.ndarray
+    v1_pu: np.ndarray
+    vuf_percent: np.ndarray
+
+    def at(self, when: Any, buses: pd.Index) -> dict[str, np.ndarray] | None:
+        """At interval ``when``, per bus of ``buses`` (NaN where not in the tables): ``vm_pu [bus, 3]``,
+        ``v1_pu``, ``vuf_percent``, ``worst`` (0/1/2 = a/b/c, the phase farthest from 1 pu; -1 without data)
+        and ``vm_worst_pu``. None when the tables have no such interval."""
+        try:
+            row = self.index.get_loc(pd.Timestamp(when))
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not isinstance(row, (int, np.integer)):
+            return None
+        col = self.bus.get_indexer(buses)
+        have = col >= 0
+        vm = np.full((len(buses), 3), np.nan)
+        vm[have] = self.vm_pu[row][col[have]]
+        v1 = np.full(len(buses), np.nan)
+        vuf = np.full(len(buses), np.nan)
+        v1[have] = self.v1_pu[row, col[have]]
+        vuf[have] = self.vuf_percent[row, col[have]]
+        known = np.isfinite(vm).all(axis=1)
+        worst = np.where(known, np.argmax(np.nan_to_num(np.abs(vm - 1.0), nan=-1.0), axis=1), -1)
+        vm_worst = np.where(known, vm[np.arange(len(buses)), np.maximum(worst, 0)], np.nan)
+        return {"vm_pu": vm, "v1_pu": v1, "vuf_percent": vuf, "worst": worst, "vm_worst_pu": vm_worst}
 
 
 @dataclass(frozen=True)
@@ -262,6 +300,34 @@ class RunData:
                 return None
 
         return self._memoized("topology", _stat_key(path), load)
+
+    # -- three phases ----------------------------------------------------------------------------------
+    def has_three_phase(self) -> bool:
+        """Whether the run states it was three-phase and any policy's phase tables are there."""
+        return isinstance(self.meta().get("three_phase"), dict) and any(
+            self.three_phase(p) is not None for p in self.policies())
+
+    def three_phase(self, policy: str) -> PhaseTables | None:
+        """``policy``'s per-interval phase tables (written after a three-phase run), None when absent or
+        unreadable. Cached until the files change."""
+        if policy not in self.policies():
+            return None
+        paths = [interval_table_path(self.run_dir, policy, name) for name in INTERVAL_TABLES]
+
+        def load() -> PhaseTables | None:
+            try:
+                frames = {name: read_part(path) for name, path in zip(INTERVAL_TABLES, paths, strict=True)}
+            except Exception:  # noqa: BLE001 — missing or unreadable (pyarrow raises several types): not shown
+                return None
+            first = frames[INTERVAL_TABLES[0]]
+            if any(not f.index.equals(first.index) or not f.columns.equals(first.columns) for f in frames.values()):
+                return None
+            arrays = {name: f.to_numpy(dtype=np.float64, na_value=np.nan) for name, f in frames.items()}
+            return PhaseTables(index=pd.DatetimeIndex(first.index), bus=pd.Index(first.columns.astype(str)),
+                               vm_pu=np.stack([arrays["vm_a_pu"], arrays["vm_b_pu"], arrays["vm_c_pu"]], axis=2),
+                               v1_pu=arrays["v1_pu"], vuf_percent=arrays["vuf_percent"])
+
+        return self._memoized(f"three_phase:{policy}", _stat_key(*paths), load)
 
     # -- tables ----------------------------------------------------------------------------------------
     def table(self, policy: str, name: str) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 a user clicked ringed, and that bus's assets and trends.
 
 The map is ``twin.reporting.figures.feeder_map_figure`` (the same drawing as the report) plus a DER layer
-(one marker per bus and asset kind) and bus ids in ``customdata``, so a click on a bus or a DER names it.
+(one marker per bus and asset kind) and bus ids in ``customdata``, so a click on a bus or a DER names it. A
+three-phase run's map can be coloured by ``dashboards.phasemap``'s modes instead of the balanced voltage.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from dashboards.data import RunData
+from dashboards.phasemap import colour_title, phase_hover, recolour_by_unbalance, values_for_mode
 from twin.grid.topology import FeederTopology
 from twin.reporting.figures import feeder_map_figure, policy_colors
 
-__all__ = ["DER_SYMBOLS", "KEEP_ZOOM_JS", "asset_unit", "bus_assets", "clicked_bus", "keep_zoom", "map_figure"]
+__all__ = ["DER_SYMBOLS", "KEEP_ZOOM_JS", "asset_unit", "bus_assets", "clicked_bus", "keep_zoom", "map_figure",
+           "phases_at"]
 
 #: Marker symbol and colour per asset kind.
 DER_SYMBOLS = {
@@ -159,25 +162,45 @@ def _hover_as_numbers(trace: go.Scatter) -> None:
     trace.hovertemplate = "%{text}: %{" + where + unit + "<extra></extra>"
 
 
+def phases_at(data: RunData, topology: FeederTopology, policy: str | None,
+              row: int | None) -> dict[str, np.ndarray] | None:
+    """``policy``'s three-phase results at its interval ``row``, per bus of the map (None: no such results)."""
+    tables = data.three_phase(policy) if policy and data.has_three_phase() else None
+    summary = data.table(policy, "summary") if policy else pd.DataFrame()
+    if tables is None or row is None or len(summary) <= row:
+        return None
+    return tables.at(summary.index[row], topology.buses.index)
+
+
 def map_figure(data: RunData, topology: FeederTopology, *, policy: str | None, row: int | None,
-               selected_bus: str | None) -> go.Figure:
+               selected_bus: str | None, mode: str | None = None,
+               phases: dict[str, np.ndarray] | None = None) -> go.Figure:
     """The feeder of ``policy`` at interval ``row`` (None: drawn without a power flow), with DERs and the
-    selected bus ringed."""
+    selected bus ringed. With ``phases`` (``phases_at``) and a ``mode`` of ``dashboards.phasemap.MAP_MODES`` the
+    buses are coloured by that quantity of the three-phase results and the hover names the worst phase and VUF."""
     limits = data.limits()
+    buses = topology.buses
+    three_phase = phases is not None and mode is not None
 
     def at(name: str) -> pd.Series | None:
         frame = data.table(policy, name) if policy else pd.DataFrame()
         return frame.iloc[row] if row is not None and len(frame) > row else None
 
-    fig = feeder_map_figure(topology, vm_pu=at("vm_pu"), line_loading_percent=at("line_loading_percent"),
+    vm = values_for_mode(phases, mode, buses.index) if three_phase else at("vm_pu")
+    fig = feeder_map_figure(topology, vm_pu=vm, line_loading_percent=at("line_loading_percent"),
                             trafo_loading_percent=at("trafo_loading_percent"), v_min_pu=limits.v_min_pu,
                             v_max_pu=limits.v_max_pu)
-    buses = topology.buses
     for trace in fig.data:
         if trace.name == "buses":
             trace.customdata = np.asarray(buses.index, dtype=object)
         if row is not None and trace.name in _HOVER_UNITS:
             _hover_as_numbers(trace)
+        if three_phase and trace.name == "buses":
+            phase_hover(trace, phases, buses.index)
+    if three_phase:
+        colour_title(fig, mode)
+        if mode == "vuf":
+            recolour_by_unbalance(fig, phases, buses[["x", "y"]])
     width = float(np.ptp(buses["x"].to_numpy(float))) if len(buses) else 1.0
     height = float(np.ptp(buses["y"].to_numpy(float))) if len(buses) else 1.0
     spread = 0.012 * max(width, height, 1e-9)

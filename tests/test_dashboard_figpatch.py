@@ -104,7 +104,8 @@ def test_the_map_at_a_parked_cursor_sends_no_figure(tmp_path: Path) -> None:
                 "inputs": [{"id": "run-version", "property": "data", "value": [1]},
                            {"id": "time-view", "property": "data", "value": view},
                            {"id": "ov-policy", "property": "value", "value": "scada"},
-                           {"id": "ov-map", "property": "clickData", "value": None}],
+                           {"id": "ov-map", "property": "clickData", "value": None},
+                           {"id": "ov-map-mode", "property": "value", "value": None}],  # no three phases: ignored
                 "state": [{"id": "ov-map", "property": "relayoutData", "value": None},
                           {"id": "ov-map-sent", "property": "data", "value": sent}],
                 "changedPropIds": ["run-version.data"]}

@@ -26,7 +26,9 @@ from dashboards.mapview import (
     clicked_bus,
     keep_zoom,
     map_figure,
+    phases_at,
 )
+from dashboards.phasemap import DEFAULT_MODE, MAP_MODES, map_mode, phase_caption
 from dashboards.pages.common import Context, chart_time, clicked, cursor_row, policy_options, text, time_chart, waiting
 from dashboards.timeline import TimeView
 from twin.reporting.figures import empty_figure
@@ -59,6 +61,12 @@ def layout(data: RunData, *, operator: str | None, auth_enabled: bool) -> html.D
         html.Div([
             html.Label(["Map of policy ", dcc.Dropdown(id="ov-policy", options=options, value=default,
                                                        clearable=False, className="dropdown")]),
+            # Only a three-phase run has something else to colour the buses by; the selector is always in the
+            # page (a callback input), hidden otherwise.
+            html.Label(["Colour buses by ", dcc.Dropdown(
+                id="ov-map-mode", options=[{"label": v, "value": k} for k, v in MAP_MODES.items()],
+                value=DEFAULT_MODE, clearable=False, className="dropdown", style={"minWidth": "300px"})],
+                id="ov-map-mode-label", style=None if data.has_three_phase() else {"display": "none"}),
             html.Div(["Move the cursor to: "] + [
                 html.Button(label, id=f"ov-jump-{key}", n_clicks=0, className="button button-quiet")
                 for key, label in JUMPS], className="jumps"),
@@ -93,22 +101,34 @@ def layout(data: RunData, *, operator: str | None, auth_enabled: bool) -> html.D
 
 
 # -- content ---------------------------------------------------------------------------------------------
-def map_view(data: RunData, *, policy: str | None, view: Any, click: Any, zoom: Any = None) -> tuple[go.Figure, str]:
-    """(the feeder map of ``policy`` at the cursor, its caption); ``zoom``: the map's last relayoutData."""
+def map_view(data: RunData, *, policy: str | None, view: Any, click: Any, zoom: Any = None,
+             mode: Any = None) -> tuple[go.Figure, str]:
+    """(the feeder map of ``policy`` at the cursor, its caption); ``zoom``: the map's last relayoutData;
+    ``mode``: what a three-phase run's buses are coloured by (``dashboards.phasemap.MAP_MODES``; ignored, and
+    the map balanced as ever, when the run has no three-phase results)."""
     policies = data.policies()
     policy = policy if policy in policies else reference_policy(policies)
     topology = data.topology()
     if topology is None:
         return empty_figure("no feeder.json in this run: the feeder cannot be drawn"), ""
     row, when = cursor_row(data, policy, view)
-    fig = keep_zoom(map_figure(data, topology, policy=policy, row=row, selected_bus=clicked_bus(click, topology)),
-                    zoom)
+    phases = phases_at(data, topology, policy, row)
+    chosen = map_mode(mode)
+    fig = keep_zoom(map_figure(data, topology, policy=policy, row=row, selected_bus=clicked_bus(click, topology),
+                               mode=chosen if phases is not None else None, phases=phases), zoom)
     if row is None:
         return fig, "no interval recorded yet: the feeder is drawn without a power flow"
-    vm = data.table(policy, "vm_pu")
-    values = vm.iloc[row].to_numpy(float) if len(vm) > row else np.array([])
-    span = (f"; voltages {np.nanmin(values):.3f}–{np.nanmax(values):.3f} pu"
+    if phases is not None:
+        values = phases["vm_worst_pu"] if chosen == "worst" else phases["v1_pu"]
+        what = "worst-phase voltages" if chosen == "worst" else "V1"
+    else:
+        vm = data.table(policy, "vm_pu")
+        values = vm.iloc[row].to_numpy(float) if len(vm) > row else np.array([])
+        what = "voltages"
+    span = (f"; {what} {np.nanmin(values):.3f}–{np.nanmax(values):.3f} pu"
             if values.size and np.isfinite(values).any() else "")
+    if phases is not None:
+        span += phase_caption(data.three_phase(policy), phases, topology.buses.index, None)
     following = " (latest, following the run)" if TimeView.from_store(view).following else ""
     return fig, f"{policy} at {fmt(when)}{following}{span}"
 
@@ -276,11 +296,17 @@ def register(app: dash.Dash, c: Context) -> None:
     # in ov-map-sent): on a 9,099-bus feeder the whole figure is ~2 MB, a refresh at a parked cursor ~nothing.
     @app.callback(Output("ov-map-server", "data"), Output("ov-map-sent", "data"), Output("ov-caption", "children"),
                   Input("run-version", "data"), Input("time-view", "data"), Input("ov-policy", "value"),
-                  Input("ov-map", "clickData"), State("ov-map", "relayoutData"), State("ov-map-sent", "data"))
-    def overview_map(_v: Any, view: Any, policy: Any, click: Any, zoom: Any, sent: Any) -> tuple[Any, Any, str]:
-        fig, caption = map_view(data, policy=text(policy), view=view, click=click, zoom=zoom)
+                  Input("ov-map", "clickData"), Input("ov-map-mode", "value"), State("ov-map", "relayoutData"),
+                  State("ov-map-sent", "data"))
+    def overview_map(_v: Any, view: Any, policy: Any, click: Any, mode: Any, zoom: Any,
+                     sent: Any) -> tuple[Any, Any, str]:
+        fig, caption = map_view(data, policy=text(policy), view=view, click=click, zoom=zoom, mode=mode)
         update, digests = figure_update(fig, sent)
         return update, digests, caption
+
+    @app.callback(Output("ov-map-mode-label", "style"), Input("run-version", "data"))
+    def overview_map_mode(_v: Any) -> Any:  # three_phase/ is written when the run ends
+        return None if data.has_three_phase() else {"display": "none"}
 
     app.clientside_callback(KEEP_ZOOM_JS, Output("ov-map", "figure"), Input("ov-map-server", "data"),
                             State("ov-map-id", "data"))

@@ -3,7 +3,9 @@
 Owns the numbers a grid engineer reads off an unbalanced LV feeder: voltage-violation bus-intervals per phase,
 the voltage unbalance factor (|V2| / |V1|) against EN 50160's 2 % limit, the worst phase of every bus, the largest
 phase and neutral currents; and ``evaluate_three_phase``, which solves each policy's recorded asset powers (with
-the native loads on their phases) on the three-phase model and writes ``three_phase/`` into the run folder.
+the native loads on their phases) on the three-phase model and writes ``three_phase/`` into the run folder:
+the KPIs, a per-bus table, and the per-interval tables the dashboard's feeder map colours by (``INTERVAL_TABLES``,
+time × bus, float32, in ``twin.records.parts``' matrix layout).
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from controllers.api import NetworkLimits
 from twin.grid.fast3ph import FastThreePhase
 from twin.grid.three_phase import PHASES, ReferenceThreePhase, ThreePhaseResult
 from twin.grid.three_phase_run import three_phase_injections
+from twin.records.parts import write_part
+from twin.records.phase_tables import EN50160_VUF_LIMIT_PERCENT, INTERVAL_TABLES, interval_table_path
 from twin.inputs import RunInputs
 
-__all__ = ["EN50160_VUF_LIMIT_PERCENT", "PhaseKpis", "bus_phase_table", "compute_phase_kpis", "evaluate_three_phase"]
+__all__ = ["EN50160_VUF_LIMIT_PERCENT", "INTERVAL_TABLES", "PhaseKpis", "bus_phase_table",
+           "compute_phase_kpis", "evaluate_three_phase", "interval_tables"]
 
-#: EN 50160: 95 % of the 10-minute mean values of the voltage unbalance factor over a week stay within 2 %.
-EN50160_VUF_LIMIT_PERCENT = 2.0
 EN50160_SHARE = 0.95
 
 
@@ -103,6 +106,18 @@ def bus_phase_table(result: ThreePhaseResult, limits: NetworkLimits) -> pd.DataF
     }, index=pd.Index(result.bus, name="bus"))
 
 
+def interval_tables(result: ThreePhaseResult, index: pd.DatetimeIndex) -> dict[str, pd.DataFrame]:
+    """``INTERVAL_TABLES`` of ``result`` (time × bus id as text, float32)."""
+    columns = pd.Index(result.bus.astype(str), name="bus")
+    seq = result.v_sequence_pu
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vuf = 100.0 * seq[..., 2] / seq[..., 1]
+    blocks = {"vm_a_pu": result.vm_pu[..., 0], "vm_b_pu": result.vm_pu[..., 1], "vm_c_pu": result.vm_pu[..., 2],
+              "v1_pu": seq[..., 1], "vuf_percent": vuf}
+    return {name: pd.DataFrame(blocks[name].astype(np.float32), index=index, columns=columns)
+            for name in INTERVAL_TABLES}
+
+
 def _worst_by_bus(count: np.ndarray, deviation: np.ndarray) -> np.ndarray:
     # Most violations first, then the larger deviation: a key that orders both at once.
     scale = np.nanmax(deviation, initial=0.0) + 1.0
@@ -113,14 +128,17 @@ def evaluate_three_phase(inputs: RunInputs, asset_p_mw: dict[str, pd.DataFrame],
                          engine: Literal["fast", "pandapower"] = "fast",
                          out: Path | None = None) -> dict[str, tuple[ThreePhaseResult, PhaseKpis]]:
     """Solve each policy's recorded asset powers (time × asset) on the three-phase model; write
-    ``three_phase/kpis.json`` and ``three_phase/<policy>-buses.parquet`` under ``out`` if given."""
+    ``three_phase/kpis.json``, ``three_phase/<policy>-buses.parquet`` and the policy's ``INTERVAL_TABLES``
+    under ``out`` if given."""
     solver = FastThreePhase.from_net(inputs.net) if engine == "fast" else ReferenceThreePhase.from_net(inputs.net)
     results: dict[str, tuple[ThreePhaseResult, PhaseKpis]] = {}
+    index: dict[str, pd.DatetimeIndex] = {}
     for policy, frame in asset_p_mw.items():
         p, q = three_phase_injections(inputs, pd.DatetimeIndex(frame.index),
                                       frame.reindex(columns=inputs.assets.index, fill_value=0.0).to_numpy())
         result = solver.solve(p, q)
         results[policy] = (result, compute_phase_kpis(result, limits))
+        index[policy] = pd.DatetimeIndex(frame.index, name="time")
     if out is not None:
         folder = out / "three_phase"
         folder.mkdir(parents=True, exist_ok=True)
@@ -129,6 +147,8 @@ def evaluate_three_phase(inputs: RunInputs, asset_p_mw: dict[str, pd.DataFrame],
             tmp = folder / f"{policy}-buses.parquet.tmp"
             table.to_parquet(tmp)
             os.replace(tmp, folder / f"{policy}-buses.parquet")
+            for name, frame in interval_tables(result, index[policy]).items():
+                write_part(frame, interval_table_path(out, policy, name), matrix=True)
         tmp = folder / "kpis.json.tmp"
         tmp.write_text(json.dumps({policy: k.to_dict() for policy, (_, k) in results.items()}, indent=1),
                        encoding="utf-8")
