@@ -9,6 +9,7 @@ sequences the policies.
 
 from __future__ import annotations
 
+import dataclasses
 import time as wallclock
 import weakref
 from dataclasses import dataclass
@@ -124,10 +125,19 @@ _NO_DIAGNOSTICS = MappingProxyType({})
 
 def _frozen(cls: type, **fields: Any) -> Any:
     """An instance of the frozen dataclass ``cls`` with every field given, without its generated ``__init__``
-    (one ``object.__setattr__`` per field: microseconds per record on the per-step path)."""
+    (one ``object.__setattr__`` per field: microseconds per record on the per-step path). A missing or unknown
+    field is a TypeError here, as the ``__init__`` would raise, not an AttributeError somewhere later."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    if fields.keys() != names:
+        raise TypeError(f"{cls.__name__}: fields {sorted(set(fields) ^ names)} missing or unknown")
     obj = object.__new__(cls)
     obj.__dict__.update(fields)
     return obj
+
+
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
 
 
 #: An interval's traffic before anything was ever sent (``TrafficCounter.totals`` of an empty counter).
