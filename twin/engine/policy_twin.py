@@ -125,19 +125,20 @@ _NO_DIAGNOSTICS = MappingProxyType({})
 
 def _frozen(cls: type, **fields: Any) -> Any:
     """An instance of the frozen dataclass ``cls`` with every field given, without its generated ``__init__``
-    (one ``object.__setattr__`` per field: microseconds per record on the per-step path). A missing or unknown
-    field is a TypeError here, as the ``__init__`` would raise, not an AttributeError somewhere later."""
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
-    if fields.keys() != names:
-        raise TypeError(f"{cls.__name__}: fields {sorted(set(fields) ^ names)} missing or unknown")
+    (one ``object.__setattr__`` per field: microseconds per record on the per-step path). Each class is built
+    from one call site with fixed keywords, so its first record is checked (a missing or unknown field is a
+    TypeError there, as the ``__init__`` would raise) and the per-step path pays nothing more."""
+    if cls not in _CHECKED:
+        names = frozenset(f.name for f in dataclasses.fields(cls))
+        if fields.keys() != names:
+            raise TypeError(f"{cls.__name__}: fields {sorted(set(fields) ^ names)} missing or unknown")
+        _CHECKED.add(cls)
     obj = object.__new__(cls)
     obj.__dict__.update(fields)
     return obj
 
 
-_FIELD_NAMES: dict[type, frozenset[str]] = {}
+_CHECKED: set[type] = set()
 
 
 #: An interval's traffic before anything was ever sent (``TrafficCounter.totals`` of an empty counter).
