@@ -19,7 +19,7 @@ from dashboards.phasemap import colour_title, phase_hover, recolour_by_unbalance
 from twin.grid.topology import FeederTopology
 from twin.reporting.figures import feeder_map_figure, policy_colors
 
-__all__ = ["DER_SYMBOLS", "KEEP_ZOOM_JS", "asset_unit", "bus_assets", "clicked_bus", "keep_zoom", "map_figure",
+__all__ = ["DER_SYMBOLS", "asset_unit", "bus_assets", "clicked_bus", "keep_zoom", "map_figure",
            "phases_at"]
 
 #: Marker symbol and colour per asset kind.
@@ -64,31 +64,9 @@ def clicked_bus(click: Any, topology: FeederTopology | None) -> str | None:
     return None
 
 
-#: The browser side of keeping the map's zoom: the server's map goes to a store, and this copies it into the
-#: graph with the zoom the graph shows at that moment. A zoom made while a refresh was on its way (its
-#: request carried the zoom from before) is then kept too; Plotly's ``uirevision`` does not keep it when Dash
-#: replaces the figure. Arguments: the figure from the server, the graph's id.
-KEEP_ZOOM_JS = """
-function(fig, graphId) {
-    if (!fig) { return window.dash_clientside.no_update; }
-    const gd = document.querySelector('#' + graphId + ' .js-plotly-plot');
-    const shown = gd && gd.layout;
-    if (!shown) { return fig; }
-    const layout = Object.assign({}, fig.layout || {});
-    for (const axis of ['xaxis', 'yaxis']) {
-        const now = shown[axis];
-        if (now && now.autorange === false && Array.isArray(now.range) && now.range.length === 2) {
-            layout[axis] = Object.assign({}, layout[axis] || {}, {range: now.range.slice(), autorange: false});
-        }
-    }
-    return Object.assign({}, fig, {layout: layout});
-}
-"""
-
-
 def keep_zoom(fig: go.Figure, relayout: Any) -> go.Figure:
     """Apply the user's last pan / zoom of the map (its ``relayoutData``) to a redrawn map, so the figure the
-    server sends already has it (``KEEP_ZOOM_JS`` then applies the zoom shown when it arrives)."""
+    server sends already has it (``figpatch.APPLY_FIGURE_JS`` then applies the zoom shown when it arrives)."""
     if not isinstance(relayout, dict):
         return fig
     for axis in ("xaxis", "yaxis"):

@@ -1,6 +1,8 @@
-"""dashboards.figpatch: a redrawn figure goes to the browser as a Patch of only the properties that changed, and
-the browser's figure with the patch applied is the redrawn figure (the oracle: a plain applier of Dash's patch
-operations, below); the map callback of a synthetic 9,099-bus-sized feeder sends nothing at a parked cursor."""
+"""dashboards.figpatch: a redrawn figure goes to the browser as the edits of only the properties that changed, and
+the browser's figure with the edits applied is the redrawn figure (the oracle: a plain applier of Dash's patch
+operations, below; the browser's own applier is checked in Chromium by test_dashboard_control_room); the map
+callback of a synthetic feeder sends nothing at a parked cursor, and never a dash.Patch (a Patch arriving after
+the user left the page throws in dash-renderer)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from dash import Patch
 from plotly.io.json import to_json_plotly
 
 from dashboards import create_app
@@ -23,10 +24,10 @@ def _json(value: Any) -> Any:
     return json.loads(to_json_plotly(value))
 
 
-def _apply(target: Any, patch: Patch) -> Any:
-    """Dash's Assign / Delete / Append operations, as the browser applies them (dash-renderer's patch.ts)."""
+def _apply(target: Any, message: dict[str, Any]) -> Any:
+    """Dash's Assign / Delete / Append operations, as dash-renderer's patch.ts applies them."""
     out = copy.deepcopy(target)
-    for op in _json(patch)["operations"]:
+    for op in _json(message)["operations"]:
         *where, last = op["location"]
         node = out
         for key in where:
@@ -54,40 +55,43 @@ def _figure(colours: list[float], *, ring: bool = False, title: str = "") -> go.
     return fig
 
 
-def _operations(patch: Patch) -> list[tuple[str, list[Any]]]:
-    return [(op["operation"], op["location"]) for op in _json(patch)["operations"]]
+def _operations(message: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+    return [(op["operation"], op["location"]) for op in _json(message)["operations"]]
 
 
 def test_the_first_figure_goes_whole_and_an_unchanged_one_as_an_empty_patch() -> None:
     fig = _figure([1.0, 0.99, 0.98])
-    update, digests = figure_update(fig, None)
-    assert update is fig
-    again, same = figure_update(_figure([1.0, 0.99, 0.98]), digests)
-    assert isinstance(again, Patch) and _operations(again) == [] and same == digests
+    first = figure_update(fig, None)
+    assert first["figure"] is fig and "operations" not in first
+    again = figure_update(_figure([1.0, 0.99, 0.98]), first["digests"])
+    assert _operations(again) == [] and again["digests"] == first["digests"]
+    assert again["base"] == first["digests"]["id"]  # the browser applies edits only to the figure they were made for
 
 
 def test_a_new_interval_sends_only_the_colours_and_texts_that_changed() -> None:
     before = _figure([1.0, 0.99, 0.98])
     after = _figure([1.0, 0.97, 0.98])
-    update, _ = figure_update(after, figure_digests(before))
+    update = figure_update(after, figure_digests(before))
     assert _operations(update) == [("Assign", ["data", 1, "hovertext"]), ("Assign", ["data", 1, "marker"])]
     assert _apply(_json(before), update) == _json(after)
 
 
 def test_traces_and_layout_keys_that_come_and_go_are_added_and_removed() -> None:
     plain, ringed = _figure([1.0, 0.9, 1.0]), _figure([1.0, 0.9, 1.0], ring=True, title="worst moment")
-    grow, _ = figure_update(ringed, figure_digests(plain))
+    grow = figure_update(ringed, figure_digests(plain))
     assert ("Append", ["data"]) in _operations(grow)
     assert _apply(_json(plain), grow) == _json(ringed)
-    shrink, _ = figure_update(plain, figure_digests(ringed))
+    shrink = figure_update(plain, figure_digests(ringed))
     assert ("Delete", ["data", 2]) in _operations(shrink) and ("Delete", ["layout", "title"]) in _operations(shrink)
     assert _apply(_json(ringed), shrink) == _json(plain)
 
 
 def test_digests_the_browser_mangled_get_the_whole_figure() -> None:
     fig = _figure([1.0, 1.0, 1.0])
-    for sent in ("x", {"data": "x", "layout": {}}, {"data": [{"x": 1}], "layout": {}}, {"data": [], "layout": []}):
-        assert figure_update(fig, sent)[0] is fig, sent
+    good = figure_digests(fig)
+    for sent in ("x", {"data": "x", "layout": {}}, {"data": [{"x": 1}], "layout": {}}, {"data": [], "layout": []},
+                 {**good, "id": 7}, {"data": good["data"], "layout": good["layout"]}):
+        assert figure_update(fig, sent)["figure"] is fig, sent
 
 
 def test_the_map_at_a_parked_cursor_sends_no_figure(tmp_path: Path) -> None:
@@ -96,7 +100,7 @@ def test_the_map_at_a_parked_cursor_sends_no_figure(tmp_path: Path) -> None:
     twin.write_start()
     twin.advance(4)
     client = create_app(run).server.test_client()
-    key = next(k for k in create_app(run).callback_map if "ov-map-sent.data" in k)
+    key = next(k for k in create_app(run).callback_map if "ov-map-server.data" in k and "ov-caption" in k)
 
     def refresh(view: Any, sent: Any) -> tuple[int, dict[str, Any]]:
         body = {"output": key, "outputs": [{"id": i, "property": p} for i, p in
@@ -111,15 +115,17 @@ def test_the_map_at_a_parked_cursor_sends_no_figure(tmp_path: Path) -> None:
                 "changedPropIds": ["run-version.data"]}
         response = client.post("/_dash-update-component", json=body)
         assert response.status_code == 200, response.data[:300]
+        assert b"__dash_patch_update" not in response.data  # plain data: nothing for dash-renderer to patch
         return len(response.data), json.loads(response.data)["response"]
 
     parked = {"cursor": "2016-06-06T00:15:00+00:00"}
     whole, first = refresh(parked, None)
-    assert "data" in first["ov-map-server"]["data"]  # the whole figure
+    assert "data" in first["ov-map-server"]["data"]["figure"]  # the whole figure
+    held = first["ov-map-server"]["data"]["digests"]  # what APPLY_FIGURE_JS keeps in ov-map-sent
     twin.advance(2)  # two more intervals: the map at the parked cursor does not change
-    small, second = refresh(parked, first["ov-map-sent"]["data"])
+    small, second = refresh(parked, held)
     assert second["ov-map-server"]["data"]["operations"] == [] and small < whole / 20
-    moved, third = refresh({"cursor": "2016-06-06T00:30:00+00:00"}, first["ov-map-sent"]["data"])
+    moved, third = refresh({"cursor": "2016-06-06T00:30:00+00:00"}, held)
     changed = {tuple(op["location"][:3]) for op in third["ov-map-server"]["data"]["operations"]}
     assert ("data", 0, "x") not in changed and moved < whole  # coordinates stay; colours and texts move
 

@@ -16,10 +16,9 @@ from dashboards.alarms import AlarmRow, alarms_at
 from dashboards.components import fmt, graph, html_table, notice
 from dashboards.data import RunData, age_text, reference_policy
 from dashboards.events import run_events, windows
-from dashboards.figpatch import figure_update
+from dashboards.figpatch import APPLY_FIGURE_JS, figure_update
 from dashboards.glance import driver_sentences, glance_table
 from dashboards.mapview import (
-    KEEP_ZOOM_JS,
     asset_unit,
     bus_assets,
     bus_trend_figure,
@@ -292,24 +291,25 @@ def jump_time(data: RunData, policy: str | None, key: str) -> pd.Timestamp | Non
 def register(app: dash.Dash, c: Context) -> None:
     data = c.data
 
-    # The map goes to a store as a Patch of what changed since the figure the browser holds (its digests are
-    # in ov-map-sent): on a 9,099-bus feeder the whole figure is ~2 MB, a refresh at a parked cursor ~nothing.
-    @app.callback(Output("ov-map-server", "data"), Output("ov-map-sent", "data"), Output("ov-caption", "children"),
+    # The map goes to a store as the edits since the figure the browser holds (its digests are in ov-map-sent),
+    # which APPLY_FIGURE_JS applies: on a 9,099-bus feeder the whole figure is ~2 MB, a refresh at a parked
+    # cursor ~nothing.
+    @app.callback(Output("ov-map-server", "data"), Output("ov-caption", "children"),
                   Input("run-version", "data"), Input("time-view", "data"), Input("ov-policy", "value"),
                   Input("ov-map", "clickData"), Input("ov-map-mode", "value"), State("ov-map", "relayoutData"),
                   State("ov-map-sent", "data"))
     def overview_map(_v: Any, view: Any, policy: Any, click: Any, mode: Any, zoom: Any,
-                     sent: Any) -> tuple[Any, Any, str]:
+                     sent: Any) -> tuple[Any, str]:
         fig, caption = map_view(data, policy=text(policy), view=view, click=click, zoom=zoom, mode=mode)
-        update, digests = figure_update(fig, sent)
-        return update, digests, caption
+        return figure_update(fig, sent), caption
 
     @app.callback(Output("ov-map-mode-label", "style"), Input("run-version", "data"))
     def overview_map_mode(_v: Any) -> Any:  # three_phase/ is written when the run ends
         return None if data.has_three_phase() else {"display": "none"}
 
-    app.clientside_callback(KEEP_ZOOM_JS, Output("ov-map", "figure"), Input("ov-map-server", "data"),
-                            State("ov-map-id", "data"))
+    app.clientside_callback(APPLY_FIGURE_JS, Output("ov-map", "figure"), Output("ov-map-sent", "data"),
+                            Input("ov-map-server", "data"), State("ov-map-id", "data"), State("ov-map", "figure"),
+                            State("ov-map-sent", "data"))
 
     @app.callback(Output("ov-bus", "children"), Output("ov-bus-trend", "figure"), Output("ov-bus-trend", "style"),
                   Input("run-version", "data"), Input("time-view", "data"), Input("ov-policy", "value"),
