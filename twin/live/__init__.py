@@ -7,3 +7,9 @@ table (``transports``).
 Import from the submodules: this package stays empty so a device process importing ``twin.live.device``
 does not pull in pandas/pandapower through the ingest.
 """
+
+import warnings
+
+# signxml (OpenADR's XML signatures) names DSA key types in its annotations and openleadr tests keys against
+# them; cryptography >= 51 warns whenever either touches its DSA module. gridtwin neither signs nor accepts DSA.
+warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"(signxml|openleadr)(\.|$)")
