@@ -89,6 +89,23 @@ def test_merkle_roots_match_the_rfc6962_reference_vectors():
     assert merkle.root_hash(leaves[:3]) == h(b"\x01" + h(b"\x01" + leaves[0] + leaves[1]) + leaves[2])
 
 
+
+def test_the_incremental_tree_gives_every_prefix_root_of_the_reference_recursion():
+    leaves = [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(300)]
+    tree = merkle.MerkleLevels()
+    tree.extend(leaves[:1])
+    tree.extend(leaves[1:300])
+    assert [tree.root(n) for n in range(301)] == [merkle.root_hash(leaves[:n]) for n in range(301)]
+    ct = merkle.MerkleLevels()
+    ct.extend(merkle.leaf_hash(x) for x in CT_LEAVES)
+    assert [ct.root(n).hex() for n in range(1, 9)] == CT_ROOTS
+    tree.truncate(77)  # a rolled-back append: the tree is the one of 77 leaves, and grows again from there
+    assert len(tree) == 77 and tree.root(77) == merkle.root_hash(leaves[:77])
+    tree.extend([merkle.leaf_hash(b"other")] * 5)
+    assert tree.root(82) == merkle.root_hash([*leaves[:77], *[merkle.leaf_hash(b"other")] * 5])
+    with pytest.raises(ValueError, match="size=83 is outside 0..82"):
+        tree.root(83)
+
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(min_value=1, max_value=70), data=st.data())
 def test_merkle_inclusion_and_consistency_proofs_verify_and_reject_wrong_inputs(n, data):

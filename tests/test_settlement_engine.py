@@ -131,6 +131,38 @@ def test_bad_inputs_are_named(settlement):
     assert settlement.ledger.size() == 0
 
 
+
+def test_float_registers_on_arrays_give_the_decimal_references_energy_exactly():
+    """The array path rounds in floating point; the reference takes every register's shortest repr as a Decimal
+    and rounds half-even. Equal on random registers, on exact ties (0.0000005 kWh: half-even), just off ties,
+    near zero and on large registers, to the last digit and in representation (the ledger stores str())."""
+    import numpy as np
+
+    from twin.settlement.settle import _decimal_energy, _float_energy
+
+    rng = np.random.default_rng(7)
+    n = 4000
+    start = rng.uniform(0, 50_000, size=(n, 2))
+    start[::3] = np.round(start[::3], 3)  # registers as meters report them (Wh) and as the twin's floats give them
+    step = rng.choice([0.0, 5e-7, 1.5e-6, 2.5e-6, 1e-7, 4.9999999e-7, 5.0000001e-7], size=(n, 2))
+    step = np.where(rng.random((n, 2)) < 0.5, step, rng.exponential(0.4, size=(n, 2)))
+    end = start + step
+    start[:10], end[:10] = 0.1, 0.1000005  # an exact tie in decimal: rounds to even (0.000000... 0 quanta)
+    start[10:20], end[10:20] = 0.1, 0.1000015  # rounds up to 2 quanta (even)
+    frame = pd.DataFrame({"e_imp_kwh_start": start[:, 0], "e_imp_kwh_end": end[:, 0],
+                          "e_exp_kwh_start": start[:, 1], "e_exp_kwh_end": end[:, 1]},
+                         index=[f"p-{i}" for i in range(n)])
+    fast = _float_energy(frame)
+    slow = _decimal_energy(frame.index, frame.to_numpy())
+    assert list(fast) == list(slow)
+    assert all(str(fast[p].import_kwh) == str(slow[p].import_kwh) and
+               str(fast[p].export_kwh) == str(slow[p].export_kwh) for p in slow)
+    assert str(fast["p-0"].import_kwh) == "0.000000" and str(fast["p-10"].import_kwh) == "0.000002"
+    bad = frame.copy()
+    bad.loc["p-7", "e_imp_kwh_end"] = np.nan
+    with pytest.raises(ValueError, match=r"meters\['p-7'\].e_imp_kwh_end=nan is not a finite number"):
+        _float_energy(bad)
+
 def test_a_settled_event_verifies_and_balances(settlement):
     hist = history()
     t = EVENT_START

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -133,6 +134,7 @@ def participant_account(participant_id: str) -> str:
     return f"participant:{participant_id}"
 
 
+@lru_cache(maxsize=4096)  # an interval's entries all carry its start and end (timestamps are immutable)
 def _iso(ts: datetime | pd.Timestamp | str) -> str:
     stamp = pd.Timestamp(ts)
     if stamp.tzinfo is None:
@@ -411,7 +413,7 @@ class Ledger:
         self.path = path
         self.signer = signer
         self.read_only = read_only
-        self._leaves: list[bytes] = []  # leaf hashes of entries 1..len, cached: entries never change
+        self._tree = merkle.MerkleLevels()  # leaf hashes of entries 1..len, cached: entries never change
         #: Called with every checkpoint this ledger signs, once it is committed (witness delivery).
         self.on_checkpoint: list[Callable[[Checkpoint], None]] = []
 
@@ -511,7 +513,7 @@ class Ledger:
             raise LedgerError(f"{self.path} is open read-only")
         conn = self._conn
         reopened: Checkpoint | None = None
-        before = len(self._leaves)
+        before = len(self._tree)
         conn.execute("BEGIN IMMEDIATE")
         try:
             head = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
@@ -519,30 +521,33 @@ class Ledger:
             before = seq - 1
             appended: list[int] = []
             existing: list[int] = []
+            stored = self._stored_keys(drafts)
+            entry_rows: list[tuple[Any, ...]] = []
+            posting_rows: list[tuple[int, str, int]] = []
             for draft in drafts:
                 content = draft.content()
-                found = conn.execute(
-                    "SELECT seq, body FROM entries WHERE run_id=? AND interval_start=? AND participant=? "
-                    "AND rule=? AND rule_version=?", draft.key.columns()).fetchone()
+                columns = draft.key.columns()
+                found = stored.get(columns)
                 if found is not None:
-                    stored = json.loads(found[1])
-                    if {k: stored[k] for k in content} != content:
+                    old = json.loads(found[1])
+                    if {k: old[k] for k in content} != content:
                         raise LedgerConflictError(
-                            f"entry {found[0]} already holds key {draft.key.columns()} with different content: "
-                            f"stored {[stored[k] for k in ('postings', 'detail')]}, "
+                            f"entry {found[0]} already holds key {columns} with different content: "
+                            f"stored {[old[k] for k in ('postings', 'detail')]}, "
                             f"new {[content[k] for k in ('postings', 'detail')]}")
                     existing.append(found[0])
                     continue
                 body = _canonical({**content, "seq": seq, "prev": prev})
                 digest = hashlib.sha256(body).hexdigest()
-                conn.execute(
-                    "INSERT INTO entries(seq, run_id, interval_start, participant, rule, rule_version, interval_end,"
-                    " body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (seq, *draft.key.columns(), content["interval_end"], body, prev, digest))
-                conn.executemany("INSERT INTO postings(entry_seq, account, amount_micro) VALUES (?,?,?)",
-                                 [(seq, p.account, p.amount_micro) for p in draft.postings])
+                entry_rows.append((seq, *columns, content["interval_end"], body, prev, digest))
+                posting_rows.extend((seq, p.account, p.amount_micro) for p in draft.postings)
+                stored[columns] = (seq, body)  # the same key twice in one batch: the second compares to the first
                 appended.append(seq)
                 seq, prev = seq + 1, digest
+            conn.executemany(
+                "INSERT INTO entries(seq, run_id, interval_start, participant, rule, rule_version, interval_end,"
+                " body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?)", entry_rows)
+            conn.executemany("INSERT INTO postings(entry_seq, account, amount_micro) VALUES (?,?,?)", posting_rows)
             last = self.last_checkpoint()
             if appended and last is not None and last.closing:
                 # The ledger was closed at `before` entries: say so with a signed head before growing it, or
@@ -559,7 +564,7 @@ class Ledger:
             conn.execute("COMMIT" if appended else "ROLLBACK")
         except BaseException:
             conn.execute("ROLLBACK")
-            del self._leaves[before:]  # a checkpoint signed inside the transaction cached leaves now gone
+            self._tree.truncate(before)  # a checkpoint signed inside the transaction cached leaves now gone
             raise
         # Heads go to the witnesses only once committed: a head of entries a kill rolled back would look like
         # a truncated history.
@@ -567,6 +572,20 @@ class Ledger:
             if checkpoint is not None:
                 self._announce(checkpoint)
         return AppendOutcome(appended=tuple(appended), existing=tuple(existing))
+
+    def _stored_keys(self, drafts: Sequence[EntryDraft]) -> dict[tuple[str, ...], tuple[int, bytes]]:
+        """(seq, body) of the entries already stored under the drafts' keys: one query per interval the
+        drafts cover, not one per draft (an interval of a large fleet has thousands)."""
+        wanted = {d.key.columns() for d in drafts}
+        found: dict[tuple[str, ...], tuple[int, bytes]] = {}
+        for run_id, start in sorted({k[:2] for k in wanted}):
+            for seq, participant, rule, version, body in self._conn.execute(
+                    "SELECT seq, participant, rule, rule_version, body FROM entries WHERE run_id=? AND "
+                    "interval_start=?", (run_id, start)):
+                key = (run_id, start, participant, rule, version)
+                if key in wanted:
+                    found[key] = (seq, body)
+        return found
 
     def checkpoint(self, *, closing: bool = False) -> Checkpoint:
         """Sign the Merkle root over every entry so far; returns the last checkpoint if nothing is new.
@@ -595,7 +614,7 @@ class Ledger:
     def _insert_checkpoint(self, size: int, *, closing: bool) -> Checkpoint:
         """Sign and insert a checkpoint over entries 1..size; the caller holds the transaction."""
         assert self.signer is not None
-        root = merkle.root_hash(self._leaf_hashes(size)).hex()
+        root = self._tree_to(size).root(size).hex()
         head = self.entry(size).hash if size else GENESIS_HASH
         signature = self.signer.sign(_checkpoint_message(size, root, head, closing=closing)).hex()
         public = public_key_hex(self.signer.public_key())
@@ -645,14 +664,19 @@ class Ledger:
         row = self._conn.execute(self._checkpoint_sql() + " ORDER BY c.id DESC LIMIT 1").fetchone()
         return Checkpoint(*row[:6], closing=bool(row[6])) if row else None
 
-    def _leaf_hashes(self, size: int) -> list[bytes]:
-        if len(self._leaves) < size:
+    def _tree_to(self, size: int) -> merkle.MerkleLevels:
+        """The cached tree, holding at least entries 1..size."""
+        tree = self._tree
+        if len(tree) < size:
             rows = self._conn.execute("SELECT body FROM entries WHERE seq > ? AND seq <= ? ORDER BY seq",
-                                      (len(self._leaves), size))
-            self._leaves.extend(merkle.leaf_hash(bytes(r[0])) for r in rows)
-        if len(self._leaves) < size:
+                                      (len(tree), size))
+            tree.extend(merkle.leaf_hash(bytes(r[0])) for r in rows)
+        if len(tree) < size:
             raise LedgerError(f"{self.path}: entries 1..{size} are not all present")
-        return self._leaves[:size]
+        return tree
+
+    def _leaf_hashes(self, size: int) -> list[bytes]:
+        return self._tree_to(size).leaves(size)
 
     def prove(self, entry_seq: int, *, checkpoint: Checkpoint | None = None) -> InclusionProof:
         """Inclusion proof of entry ``entry_seq`` against ``checkpoint`` (default: the last one)."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from twin.settlement.baselines import ENERGY_QUANTUM_KWH, Baseline, BaselineMethod, compute_baseline
@@ -142,10 +143,17 @@ def _interval_energy(meters: pd.DataFrame, needed: Collection[str]) -> dict[str,
     missing = sorted(set(needed) - set(map(str, meters.index)))
     if missing:
         raise ValueError(f"meters: no registers for participant(s) {missing}")
-    energy = {}
-    # Rows as plain arrays (iterrows builds a Series per participant: most of an ordinary interval's cost).
     columns = meters if tuple(meters.columns) == METER_COLUMNS else meters[list(METER_COLUMNS)]  # meters_frame's
-    for pid, row in zip(meters.index, columns.to_numpy()):
+    if all(dtype == np.float64 for dtype in columns.dtypes):
+        return _float_energy(columns)
+    return _decimal_energy(columns.index, columns.to_numpy())
+
+
+def _decimal_energy(index: Sequence[Any], rows: np.ndarray) -> dict[str, IntervalEnergy]:
+    """The reference: every register as the Decimal of its shortest repr, differences rounded half-even to
+    the energy quantum. Registers of any type (a bad one is named)."""
+    energy = {}
+    for pid, row in zip(index, rows.tolist()):  # Python scalars: a bad one is named as 'nan', not np.float64(nan)
         values = {c: to_decimal(v, what=f"meters[{pid!r}].{c}") for c, v in zip(METER_COLUMNS, row)}
         for register in ("e_imp_kwh", "e_exp_kwh"):
             a, b = values[f"{register}_start"], values[f"{register}_end"]
@@ -156,6 +164,39 @@ def _interval_energy(meters: pd.DataFrame, needed: Collection[str]) -> dict[str,
             export_kwh=_energy(values["e_exp_kwh_end"] - values["e_exp_kwh_start"]),
         )
     return energy
+
+
+def _float_energy(columns: pd.DataFrame) -> dict[str, IntervalEnergy]:
+    """:func:`_decimal_energy` of float registers, on arrays: each difference rounded to whole quanta in
+    floating point, which is the exact Decimal rounding unless the value lies within the float error of a
+    half quantum; those rows (and any bad one, for its message) take the Decimal path."""
+    values = columns.to_numpy()
+    start, end = values[:, [0, 2]], values[:, [1, 3]]
+    scaled = (end - start) * _QUANTA_PER_KWH
+    # |shortest repr − float| ≤ ½ ulp per register, plus the subtraction's and the product's rounding.
+    error = 8 * np.finfo(float).eps * _QUANTA_PER_KWH * np.maximum(np.abs(start), np.abs(end)) + 1e-9
+    exact = ~(np.isfinite(values).all(axis=1) & (end >= start).all(axis=1) & (np.abs(values) < 1e9).all(axis=1)
+              & (np.abs(scaled - np.floor(scaled) - 0.5) > error).all(axis=1))
+    quanta = np.rint(np.where(exact[:, None], 0.0, scaled)).astype(np.int64)
+    index = columns.index
+    energy = {}
+    if exact.any():  # raises on a bad register, naming it
+        energy = _decimal_energy(index[exact], values[exact])
+    for pid, (imp, exp) in zip(index[~exact], quanta[~exact].tolist()):
+        energy[str(pid)] = IntervalEnergy(import_kwh=_from_quanta(imp), export_kwh=_from_quanta(exp))
+    return energy if not exact.any() else {str(pid): energy[str(pid)] for pid in index}
+
+
+def _from_quanta(quanta: int) -> Decimal:
+    known = _QUANTA_DECIMALS.get(quanta)
+    if known is not None:
+        return known
+    return Decimal(quanta).scaleb(_QUANTUM_EXPONENT).quantize(ENERGY_QUANTUM_KWH)
+
+
+_QUANTUM_EXPONENT = int(ENERGY_QUANTUM_KWH.as_tuple().exponent)  # the quantum is a power of ten: 1e-6 kWh
+_QUANTA_PER_KWH = 10 ** -_QUANTUM_EXPONENT
+_QUANTA_DECIMALS = {0: Decimal(0).quantize(ENERGY_QUANTUM_KWH)}
 
 
 class Settlement:

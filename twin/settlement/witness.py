@@ -6,7 +6,7 @@ consistency proof against that head failing (``twin.settlement.ledger.audit``).
 
 The settlement path delivers each head to each participant the moment it is signed. In the simulation the
 participants' copies are files, ``<policy folder>/witnesses/<participant>.heads.jsonl``, one JSON head per
-line, appended and fsynced; in a deployment they would live on the participants' premises (their edge agent
+line, appended and flushed to disk; in a deployment they would live on the participants' premises (their edge agent
 or their statement mailbox), which is what makes them independent of the operator.
 """
 
@@ -110,24 +110,12 @@ def read_heads(path: Path | str) -> list[SignedTreeHead]:
     return heads
 
 
-def _ends_torn(path: Path) -> bool:
-    """Whether the file's last line lacks its newline (a writer killed mid-append)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() == 0:
-                return False
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) != b"\n"
-    except FileNotFoundError:
-        return False
-
-
 class WitnessStore:
     """The participants' kept heads for one ledger: one append-only file per participant in ``folder``."""
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
+        self._paths: dict[str, str] = {}  # participant -> its file, as a string (a head goes to every one)
 
     def path_for(self, participant: str) -> Path:
         if not isinstance(participant, str) or not participant:
@@ -140,19 +128,26 @@ class WitnessStore:
         return read_heads(path) if path.exists() else []
 
     def deliver(self, checkpoint: Any, participants: Iterable[str]) -> None:
-        """Send one signed head to every participant (each appends it to its own file, fsynced)."""
-        line = json.dumps(SignedTreeHead.from_checkpoint(checkpoint).to_json(), sort_keys=True,
-                          separators=(",", ":")) + "\n"
+        """Send one signed head to every participant (each appends it to its own file; all made durable
+        together before this returns)."""
+        line = (json.dumps(SignedTreeHead.from_checkpoint(checkpoint).to_json(), sort_keys=True,
+                           separators=(",", ":")) + "\n").encode("utf-8")
         self.folder.mkdir(parents=True, exist_ok=True)
+        paths = self._paths
         for participant in sorted(set(participants)):
-            path = self.path_for(participant)
-            torn = _ends_torn(path)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            path = paths.get(participant)
+            if path is None:
+                path = paths[participant] = str(self.path_for(participant))
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             try:
-                os.write(fd, (("\n" if torn else "") + line).encode("utf-8"))
-                os.fsync(fd)
+                size = os.fstat(fd).st_size
+                torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"  # a writer killed mid-append
+                os.write(fd, b"\n" + line if torn else line)
             finally:
                 os.close(fd)
+        # One flush for every copy: an fsync per file costs 0.2-4 ms here, and a head goes to every participant
+        # (thousands on an MV feeder); sync() waits until all of them are on disk (Linux).
+        os.sync()
 
     def catch_up(self, checkpoints: Sequence[Any], participants: Iterable[str]) -> int:
         """Deliver heads a participant missed (a writer killed between signing and delivering); returns how
