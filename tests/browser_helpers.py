@@ -65,3 +65,21 @@ def serving(wsgi_app: Any) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def chromium_page(base: str, *, width: int = 1400, height: int = 1000,
+                  timeout_ms: int = 15_000) -> Iterator[tuple[Any, BrowserLog]]:
+    """A headless Chromium page for the dashboard at ``base``, and the log of what it complains about."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(timeout_ms)
+            log = BrowserLog(base)
+            log.attach(page)
+            yield page, log
+        finally:
+            browser.close()

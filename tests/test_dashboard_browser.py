@@ -15,9 +15,9 @@ import pytest
 
 from dashboards import create_app
 from dashboards.synthetic import SyntheticTwin, radial_topology
-from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, BrowserLog, serving
+from tests.browser_helpers import BrowserLog, chromium_page, serving
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 PASSWORD = "op-secret"
 REFRESH_S = 1.0
@@ -54,18 +54,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     writer = threading.Thread(target=run_twin, name="synthetic-twin", daemon=True)
     writer.start()
     app = create_app(run, operator_password=PASSWORD, studies_dir=studies, refresh_s=REFRESH_S, stale_after_s=30)
-    with serving(app.server) as base, playwright_sync.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(15_000)
-        log = BrowserLog(base)
-        log.attach(page)
-        try:
+    try:
+        with serving(app.server) as base, chromium_page(base) as (page, log):
             yield {"page": page, "base": base, "log": log, "shots": shots, "run": run}
-        finally:
-            browser.close()
-            stop.set()
-            writer.join(timeout=10)
+    finally:
+        stop.set()
+        writer.join(timeout=10)
 
 
 def _goto(live: dict[str, Any], path: str) -> None:

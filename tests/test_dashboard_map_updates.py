@@ -20,9 +20,9 @@ from dashboards import create_app
 from dashboards.data import RunData
 from dashboards.pages import map_view
 from dashboards.synthetic import SyntheticTwin, radial_topology
-from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, BrowserLog, serving
+from tests.browser_helpers import BrowserLog, chromium_page, serving
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 REFRESH_S = 0.5
 
@@ -59,17 +59,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     twin.write_start()
     twin.advance(4)
     wsgi = HoldMapAnswers(create_app(run, refresh_s=REFRESH_S, stale_after_s=600).server)
-    with serving(wsgi) as base, playwright_sync.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.set_default_timeout(15_000)
-        log = BrowserLog(base)
-        log.attach(page)
-        try:
+    try:
+        with serving(wsgi) as base, chromium_page(base, width=1300, height=900) as (page, log):
             yield {"page": page, "base": base, "log": log, "twin": twin, "run": run, "wsgi": wsgi}
-        finally:
-            wsgi.release.set()
-            browser.close()
+    finally:
+        wsgi.release.set()
 
 
 def _shown_buses(page: Any) -> dict[str, Any]:
@@ -96,14 +90,19 @@ def _wait_for_interval(page: Any, twin: SyntheticTwin, k: int) -> None:
     page.wait_for_function("w => (document.querySelector('#ov-caption')?.innerText || '').includes(w)", arg=when)
 
 
-def test_live_edits_applied_in_the_browser_give_the_servers_figure(site: dict[str, Any]) -> None:
-    page, twin, wsgi, log = site["page"], site["twin"], site["wsgi"], site["log"]
-    log.where = "edits"
-    log.navigating = True
+def _open_overview(site: dict[str, Any], where: str) -> tuple[Any, SyntheticTwin, HoldMapAnswers, BrowserLog]:
+    """Load the Overview afresh and wait until its map shows the latest interval."""
+    page, twin, log = site["page"], site["twin"], site["log"]
+    log.where, log.navigating = where, True
     page.goto(site["base"] + "/")
     page.wait_for_selector("#ov-map .main-svg")
     log.navigating = False
     _wait_for_interval(page, twin, twin.done - 1)
+    return page, twin, site["wsgi"], log
+
+
+def test_live_edits_applied_in_the_browser_give_the_servers_figure(site: dict[str, Any]) -> None:
+    page, twin, wsgi, log = _open_overview(site, "edits")
     first_answers = len(wsgi.answers)
     for _ in range(3):  # three new intervals, each redrawn by edits to the figure the browser holds
         twin.advance(1)
@@ -119,13 +118,7 @@ def test_live_edits_applied_in_the_browser_give_the_servers_figure(site: dict[st
 
 
 def test_a_refresh_in_flight_when_the_operator_leaves_and_returns(site: dict[str, Any]) -> None:
-    page, twin, wsgi, log = site["page"], site["twin"], site["wsgi"], site["log"]
-    log.where = "in flight"
-    log.navigating = True
-    page.goto(site["base"] + "/")
-    page.wait_for_selector("#ov-map .main-svg")
-    log.navigating = False
-    _wait_for_interval(page, twin, twin.done - 1)
+    page, twin, wsgi, log = _open_overview(site, "in flight")
     # 1. the answer arrives after the page is gone
     wsgi.release.clear()
     wsgi.held.clear()
