@@ -11,8 +11,9 @@ Two sources:
 
 Per page: cold (first request of a new app, nothing read yet), warm (nothing changed: what every poll of a
 finished run costs) and live (a new part or interval arrived before the request: a refresh while the run
-writes), with the bytes of a cold and of a live refresh. A callback's outputs that it also reads as State (the
-map's digests of the figure the browser holds) are carried from one request to the next, as the browser does.
+writes), with the bytes of a cold and of a live refresh. What the browser keeps for a later request's State (the
+map's digests of the figure it holds, which its clientside callback takes from each answer) is carried from one
+request to the next, as the browser does.
 Also the first read of the whole run (``RunData.warm``, what the dashboard does in the background at start) and
 peak RSS at the end.
 
@@ -105,6 +106,13 @@ def _poll_body(app: Any) -> dict[str, Any]:
             "changedPropIds": ["tick.n_intervals"]}
 
 
+#: Kept by the browser from an answer, for the State of later requests: the map's clientside callback keeps the
+#: digests of the figure it applied (dashboards.figpatch.APPLY_FIGURE_JS).
+BROWSER_KEEPS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "ov-map-server.data": ("ov-map-sent.data", lambda message: message.get("digests")),
+}
+
+
 def _page_time(client: Any, poll: dict[str, Any], bodies: list[dict[str, Any]],
                carried: dict[str, Any]) -> tuple[float, int]:
     """One refresh of a page: the poll, then its callbacks one after the other (the browser sends them in
@@ -125,18 +133,24 @@ def _page_time(client: Any, poll: dict[str, Any], bodies: list[dict[str, Any]],
             answer = json.loads(response.data).get("response", {})
             for component, props in answer.items():
                 for prop, value in props.items():
-                    if f"{component}.{prop}" in carried:
-                        carried[f"{component}.{prop}"] = value
+                    key = f"{component}.{prop}"
+                    if key in BROWSER_KEEPS:
+                        kept, take = BROWSER_KEEPS[key]
+                        carried[kept] = take(value)
+                    elif key in carried:
+                        carried[key] = value
     return time.perf_counter() - t0, size
 
 
 def _carried(bodies: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """``id.property`` of every State that is also an output of the same callback (None: nothing sent yet)."""
+    """``id.property`` of every State that the same callback's answer sets, itself or through what the browser
+    keeps of it (None: nothing sent yet)."""
     out = {}
     for calls in bodies.values():
         for body in calls:
             outputs = body["outputs"] if isinstance(body["outputs"], list) else [body["outputs"]]
             written = {f"{o['id']}.{o['property']}" for o in outputs}
+            written |= {BROWSER_KEEPS[w][0] for w in written if w in BROWSER_KEEPS}
             out.update({key: None for s in body["state"] if (key := f"{s['id']}.{s['property']}") in written})
     return out
 
