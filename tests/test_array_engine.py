@@ -318,3 +318,66 @@ def test_an_operator_command_switches_an_open_loop_run_to_stepping(tmp_path: Pat
     records, _ = _records(s, inputs, open_loop=True, run_dir=tmp_path)
     assert records["scada"].summary["controller_online"].tolist()[:3] == [False, False, True]
     assert list(CommandChannel(tmp_path).history()["verdict"]) == ["applied"]
+
+
+def test_a_fresh_copy_of_the_physics_starts_as_built_and_moves_on_its_own() -> None:
+    """A twin's physics is a fresh copy of one built per run inputs (``FleetPhysics.fresh``): it starts where a
+    newly built one starts (even after the original moved on), its steps match that one's exactly, and the two
+    share no state; a battery's ``soc_init`` changed in the asset table after the build is read again."""
+    rng = np.random.default_rng(11)
+    assets = random_fleet(rng)
+    sessions = random_sessions(assets, rng)
+    template = FleetPhysics(assets, sessions, step=STEP)
+    for k in range(20):  # the template moves on: its copies must not
+        template.advance_arrays(T0 + k * STEP, **inputs_at(assets, rng))
+    copy_, built = template.fresh(), FleetPhysics(assets, sessions, step=STEP)
+    for k in range(30):
+        t = T0 + k * STEP
+        x = inputs_at(assets, rng)
+        a, b = copy_.advance_arrays(t, **x), built.advance_arrays(t, **x)
+        for field in ("p", "q", "p_requested", "soc", "e_imp", "e_exp", "clip_code"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    other = template.fresh()
+    assert np.isnan(other.soc).sum() == np.isnan(built.soc).sum()
+    np.testing.assert_array_equal(other.soc, FleetPhysics(assets, sessions, step=STEP).soc)  # untouched by copy_
+    battery = assets.index[assets["kind"] == "battery"][0]
+    changed = assets.copy()
+    template = FleetPhysics(changed, sessions, step=STEP)
+    changed.at[battery, "soc_init"] = 0.25
+    position = assets.index.get_loc(battery)
+    assert template.fresh().soc[position] == pytest.approx(0.25 * changed.at[battery, "e_max_mwh"], abs=1e-15)
+
+
+def test_a_recorder_frozen_in_chunks_gives_the_tables_frozen_at_once(rural_day) -> None:
+    """The run store commits chunks (``freeze(since=...)`` between steps): the chunks are the rows of the whole
+    run's tables, and freezing does not stop the recorder taking further intervals."""
+    scenario, inputs = rural_day
+    whole, chunked = Recorder(step=scenario.step), Recorder(step=scenario.step)
+    parts = []
+    for i, records in enumerate(iterate_policies(scenario, inputs, open_loop=False)):
+        whole.add(records)
+        chunked.add(records)
+        if i % 7 == 6:
+            parts.append(chunked.freeze(since=sum(len(p[next(iter(p))].summary) for p in parts)))
+    parts.append(chunked.freeze(since=sum(len(p[next(iter(p))].summary) for p in parts)))
+    assert len(whole) == len(chunked) == len(scenario.times)
+    full = whole.freeze()
+    for name, records in full.items():
+        for table in PolicyRecords.TABLES:
+            expected = getattr(records, table)
+            joined = pd.concat([getattr(p[name], table) for p in parts])
+            pd.testing.assert_frame_equal(joined, expected)
+        assert records.summary.index.equals(scenario.times.rename("time"))
+        assert records.summary["converged"].dtype == bool and records.summary["converged"].all()
+
+
+def test_input_rows_by_interval_start(rural_day) -> None:
+    scenario, inputs = rural_day
+    from twin.engine.input_arrays import InputArrays
+    arrays = InputArrays.of(inputs)
+    for k in (0, 1, len(scenario.times) - 1):
+        t = scenario.times[k]
+        assert arrays.row(t) == inputs.at(t)
+        assert arrays.price(arrays.row(t)) == float(inputs.price_eur_per_mwh.loc[t])
+    with pytest.raises(KeyError):
+        arrays.row(scenario.times[0] + pd.Timedelta("1min"))

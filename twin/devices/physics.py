@@ -10,6 +10,7 @@ Load convention throughout: positive p_mw charges / consumes, negative discharge
 
 from __future__ import annotations
 
+import copy
 import math
 import weakref
 from dataclasses import dataclass
@@ -127,6 +128,19 @@ class StateCapture:
         return self._arrays
 
 
+@dataclass(frozen=True)
+class _InitialState:
+    """A fleet's state as built (``FleetPhysics.fresh`` starts its copies from it)."""
+
+    soc: np.ndarray
+    ev_need: np.ndarray
+    ev_departure: np.ndarray
+    ev_connected: np.ndarray
+    flex_buckets: np.ndarray
+    e_imp_register_mwh: np.ndarray
+    e_exp_register_mwh: np.ndarray
+
+
 class FleetPhysics:
     """The engine-owned dynamic state of one fleet. ``advance_arrays`` applies one interval and returns what
     happened; every per-asset quantity is an array in ``ids`` order."""
@@ -148,7 +162,7 @@ class FleetPhysics:
         self.soc_max = assets["soc_max"].to_numpy(float) * self.e_max
         self.s_max = assets["s_max_mva"].to_numpy(float)
         self.v2g = assets["v2g"].to_numpy(bool)
-        self.soc = np.where(self.is_kind[AssetKind.BATTERY], assets["soc_init"].to_numpy(float) * self.e_max, np.nan)
+        self.soc = self._initial_soc(assets)
         self._inverter = self.is_kind[AssetKind.PV] | self.is_kind[AssetKind.BATTERY]
         self._ev_or_flex = self.is_kind[AssetKind.FLEX_LOAD] | self.is_kind[AssetKind.EV_CHARGER]
         self._zeros = np.zeros(n)
@@ -183,13 +197,40 @@ class FleetPhysics:
         self.e_imp_register_mwh = np.zeros(n)
         self.e_exp_register_mwh = np.zeros(n)
         self._captures: list[weakref.ref[StateCapture]] = []
+        self._initial = _InitialState(**{name: getattr(self, name).copy() for name in self._STATE})
+        empty = np.empty(0)
+        self._no_fleet = dict(ids=ids, p=empty, q=empty, p_requested=empty, clip_code=np.empty(0, dtype=np.int8),
+                              soc=empty, pv_curtailed_mwh=0.0, ev_unmet_mwh=0.0, flex_unserved_mwh=0.0,
+                              e_imp=empty, e_exp=empty) if n == 0 else None
+
+    #: The attributes ``advance_arrays`` and the session updates change (``fresh`` copies them).
+    _STATE = ("soc", "ev_need", "ev_departure", "ev_connected", "flex_buckets", "e_imp_register_mwh",
+              "e_exp_register_mwh")
+
+    def fresh(self) -> FleetPhysics:
+        """A copy as built: its own state (SOC, EV sessions, deferred energy, meter registers; before this
+        one's first interval), the ratings and session tables shared (read-only). What a twin of the same
+        fleet starts from, without reading the asset table again, except its ``soc_init`` column (a live
+        twin sets the batteries' measured SOC there before it starts)."""
+        other = copy.copy(self)
+        for name in self._STATE:
+            setattr(other, name, getattr(self._initial, name).copy())
+        other.soc = self._initial_soc(self.assets)
+        other._next_session = 0
+        other._captures = []
+        return other
+
+    def _initial_soc(self, assets: pd.DataFrame) -> np.ndarray:
+        """Batteries' SOC at the start (MWh; NaN for other kinds), from the assets' ``soc_init`` fraction."""
+        return np.where(self.is_kind[AssetKind.BATTERY], assets["soc_init"].to_numpy(float) * self.e_max, np.nan)
 
     # -- state the controllers may see -------------------------------------------------------------
     def capture_state(self, time: pd.Timestamp) -> StateCapture:
         """The state at the start of ``time`` (EVs that arrived plugged in now), to be read later."""
         self.update_sessions(time)
         capture = StateCapture(self, time)
-        self._captures.append(weakref.ref(capture))
+        if self._no_fleet is None:  # no fleet: no state that could change before it is read
+            self._captures.append(weakref.ref(capture))
         return capture
 
     def _freeze_captures(self) -> None:
@@ -294,15 +335,17 @@ class FleetPhysics:
 
         One compiled pass over the fleet (``_advance_kernel``); ``advance_arrays_numpy`` is the same physics
         as whole-array numpy operations, kept as the readable reference the tests hold the kernel to."""
+        if self._no_fleet is not None:  # no fleet: nothing moves (the kernel's answer, without its call)
+            self._captures.clear()  # no state to copy: a capture reads empty arrays whenever it is read
+            fields = self._no_fleet.copy()  # empty arrays, shared: nothing writes to them
+            fields["time"] = time
+            outcome = object.__new__(IntervalOutcome)
+            object.__setattr__(outcome, "__dict__", fields)
+            return outcome
         self.update_sessions(time)
         if self._captures:
             self._freeze_captures()
         n = len(self.ids)
-        if n == 0:  # no fleet: nothing moves (the kernel's answer, without its call)
-            empty = np.empty(0)
-            return IntervalOutcome(time=time, ids=self.ids, p=empty, q=empty, p_requested=empty,
-                                   clip_code=np.empty(0, dtype=np.int8), soc=empty, pv_curtailed_mwh=0.0,
-                                   ev_unmet_mwh=0.0, flex_unserved_mwh=0.0, e_imp=empty, e_exp=empty)
         # The kernel writes into one block (p, q, soc, e_imp, e_exp, p_requested, then the three scalars):
         # views of it are cheaper than a returned array each.
         out = np.empty(6 * n + 3)
@@ -314,11 +357,13 @@ class FleetPhysics:
             np.asarray(q_setpoint, dtype=float), self.soc, self.ev_connected, self.ev_need,
             self.ev_departure.view(np.int64), self.flex_buckets, self.e_imp_register_mwh, self.e_exp_register_mwh,
             _CLIP_TOL_MW, out, code)
+        curtailed, ev_unmet, flex_unserved = out[6 * n:].tolist()
         outcome = object.__new__(IntervalOutcome)  # every field, without the frozen __init__'s per-field setattr
-        outcome.__dict__.update(time=time, ids=self.ids, p=out[:n], q=out[n:2 * n], p_requested=out[5 * n:6 * n],
-                                clip_code=code, soc=out[2 * n:3 * n], pv_curtailed_mwh=max(float(out[6 * n]), 0.0),
-                                ev_unmet_mwh=float(out[6 * n + 1]), flex_unserved_mwh=float(out[6 * n + 2]),
-                                e_imp=out[3 * n:4 * n], e_exp=out[4 * n:5 * n])
+        object.__setattr__(outcome, "__dict__", {
+            "time": time, "ids": self.ids, "p": out[:n], "q": out[n:2 * n], "p_requested": out[5 * n:6 * n],
+            "clip_code": code, "soc": out[2 * n:3 * n], "pv_curtailed_mwh": max(curtailed, 0.0),
+            "ev_unmet_mwh": ev_unmet, "flex_unserved_mwh": flex_unserved, "e_imp": out[3 * n:4 * n],
+            "e_exp": out[4 * n:5 * n]})
         return outcome
 
     def advance_arrays_numpy(self, time: pd.Timestamp, *, p_setpoint: np.ndarray, q_setpoint: np.ndarray,

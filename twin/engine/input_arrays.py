@@ -71,16 +71,40 @@ class InputArrays:
 
     def row(self, time: pd.Timestamp) -> int:
         """Row of interval ``time`` (KeyError if it is not one)."""
-        times = self.times_ns
-        t = time.value
-        if len(times) > 1:
-            guess = (t - times[0]) // (times[1] - times[0])
-            if 0 <= guess < len(times) and times[guess] == t:
-                return int(guess)
-        rows = np.flatnonzero(times == t)
-        if not len(rows):
+        row = self.row_of.get(time.value)
+        if row is None:
             raise KeyError(time)
-        return int(rows[0])
+        return row
+
+    def price(self, row: int) -> float:
+        """The price of interval ``row`` (EUR/MWh) as a Python float."""
+        return self.prices[row]
+
+    @property
+    def row_of(self) -> dict[int, int]:
+        """Interval start (int64 ns) -> row (the first, were one repeated); built on first use."""
+        rows = self.__dict__.get("_rows")
+        if rows is None:
+            rows = self.__dict__["_rows"] = {t: r for r, t in reversed(list(enumerate(self.times_ns.tolist())))}
+        return rows
+
+    @property
+    def prices(self) -> list[float]:
+        """``price_eur_per_mwh`` as Python floats (a per-step read without a numpy scalar)."""
+        prices = self.__dict__.get("_prices")
+        if prices is None:
+            prices = self.__dict__["_prices"] = self.price_eur_per_mwh.tolist()
+        return prices
+
+    @property
+    def pv_avail_rows(self) -> np.ndarray:
+        """time x asset available PV power (``pv_avail`` of every row; read-only)."""
+        return self._full("_pv_full", self.pv_avail_mw, self.pv_positions)
+
+    @property
+    def flex_base_rows(self) -> np.ndarray:
+        """time x asset requested flexible draw (``flex_base`` of every row; read-only)."""
+        return self._full("_flex_full", self.flex_base_mw, self.flex_positions)
 
     def pv_avail(self, row: int) -> np.ndarray:
         """Available PV power per asset (asset order; 0 for other kinds) in interval ``row`` (read-only)."""

@@ -137,6 +137,12 @@ def _lockstep(scenario: Scenario, twins: list[PolicyTwin], channel: CommandChann
             block = times[done:done + length]
             yield from replay_block(twins, block)
             done += len(block)
+    if channel is None and not again and len(twins) == 1 and on_lead is None:
+        # One policy, no operator commands to take or apply again: just its steps.
+        step = twins[0].step
+        for time in times[done:]:
+            yield [step(time)]
+        return
     for index, time in enumerate(times[done:], start=done):
         while again and again[0][0] <= time:  # a command the run applied before it was resumed: again, here
             _, command = again.pop(0)
@@ -155,4 +161,4 @@ def _lockstep(scenario: Scenario, twins: list[PolicyTwin], channel: CommandChann
         first = twins[lead].step(time)
         if on_lead is not None:
             on_lead(first)
-        yield [first if i == lead else twin.step(time) for i, twin in enumerate(twins)]
+        yield [first if i == lead else twin.step(time) for i, twin in enumerate(twins)] if len(twins) > 1 else [first]

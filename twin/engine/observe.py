@@ -43,6 +43,16 @@ class LazyObservation(Observation):
         self.__dict__["_values"] = {k: v for k, v in given.items() if k not in build}
         self.__dict__["_build"] = build
 
+    @classmethod
+    def of(cls, values: dict[str, Any], build: dict[str, Callable[[], Any]]) -> LazyObservation:
+        """The engine's per-step constructor: ``values`` (fields given) and ``build`` (fields made on first
+        access) together name every field exactly once (the engine's fixed call sites; no checks, no copies:
+        both dicts become the observation's own)."""
+        obj = object.__new__(cls)
+        obj.__dict__["_values"] = values
+        obj.__dict__["_build"] = build
+        return obj
+
     def __reduce__(self) -> tuple[Any, ...]:
         return Observation, tuple(getattr(self, name) for name in _FIELDS)
 

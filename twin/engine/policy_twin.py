@@ -119,23 +119,92 @@ def _mesh_of(inputs: RunInputs, hops: int) -> dict[str, tuple[str, ...]]:
     return neighbours
 
 
+#: The read-only per-inputs parts of a policy's twin (``_static_of``), by run inputs.
+_STATICS: dict[int, tuple[weakref.ref, dict[str, Any]]] = {}
+
+
+def _static_of(inputs: RunInputs, grid: GridModel) -> dict[str, Any]:
+    """The parts of a ``PolicyTwin`` that depend only on ``inputs`` (its assets and feeder), built once while
+    ``inputs`` lives: each participant's asset rows, the backhaul messages' ids and sizes, the inverters and
+    the assets' bus positions. Shared by every twin of those inputs; nothing writes to them."""
+    key = id(inputs)
+    hit = _STATICS.get(key)
+    if hit is not None and hit[0]() is inputs:
+        return hit[1]
+    assets = inputs.assets
+    ids = assets.index
+    static: dict[str, Any] = {}
+    participant_of = static["participant_of"] = assets["participant_id"].astype(str)
+    # Each participant's asset rows (ascending), participants in order of first appearance: one stable sort,
+    # not a comparison of the whole column per participant (that was quadratic: minutes at 5,000 participants).
+    codes, uniques = pd.factorize(participant_of)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+    rows_of = static["_rows_of_participant"] = {str(pid): order[bounds[k]:bounds[k + 1]]
+                                                for k, pid in enumerate(uniques)}
+    static["_assets_of_participant"] = {pid: ids[rows] for pid, rows in rows_of.items()}
+    participant_index = pd.Index(sorted(rows_of))
+    static["_participants_sorted"] = participant_index
+    participant_pos = static["_participant_pos"] = participant_index.get_indexer(participant_of.to_numpy())
+    # Backhaul messages, one per participant: telemetry in sorted order (as a groupby by participant
+    # would), setpoints in order of first appearance (``_first_code`` of each asset row).
+    static["_uplink_ids"] = participant_index.to_numpy(dtype=object)
+    static["_uplink_bytes"] = TELEMETRY_BYTES_PER_ASSET * np.bincount(participant_pos,
+                                                                      minlength=len(participant_index))
+    static["_downlink_ids"] = np.array(list(rows_of), dtype=object)
+    static["_first_code"] = codes
+    kinds = assets["kind"].astype(str)
+    inverter = static["_inverter"] = kinds.isin([AssetKind.PV, AssetKind.BATTERY]).to_numpy()
+    s_max = static["_s_max"] = assets["s_max_mva"].to_numpy(float)
+    bus_pos = grid.labels.bus.get_indexer(assets["bus"].to_numpy())
+    static["_asset_bus_pos"] = bus_pos.astype(np.int64)
+    static["_no_voltages"] = np.ones(len(grid.labels.bus))
+    static["_asset_bus_safe"] = np.maximum(bus_pos, 0)
+    static["_asset_bus_unknown"] = bus_pos < 0
+    # volt-var injects a share of rated S: load convention Mvar = -share * s_max, inverters only
+    static["_volt_var_scale"] = np.where(inverter, -s_max, 0.0)
+    _STATICS[key] = (weakref.ref(inputs, lambda _, key=key: _STATICS.pop(key, None)), static)
+    return static
+
+
+#: Each run's fleet physics as built (``FleetPhysics``), by run inputs and step: a twin's is a fresh copy.
+_PHYSICS: dict[tuple[int, int], tuple[weakref.ref, FleetPhysics]] = {}
+
+
+def _physics_of(inputs: RunInputs, step: pd.Timedelta) -> FleetPhysics:
+    """A fresh ``FleetPhysics`` of the run's fleet (its own state, the static arrays shared read-only): the
+    tables are read once per RunInputs and step, not once per twin."""
+    key = (id(inputs), step.value)
+    hit = _PHYSICS.get(key)
+    if hit is None or hit[0]() is not inputs:
+        template = FleetPhysics(inputs.assets, inputs.ev_sessions, step=step)
+        hit = _PHYSICS[key] = (weakref.ref(inputs, lambda _, key=key: _PHYSICS.pop(key, None)), template)
+    return hit[1].fresh()
+
+
 _NOT_HELD = np.iinfo(np.int64).min  # held_until of a device that holds nothing
 _NO_DIAGNOSTICS = MappingProxyType({})
+_NO_ONE: frozenset[str] = frozenset()  # no participant unverified
 
 
-def _frozen(cls: type, **fields: Any) -> Any:
-    """An instance of the frozen dataclass ``cls`` with every field given, without its generated ``__init__``
-    (one ``object.__setattr__`` per field: microseconds per record on the per-step path). Each class is built
-    from one call site with fixed keywords, so its first record is checked (a missing or unknown field is a
-    TypeError there, as the ``__init__`` would raise) and the per-step path pays nothing more."""
+def _frozen(cls: type, fields: dict[str, Any]) -> Any:
+    """An instance of the frozen dataclass ``cls`` whose ``__dict__`` is ``fields`` (every field by name; the dict
+    becomes the instance's own), without its generated ``__init__`` (one ``object.__setattr__`` per field) and
+    without keyword arguments (packing 17 of them costs more than the record): microseconds per record on the
+    per-step path. Each class is built from one call site with fixed keys, so its first record is checked (a
+    missing or unknown field is a TypeError there, as the ``__init__`` would raise) and the per-step path pays
+    nothing more."""
     if cls not in _CHECKED:
         names = frozenset(f.name for f in dataclasses.fields(cls))
         if fields.keys() != names:
             raise TypeError(f"{cls.__name__}: fields {sorted(set(fields) ^ names)} missing or unknown")
         _CHECKED.add(cls)
-    obj = object.__new__(cls)
-    obj.__dict__.update(fields)
+    obj = _new(cls)
+    _set_attribute(obj, "__dict__", fields)
     return obj
+
+
+_new, _set_attribute = object.__new__, object.__setattr__
 
 
 _CHECKED: set[type] = set()
@@ -181,38 +250,18 @@ class PolicyTwin:
         self.scenario = scenario
         self.comms = comms
         self.grid = GridModel(inputs.net, inputs.assets, engine=scenario.power_flow.engine)
-        self.physics = FleetPhysics(inputs.assets, inputs.ev_sessions, step=scenario.step)
-        self.arrays = InputArrays.of(inputs)
+        self.physics = _physics_of(inputs, scenario.step)
+        self.arrays = a = InputArrays.of(inputs)
+        # The per-step reads of the inputs, held here (shared, read-only): interval -> row, the rows of the
+        # devices' inputs, the price as floats, the native loads and generation.
+        self._row_of, self._prices = a.row_of, a.prices
+        self._pv_rows, self._flex_rows = a.pv_avail_rows, a.flex_base_rows
+        self._load_p, self._load_q, self._sgen_p = a.load_p_mw, a.load_q_mvar, a.sgen_p_mw
         assets = inputs.assets
         ids = assets.index
-        self.participant_of = assets["participant_id"].astype(str)
-        # Each participant's asset rows (ascending), participants in order of first appearance: one stable sort,
-        # not a comparison of the whole column per participant (that was quadratic: minutes at 5,000 participants).
-        codes, uniques = pd.factorize(self.participant_of)
-        order = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
-        self._rows_of_participant = {str(pid): order[bounds[k]:bounds[k + 1]] for k, pid in enumerate(uniques)}
-        self._assets_of_participant = {pid: ids[rows] for pid, rows in self._rows_of_participant.items()}
-        participant_index = pd.Index(sorted(self._rows_of_participant))
-        self._participants_sorted = participant_index
-        self._participant_pos = participant_index.get_indexer(self.participant_of.to_numpy())
-        # Backhaul messages, one per participant: telemetry in sorted order (as a groupby by participant
-        # would), setpoints in order of first appearance (``_first_code`` of each asset row).
-        self._uplink_ids = participant_index.to_numpy(dtype=object)
-        self._uplink_bytes = TELEMETRY_BYTES_PER_ASSET * np.bincount(self._participant_pos,
-                                                                     minlength=len(participant_index))
-        self._downlink_ids = np.array(list(self._rows_of_participant), dtype=object)
-        self._first_code = codes
-        kinds = assets["kind"].astype(str)
-        self._inverter = kinds.isin([AssetKind.PV, AssetKind.BATTERY]).to_numpy()
-        self._s_max = assets["s_max_mva"].to_numpy(float)
-        bus_pos = self.grid.labels.bus.get_indexer(assets["bus"].to_numpy())
-        self._asset_bus_pos = bus_pos.astype(np.int64)
-        self._no_voltages = np.ones(len(self.grid.labels.bus))
-        self._asset_bus_safe = np.maximum(bus_pos, 0)
-        self._asset_bus_unknown = bus_pos < 0
-        # volt-var injects a share of rated S: load convention Mvar = -share * s_max, inverters only
-        self._volt_var_scale = np.where(self._inverter, -self._s_max, 0.0)
+        # What depends only on the run's inputs (participants, backhaul sizes, inverters, asset buses) is built
+        # once per RunInputs and shared, read-only, by every policy's twin and every run on those inputs.
+        self.__dict__.update(_static_of(inputs, self.grid))
         self._stage: dict[str, float] = {}  # wall time of the decide sub-stages of the current interval
         # What each device holds: its setpoint and schedule (periods 0 … S-1 from when it arrived), a reactive
         # setpoint, and when they expire. Periods past setpoint_ttl can never be used, so S stops there.
@@ -221,6 +270,7 @@ class PolicyTwin:
         self.held_plan = np.full((len(ids), self._schedule_len), np.nan)
         self.held_from_ns = np.zeros(len(ids), dtype=np.int64)
         self.held_q = np.zeros(len(ids))
+        self._has_fleet = len(ids) > 0
         self.held_until_ns = np.full(len(ids), _NOT_HELD, dtype=np.int64)
         self.last_p = np.zeros(len(ids))
         self.last_pf: PowerFlowResult | None = None
@@ -232,6 +282,8 @@ class PolicyTwin:
         self._open_loop = False  # stepping ahead of the power flow (twin.engine.open_loop): no grid to read
         self._everyone = np.ones(len(ids), dtype=bool)  # an ideal controller's setpoints reach every device
         self._everyone.flags.writeable = False
+        self._nobody = np.zeros(len(ids), dtype=bool)  # ~_everyone: no device fell back (shared, read-only)
+        self._nobody.flags.writeable = False
         self._signals = MappingProxyType({"feed_in_eur_per_mwh": scenario.tariff.feed_in_eur_per_mwh})
         self._feed_in = scenario.tariff.feed_in_eur_per_mwh
         self.controller: Controller | None = None
@@ -241,6 +293,7 @@ class PolicyTwin:
         self._sens: Sensitivities | None = None
         self._sens_time: pd.Timestamp | None = None
         self._monitored: list[int] | None | bool = False  # monitored_buses, computed when first linearized
+        self._linearize = bool(scenario.network.sensitivities)  # observations carry sensitivities
         self._decide = {"ideal": self._decide_ideal, "central": self._decide_central,
                         "agents": self._decide_agents}[entry.mode]
 
@@ -375,19 +428,13 @@ class PolicyTwin:
         else:
             def state_table() -> pd.DataFrame:
                 return state.loc[ids].copy()
-        sensitivities = None if feeder_total else self._sensitivities(time)
-        return LazyObservation(
-            time=time,
-            step=self.scenario.step,
-            limits=self.limits,
-            sensitivities=sensitivities,
-            signals=self._signals if not signals else MappingProxyType({**self._signals, **signals}),
-            build={
-                "assets": assets.copy,
-                "state": state_table,
-                "forecast": lambda: self._forecast(time, ids if feeder_total else None, feeder_total=feeder_total),
-                "grid": self._snapshot_builder(),
-            },
+        sensitivities = None if feeder_total else self._sensitivities(time) if self._linearize else self._sens
+        return LazyObservation.of(
+            {"time": time, "step": self.scenario.step, "limits": self.limits, "sensitivities": sensitivities,
+             "signals": self._signals if not signals else MappingProxyType({**self._signals, **signals})},
+            {"assets": assets.copy, "state": state_table,
+             "forecast": lambda: self._forecast(time, ids if feeder_total else None, feeder_total=feeder_total),
+             "grid": self._snapshot_builder()},
         )
 
     def _sensitivities(self, time: pd.Timestamp) -> Sensitivities | None:
@@ -462,7 +509,8 @@ class PolicyTwin:
         observation = self._observation(time, self._true_state_capture(time))
         t1 = wallclock.perf_counter()
         dispatch = self.controller.act(observation)
-        self._stage.update(telemetry=t1 - t0, optimize=wallclock.perf_counter() - t1)
+        stage = self._stage
+        stage["telemetry"], stage["optimize"] = t1 - t0, wallclock.perf_counter() - t1
         return dispatch, self._everyone, 0
 
     def _decide_central(self, time: pd.Timestamp) -> tuple[Dispatch | None, pd.Series, int]:
@@ -581,28 +629,30 @@ class PolicyTwin:
         """Decide (at decision times), hold what reached the devices, and advance their physics over
         ``[time, time + step)``. ``volt_var=False`` leaves the autonomous inverters' reactive power at 0 for the
         caller to settle once the voltages are known (``twin.engine.open_loop``)."""
+        perf_counter = wallclock.perf_counter
         counter = self.comms.traffic
         before = counter.totals() if counter.messages else None  # nothing sent yet: every total is 0
         self._stage = {}
-        t0 = wallclock.perf_counter()
+        t0 = perf_counter()
         if self.scenario.is_decision_time(time):
             dispatch, delivered, rounds = self._decide(time)
             online = dispatch is not None
         else:  # between decisions nothing is exchanged: devices follow the schedules they hold
             dispatch, delivered, rounds = None, None, 0
             online = self.mode != "central" or self.comms.control_centre_up(time)
-        compute_s = wallclock.perf_counter() - t0
-        t1 = wallclock.perf_counter()
+        t1 = perf_counter()
         held_schedule = None
         if dispatch is not None:  # agents send ``delivered`` as a Series in asset order
-            held_schedule = self._hold(time, dispatch, np.asarray(delivered, dtype=bool))
-        row = self.arrays.row(time)
-        pv_avail, flex_base = self.arrays.pv_avail(row), self.arrays.flex_base(row)
+            held_schedule = self._hold(time, dispatch, delivered)
+        row = self._row_of.get(time.value)
+        if row is None:
+            raise KeyError(time)
+        pv_avail, flex_base = self._pv_rows[row], self._flex_rows[row]
         # What each device runs on: its held setpoint / schedule entry, else its autonomous default (volt-var
         # Q on its bus's last voltage); one compiled pass, the same rules as _held_setpoints, physics.autonomous
         # and volt_var_q (tests hold them equal).
         ph, pf = self.physics, self.last_pf
-        if len(self.held_q):
+        if self._has_fleet:
             volt_var_on = volt_var and pf is not None and pf.converged
             p_set, q_set, valid = _setpoints_kernel(
                 self.held_plan, self.held_from_ns, self.held_until_ns, self.held_q, time.value, self._step_ns,
@@ -613,24 +663,24 @@ class PolicyTwin:
         else:  # no fleet: no setpoint to make (the kernel's empty answer, without its call)
             p_set = q_set = q_held = pv_avail
             valid = self._everyone
-        outcome = self.physics.advance_arrays(time, p_setpoint=p_set, q_setpoint=q_set, pv_avail=pv_avail,
-                                              flex_base=flex_base)
+        outcome = ph.advance_arrays(time, p_setpoint=p_set, q_setpoint=q_set, pv_avail=pv_avail,
+                                    flex_base=flex_base)
         self.last_p = outcome.p
         if counter.messages:
             after = counter.totals()
             traffic = {k: after[k] - before[k] for k in after} if before is not None else after
         else:
             traffic = dict(_NO_TRAFFIC)
-        return _frozen(IntervalParts, time=time, row=row, outcome=outcome, valid=valid, q_held=q_held,
-                       dispatch=dispatch, rounds=rounds, online=online, compute_s=compute_s,
-                       devices_s=wallclock.perf_counter() - t1, traffic=traffic, stage_s=self._stage,
-                       held_schedule=held_schedule)
+        return _frozen(IntervalParts, {
+            "time": time, "row": row, "outcome": outcome, "valid": valid, "q_held": q_held, "dispatch": dispatch,
+            "rounds": rounds, "online": online, "compute_s": t1 - t0, "devices_s": perf_counter() - t1,
+            "traffic": traffic, "stage_s": self._stage, "held_schedule": held_schedule})
 
     def solve_grid(self, parts: IntervalParts) -> PowerFlowResult:
         """The AC power flow of an interval's injections; it becomes the twin's last power flow."""
-        a, row, outcome = self.arrays, parts.row, parts.outcome
-        self.grid.set_injection_arrays(load_p_mw=a.load_p_mw[row], load_q_mvar=a.load_q_mvar[row],
-                                       sgen_p_mw=a.sgen_p_mw[row], asset_p_mw=outcome.p, asset_q_mvar=outcome.q)
+        row, outcome = parts.row, parts.outcome
+        self.grid.set_injection_arrays(load_p_mw=self._load_p[row], load_q_mvar=self._load_q[row],
+                                       sgen_p_mw=self._sgen_p[row], asset_p_mw=outcome.p, asset_q_mvar=outcome.q)
         pf = self.grid.solve(parts.time)
         self.last_pf, self._last_time = pf, parts.time
         return pf
@@ -639,28 +689,27 @@ class PolicyTwin:
         """Settle the interval and record what happened."""
         time, row, outcome = parts.time, parts.row, parts.outcome
         t3 = wallclock.perf_counter()
-        scale = self._telemetry_scale(time)
+        comms = self.comms
+        scale = self._telemetry_scale(time) if comms.faults else None
         reported = outcome.p if scale is None else outcome.p * scale
-        settled, unverified = self._settle(time, load_p_mw=self.arrays.load_p_mw[row], outcome=outcome,
-                                           reported_p_mw=reported, pf=pf)
+        if self.settlement is not None:
+            settled, unverified = self._settle(time, load_p_mw=self.arrays.load_p_mw[row], outcome=outcome,
+                                               reported_p_mw=reported, pf=pf)
+        else:
+            settled, unverified = {}, _NO_ONE
         t4 = wallclock.perf_counter()
         dispatch = parts.dispatch
         stage_s = {"decide": parts.compute_s, **parts.stage_s} if parts.stage_s else {"decide": parts.compute_s}
         stage_s["devices"], stage_s["power_flow"], stage_s["settle"] = parts.devices_s, power_flow_s, t4 - t3
-        return _frozen(
-            StepRecord,
-            policy=self.name, time=time, power_flow=pf, outcome=outcome, fallback_mask=~parts.valid,
-            reported_p=reported,
-            price_eur_per_mwh=float(self.arrays.price_eur_per_mwh[row]),
-            feed_in_eur_per_mwh=self._feed_in, compute_s=parts.compute_s,
-            traffic=parts.traffic, rounds=parts.rounds,
-            controller_online=parts.online,
-            settlement_eur=settled,
-            unverified=unverified,
-            diagnostics=dispatch.diagnostics if dispatch is not None else _NO_DIAGNOSTICS,
-            held_schedule=parts.held_schedule,
-            stage_s=stage_s,
-        )
+        valid = parts.valid
+        return _frozen(StepRecord, {
+            "policy": self.name, "time": time, "power_flow": pf, "outcome": outcome,
+            "fallback_mask": self._nobody if valid is self._everyone else ~valid, "reported_p": reported,
+            "price_eur_per_mwh": self._prices[row], "feed_in_eur_per_mwh": self._feed_in,
+            "compute_s": parts.compute_s, "traffic": parts.traffic, "rounds": parts.rounds,
+            "controller_online": parts.online, "settlement_eur": settled, "unverified": unverified,
+            "diagnostics": dispatch.diagnostics if dispatch is not None else _NO_DIAGNOSTICS,
+            "held_schedule": parts.held_schedule, "stage_s": stage_s})
 
     def _settle(self, time: pd.Timestamp, *, load_p_mw: np.ndarray, outcome: IntervalOutcome,
                 reported_p_mw: np.ndarray, pf: PowerFlowResult) -> tuple[dict[str, float], frozenset[str]]:
@@ -717,10 +766,11 @@ class PolicyTwin:
         """Setpoints (and the schedules sent with them) that reached their device (``delivered``: bool per
         asset) are held until ``time + setpoint_ttl``. Returns the asset positions that now hold a new plan and
         those plans (MW per period from ``time``, as held), None when nothing reached a device."""
-        ids = self.inputs.assets.index
         schedule = dispatch.schedule_mw
-        if schedule is None and len(dispatch.p_mw) == 0:
+        if schedule is None and len(dispatch.p_mw.index) == 0:
             return None  # nothing sent (no control, or nothing new): every device keeps what it holds
+        ids = self.inputs.assets.index
+        delivered = np.asarray(delivered, dtype=bool)
         p = dispatch.p_mw.dropna()
         scheduled = pd.Index([]) if schedule is None else schedule.index
         for what, index in (("dispatched", p.index), ("scheduled", scheduled)):

@@ -8,7 +8,9 @@ once per run; rows are appended as those arrays and become labelled tables only 
 
 from __future__ import annotations
 
+import array
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -166,58 +168,96 @@ class PolicyRecords:
     )
 
 
+#: One record's summary values (``_SCALAR_COLUMNS``) as packed into a buffer's bytes.
+_SCALARS = struct.Struct(f"={len(_SCALAR_COLUMNS)}d")
+#: Each summary column's position.
+_SUMMARY_POSITION = {name: k for k, name in enumerate(SUMMARY_COLUMNS)}
+#: The tables made of one row per record (all but the summary).
+_ROW_TABLES = tuple(name for name in PolicyRecords.TABLES if name != "summary")
+
+
 class _PolicyBuffer:
+    """One policy's records as they arrive: each table's rows (the records' own arrays, appended, never copied),
+    the summary's values packed into bytes (``_SCALARS``) and the intervals' starts (int64 ns); ``freeze`` stacks
+    them into tables in one pass per table."""
+
     def __init__(self, policy: str) -> None:
         self.policy = policy
-        self.times: list[pd.Timestamp] = []
-        self.rows: dict[str, list[np.ndarray]] = {name: [] for name in PolicyRecords.TABLES}
-        self.scalars: list[tuple[float, ...]] = []
+        self.n = 0
+        self.times_ns = array.array("q")
+        self.tz: Any = None
+        self.rows: dict[str, list[np.ndarray]] = {name: [] for name in _ROW_TABLES}
+        self.scalars = bytearray()
         self.columns: dict[str, pd.Index] = {"summary": pd.Index(SUMMARY_COLUMNS)}
+        self._no_soc = np.empty(0)
+
+    def _first(self, rec: StepRecord) -> None:
+        """The tables' columns, from the first record (every record of a run has the same labels)."""
+        pf, out = rec.power_flow, rec.outcome
+        self._soc_rows = np.flatnonzero(np.isfinite(out.soc))
+        self._soc_all = len(self._soc_rows) == len(out.soc)
+        self.tz = rec.time.tz
+        labels = pf.labels
+        self.columns = {
+            "vm_pu": labels.bus,
+            "line_loading_percent": labels.line,
+            "trafo_loading_percent": labels.trafo,
+            "asset_p_mw": out.ids,
+            "asset_setpoint_mw": out.ids,
+            "asset_soc_mwh": out.ids[self._soc_rows],
+            "asset_clipped": out.ids,
+            "asset_fallback": out.ids,
+            "asset_reported_p_mw": out.ids,
+            "summary": pd.Index(SUMMARY_COLUMNS),
+        }
+        r = self.rows
+        self._appends = (r["vm_pu"].append, r["line_loading_percent"].append, r["trafo_loading_percent"].append,
+                         r["asset_p_mw"].append, r["asset_setpoint_mw"].append, r["asset_soc_mwh"].append,
+                         r["asset_clipped"].append, r["asset_fallback"].append, r["asset_reported_p_mw"].append)
 
     def add(self, rec: StepRecord) -> None:
+        if self.n == 0:
+            self._first(rec)
         pf, out = rec.power_flow, rec.outcome
-        if len(self.columns) == 1:
-            self._soc_rows = np.flatnonzero(np.isfinite(out.soc))
-            labels = pf.labels
-            self.columns = {
-                "vm_pu": labels.bus,
-                "line_loading_percent": labels.line,
-                "trafo_loading_percent": labels.trafo,
-                "asset_p_mw": out.ids,
-                "asset_setpoint_mw": out.ids,
-                "asset_soc_mwh": out.ids[self._soc_rows],
-                "asset_clipped": out.ids,
-                "asset_fallback": out.ids,
-                "asset_reported_p_mw": out.ids,
-                "summary": pd.Index(SUMMARY_COLUMNS),
-            }
-        traffic, stage, settled = rec.traffic, rec.stage_s, rec.settlement_eur
+        traffic, stage, settled, diagnostics = rec.traffic, rec.stage_s, rec.settlement_eur, rec.diagnostics
         # What only this record knows; the summary's derived columns (Vmin/Vmax, cost, counts) are computed
         # for all rows at once in freeze.
-        self.scalars.append((
-            pf.p_head_mw, pf.q_head_mvar, pf.losses_mw, float(pf.converged), rec.price_eur_per_mwh,
+        if diagnostics:
+            primal, dual = _number(diagnostics, "primal_residual_mw"), _number(diagnostics, "dual_residual_mw")
+            edge = _number(diagnostics, "edge_step_s")
+        else:  # the usual case (no diagnostics)
+            primal = dual = edge = math.nan
+        if traffic:
+            messages, n_bytes = traffic.get("messages", 0), traffic.get("bytes", 0)
+            dropped, central = traffic.get("dropped", 0), traffic.get("central_bytes", 0)
+        else:
+            messages = n_bytes = dropped = central = 0
+        get = stage.get
+        self.scalars += _SCALARS.pack(
+            pf.p_head_mw, pf.q_head_mvar, pf.losses_mw, pf.converged, rec.price_eur_per_mwh,
             rec.feed_in_eur_per_mwh, out.pv_curtailed_mwh, out.ev_unmet_mwh, out.flex_unserved_mwh, rec.compute_s,
-            traffic.get("messages", 0), traffic.get("bytes", 0), traffic.get("dropped", 0),
-            traffic.get("central_bytes", 0), rec.rounds, _number(rec.diagnostics, "primal_residual_mw"),
-            _number(rec.diagnostics, "dual_residual_mw"), float(rec.controller_online), settled.get("operator", 0.0),
-            settled.get("participants", 0.0), float(len(rec.unverified)), stage.get("telemetry", 0.0),
-            stage.get("optimize", 0.0), stage.get("coordinate", 0.0), stage.get("devices", 0.0),
-            stage.get("power_flow", 0.0), stage.get("settle", 0.0), _number(rec.diagnostics, "edge_step_s"),
-        ))
-        self.times.append(rec.time)
-        r = self.rows
-        r["vm_pu"].append(pf.vm)
-        r["line_loading_percent"].append(pf.line_loading)
-        r["trafo_loading_percent"].append(pf.trafo_loading)
-        r["asset_p_mw"].append(out.p)
-        r["asset_setpoint_mw"].append(out.p_requested)
-        r["asset_soc_mwh"].append(out.soc[self._soc_rows])
-        r["asset_clipped"].append(out.clip_code)
-        r["asset_fallback"].append(rec.fallback_mask)
-        r["asset_reported_p_mw"].append(rec.reported_p)
+            messages, n_bytes, dropped, central, rec.rounds, primal, dual, rec.controller_online,
+            settled.get("operator", 0.0) if settled else 0.0, settled.get("participants", 0.0) if settled else 0.0,
+            len(rec.unverified), get("telemetry", 0.0), get("optimize", 0.0), get("coordinate", 0.0),
+            get("devices", 0.0), get("power_flow", 0.0), get("settle", 0.0), edge,
+        )
+        self.times_ns.append(rec.time.value)
+        self.n += 1
+        vm, line, trafo, p, setpoint, soc, clipped, fallback, reported = self._appends
+        vm(pf.vm)
+        line(pf.line_loading)
+        trafo(pf.trafo_loading)
+        p(out.p)
+        setpoint(out.p_requested)
+        soc(out.soc if self._soc_all else out.soc[self._soc_rows] if len(self._soc_rows) else self._no_soc)
+        clipped(out.clip_code)
+        fallback(rec.fallback_mask)
+        reported(rec.reported_p)
 
     def _summary(self, since: int, tables: dict[str, np.ndarray], hours: float) -> np.ndarray:
-        raw = np.array(self.scalars[since:], dtype=float).reshape(-1, len(_SCALAR_COLUMNS))
+        # a copy: a view would pin the bytearray, which must still grow
+        raw = np.frombuffer(self.scalars, dtype=float, offset=since * _SCALARS.size).reshape(
+            -1, len(_SCALAR_COLUMNS)).copy()
         column = dict(zip(_SCALAR_COLUMNS, raw.T, strict=True))
         converged = column["converged"] > 0
         p_head = column["p_head_mw"]
@@ -238,14 +278,13 @@ class _PolicyBuffer:
             if len(raw) else np.empty((0, len(SUMMARY_COLUMNS)))
 
     def freeze(self, step: pd.Timedelta, *, since: int = 0) -> PolicyRecords:
-        index = pd.DatetimeIndex(self.times[since:], name="time")
+        starts = np.frombuffer(self.times_ns, dtype=np.int64)[since:].copy()  # a copy: the array must still grow
+        index = pd.DatetimeIndex(starts.view("datetime64[ns]"), name="time")
+        if self.tz is not None:
+            index = index.tz_localize(self.tz)
         data: dict[str, np.ndarray] = {}
-        for name in PolicyRecords.TABLES:
-            if name == "summary":
-                continue
-            rows = self.rows[name][since:]
-            # np.array stacks equal-length rows in one C pass (vstack makes each row 2-D first: most of a freeze)
-            data[name] = np.array(rows) if rows else np.empty((0, len(self.columns.get(name, ()))))
+        for name in _ROW_TABLES:
+            data[name] = _stacked(self.rows[name][since:], len(self.columns.get(name, ())))
         data["summary"] = self._summary(since, data, step / pd.Timedelta("1h"))
         tables = {}
         labels = self._labels()
@@ -256,8 +295,10 @@ class _PolicyBuffer:
             elif name == "asset_fallback" and values.dtype != np.bool_:
                 values = values.astype(bool)
             tables[name] = pd.DataFrame(values, index=index, columns=labels[name].copy(), copy=False)
-        for flag in ("converged", "controller_online"):
-            tables["summary"][flag] = tables["summary"][flag].astype(bool)
+        summary = tables["summary"]
+        for flag in ("converged", "controller_online"):  # bool columns in place (isetitem: no column lookup)
+            position = _SUMMARY_POSITION[flag]
+            summary.isetitem(position, data["summary"][:, position].astype(bool))
         return PolicyRecords(policy=self.policy, step=step, **tables)
 
     def _labels(self) -> dict[str, pd.Index]:
@@ -268,6 +309,19 @@ class _PolicyBuffer:
             labels = {name: self.columns.get(name, pd.Index([])).astype(str) for name in PolicyRecords.TABLES}
             cached = self._labels_cache = (key, labels)
         return cached[1]
+
+
+def _stacked(rows: list[np.ndarray], width: int) -> np.ndarray:
+    """Equal-length rows as one (rows x width) array: end to end and reshaped (one C pass; ``np.array`` of a
+    list of arrays inspects each one as a sequence first, ~3x slower)."""
+    if not rows:
+        return np.empty((0, width))
+    if width == 0:  # nothing to stack (a run without a fleet): the rows' dtype, no columns
+        return np.empty((len(rows), 0), dtype=rows[0].dtype)
+    flat = np.concatenate(rows)
+    if len(flat) != len(rows) * width:
+        return np.array(rows)  # not equal-length rows: as np.array stacks them (or says why not)
+    return flat.reshape(len(rows), width)
 
 
 class Recorder:
@@ -287,7 +341,11 @@ class Recorder:
 
     def __len__(self) -> int:
         """Intervals recorded so far."""
-        return min((len(b.times) for b in self._buffers.values()), default=0)
+        buffers = self._buffers
+        if len(buffers) == 1:  # the usual case, called after every interval: no generator
+            for buffer in buffers.values():
+                return buffer.n
+        return min((b.n for b in buffers.values()), default=0)
 
     def freeze(self, *, since: int = 0) -> dict[str, PolicyRecords]:
         """Tables of every policy from interval ``since`` (0 = the whole run) to the last recorded one."""
