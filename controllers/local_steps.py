@@ -61,7 +61,7 @@ from controllers.api import AssetKind
 from controllers.dispatch_inputs import KIND_ORDER, DispatchInputs
 from controllers.dispatch_model import DispatchWeights, throughput_cost_eur_per_mwh
 
-__all__ = ["KIND_ORDER", "AssetProx", "ProxResult"]
+__all__ = ["KIND_ORDER", "AssetProx", "ProxResult", "power_range_mw"]
 
 # KIND_ORDER (re-exported): the row order of the per-kind arrays of ``DispatchInputs``, batteries, EV chargers,
 # flexible loads, PV; within a kind the asset table's order.
@@ -1388,6 +1388,27 @@ class AssetProx:
             active_set_iterations=point.pdas_iterations,
             max_kkt_residual=float(point.residual.max(initial=0.0)), unverified=unverified,
             warm_started=warm is not None, solve_time_s=time.perf_counter() - start)
+
+
+def power_range_mw(inputs: DispatchInputs, kinds: np.ndarray) -> np.ndarray:
+    """How far each asset's power can move in each period (MW, (assets, periods), asset-table order): twice the
+    rating for a battery (full charge to full discharge), charge plus discharge limit for an EV charger, the
+    flexible load's rating, the PV available for curtailment. ``kinds``: each asset's kind (table order), as the
+    per-kind rows of ``inputs`` are that kind's assets in table order. 0 where the asset cannot move at all (PV at
+    night, an EV not plugged in): the ADMM's share of each row goes to the assets that can."""
+    kinds = np.asarray([str(k) for k in kinds])
+    T = len(np.asarray(inputs.price_eur_per_mwh))
+    out = np.zeros((kinds.size, T))
+    for kind, value in ((AssetKind.BATTERY, 2.0 * np.asarray(inputs.bat_p_max_mw, dtype=float)),
+                        (AssetKind.EV_CHARGER, np.asarray(inputs.ev_ch_max_mw, dtype=float)
+                         + np.asarray(inputs.ev_dis_max_mw, dtype=float)),
+                        (AssetKind.FLEX_LOAD, np.asarray(inputs.flex_p_max_mw, dtype=float)),
+                        (AssetKind.PV, np.asarray(inputs.pv_avail_mw, dtype=float))):
+        rows = np.flatnonzero(kinds == kind.value)
+        if value.shape != (rows.size, T):
+            raise ValueError(f"inputs for {kind.value}: needs shape {(rows.size, T)}, got {value.shape}")
+        out[rows] = np.maximum(np.nan_to_num(value), 0.0)
+    return out
 
 
 def _checked(value: Any, name: str, shape: tuple[int, int], *, positive: bool = False) -> np.ndarray:

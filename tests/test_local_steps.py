@@ -25,7 +25,7 @@ from controllers.dispatch_model import (
     Proximal,
     throughput_cost_eur_per_mwh,
 )
-from controllers.local_steps import KIND_ORDER, AssetProx
+from controllers.local_steps import KIND_ORDER, AssetProx, power_range_mw
 
 T0 = pd.Timestamp("2024-06-01", tz="UTC")
 HOUR = pd.Timedelta("1h")
@@ -428,6 +428,30 @@ def test_a_batch_equals_each_participant_alone_and_warm_equals_cold() -> None:
         cold = batch.solve(w, c, warm_start=False)
         assert warm.warm_started and not cold.warm_started and not warm.unverified
         np.testing.assert_allclose(warm.p_mw, cold.p_mw, rtol=0, atol=1e-9)
+
+
+def test_power_range_follows_the_asset_table_and_is_zero_only_where_an_asset_cannot_move() -> None:
+    """The DePIN head shares: each asset's power range per period, in the asset table's order (not the per-kind
+    order of the inputs), by each kind's own limits looked up by asset id; and where it is 0 the proximal step
+    leaves the asset where it is whatever the target (so sharing no part of the row there loses nothing)."""
+    T, step = 24, pd.Timedelta("15min")
+    case = mixed_fleet(8, seed=5, T=T, step=step)
+    got = power_range_mw(case.inputs, case.assets["kind"].to_numpy())
+    ids, inp = kind_ids(case.assets), case.inputs
+    for row, (asset_id, kind) in enumerate(case.assets["kind"].items()):
+        i = ids[AssetKind(kind)].index(asset_id)
+        expected = {AssetKind.BATTERY.value: 2.0 * inp.bat_p_max_mw[i],
+                    AssetKind.EV_CHARGER.value: inp.ev_ch_max_mw[i] + inp.ev_dis_max_mw[i],
+                    AssetKind.FLEX_LOAD.value: inp.flex_p_max_mw[i], AssetKind.PV.value: inp.pv_avail_mw[i]}[kind]
+        np.testing.assert_array_equal(got[row], expected)
+    stuck = got == 0.0
+    assert stuck.any() and (~stuck).any()
+    prox = AssetProx.build(case.assets, step=step, horizon=T)
+    prox.set_inputs(case.inputs)
+    w = np.full((len(case.assets), T), 1e4)  # the targets, not the assets' own costs, decide
+    up, down = prox.solve(w, np.full_like(w, 10.0)).p_mw, prox.solve(w, np.full_like(w, -10.0)).p_mw
+    np.testing.assert_allclose(up[stuck], down[stuck], atol=P_TOL_MW)
+    assert (np.abs(up - down)[~stuck] > 1e-4).mean() > 0.5  # most assets that can move do move
 
 
 def test_result_rows_follow_the_asset_table() -> None:

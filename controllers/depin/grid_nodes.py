@@ -234,7 +234,8 @@ class GridNodes:
         primal[0] = np.max(np.abs(x_head - self.z_head), initial=0.0)
         dual[0] = np.max(np.abs(self.z_head - z_prev), initial=0.0)
         scale = np.zeros(n)  # each row's size (MW-equivalent): the stopping rule is relative to it
-        scale[0] = max(np.max(np.abs(x_head), initial=0.0), np.max(np.abs(self.z_head), initial=0.0))
+        scale[0] = max(np.max(np.abs(x_head), initial=0.0), np.max(np.abs(self.z_head), initial=0.0),
+                       np.max(np.abs(self.const_head + self.z_head), initial=0.0))
         # Each row's scaled dual (MW-equivalent): the size its dual residual is measured against when ρ is
         # balanced (Boyd et al. §3.4.1 with both residuals relative, as OSQP does).
         price = np.zeros(n)

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from controllers.api import Forecast, Observation
 from controllers.dispatch_inputs import DispatchReader
 from controllers.dispatch_model import DispatchWeights
-from controllers.local_steps import AssetProx
+from controllers.local_steps import AssetProx, power_range_mw
 
 __all__ = ["Participants", "ProxShard", "restrict_observation"]
 
@@ -62,8 +62,10 @@ class ProxShard:
         self.prox.set_inputs(inputs)
 
     def solve(self, weight: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """The plans for targets ``target`` (assets, periods) with per-asset weights ``weight`` (assets,)."""
-        w = np.ascontiguousarray(np.broadcast_to(weight[:, None], target.shape))
+        """The plans for targets ``target`` (assets, periods) with weights ``weight`` (assets, periods), or one
+        per asset (assets,)."""
+        weight = np.asarray(weight, dtype=float)
+        w = np.ascontiguousarray(np.broadcast_to(weight if weight.ndim == 2 else weight[:, None], target.shape))
         return self.prox.solve(w, target).p_mw
 
 
@@ -72,8 +74,13 @@ class Participants:
 
     def __init__(self, *, assets: pd.DataFrame, participants: tuple[str, ...], step: pd.Timedelta, horizon: int,
                  weights: DispatchWeights, batch: bool = True, edge_sample: int = 3,
-                 dask_client: object = None) -> None:
+                 dask_client: object = None, head_share: str = "range") -> None:
+        if head_share not in _HEAD_SHARES:
+            raise ValueError(f"head_share={head_share!r}: must be one of {sorted(_HEAD_SHARES)}")
+        self.head_share = head_share
         self.assets = assets
+        self._kinds = assets["kind"].astype(str).to_numpy()
+        self._rating = np.nan_to_num(assets["p_max_mw"].to_numpy(float))
         self.participants = participants
         self.T = horizon
         position = {pid: i for i, pid in enumerate(participants)}
@@ -104,9 +111,11 @@ class Participants:
         sample = [i for i in np.argsort(-sizes, kind="stable")[:edge_sample] if sizes[i]]
         self._edge = [group(by_owner[i]) for i in sample] if batch else []
         self.p = np.zeros((len(assets), horizon))
-        # Each asset's own memory for over-relaxed rounds: the target and weight of its last local step.
+        # Each asset's own memory for over-relaxed rounds: the target and weights of its last local step.
         self.target = np.zeros((len(assets), horizon))
-        self.weight = np.zeros(len(assets))
+        self.weight = np.zeros((len(assets), horizon))
+        # Each asset's share of the feeder-head row per period (``begin``; 1 everywhere = plain sharing ADMM).
+        self.share = np.ones((len(assets), horizon))
         self.p_measured = np.zeros(len(assets))
         self.edge_time_s = 0.0
         self.step_time_s = 0.0
@@ -135,43 +144,69 @@ class Participants:
             kept = self.p[:, min(shift, self.T - 1):]
             self.p = np.pad(kept, [(0, 0), (0, self.T - kept.shape[1])], mode="edge")
         self.target = self.p.copy()  # the first round of a decision is plain ADMM: no memory carried over
-        for g in self.groups + self._edge:
+        power_range = np.zeros((len(self.assets), self.T))
+        for k, g in enumerate(self.groups + self._edge):
             own = observation if self.batch and self.groups and g is self.groups[0] \
                 else restrict_observation(observation, g.ids)
-            g.prox.set_inputs(g.reader.read(own, include_base_load=False))
-        pending = [actor.set_inputs(reader.read(restrict_observation(observation, ids), include_base_load=False))
-                   for _, ids, reader, actor in self.shards]
+            inputs = g.reader.read(own, include_base_load=False)
+            g.prox.set_inputs(inputs)
+            if k < len(self.groups):
+                power_range[g.rows] = power_range_mw(inputs, self._kinds[g.rows])
+        pending = []
+        for rows, ids, reader, actor in self.shards:
+            inputs = reader.read(restrict_observation(observation, ids), include_base_load=False)
+            power_range[rows] = power_range_mw(inputs, self._kinds[rows])
+            pending.append(actor.set_inputs(inputs))
         for future in pending:
             future.result()
+        self.share = _head_share(power_range, self.head_share, self._rating)
         self._edge_pending = bool(self._edge)
         # What each asset's own meter measured in the last interval: plans are reported as changes from it.
         metered = observation.state["p_mw"].reindex(self.assets.index).to_numpy(float) \
             if "p_mw" in observation.state else np.zeros(len(self.assets))
         self.p_measured = np.nan_to_num(metered)
 
+    def shares(self) -> np.ndarray:
+        """Each participant's part of the feeder-head share message (participants, periods): the sum of its own
+        assets' shares (``begin``), sent up once per decision and summed by the nodes."""
+        return self._sum_by_owner @ self.share
+
     def local_step(self, sigma: np.ndarray, weight: np.ndarray, *, active: np.ndarray,
-                   alpha: np.ndarray | None = None) -> np.ndarray:
+                   alpha: np.ndarray | None = None, head_rho: np.ndarray | None = None,
+                   head_share: np.ndarray | None = None) -> np.ndarray:
         """Every active participant's local step on the signal it last heard from its node: ``sigma``
         (participants, periods), ``weight`` (participants,) and the over-relaxation ``alpha`` its node applied
         (participants,; None = 1). Returns the new plans (inactive ones unchanged).
+
+        With ``head_rho`` (participants,) and ``head_share`` (participants, periods), ``weight`` is the weight of
+        the network rows only and the feeder-head row's weight of asset a in period t is ρ_h f_t / d_at: ρ_h the
+        root's ρ, d_at the asset's own share of the row (``begin``) and f_t the fleet's mean share, which the root
+        sums up the tree and sends down. That is sharing ADMM with a penalty per copy (ρ_h f_t / d_at): the
+        z-update hands each asset the fraction d_at / Σ d of the row's mismatch, the assets that can move take it
+        all, and the head's own update is unchanged (Σ_a d_at / (ρ_h f_t) = N / ρ_h). An asset that cannot move
+        (d_at = 0) takes the weight ρ_h. Without them, ``weight`` is every row's weight (the plain rule).
 
         The target is ``p − σ/W + (1 − α)(W⁻/W)(c⁻ − p)`` with ``c⁻``, ``W⁻`` the asset's own last target and
         weight: the relaxed z-update's share of each asset, kept by the asset itself (``grid_nodes.GridNodes.
         update``; a row armed since the last step joins at consensus, which the weight ratio accounts for). At
         α = 1 it is the plain sharing-ADMM target ``p − σ/W``."""
         sig = sigma[self.owner]
-        w = np.maximum(weight[self.owner], 1e-12)[:, None]
+        w = np.broadcast_to(weight[self.owner][:, None], sig.shape)
+        if head_rho is not None:
+            f = np.asarray(head_share, dtype=float)[self.owner]
+            d = np.where(self.share > 0, self.share, f)
+            w = w + np.asarray(head_rho, dtype=float)[self.owner][:, None] * f / d
+        w = np.maximum(w, 1e-12)
         target = self.p - sig / w
         if alpha is not None:
             relax = 1.0 - np.asarray(alpha, dtype=float)[self.owner]
             if np.any(relax != 0.0):
-                memory = np.where(self.weight > 0, relax * self.weight / w[:, 0], 0.0)
-                target = target + memory[:, None] * (self.target - self.p)
-        weights = np.broadcast_to(w, target.shape)
+                memory = np.where(self.weight > 0, relax[:, None] * self.weight / w, 0.0)
+                target = target + memory * (self.target - self.p)
+        weights = np.ascontiguousarray(w)
         t0 = time.perf_counter()
         new = self.p.copy()
-        w_asset = w[:, 0]
-        pending = [(rows, actor.solve(w_asset[rows], target[rows])) for rows, _, _, actor in self.shards]
+        pending = [(rows, actor.solve(weights[rows], target[rows])) for rows, _, _, actor in self.shards]
         for g in self.groups:
             result = g.prox.solve(np.ascontiguousarray(weights[g.rows]), target[g.rows])
             new[g.rows] = result.p_mw
@@ -191,13 +226,33 @@ class Participants:
         keep = active[self.owner]
         self.p = np.where(keep[:, None], new, self.p)
         self.target = np.where(keep[:, None], target, self.target)
-        self.weight = np.where(keep, w[:, 0], self.weight)
+        self.weight = np.where(keep[:, None], w, self.weight)
         return self.p
 
     def net_trajectories(self) -> np.ndarray:
         """Each participant's uplink message: its planned net DER power per period minus what its meters
         measured in the last interval (participants, periods)."""
         return self._sum_by_owner @ (self.p - self.p_measured[:, None])
+
+
+#: How each asset's share of the feeder-head row is set from its power range r_at (MW) in each period:
+#: ``uniform`` every asset 1 (plain sharing ADMM), ``count`` 1 where the asset can move (r_at > 0) else 0,
+#: ``range`` r_at where it can move, but at least a quarter of its rating (bigger assets take a bigger part of
+#: the mismatch; the floor keeps an asset with a sliver of range in some period, e.g. PV at dawn, from being so
+#: stiff there that it stalls the rounds: measured on urban6 at 02:30, the plan's gap to the central optimum
+#: at the stopping rule was 0.86 % without it, 0.25 % with it).
+_HEAD_SHARES = {"uniform", "count", "range"}
+_MOVES_MW = 1e-9
+_RANGE_FLOOR = 0.25
+
+
+def _head_share(power_range: np.ndarray, how: str, rating_mw: np.ndarray) -> np.ndarray:
+    moves = power_range > _MOVES_MW
+    if how == "uniform":
+        return np.ones_like(power_range)
+    if how == "count":
+        return moves.astype(float)
+    return np.where(moves, np.maximum(power_range, _RANGE_FLOOR * rating_mw[:, None]), 0.0)
 
 
 def summing_matrix(group_of_row: np.ndarray, n_groups: int) -> sp.csr_matrix:

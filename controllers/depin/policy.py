@@ -12,7 +12,11 @@ One round (``coordinate``), in the order the messages travel (``controllers.coor
    limit arm themselves;
 5. the voltage duals are summed up the tree (duals_up), with each node's residuals (the root takes the largest);
 6. the locational signal and weight are path-summed down (prices_down) with the root's stopping decision, its ρ
-   scale and the over-relaxation of the next round, and every node passes them to its participants (downlink).
+   scale, the over-relaxation of the next round and the head row's ρ, and every node passes them to its
+   participants (downlink).
+
+A decision's first round also carries each participant's share of the feeder-head row (what its assets can move
+in each period) on the uplink and flows up, and the fleet's mean share down with the prices (``head_share``).
 
 The twin decides which of these messages arrive (``RoundDelivery``); a lost message leaves its receiver with the
 last one it heard. A participant that hears nothing keeps optimizing its own assets on the last signal it got
@@ -50,7 +54,17 @@ class NetworkAdmm:
 
     ``rho`` (EUR/MW² per period) weighs the feeder-head row, ``rho_voltage`` / ``rho_loading`` the voltage and
     loading rows per MW-equivalent (default: ``rho``). Stopping rule: every row's primal and dual residual (MW at
-    the row's own bus) below ``tolerance_mw + relative_tolerance × the row's size``. ``batch``: solve every participant's local step in one
+    the row's own bus) below ``tolerance_mw + relative_tolerance × the row's size`` (for the head row the largest
+    of the participants' change, its consensus value and the head's own flow: Boyd et al. §3.3.1's
+    max(‖Ax‖, ‖Bz‖, ‖c‖), so the rule does not depend on where the changes are counted from).
+
+    ``head_share``: how the feeder-head row's mismatch is shared among the assets (a penalty per copy of the row,
+    fixed for a decision; ``Participants.local_step``): ``"range"`` in proportion to what each asset can move in
+    each period (its own power range; PV at night and unplugged EVs take none), ``"count"`` equally among the
+    assets that can move, ``"uniform"`` equally among all (plain sharing ADMM). The optimum is the same; the
+    rounds are not: with equal shares the assets that can move close only their fraction of the mismatch per
+    round. The shares travel once per decision, on the first round's uplink and flows (each participant's sum,
+    summed up the tree) and prices (the fleet's mean share, from the root). ``batch``: solve every participant's local step in one
     vectorized call (same result as one by one). Cost and slack weights as ``OptimizingController``'s.
 
     Acceleration (the fixed point, hence the optimum, is plain ADMM's): while only the feeder-head row is armed the
@@ -85,6 +99,7 @@ class NetworkAdmm:
         balance_rounds: int = 30,
         network_balance_rounds: int = 100,
         relaxation: float = 1.6,
+        head_share: str = "range",
     ) -> None:
         if not tolerance_mw > 0:
             raise ValueError(f"tolerance_mw={tolerance_mw!r} must be > 0")
@@ -92,6 +107,8 @@ class NetworkAdmm:
             raise ValueError(f"relative_tolerance={relative_tolerance!r} must be >= 0")
         if isolation_rounds < 1:
             raise ValueError(f"isolation_rounds={isolation_rounds!r} must be >= 1")
+        if head_share not in ("range", "count", "uniform"):
+            raise ValueError(f"head_share={head_share!r} must be 'range', 'count' or 'uniform'")
         self.settings = GridSettings(
             rho_eur_per_mw2=rho, rho_voltage_eur_per_mw2=rho if rho_voltage is None else rho_voltage,
             rho_loading_eur_per_mw2=rho if rho_loading is None else rho_loading,
@@ -114,6 +131,7 @@ class NetworkAdmm:
         self.volt_var = volt_var
         self.balance_rounds = balance_rounds
         self.network_balance_rounds = network_balance_rounds
+        self.head_share = head_share
 
     # -- per run -----------------------------------------------------------------------------------
     def reset(self, spec: AgentNetworkSpec, *, seed: int) -> None:
@@ -124,7 +142,8 @@ class NetworkAdmm:
         n_nodes, T = tree.n_nodes, spec.horizon
         assets = spec.assets
         self.participants = Participants(assets=assets, participants=spec.participants, step=spec.step, horizon=T,
-                                         weights=self.weights, batch=self.batch, dask_client=spec.dask_client)
+                                         weights=self.weights, batch=self.batch, dask_client=spec.dask_client,
+                                         head_share=self.head_share)
         self.node_of_asset = spec.node_of_participant[self.participants.owner]
         self._sum_by_node = summing_matrix(spec.node_of_participant, n_nodes)  # participants → their bus node
         assets_at_node = np.bincount(self.node_of_asset, minlength=n_nodes).astype(float)
@@ -137,13 +156,20 @@ class NetworkAdmm:
         self.heard_volts = np.zeros((n_nodes, T))  # at each node, from its parent
         self.heard_duals = np.zeros((n_nodes, T + 1))
         self.heard_resid = np.zeros((n_nodes, 7))
-        self.heard_prices = np.zeros((n_nodes, T + 5))  # [σ, ω, L, stop, ρ scale, α]
+        self.heard_prices = np.zeros((n_nodes, T + 6))  # [σ, ω, L, stop, ρ scale, α, ρ of the head row]
         self.heard_prices[:, T + 3] = 1.0
         self.heard_prices[:, T + 4] = 1.0
         self._relax = 1.0  # the over-relaxation the root sends for the next round
-        self.heard_signal = np.zeros((n_part, T + 3))  # at each participant: [σ, W, stop, α] from its node
-        self.heard_signal[:, T] = self.settings.rho_eur_per_mw2
+        # At each participant from its node: [σ, W of the network rows, stop, α, ρ of the head row].
+        self.heard_signal = np.zeros((n_part, T + 4))
         self.heard_signal[:, T + 2] = 1.0
+        self.heard_signal[:, T + 3] = self.settings.rho_eur_per_mw2
+        # The feeder-head shares (``Participants.local_step``), once per decision: each participant's sum up to
+        # its node, subtree sums up the tree, the fleet's mean share f back down from the root.
+        self.heard_share_uplink = np.zeros((n_part, T))
+        self.heard_share_flows = np.zeros((n_nodes, T))
+        self.heard_share_down = np.ones((n_nodes, T))
+        self.heard_share = np.ones((n_part, T))
         self.silent = np.zeros(n_part, dtype=np.int64)
         self.mu = 1.0  # the root's ρ scale (kept from one decision to the next)
         self._time: pd.Timestamp | None = None
@@ -153,9 +179,13 @@ class NetworkAdmm:
             "flows_up": _FRAME_BYTES + _NUMBER_BYTES * T,
             "voltages_down": _FRAME_BYTES + _NUMBER_BYTES * T,
             "duals_up": _FRAME_BYTES + _NUMBER_BYTES * (T + 8),
-            "prices_down": _FRAME_BYTES + _NUMBER_BYTES * (T + 5),
-            "downlink": _FRAME_BYTES + _NUMBER_BYTES * (T + 3),
+            "prices_down": _FRAME_BYTES + _NUMBER_BYTES * (T + 6),
+            "downlink": _FRAME_BYTES + _NUMBER_BYTES * (T + 4),
         }
+        # A decision's first round also carries the head shares (T numbers) on the passes that move them.
+        share_passes = ("uplink", "flows_up", "prices_down", "downlink") if self.head_share != "uniform" else ()
+        self.first_message_bytes = {k: v + (_NUMBER_BYTES * T if k in share_passes else 0)
+                                    for k, v in self.message_bytes.items()}
 
     # -- per decision ------------------------------------------------------------------------------
     def begin(self, grid: GridObservation, participants: Observation, *, active: np.ndarray) -> None:
@@ -174,6 +204,8 @@ class NetworkAdmm:
         self.heard_duals[:, :T] = _shift_rows(self.heard_duals[:, :T], shift)
         self.heard_prices[:, :T] = _shift_rows(self.heard_prices[:, :T], shift)
         self.heard_signal[:, :T] = _shift_rows(self.heard_signal[:, :T], shift)
+        for heard in (self.heard_share_down, self.heard_share):
+            heard[...] = _shift_rows(heard, shift)
         self.heard_prices[:, T + 2] = 0.0  # no stop heard yet in this decision
         self.heard_signal[:, T + 1] = 0.0
         self.heard_signal[:, T + 2] = 1.0  # a decision starts with a plain round
@@ -189,9 +221,12 @@ class NetworkAdmm:
         # 1. Local steps on the last signal each participant heard; uplink of the net trajectories.
         t0 = time.perf_counter()
         self.participants.local_step(self.heard_signal[:, :T], self.heard_signal[:, T], active=active,
-                                     alpha=self.heard_signal[:, T + 2])
+                                     alpha=self.heard_signal[:, T + 2], head_rho=self.heard_signal[:, T + 3],
+                                     head_share=self.heard_share)
         t1 = time.perf_counter()
         sent = active & delivery.uplink
+        if round_index == 0 and self.head_share != "uniform":
+            self._shares_round(delivery, active)
         trajectories = self.participants.net_trajectories()
         self.heard_uplink[sent] = trajectories[sent]
         own = self._sum_by_node @ self.heard_uplink
@@ -230,16 +265,22 @@ class NetworkAdmm:
         self._relax = 1.0 if network_rows else self.settings.relaxation
         # 6. Signals down; each node hands its own to its participants.
         root, step = grid.prices_down(totals)
-        root = np.concatenate([root, [1.0 if converged else 0.0, self.mu, self._relax]])
-        step = np.concatenate([step, np.zeros((sweeps.n_nodes, 3))], axis=1)
+        rho_head = float(grid.mu[0]) * self.settings.rho_eur_per_mw2  # the head row's ρ in this round's L
+        root = np.concatenate([root, [1.0 if converged else 0.0, self.mu, self._relax, rho_head]])
+        step = np.concatenate([step, np.zeros((sweeps.n_nodes, 4))], axis=1)
         values = sweeps.down(root, step, delivered=delivery.prices_down, heard=self.heard_prices)
         sigma, omega, load_w, stop = values[:, :T], values[:, T], values[:, T + 1], values[:, T + 2]
+        rho_h = values[:, T + 5]
         node = self.spec.node_of_participant
         heard = delivery.downlink & active
-        self.heard_signal[heard, :T] = sigma[node[heard]]
-        self.heard_signal[heard, T] = omega[node[heard]] + load_w[node[heard]]
-        self.heard_signal[heard, T + 1] = stop[node[heard]]
-        self.heard_signal[heard, T + 2] = alpha[node[heard]]
+        at = node[heard]
+        self.heard_signal[heard, :T] = sigma[at]
+        self.heard_signal[heard, T] = omega[at] + load_w[at] - rho_h[at]  # the network rows' part of W
+        self.heard_signal[heard, T + 1] = stop[at]
+        self.heard_signal[heard, T + 2] = alpha[at]
+        self.heard_signal[heard, T + 3] = rho_h[at]
+        if round_index == 0 and self.head_share != "uniform":
+            self.heard_share[heard] = self.heard_share_down[at]
         self.silent = np.where(heard, 0, self.silent + 1)
         t2 = time.perf_counter()
         self.rounds = round_index + 1
@@ -248,10 +289,25 @@ class NetworkAdmm:
         self.stats["grid_s"] += t2 - t1
         return RoundOutcome(
             primal_residual_mw=primal, dual_residual_mw=dual, converged=converged,
-            message_bytes=MappingProxyType(dict(self.message_bytes)),
+            message_bytes=MappingProxyType(dict(self.first_message_bytes if round_index == 0 else self.message_bytes)),
             diagnostics=MappingProxyType({"armed_voltage_rows": rows.armed_voltage,
                                           "armed_loading_rows": rows.armed_loading}),
         )
+
+    def _shares_round(self, delivery: RoundDelivery, active: np.ndarray) -> None:
+        """The head shares of this decision, on the first round's messages: every participant adds the sum of
+        its assets' shares to its uplink, the nodes sum them up the tree with the flows, and the root's fleet
+        mean f_t = Σ d_t / N (N the assets sharing the head row; 1 where nothing can move) goes down with the
+        prices (its nodes keep it for the decision and pass it on with the first downlink)."""
+        T = self.spec.horizon
+        sent = active & delivery.uplink
+        self.heard_share_uplink[sent] = self.participants.shares()[sent]
+        own = self._sum_by_node @ self.heard_share_uplink
+        total = self.sweeps.up(own, delivered=delivery.flows_up, heard=self.heard_share_flows)[0]
+        f = np.where(total > 0, total / self.grid.n_assets, 1.0)
+        self.sweeps.down(f, np.zeros((self.sweeps.n_nodes, T)), delivered=delivery.prices_down,
+                         heard=self.heard_share_down)
+        self.heard_share_down[0] = f
 
     def _balance(self, round_index: int, primal: float, dual: float) -> None:
         """Residual balancing at the root on the relative residuals (the primal one against the rows' sizes, the
