@@ -89,6 +89,7 @@ class DispatchReader:
         self.horizon = horizon
         self.n_voltage_rows = n_voltage_rows
         self.n_loading_rows = n_loading_rows
+        self._hours = step / pd.Timedelta("1h")  # read every interval: not re-derived from the Timedelta
         self.ids = {kind: _kind_ids(assets, kind) for kind in AssetKind}
         self.buses = tuple(dict.fromkeys(assets["bus"].tolist()))
         self._order = [a for k in KIND_ORDER for a in self.ids[k]]
@@ -105,11 +106,12 @@ class DispatchReader:
         windows = ordered["flex_window"].iloc[self._slice[AssetKind.FLEX_LOAD]]
         self._flex_window = np.array([_periods_of(w, step) for w in windows], dtype=int)
         self._order_index = pd.Index(self._order, dtype=object)
+        self._state_rows: tuple[pd.Index | None, np.ndarray] = (None, np.zeros(0, dtype=int))
         self._columns = {kind: pd.Index(self.ids[kind], dtype=object) for kind in (AssetKind.PV, AssetKind.FLEX_LOAD)}
 
     @property
     def hours(self) -> float:
-        return self.step / pd.Timedelta("1h")
+        return self._hours
 
     @property
     def order(self) -> list[Any]:
@@ -150,7 +152,10 @@ class DispatchReader:
                 out = out.fillna(0.0)
             return out.to_numpy()
 
-        price = frame(fc.price_eur_per_mwh.to_frame("price"), pd.Index(["price"]), "price")[:, 0]
+        prices = fc.price_eur_per_mwh
+        price = prices.to_numpy(dtype=float)[:T].copy()
+        if not (len(price) == T and prices.index[:T].equals(periods) and not np.isnan(price).any()):
+            price = frame(prices.to_frame("price"), pd.Index(["price"]), "price")[:, 0]  # gaps, misaligned
         base_frame = fc.base_load_mw
         base = frame(base_frame, base_frame.columns, "base_load_mw") if len(base_frame.columns) else None
         # State columns in the model's row order, by position (no reindexed copy of the whole table); an asset
@@ -159,7 +164,11 @@ class DispatchReader:
         if state.index.equals(self._order_index):
             rows = None
         else:
-            rows = state.index.get_indexer(self._order_index)
+            # The twin's state has the same index every interval: its positions are looked up once.
+            cached_index, rows = self._state_rows
+            if cached_index is None or not state.index.equals(cached_index):
+                rows = state.index.get_indexer(self._order_index)
+                self._state_rows = (state.index, rows)
             if (rows < 0).any():
                 state, rows = state.reindex(self._order), None
         static = self._static

@@ -2,8 +2,12 @@
 
 This module owns building the problem once (``DispatchModel.build``), turning an ``Observation`` into its
 numeric inputs (``DispatchModel.inputs_from_observation``), re-solving by changing ``Parameter`` values only
-(DPP), and the safe fallback used when a solve fails. The central controller uses it for all assets; a DePIN
-agent uses it for its own assets, adding per-asset prices (dual multipliers) and an ADMM proximal term.
+(DPP), and the safe fallback used when a solve fails. Clarabel and HiGHS re-solves skip cvxpy's per-solve
+work: the canonical form cvxpy builds at the first solve is kept (``_Canonical``) and re-filled from the new
+Parameter values; Clarabel then returns the numbers ``problem.solve`` would, HiGHS re-runs its simplex from the
+previous decision's basis (the same optimum, possibly another optimal vertex when the optimum is not unique).
+The central controller uses it for all assets; a DePIN agent uses it for its own assets, adding per-asset
+prices (dual multipliers) and an ADMM proximal term.
 
 Model, per period ``t`` of length ``h = step / 1 h`` (load convention, MW):
 
@@ -49,12 +53,15 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import cvxpy as cp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from cvxpy.lin_ops.lin_op import CONSTANT_ID
+from cvxpy.reductions.solution import Solution
+from cvxpy.reductions.solvers.solver import Solver
 
 from controllers.api import AssetKind, Observation
 from controllers.dispatch_inputs import KIND_ORDER, DispatchInputs, DispatchReader
@@ -73,6 +80,9 @@ __all__ = [
 ACCEPTED_STATUSES: frozenset[str] = frozenset({cp.OPTIMAL, cp.OPTIMAL_INACCURATE})
 
 _KIND_ORDER = KIND_ORDER
+
+#: Solvers re-solved through the canonical form kept from cvxpy (``_Canonical``); others go through problem.solve.
+_DIRECT_SOLVERS = frozenset({"CLARABEL", "HIGHS"})
 
 #: Factor over the break-even throughput cost at which dumping energy through simultaneous charge and
 #: discharge stops paying against PV curtailment (1 would leave a tie, and the solver may pick either).
@@ -300,7 +310,9 @@ class DispatchModel:
         self._table_from_order = np.array([position[a] for a in assets.index], dtype=int)
         self._order_from_table = np.argsort(self._table_from_order)
         self._table_ids = pd.Index(assets.index, name="asset_id")
+        self._kind_ids = {kind: pd.Index(ids[kind], name="asset_id") for kind in AssetKind}  # for the solutions
         self._assigned: dict[int, np.ndarray] = {}  # Parameter id -> the value it holds
+        self._direct: dict[tuple[str, str], _Canonical | None] = {}  # (solver, options) -> direct re-solve state
         # Per kind, its rows in the model's order, and the static columns read every interval (as arrays).
         self._slice = self.reader._slice
         self._static = self.reader._static
@@ -566,7 +578,7 @@ class DispatchModel:
 
     @property
     def hours(self) -> float:
-        return self.step / pd.Timedelta("1h")
+        return self.reader.hours
 
     # ------------------------------------------------------------------ inputs
 
@@ -602,22 +614,35 @@ class DispatchModel:
         asset_price_eur_per_mwh: pd.DataFrame | None = None,
         proximal: Proximal | None = None,
         warm_start: bool = True,
+        direct: bool = True,
     ) -> DispatchSolution:
         """Assign the Parameters and solve; a failed or infeasible solve returns the fallback, never raises.
 
         ``asset_price_eur_per_mwh`` (index asset_id, one column per period) and ``proximal`` need a model
         built with ``asset_prices=True`` / ``proximal=True``.
+        ``direct`` (CLARABEL and HIGHS): re-solve through the canonical form cvxpy built at the first solve
+        (``_Canonical``) instead of ``problem.solve``: Clarabel gets the same data and returns the same
+        numbers, HiGHS keeps its model and re-runs the simplex from the previous basis. The cvxpy Variables
+        and ``problem.value`` are then not updated (the solution carries the values).
         """
         start = time.perf_counter()
         try:
-            self._assign(inputs, asset_price_eur_per_mwh, proximal)
+            values = self._values(inputs, asset_price_eur_per_mwh, proximal)
         except _BadInput as exc:
             return self.fallback(inputs, status="not_solved", reason=str(exc), wall_start=start)
+        options = dict(solver_options or {})
+        canonical = self._canonical(solver, options, values) if direct else None
+        if canonical is not None:
+            try:
+                return self._solve_direct(canonical, inputs, values, warm_start=warm_start, wall_start=start)
+            except Exception:  # noqa: BLE001 — the direct path itself broke (not the solver: that is a status):
+                self._direct = {k: None if v is canonical else v for k, v in self._direct.items()}  # cvxpy's path
+        self._set(values)
         try:
             # cvxpy warns on inaccurate solutions; the status says the same and goes into the diagnostics.
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                self.problem.solve(solver=solver, warm_start=warm_start, **dict(solver_options or {}))
+                self.problem.solve(solver=solver, warm_start=warm_start, **options)
         except (cp.error.SolverError, ValueError, ArithmeticError) as exc:
             return self.fallback(inputs, status="solver_error", reason=f"{type(exc).__name__}: {exc}", wall_start=start)
         if caught:
@@ -625,11 +650,58 @@ class DispatchModel:
         status = str(self.problem.status)
         if status not in ACCEPTED_STATUSES:
             return self.fallback(inputs, status=status, reason=f"solver status {status}", wall_start=start)
-        return self._read(inputs, status, wall_start=start)
+        stats = self.problem.solver_stats
+        return self._read(inputs, status, wall_start=start, value=lambda var: var.value,
+                          objective=float(self.problem.value), solve_time=float(stats.solve_time or 0.0),
+                          compile_time=float(self.problem.compilation_time or 0.0))
 
-    def _assign(
+    def _canonical(self, solver: str, options: dict[str, Any],
+                   values: list[tuple[cp.Parameter, np.ndarray]]) -> _Canonical | None:
+        """The direct re-solve state for ``solver`` and ``options`` (built at the first solve; None when the
+        solver has no direct path or the canonical form is not a plain selection of the solver's x)."""
+        solver = solver.upper()
+        if solver not in _DIRECT_SOLVERS:
+            return None
+        key = (solver, repr(sorted(options.items())))
+        if key not in self._direct:
+            if (solver == "HIGHS" and not self.problem.objective.expr.is_affine()) or "accept_unknown" in options:
+                # Not an LP (cvxpy's own path says so), or a status mapping only cvxpy's interface applies.
+                self._direct[key] = None
+                return None
+            self._set(values)  # get_problem_data reads the Parameter values
+            try:
+                self._direct[key] = _Canonical(self.problem, solver, options)
+            except Exception:  # noqa: BLE001 — not an LP, or cvxpy's internals not as read here (another
+                self._direct[key] = None  # cvxpy version): cvxpy's own problem.solve, which is always right
+        return self._direct[key]
+
+    def _solve_direct(self, canonical: _Canonical, inputs: DispatchInputs,
+                      values: list[tuple[cp.Parameter, np.ndarray]], *, warm_start: bool,
+                      wall_start: float) -> DispatchSolution:
+        canonical.load(values)
+        try:
+            status, objective, x, solve_time, compile_time = canonical.solve(warm_start=warm_start)
+        except (cp.error.SolverError, ValueError, ArithmeticError) as exc:
+            return self.fallback(inputs, status="solver_error", reason=f"{type(exc).__name__}: {exc}",
+                                 wall_start=wall_start)
+        if status in cp.settings.ERROR:  # as problem.solve: a solver failure is an error, not a status
+            reason = (f"SolverError: Solver '{canonical.solver}' failed. Try another solver, or solve with "
+                      "verbose=True for more information.")
+            return self.fallback(inputs, status="solver_error", reason=reason, wall_start=wall_start)
+        if status in cp.settings.INACCURATE:
+            inputs = replace(inputs, notes=inputs.notes + (
+                "cvxpy: Solution may be inaccurate. Try another solver, adjusting the solver settings, or solve "
+                "with verbose=True for more information.",))
+        if status not in ACCEPTED_STATUSES or x is None:
+            return self.fallback(inputs, status=status, reason=f"solver status {status}", wall_start=wall_start)
+        index = canonical.var_index
+        return self._read(inputs, status, wall_start=wall_start, value=lambda var: x[index[var.id]],
+                          objective=objective, solve_time=solve_time, compile_time=compile_time)
+
+    def _values(
         self, inputs: DispatchInputs, asset_price: pd.DataFrame | None, proximal: Proximal | None
-    ) -> None:
+    ) -> list[tuple[cp.Parameter, np.ndarray]]:
+        """Every Parameter's value for ``inputs``, checked (finite, shaped); raises _BadInput, changes nothing."""
         P, h, T = self._p, self.hours, self.horizon
         price = inputs.price_eur_per_mwh
         fixed_cost = h * float(price @ inputs.head_fixed_mw)
@@ -694,6 +766,15 @@ class DispatchModel:
             if not np.all(np.isfinite(arr)):
                 raise _BadInput(f"{param.name()}: non-finite input")
             checked.append((param, arr))
+        return checked
+
+    def _assign(
+        self, inputs: DispatchInputs, asset_price: pd.DataFrame | None, proximal: Proximal | None
+    ) -> None:
+        """Set the Parameters' values for ``inputs`` (what ``problem.solve`` reads)."""
+        self._set(self._values(inputs, asset_price, proximal))
+
+    def _set(self, checked: list[tuple[cp.Parameter, np.ndarray]]) -> None:
         for param, arr in checked:  # only after every value passed: a refused input changes nothing
             # An agent re-solves with the same inputs every round (only its ADMM target moves): skipping the
             # unchanged values saves cvxpy's per-Parameter validation.
@@ -701,9 +782,11 @@ class DispatchModel:
                 param.value = arr
                 self._assigned[param.id] = arr.copy()
 
-    def _read(self, inputs: DispatchInputs, status: str, *, wall_start: float) -> DispatchSolution:
+    def _read(self, inputs: DispatchInputs, status: str, *, wall_start: float, value: Callable[[cp.Expression], Any],
+              objective: float, solve_time: float, compile_time: float) -> DispatchSolution:
+        """The solution from ``value`` (a variable's or, for cvxpy's path, an expression's value)."""
         V, T = self._v, self.horizon
-        parts = [V.by_kind[k].value for k in _KIND_ORDER if k in V.by_kind]
+        parts = [self._kind_value(k, value) for k in _KIND_ORDER if k in V.by_kind]
         p = np.vstack(parts) if parts else np.zeros((0, T))
         if p.size and not np.all(np.isfinite(p)):
             return self.fallback(inputs, status=status, reason="solver returned no finite values", wall_start=wall_start)
@@ -714,19 +797,18 @@ class DispatchModel:
         states = cols.append(pd.DatetimeIndex([cols[-1] + self.step]))
 
         def trajectory(var: cp.Variable | None, kind: AssetKind, columns: pd.Index) -> tuple:
-            return pd.Index(self.ids[kind], name="asset_id"), columns, None if var is None else var.value
+            return self._kind_ids[kind], columns, None if var is None else value(var)
 
         def max_of(var: cp.Variable | None) -> float:
-            return 0.0 if var is None or var.size == 0 else float(max(np.max(var.value), 0.0))
+            return 0.0 if var is None or var.size == 0 else float(max(np.max(value(var)), 0.0))
 
-        unmet = np.zeros(0) if V.ev_unmet is None else np.maximum(V.ev_unmet.value, 0.0)
-        stats = self.problem.solver_stats
+        unmet = np.zeros(0) if V.ev_unmet is None else np.maximum(value(V.ev_unmet), 0.0)
         wall = time.perf_counter() - wall_start
         return DispatchSolution(
             status=status,
             fallback=False,
             reason="",
-            objective_eur=float(self.problem.value),
+            objective_eur=objective,
             p=p[self._table_from_order],
             asset_ids=self._table_ids,
             periods=cols,
@@ -734,16 +816,30 @@ class DispatchModel:
                 "soc_mwh": trajectory(V.bat_soc, AssetKind.BATTERY, states),
                 "flex_backlog_mwh": trajectory(V.flex_backlog, AssetKind.FLEX_LOAD, states),
                 "pv_curtail_mw": trajectory(V.pv_curt, AssetKind.PV, cols),
-                "ev_unmet_mwh": (pd.Index(self.ids[AssetKind.EV_CHARGER], name="asset_id"), None, unmet),
+                "ev_unmet_mwh": (self._kind_ids[AssetKind.EV_CHARGER], None, unmet),
             },
             max_voltage_slack_pu=max_of(V.v_slack),
             max_loading_slack_percent=max_of(V.l_slack),
             max_head_slack_mw=max_of(V.head_slack),
-            solve_time_s=float(stats.solve_time or 0.0),
-            compile_time_s=float(self.problem.compilation_time or 0.0),
+            solve_time_s=solve_time,
+            compile_time_s=compile_time,
             wall_time_s=wall,
             notes=inputs.notes,
         )
+
+    def _kind_value(self, kind: AssetKind, value: Callable[[cp.Expression], Any]) -> np.ndarray:
+        """A kind's power (assets x periods) from its variables (``by_kind`` is ch - dis, or ch - sel @ dis)."""
+        V = self._v
+        if kind is AssetKind.BATTERY:
+            return value(V.bat_ch) - value(V.bat_dis)
+        if kind is AssetKind.EV_CHARGER:
+            p = np.array(value(V.ev_ch), dtype=float)
+            if V.ev_dis is not None:
+                p[self._static["v2g"][self._slice[AssetKind.EV_CHARGER]]] -= value(V.ev_dis)
+            return p
+        if kind is AssetKind.FLEX_LOAD:
+            return np.asarray(value(V.flex_serve), dtype=float)
+        return np.asarray(value(V.pv_curt), dtype=float)
 
     def fallback(
         self, inputs: DispatchInputs, *, status: str, reason: str, wall_start: float | None = None
@@ -784,6 +880,236 @@ class DispatchModel:
             wall_time_s=wall,
             notes=inputs.notes,
         )
+
+
+class _Canonical:
+    """cvxpy's canonical form of a built problem for one solver, kept so that a re-solve skips cvxpy's per-solve
+    work (Parameter validation, applying the parameter tensors through its general path, the inversion chain).
+
+    Everything here is read from cvxpy: ``problem.get_problem_data(solver)`` gives the ``ParamConeProg`` whose
+    tensors map the parameter vector to ``(c, d, A, b)`` (and the variable bounds), and the inversion chain
+    gives, once, which entries of the solver's ``x`` are each variable's (probed with ``x = 0, 1, ..., n-1``).
+    A re-solve multiplies those tensors by the new parameter vector and hands the result to the solver the
+    way cvxpy's own interface does: Clarabel gets the same data, settings and update calls (so it returns the
+    same numbers), HiGHS keeps one model and re-runs from the previous basis (warm start).
+    """
+
+    def __init__(self, problem: cp.Problem, solver: str, solver_options: Mapping[str, Any]) -> None:
+        data, chain, inverse = problem.get_problem_data(solver=solver, solver_opts=dict(solver_options))
+        prog = data[cp.settings.PARAM_PROB]
+        dims = data["dims"]
+        if prog.P is not None or dims.soc or dims.psd or dims.exp or dims.p3d or dims.pnd:
+            raise _NotDirect("only LPs (zero and nonnegative cones, no quadratic term) are re-solved directly")
+        self.solver = solver
+        self.options = dict(solver_options)
+        if solver == "HIGHS":  # as cvxpy's interface: options may come nested under "highs_options"
+            self.options |= dict(self.options.pop("highs_options", {}))
+        self.n = int(prog.x.size)
+        self.dims = data["dims"]
+        self.col = {pid: int(c) for pid, c in prog.param_id_to_col.items()}
+        self.size = {pid: int(s) for pid, s in prog.param_id_to_size.items()}
+        self.pvec = np.zeros(int(prog.total_param_size) + 1)
+        self.pvec[self.col[CONSTANT_ID]] = 1.0
+        self.q_tensor = sp.csr_matrix(prog.q)
+        prog.reduced_A.cache(False)
+        reduced = prog.reduced_A
+        indices, indptr, shape = reduced.problem_data_index
+        self.a_tensor = sp.csr_matrix(reduced.reduced_mat)
+        self.a_nnz = int(indptr[shape[1] - 1])
+        self.a_indices, self.a_indptr = indices[: self.a_nnz], indptr[: shape[1]]
+        self.m = int(shape[0])
+        self.b_rows = indices[self.a_nnz:]
+        # A is constant when its entries of the tensor use the constant column only (no Parameter multiplies
+        # a variable): then it is computed once.
+        a_part = self.a_tensor[: self.a_nnz]
+        self.a_constant = a_part.nnz == 0 or bool(np.all(a_part.indices == self.col[CONSTANT_ID]))
+        self.lb_tensor = None if prog.lb_tensor is None else sp.csr_matrix(prog.lb_tensor)
+        self.lb = data.get(cp.settings.LOWER_BOUNDS)
+        self.ub_tensor = None if prog.ub_tensor is None else sp.csr_matrix(prog.ub_tensor)
+        self.ub = data.get(cp.settings.UPPER_BOUNDS)
+        self.A: sp.csc_matrix | None = None
+        self.engine: Any = None  # the solver object kept between solves
+        self.prev: tuple[np.ndarray, np.ndarray] | None = None
+        # Probe the inversion chain with x = 0..n-1: each variable's entries of x (reductions here only
+        # select and reshape; anything else is refused and the model keeps cvxpy's own path).
+        probe = Solution(cp.OPTIMAL, 0.0, {inverse[-1][Solver.VAR_ID]:
+                                           np.arange(self.n, dtype=float)}, {}, {})
+        for reduction, inv in reversed(list(zip(chain.reductions[:-1], inverse[:-1]))):
+            probe = reduction.invert(probe, inv)
+        self.var_index: dict[int, np.ndarray] = {}
+        # A variable with attributes that cvxpy lowered to a new variable and constraints comes back projected
+        # onto its attribute set (``recover_value_for_leaf``): for ``nonneg``, max(x, 0). Only that is handled.
+        self.clip = np.zeros(self.n, dtype=bool)
+        for var in problem.variables():
+            value = probe.primal_vars.get(var.id)
+            if value is None:
+                raise _NotDirect(f"variable {var.name()} not found in the canonical solution")
+            arr = np.asarray(value, dtype=float).reshape(var.shape)
+            idx = arr.astype(np.int64)
+            if not np.array_equal(idx, arr) or idx.min(initial=0) < 0 or idx.max(initial=0) >= self.n:
+                raise _NotDirect(f"variable {var.name()} is not a selection of the solver's x")
+            self.var_index[var.id] = idx
+            if var.id not in prog.var_id_to_col:
+                if {k for k, v in var.attributes.items() if v} - {"nonneg"}:
+                    raise _NotDirect(f"variable {var.name()} has attributes other than nonneg")
+                if var.attributes["nonneg"]:
+                    self.clip[idx.ravel()] = True
+
+    def load(self, values: list[tuple[cp.Parameter, np.ndarray]]) -> None:
+        """Write Parameter values into the parameter vector (Fortran order, as cvxpy flattens them)."""
+        for param, arr in values:
+            col = self.col.get(param.id)
+            if col is not None:
+                self.pvec[col: col + self.size[param.id]] = arr.ravel(order="F")
+
+    def data(self) -> tuple[np.ndarray, float, sp.csc_matrix, np.ndarray]:
+        """``(c, d, A, b)`` of the solver's form ``min c x + d, A x + s = b, s in K`` (as cvxpy's ConicSolver
+        hands them to the solver: A negated)."""
+        qd = self.q_tensor @ self.pvec
+        flat = self.a_tensor @ self.pvec
+        if self.A is None or not self.a_constant:
+            self.A = -sp.csc_matrix((flat[: self.a_nnz], self.a_indices, self.a_indptr), shape=(self.m, self.n))
+        b = np.zeros(self.m)
+        b[self.b_rows] = flat[self.a_nnz:]
+        return qd[: self.n], float(qd[self.n]), self.A, b
+
+    def bounds(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        lb = self.lb if self.lb_tensor is None else np.asarray(self.lb_tensor @ self.pvec).ravel()
+        ub = self.ub if self.ub_tensor is None else np.asarray(self.ub_tensor @ self.pvec).ravel()
+        return lb, ub
+
+    def solve(self, *, warm_start: bool) -> tuple[str, float, np.ndarray | None, float, float]:
+        """Solve with the current parameter vector: (cvxpy status, objective, x or None, solver seconds,
+        seconds spent applying the parameters)."""
+        start = time.perf_counter()
+        c, d, A, b = self.data()
+        applied = time.perf_counter() - start
+        if self.solver == "CLARABEL":
+            status, objective, x, solve_time = self._clarabel(c, d, A, b, warm_start=warm_start)
+        else:
+            status, objective, x, solve_time = self._highs(c, d, A, b, warm_start=warm_start)
+        if x is not None:
+            # As cvxpy: lowered variables projected, and the objective evaluated at the values returned.
+            x = np.where(self.clip, np.maximum(x, 0.0), x)
+            objective = float(c @ x) + d
+        return status, objective, x, solve_time, applied
+
+    def _clarabel(self, c, d, A, b, *, warm_start: bool):
+        import clarabel
+        from cvxpy.reductions.solvers.conic_solvers.clarabel_conif import CLARABEL, dims_to_solver_cones
+
+        P = sp.triu(sp.csc_array((self.n, self.n))).tocsc()
+        solver = self.engine if warm_start else None
+        if solver is not None and hasattr(solver, "update") and solver.is_data_update_allowed():
+            settings = CLARABEL.parse_solver_opts(False, self.options, solver.get_settings())
+            try:
+                solver.update(P=P, q=c, A=A, b=b, settings=settings)
+            except Exception:  # as cvxpy: a refused update means a new solver
+                solver = None
+        else:
+            solver = None
+        if solver is None:
+            solver = clarabel.DefaultSolver(P, c, A, b, dims_to_solver_cones(self.dims),
+                                            CLARABEL.parse_solver_opts(False, self.options))
+        result = solver.solve()
+        self.engine = solver
+        status = CLARABEL.STATUS_MAP.get(str(result.status), cp.SOLVER_ERROR)
+        x = np.asarray(result.x) if status in ACCEPTED_STATUSES else None
+        return status, float(result.obj_val) + d, x, float(result.solve_time)
+
+    def _singletons(self) -> None:
+        """For HiGHS: the rows of A with one entry, of a constant nonzero coefficient, become bounds on their
+        variable (``a x_j = b`` fixes x_j, ``a x_j <= b`` bounds it above or below by ``b / a``). cvxpy writes a
+        Parameter bound such as ``ch <= p_max`` as such a row; as a bound, the simplex does not carry it in its
+        basis (rural1, 12 h of 15 min: 2,894 of its 3,672 rows; the simplex then carries 778)."""
+        entry_row = self.a_indices
+        entry_col = np.repeat(np.arange(self.n), np.diff(self.a_indptr))
+        part = self.a_tensor[: self.a_nnz].tocsr()
+        const = self.col[CONSTANT_ID]
+        per_entry = np.diff(part.indptr)
+        on_const = np.bincount(np.repeat(np.arange(self.a_nnz), per_entry)[part.indices == const],
+                               minlength=self.a_nnz)
+        constant_entry = per_entry == on_const  # no Parameter in this coefficient
+        value = -np.asarray(part[:, const].todense()).ravel()  # ConicSolver negates A
+        count = np.bincount(entry_row, minlength=self.m)
+        single = (count[entry_row] == 1) & constant_entry & (value != 0)
+        self.s_rows, self.s_cols, self.s_coef = entry_row[single], entry_col[single], value[single]
+        eq = self.s_rows < int(self.dims.zero)
+        self.s_upper = eq | (self.s_coef > 0)  # rows that bound their variable above
+        self.s_lower = eq | (self.s_coef < 0)
+        self.keep = np.setdiff1d(np.arange(self.m), self.s_rows)
+
+    def _highs_bounds(self, b: np.ndarray, inf: float) -> tuple[np.ndarray, np.ndarray]:
+        lb, ub = self.bounds()
+        lb = np.full(self.n, -inf) if lb is None else lb.copy()
+        ub = np.full(self.n, inf) if ub is None else ub.copy()
+        v = b[self.s_rows] / self.s_coef
+        np.minimum.at(ub, self.s_cols[self.s_upper], v[self.s_upper])
+        np.maximum.at(lb, self.s_cols[self.s_lower], v[self.s_lower])
+        # An equality row meeting the variable's own bound can cross it by rounding (b / a): not a conflict.
+        cross = (lb > ub) & (lb - ub <= 1e-12 * np.maximum(1.0, np.abs(lb)))
+        ub[cross] = lb[cross]
+        return lb, ub
+
+    def _highs(self, c, d, A, b, *, warm_start: bool):
+        import highspy
+        from cvxpy.reductions.solvers.conic_solvers.highs_conif import HIGHS
+
+        if not hasattr(self, "keep"):
+            self._singletons()
+        inf = highspy.kHighsInf
+        eq = int(self.dims.zero)
+        rows_b = b[self.keep]
+        lower = np.where(self.keep < eq, rows_b, -inf)
+        lb, ub = self._highs_bounds(b, inf)
+        if np.any(lb > ub):  # two bounds of one variable conflict: infeasible, nothing to hand to HiGHS
+            return cp.INFEASIBLE, float("nan"), None, 0.0
+        h = self.engine
+        if h is None or not warm_start or not self.a_constant:
+            basis = None if h is None or not warm_start else h.getBasis()
+            h = highspy.Highs()
+            h.setOptionValue("log_to_console", False)
+            h.setOptionValue("output_flag", False)
+            for name, value in self.options.items():
+                if h.setOptionValue(name, value) == highspy.HighsStatus.kError:
+                    raise ValueError(f"HIGHS option {name}={value!r} refused")
+            A_rows = sp.csc_matrix(A.tocsr()[self.keep])
+            lp = highspy.HighsLp()
+            lp.num_col_, lp.num_row_ = self.n, len(self.keep)
+            lp.col_cost_, lp.col_lower_, lp.col_upper_ = c, lb, ub
+            lp.row_lower_, lp.row_upper_ = lower, rows_b
+            lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+            lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A_rows.indptr, A_rows.indices, A_rows.data
+            h.passModel(lp)
+            if basis is not None and basis.valid:
+                h.setBasis(basis)
+        else:  # only costs and bounds change: keep the model and its basis
+            pc, pb, plb, pub = self.prev
+            changes = []
+            cols = np.flatnonzero(c != pc).astype(np.int32)
+            if cols.size:
+                changes.append(h.changeColsCost(cols.size, cols, c[cols]))
+            rows = np.flatnonzero(rows_b != pb).astype(np.int32)
+            if rows.size:
+                changes.append(h.changeRowsBounds(rows.size, rows, lower[rows], rows_b[rows]))
+            cols = np.flatnonzero((lb != plb) | (ub != pub)).astype(np.int32)
+            if cols.size:
+                changes.append(h.changeColsBounds(cols.size, cols, lb[cols], ub[cols]))
+            if highspy.HighsStatus.kError in changes:  # the model would be the previous one: do not solve it
+                self.engine = None
+                raise ValueError("HiGHS refused the new costs or bounds")
+        self.prev = (c.copy(), rows_b.copy(), lb, ub)
+        self.engine = h
+        start = time.perf_counter()
+        h.run()
+        solve_time = time.perf_counter() - start
+        status = HIGHS.STATUS_MAP.get(h.getModelStatus().name, cp.SOLVER_ERROR)
+        x = np.asarray(h.getSolution().col_value) if status in ACCEPTED_STATUSES else None
+        return status, float(h.getInfo().objective_function_value) + d, x, solve_time
+
+
+class _NotDirect(Exception):
+    """The canonical form cannot be re-solved directly: the model keeps cvxpy's own path."""
 
 
 def _dump_proof_throughput_cost(w: DispatchWeights, round_trip: np.ndarray, *, has_pv: bool) -> np.ndarray:

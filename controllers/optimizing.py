@@ -102,6 +102,7 @@ class OptimizingController:
             head_limit=spec.limits.p_head_max_mw is not None,
             feed_in=self.feed_in,
         )
+        self._asset_index = pd.Index(spec.assets.index, name="asset_id")
         if self.solver == "HIGHS" and not _is_lp(self.model):
             raise ValueError("solver HIGHS: the dispatch model is not an LP")
         self.last_solution = None
@@ -121,10 +122,15 @@ class OptimizingController:
             "monitored_buses": inputs.v_rows,
             "monitored_branches": inputs.l_rows,
         }
-        p_mw = solution.first_p_mw.reindex(self.spec.assets.index).astype(float)
-        p_mw.index.name = "asset_id"
+        if solution.asset_ids.equals(self._asset_index):  # the model's table is the spec's (always, from reset)
+            p_mw = pd.Series(solution.p[:, 0], index=self._asset_index, name="p_mw", dtype=float)
+            schedule = pd.DataFrame(solution.p[:, 1:], index=self._asset_index, columns=solution.periods[1:])
+        else:
+            p_mw = solution.first_p_mw.reindex(self.spec.assets.index).astype(float)
+            p_mw.index.name = "asset_id"
+            schedule = solution.p_mw.iloc[:, 1:]
         return Dispatch(p_mw=p_mw, q_mvar=pd.Series(dtype=float), diagnostics=MappingProxyType(diagnostics),
-                        schedule_mw=solution.p_mw.iloc[:, 1:])
+                        schedule_mw=schedule)
 
 
 def _is_lp(model: DispatchModel) -> bool:

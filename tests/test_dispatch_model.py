@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -379,3 +380,155 @@ def test_feed_in_objective_reports_the_tariff_cost_without_flexibility() -> None
     model = DispatchModel.build(assets, step=HOUR, horizon=2, weights=NO_REG, feed_in=True)
     sol = model.solve(model.inputs_from_observation(obs))
     assert sol.objective_eur == pytest.approx(80.0, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- direct re-solves
+# DispatchModel.solve re-solves CLARABEL and HIGHS through the canonical form cvxpy built at the first solve
+# (_Canonical); solve(direct=False) is cvxpy's own problem.solve, the reference here.
+SEEDED = table(
+    b1=asset(AssetKind.BATTERY, e_max_mwh=1.0, eta_charge=0.9, eta_discharge=0.92, soc_min=0.1, soc_max=0.9),
+    b2=asset(AssetKind.BATTERY, bus=3, p_max_mw=0.5, e_max_mwh=2.0, eta_charge=0.95, eta_discharge=0.95),
+    ev1=asset(AssetKind.EV_CHARGER, bus=2, v2g=True, eta_charge=0.9, eta_discharge=0.9),
+    ev2=asset(AssetKind.EV_CHARGER, bus=3, p_max_mw=0.7, eta_charge=0.95),
+    f1=asset(AssetKind.FLEX_LOAD, bus=2, flex_window=2 * HOUR),
+    pv1=asset(AssetKind.PV, bus=2, p_max_mw=1.5),
+    pv2=asset(AssetKind.PV, bus=3, p_max_mw=0.8),
+)
+
+
+def seeded_observations(seed: int, n: int, horizon: int = 8, *, network: bool = True) -> list[Observation]:
+    """A receding horizon of ``n`` observations: prices, base load, PV, SOC and EV needs drawn from ``seed``;
+    with ``network``, a 3-bus dV/dP whose values change every time (the model's A changes too)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        prices = list(rng.uniform(-20.0, 120.0, horizon))
+        state = {"b1": {"soc_mwh": rng.uniform(0.1, 0.9)}, "b2": {"soc_mwh": rng.uniform(0.0, 2.0)},
+                 "ev1": {"ev_connected": True, "ev_energy_needed_mwh": rng.uniform(0.2, 2.0),
+                         "ev_departure": T0 + rng.integers(2, horizon + 3) * HOUR},
+                 "ev2": {"ev_connected": bool(rng.integers(0, 2)), "ev_energy_needed_mwh": rng.uniform(0.0, 1.5),
+                         "ev_departure": T0 + rng.integers(1, horizon) * HOUR},
+                 "f1": {"flex_backlog_mwh": rng.uniform(0.0, 0.3)}}
+        sens = None
+        if network:
+            dv = -np.diag(rng.uniform(0.01, 0.04, 3)) - rng.uniform(0.0, 0.01, (3, 3))
+            buses = [1, 2, 3]
+            sens = Sensitivities(
+                vm_pu=pd.Series(rng.uniform(0.98, 1.06, 3), index=buses),
+                dvm_dp_pu_per_mw=pd.DataFrame(dv, index=buses, columns=buses),
+                dvm_dq_pu_per_mvar=pd.DataFrame(0.5 * dv, index=buses, columns=buses),
+                loading_percent=pd.Series(rng.uniform(40.0, 95.0, 1), index=["l0"]),
+                dloading_dp_percent_per_mw=pd.DataFrame(rng.uniform(5.0, 30.0, (1, 3)), index=["l0"], columns=buses),
+                p_bus_mw=pd.Series(rng.uniform(-0.5, 0.5, 3), index=buses),
+                q_bus_mvar=pd.Series(0.0, index=buses),
+            )
+        obs = observe(SEEDED, prices, state=state, sensitivities=sens,
+                      base_load_mw={1: list(rng.uniform(0.2, 1.5, horizon)), 3: list(rng.uniform(0.0, 0.5, horizon))},
+                      pv_avail_mw={"pv1": list(rng.uniform(0.0, 1.5, horizon)), "pv2": list(rng.uniform(0.0, 0.8, horizon))},
+                      flex_base_mw={"f1": list(rng.uniform(0.0, 0.6, horizon))},
+                      limits=NetworkLimits(p_head_max_mw=float(rng.uniform(1.5, 3.0))))
+        out.append(dataclasses.replace(obs, signals={"feed_in_eur_per_mwh": 30.0, "billed_peak_mw": 0.5}))
+    return out
+
+
+SEEDED_BUILD = dict(weights=DispatchWeights(demand_charge_eur_per_mw=20.0), head_limit=True, feed_in=True)
+
+
+def built(*, network: bool, horizon: int = 8) -> DispatchModel:
+    return DispatchModel.build(SEEDED, step=HOUR, horizon=horizon, n_voltage_rows=2 if network else 0,
+                               n_loading_rows=1 if network else 0, network_periods=4, **SEEDED_BUILD)
+
+
+@pytest.mark.parametrize("network", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_direct_clarabel_re_solves_give_cvxpys_solution(seed: int, network: bool) -> None:
+    fast, reference = built(network=network), built(network=network)
+    for obs in seeded_observations(seed, 4, network=network):
+        inputs = fast.inputs_from_observation(obs)
+        got, want = fast.solve(inputs), reference.solve(inputs, direct=False)
+        assert got.status == want.status == "optimal", (got.reason, want.reason)
+        # Same data, settings and solver calls as cvxpy's Clarabel interface: the same numbers.
+        np.testing.assert_allclose(got.p, want.p, rtol=0, atol=1e-9)
+        assert got.objective_eur == pytest.approx(want.objective_eur, rel=1e-9, abs=1e-9)
+        assert want.objective_eur == pytest.approx(reference.problem.value, rel=1e-12)
+        for name in ("soc_mwh", "flex_backlog_mwh", "pv_curtail_mw"):
+            pd.testing.assert_frame_equal(getattr(got, name), getattr(want, name), rtol=0, atol=1e-9)
+        pd.testing.assert_series_equal(got.ev_unmet_mwh, want.ev_unmet_mwh, rtol=0, atol=1e-9)
+        assert (got.max_voltage_slack_pu, got.max_head_slack_mw) == pytest.approx(
+            (want.max_voltage_slack_pu, want.max_head_slack_mw), abs=1e-9)
+    # The fast path was taken (not a silent fall back to problem.solve).
+    assert list(fast._direct.values()) and all(c is not None for c in fast._direct.values())
+
+
+@pytest.mark.parametrize("network", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_warm_started_highs_reaches_clarabels_optimum(seed: int, network: bool) -> None:
+    # HiGHS re-runs from the previous basis; the optimum may be a face (another vertex of it is as good),
+    # so the objective is compared, to 1e-6 relative.
+    fast, reference = built(network=network), built(network=network)
+    for obs in seeded_observations(seed, 5, network=network):
+        inputs = fast.inputs_from_observation(obs)
+        got, want = fast.solve(inputs, solver="HIGHS"), reference.solve(inputs, direct=False)
+        assert got.status == want.status == "optimal", (got.reason, want.reason)
+        assert got.objective_eur == pytest.approx(want.objective_eur, rel=1e-6, abs=1e-6)
+        # The HiGHS plan is feasible: its objective, evaluated by cvxpy at the plan, is the one reported.
+        assert not got.fallback and np.all(np.isfinite(got.p))
+    assert all(c is not None and c.engine is not None for c in fast._direct.values())
+
+
+def test_warm_started_highs_gives_the_unique_arbitrage_optimum_after_other_prices() -> None:
+    # The hand-worked case (charge 1 MW at 10, unique optimum) reached from the bases of other price curves.
+    model = DispatchModel.build(BATTERY, step=HOUR, horizon=4, weights=NO_REG)
+    for prices in ([50, 10, 50, 10], [30, 30, 30, 30], [10, 50, 10, 50]):
+        sol = model.solve(model.inputs_from_observation(observe(BATTERY, prices)), solver="HIGHS")
+    assert sol.status == "optimal"
+    np.testing.assert_allclose(sol.p_mw.loc["b1"].to_numpy()[:1], [1.0], atol=1e-6)
+    assert sol.objective_eur == pytest.approx(-61.0, rel=1e-6)
+
+
+def test_a_quadratic_model_keeps_cvxpys_path() -> None:
+    # The proximal term makes it a QP: not re-solved directly, and the result is problem.solve's.
+    model = DispatchModel.build(BATTERY, step=HOUR, horizon=4, proximal=True)
+    inputs = model.inputs_from_observation(observe(BATTERY, [10, 50, 10, 50]))
+    prox = Proximal(rho=10.0, z_mw=pd.DataFrame([[0.3, -0.1, 0.3, -0.1]], index=["b1"]))
+    got = model.solve(inputs, proximal=prox)
+    assert list(model._direct.values()) == [None]
+    assert got.objective_eur == pytest.approx(float(model.problem.value), rel=1e-12)
+    reference = DispatchModel.build(BATTERY, step=HOUR, horizon=4, proximal=True).solve(inputs, proximal=prox,
+                                                                                      direct=False)
+    np.testing.assert_allclose(got.p, reference.p, atol=1e-9)
+
+
+def test_a_failed_direct_solve_falls_back_like_cvxpys() -> None:
+    model = DispatchModel.build(BATTERY, step=HOUR, horizon=4)
+    inputs = model.inputs_from_observation(observe(BATTERY, [10, 50, 10, 50]))
+    got = model.solve(inputs, solver_options={"max_iter": 1})
+    want = DispatchModel.build(BATTERY, step=HOUR, horizon=4).solve(inputs, solver_options={"max_iter": 1},
+                                                                     direct=False)
+    assert got.fallback and want.fallback
+    assert (got.status, got.reason) == (want.status, want.reason)
+    # An infeasible LP through warm-started HiGHS: the fallback, with cvxpy's status name.
+    bad = dataclasses.replace(inputs, bat_soc0_mwh=np.array([5.0]))
+    for solver in ("CLARABEL", "HIGHS"):
+        sol = model.solve(bad, solver=solver)
+        assert sol.fallback and sol.status == "infeasible", (solver, sol.status)
+
+
+def test_a_direct_path_that_breaks_falls_back_to_cvxpys_own_solve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct path reads cvxpy's internals; if another cvxpy version lays them out otherwise, the re-solve
+    is cvxpy's problem.solve (the right numbers), not a fallback dispatch and not an exception."""
+    from controllers import dispatch_model
+
+    fast, reference = built(network=True), built(network=True)
+    observations = seeded_observations(5, 2)
+    fast.solve(fast.inputs_from_observation(observations[0]))  # builds the direct state
+
+    def broken(self: Any, **_: Any) -> Any:
+        raise AttributeError("'ParamConeProg' object has no attribute 'reduced_A'")
+
+    monkeypatch.setattr(dispatch_model._Canonical, "solve", broken)
+    inputs = fast.inputs_from_observation(observations[1])
+    got, want = fast.solve(inputs), reference.solve(inputs, direct=False)
+    assert got.status == "optimal" and not got.fallback
+    assert got.objective_eur == pytest.approx(want.objective_eur, rel=1e-9)
+    assert all(v is None for v in fast._direct.values())  # cvxpy's path from now on
