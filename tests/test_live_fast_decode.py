@@ -166,3 +166,36 @@ def test_the_fast_signer_signs_exactly_as_cryptography() -> None:
         message = message[:size]
         assert signer_for(key)(message) == key.sign(message)
     assert BACKEND in ("libsodium", "cryptography")
+
+
+def test_the_wire_path_gives_the_reference_archive_and_samples(tmp_path: Path) -> None:
+    """``ingest_wire`` (MqttIngest's path: parallel topics, payloads and receive times, no result objects) judges
+    the corpus exactly as the per-message reference does."""
+    corpus = _corpus()
+    reference = _run(tmp_path, "reference-wire", reference=True)
+    ingestor = Ingestor.open(tmp_path / "wire.db", keys=registry_for(FLEET))
+    try:
+        assert ingestor.ingest_wire([m.topic for m in corpus], [m.payload for m in corpus],
+                                    [m.received_at for m in corpus]) == len(corpus)
+        samples = ingestor.take_samples().values.tolist()
+        columns = "received_at, topic, payload, channel, device_id, seq, device_ts, verdict, reason, detail"
+        rows = ingestor.archive._db.execute(f"SELECT {columns} FROM raw_messages ORDER BY id").fetchall()
+        assert (samples, rows) == (reference[1], reference[2])
+        assert ingestor.stats().by_verdict == {"accepted": 14, "duplicate": 1, "rejected": len(corpus) - 15}
+    finally:
+        ingestor.close()
+
+
+def test_the_wire_path_refuses_a_naive_receive_time_before_judging(tmp_path: Path) -> None:
+    ingestor = Ingestor.open(tmp_path / "naive.db", keys=registry_for(FLEET))
+    try:
+        good = raw(A, signed_telemetry(A, seq=0, ts=T0), received_at=T0)
+        naive = "received_at datetime.datetime\\(2024, 6, 1, 12, 0\\) must be timezone-aware"
+        with pytest.raises(ValueError, match=naive):
+            ingestor.ingest_wire([good.topic, good.topic], [good.payload, good.payload], [T0, T0.replace(tzinfo=None)])
+        with pytest.raises(ValueError, match="one entry a message, got 1, 1 and 2"):
+            ingestor.ingest_wire([good.topic], [good.payload], [T0, T0])
+        assert ingestor.received == 0 and ingestor.archive.count() == 0  # nothing judged, nothing archived
+        assert ingestor.ingest_batch([good])[0].verdict.value == "accepted"  # seq 0 is still new
+    finally:
+        ingestor.close()

@@ -166,3 +166,194 @@ def test_the_dashboard_status_line_shows_the_live_backlog(tmp_path: Path) -> Non
     assert (line.children, line.className) == (" · live: behind 7.5 s, ingest queue 0, telemetry gaps 0",
                                                "badge badge-warning")
     assert json.loads((tmp_path / "status.json").read_text())["live"]["behind_s"] == 7.5
+
+
+# --- the ingest's bulk read path (twin.live.mqtt.BulkReadClient) ---------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _publish_packet(topic: str, payload: bytes, *, qos: int = 0, mid: int = 0,
+                    properties: bytes | None = None) -> bytes:
+    body = len(topic.encode()).to_bytes(2, "big") + topic.encode()
+    if qos:
+        body += mid.to_bytes(2, "big")
+    if properties is not None:  # MQTT 5: property length, then the properties
+        body += _varint(len(properties)) + properties
+    body += payload
+    return bytes([0x30 | (qos << 1)]) + _varint(len(body)) + body
+
+
+class _ChunkedSocket:
+    """A socket stand-in that returns a byte stream in chunks of the given size, then would block."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self._chunks = [data[i:i + chunk] for i in range(0, len(data), chunk)]
+
+    def recv(self, _bufsize: int) -> bytes:
+        if not self._chunks:
+            raise BlockingIOError
+        return self._chunks.pop(0)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_the_bulk_reader_hands_over_every_publish_whatever_the_read_boundaries(protocol: str) -> None:
+    import paho.mqtt.client as paho
+
+    from twin.live.broker import BrokerCredentials
+    from twin.live.mqtt import BULK_READ, make_client
+
+    assert BULK_READ  # the paho pinned by pyproject has the read path the ingest builds on
+    v5 = protocol == "5"
+    props = {0: b"", 1: b"\x01\x01", 2: b"\x26\x00\x01k\x00\x01v"}  # none; payload format; a user property
+    expected = []
+    stream = b""
+    for k in range(40):
+        topic = f"der/s/battery/dev{k % 7:04d}/telemetry"
+        payload = b'{"seq":%d}' % k + b"x" * (k * 9)  # 10 B to 360 B: remaining lengths of 1 and 2 bytes
+        qos, mid = k % 2, (k + 1) if k % 2 else 0
+        stream += _publish_packet(topic, payload, qos=qos, mid=mid, properties=props[k % 3] if v5 else None)
+        expected.append((topic, payload, mid, qos))
+        if k == 20:
+            stream += b"\xd0\x00"  # PINGRESP between publishes: paho's own handler takes it
+    for chunk in (1, 2, 3, 5, 64, 1000, len(stream)):
+        got: list[tuple[str, bytes, int, int]] = []
+        reads: list[datetime] = []
+
+        def on_publishes(publishes, received_at):  # type: ignore[no-untyped-def]
+            got.extend(publishes)
+            reads.append(received_at)
+
+        client = make_client(client_id="bulk-test", credentials=BrokerCredentials(username="u", password="p"),
+                             protocol=paho.MQTTv5 if v5 else paho.MQTTv311, on_publishes=on_publishes)
+        client._sock = _ChunkedSocket(stream, chunk)  # type: ignore[assignment]
+        for _ in range(len(stream) + 1):
+            client._packet_read()
+        client._sock = None
+        assert got == expected, chunk
+        assert all(t.tzinfo is UTC for t in reads)
+        # A hand-over a read (one more where the PINGRESP splits one), not a call a message:
+        assert len(reads) <= min(len(expected), -(-len(stream) // chunk) + 1)
+        if chunk == len(stream):
+            assert [len(publishes) for publishes in (got[:21], got[21:])] == [21, 19] and len(reads) == 2
+
+
+def _raw_session(broker: MosquittoBroker, device_id: str):  # type: ignore[no-untyped-def]
+    """A device's MQTT 3.1.1 session on a bare socket (CONNECT by hand): publishing costs only a send."""
+    import socket
+
+    def field(text: str) -> bytes:
+        return len(text.encode()).to_bytes(2, "big") + text.encode()
+
+    body = (field("MQTT") + b"\x04\xc2\x00\x00" + field(f"raw-{device_id}") + field(device_id)
+            + field(broker.credentials(device_id).password))
+    sock = socket.create_connection((broker.host, broker.port), timeout=10)
+    sock.sendall(b"\x10" + _varint(len(body)) + body)
+    ack = b""
+    while len(ack) < 4:
+        ack += sock.recv(4 - len(ack))
+    assert ack == b"\x20\x02\x00\x00", ack  # CONNACK, accepted
+    return sock
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_qos0_flood_with_bad_messages_is_archived_whole_with_verdicts(broker: MosquittoBroker, tmp_path: Path,
+                                                                        protocol: str) -> None:
+    """6,000 pre-signed telemetry messages sent as fast as the sockets take them (QoS 0), every 50th altered
+    after signing, every 97th not JSON, every 89th without its signature: every message archived once with its
+    verdict, the bad ones rejected with their reason, the gaps they leave counted."""
+    from twin.live.device import encode_payload
+    from twin.live.messages import Channel
+    from twin.live.signing import sign_payload
+
+    fleet, rounds = FLEET[:60], 100
+    ingestor = Ingestor.open(tmp_path / "flood.sqlite", keys=registry_for(fleet))
+    ingest = MqttIngest(ingestor=ingestor, host=broker.host, port=broker.port, credentials=broker.twin_credentials,
+                        client_id=f"flood-{protocol}-{tmp_path.name}", clean_start=True, telemetry_qos=0,
+                        devices=fleet, protocol=protocol, max_batch=500)  # type: ignore[arg-type]
+    ingest.start(timeout_s=30)
+    sockets = [_raw_session(broker, d.device_id) for d in fleet]
+    t0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+    frames, kinds = [], []
+    n = 0
+    for k in range(rounds):
+        for device in fleet:
+            n += 1
+            topic = device.topic(Channel.TELEMETRY)
+            ts = (t0 + timedelta(seconds=k)).isoformat().replace("+00:00", "Z")
+            payload = sign_payload({"device_id": device.device_id, "seq": k, "ts": ts, "p_kw": 0.25 * k, "q_kvar": 0.0,
+                                    "e_imp_kwh": float(k), "e_exp_kwh": 0.0},
+                                   topic=topic, private_key=device_key(device.device_id))
+            if n % 50 == 0:
+                payload["p_kw"] = -1.0  # altered after signing
+                kind = "bad_signature"
+            elif n % 97 == 0:
+                kind = "bad_json"
+            elif n % 89 == 0:
+                del payload["sig"]
+                kind = "unsigned"
+            else:
+                kind = "accepted"
+            body = b"{not json" if kind == "bad_json" else encode_payload(payload)
+            topic_b = topic.encode()
+            packet = len(topic_b).to_bytes(2, "big") + topic_b + body
+            frames.append((sockets[fleet.index(device)], b"\x30" + _varint(len(packet)) + packet))
+            kinds.append((device.device_id, k, kind))
+    try:
+        for sock, frame in frames:
+            sock.sendall(frame)
+        total = len(frames)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with ingest.locked() as judged:
+                if judged.archive.count(channel="telemetry") >= total:
+                    break
+            time.sleep(0.05)
+        time.sleep(0.3)  # anything beyond the total (there must be nothing) would arrive meanwhile
+        stats = ingest.stats()
+    finally:
+        for sock in sockets:
+            sock.close()
+        ingest.stop()
+    try:
+        from collections import Counter
+
+        expected = Counter(kind for _, _, kind in kinds)
+        assert expected["bad_signature"] == 120 and expected["bad_json"] > 50 and expected["unsigned"] > 50
+        rows = ingestor.archive._db.execute(
+            "SELECT device_id, seq, verdict, reason, detail FROM raw_messages WHERE channel='telemetry'").fetchall()
+        assert len(rows) == len(frames)  # nothing lost, nothing twice
+        # every message the ingest judged is in the archive (also statuses retained by earlier tests, if any)
+        assert stats.received == ingestor.archive.count() >= len(frames)
+        got = Counter("accepted" if verdict == "accepted" else reason for _, _, verdict, reason, _ in rows)
+        assert got == expected
+        by_message = {(d, s): (v, r) for d, s, v, r, _ in rows if s is not None}
+        for device_id, seq, kind in kinds:
+            if kind in ("bad_signature", "unsigned", "accepted"):  # a bad-JSON message has no readable seq
+                verdict, reason = by_message[(device_id, seq)]
+                assert (verdict, reason or "accepted") == ("rejected" if kind != "accepted" else "accepted", kind)
+        details = {reason: detail for _, _, verdict, reason, detail in rows if verdict == "rejected"}
+        assert "field 'sig'" in details["bad_signature"] and "bad_signature" in details["bad_signature"]
+        assert "not JSON" in details["bad_json"]
+        # A rejected message is no evidence of its seq: each one between a device's lowest and highest accepted
+        # seq is a gap.
+        good: dict[str, list[int]] = {}
+        for device_id, seq, kind in kinds:
+            if kind == "accepted":
+                good.setdefault(device_id, []).append(seq)
+        gaps = {d: max(seqs) - min(seqs) + 1 - len(seqs) for d, seqs in good.items()}
+        assert stats.missing_seqs == gaps and 200 < stats.total_missing <= total - expected["accepted"]
+        samples = ingestor.take_samples()
+        p = samples[samples["quantity"] == "p_kw"]
+        assert len(p) == expected["accepted"] and (p["value"] == 0.25 * p["seq"]).all()
+        assert ingestor.archive.count(channel="telemetry", verdict="rejected") == total - expected["accepted"]
+        assert stats.by_reason == {k: n for k, n in expected.items() if k != "accepted"}
+    finally:
+        ingestor.close()

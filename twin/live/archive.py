@@ -45,6 +45,9 @@ BEGIN SELECT RAISE(ABORT, 'raw_messages is append-only'); END;
 
 _COLUMNS = ("received_at", "topic", "payload", "channel", "device_id", "seq", "device_ts", "verdict", "reason", "detail",
             "transport", "canonical")
+#: Column order of ``append_values`` rows.
+COLUMNS = _COLUMNS
+_INSERT = f"INSERT INTO raw_messages ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
 #: Columns added after the first archives were written: an older archive gains them (with their defaults) on open.
 _ADDED = {"transport": "TEXT NOT NULL DEFAULT 'mqtt'", "canonical": "TEXT"}
 
@@ -98,13 +101,16 @@ class TelemetryArchive:
 
     def append(self, rows: Sequence[ArchiveRow]) -> list[int]:
         """Insert ``rows`` in one transaction (one ``executemany``); return their ids."""
-        placeholders = ",".join("?" * len(_COLUMNS))
-        sql = f"INSERT INTO raw_messages ({','.join(_COLUMNS)}) VALUES ({placeholders})"
+        return self.append_values([tuple(getattr(row, column) for column in _COLUMNS) for row in rows])
+
+    def append_values(self, rows: Sequence[tuple[object, ...]]) -> list[int]:
+        """``append`` for rows given as tuples in ``COLUMNS`` order (the ingest's batched path builds no
+        ``ArchiveRow``): one transaction, one ``executemany``; return their ids."""
         if not rows:
             return []
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany(sql, [tuple(getattr(row, column) for column in _COLUMNS) for row in rows])
+            self._db.executemany(_INSERT, rows)
             # One writer inside an IMMEDIATE transaction on a rowid table without deletes: the new rows took
             # consecutive ids ending at the last one inserted.
             last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])

@@ -10,7 +10,6 @@ never rejected here, so the fast path can only be faster, never stricter or loos
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 from collections.abc import Sequence
@@ -32,49 +31,39 @@ _decode = msgspec.json.decode
 # (floats by shortest round-trip repr in both). Where they could differ the signature check fails here and the
 # message goes to the oracle, which builds the canonical bytes with Python's json.
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
-_REQUIRED = ("device_id", "seq", "ts", "p_kw", "q_kvar", "e_imp_kwh", "e_exp_kwh")
-_ALLOWED = frozenset((*_REQUIRED, "soc_pct", "v_pu", SIG_FIELD))
+_b64decode = binascii.a2b_base64
+_REQUIRED = frozenset(("device_id", "seq", "ts", "p_kw", "q_kvar", "e_imp_kwh", "e_exp_kwh"))
+_ALLOWED = frozenset((*_REQUIRED, "soc_pct", "v_pu"))  # besides ``sig``, which is taken out first
 _ZERO = timedelta(0)
+_isfinite = math.isfinite
+
+#: One accepted telemetry message of a batch, as plain values (no model object):
+#: (index in the batch, device_id, seq, ts, ts as the archive writes it, p_kw, q_kvar, v_pu, soc_pct,
+#: e_imp_kwh, e_exp_kwh), the quantities in ``twin.telemetry.Quantity`` order, None where the device sent none.
+FastSample = tuple[int, str, int, datetime, str, float, float, float | None, float | None, float, float]
 
 
 def _number(value: Any) -> bool:
     # JSON numbers decode to int or float; bool is an int subclass the schema refuses as a number only in
     # strict fields, so any bool goes to the oracle.
     t = type(value)
-    return (t is float and math.isfinite(value)) or t is int
+    return (t is float and _isfinite(value)) or t is int
 
 
-def _telemetry(raw: dict[str, Any], ts: datetime) -> TelemetryPayload | None:
-    """The payload, when every field passes the schema's checks (``messages.TelemetryPayload``), else None."""
-    if not all(key in _ALLOWED for key in raw) or not all(key in raw for key in _REQUIRED):
-        return None
-    seq, device_id = raw["seq"], raw["device_id"]
-    if type(seq) is not int or not 0 <= seq < 2**63 or type(device_id) is not str or not _SEGMENT.match(device_id):
-        return None
-    p, q, e_imp, e_exp = raw["p_kw"], raw["q_kvar"], raw["e_imp_kwh"], raw["e_exp_kwh"]
-    if not (_number(p) and _number(q) and _number(e_imp) and _number(e_exp) and e_imp >= 0 and e_exp >= 0):
-        return None
-    soc, v = raw.get("soc_pct"), raw.get("v_pu")
-    if soc is not None and not (_number(soc) and 0.0 <= soc <= 100.0):
-        return None
-    if v is not None and not (_number(v) and 0.0 < v < 2.0):
-        return None
-    return TelemetryPayload.model_construct(
-        device_id=device_id, sig=raw[SIG_FIELD], seq=seq, ts=ts, p_kw=float(p), q_kvar=float(q),
-        soc_pct=None if soc is None else float(soc), v_pu=None if v is None else float(v),
-        e_imp_kwh=float(e_imp), e_exp_kwh=float(e_exp),
-    )
-
-
-def _parse_ts(value: Any) -> datetime | None:
-    """A UTC ISO 8601 time with microseconds at most (what devices send), else None (the oracle decides)."""
+def _parse_ts(value: Any) -> tuple[datetime, str] | None:
+    """A UTC ISO 8601 time with microseconds at most (what devices send), and its archive form
+    (``+00:00``, microseconds), else None (the oracle decides)."""
     if type(value) is not str or not value.endswith("Z") or len(value) > 27:
         return None
     try:
         ts = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return ts if ts.utcoffset() == _ZERO else None
+    if ts.utcoffset() != _ZERO:
+        return None
+    if len(value) == 27 and value[19] == ".":  # already microseconds: only the zone suffix differs
+        return ts, value[:26] + "+00:00"
+    return ts, ts.isoformat(timespec="microseconds")
 
 
 class FastTelemetryDecoder:
@@ -103,50 +92,88 @@ class FastTelemetryDecoder:
                 self._topics[topic] = entry
         return entry
 
-    def decode(self, messages: Sequence[RawMessage]) -> tuple[dict[int, TelemetryPayload], list[int]]:
-        """(index → accepted telemetry payload, indices left to the oracle), for ``messages`` in order."""
-        pending: list[tuple[int, Verifier, bytes, bytes, dict[str, Any], datetime]] = []
+    def decode_wire(self, topics: Sequence[str], payloads: Sequence[bytes]) -> tuple[list[FastSample], list[int]]:
+        """(accepted telemetry as plain values, indices left to the oracle) of one batch given as parallel
+        sequences of topics and payload bytes, in order. No per-message object is built beyond the decoded
+        JSON and the returned tuple."""
+        pending: list[tuple[int, Verifier, bytes, bytes, dict[str, Any], datetime, str, str]] = []
         rest: list[int] = []
-        for i, message in enumerate(messages):
-            entry = self._topic(message.topic)
-            if entry is None:
-                rest.append(i)
-                continue
+        cache, keys_get, topic_entry = self._topics, self._keys.get, self._topic
+        decode, encode, b64decode, parse_ts = _decode, _encode_sorted, _b64decode, _parse_ts
+        for i, topic in enumerate(topics):
+            entry = cache.get(topic)
+            if entry is None or keys_get(entry[0]) is not entry[1]:
+                entry = topic_entry(topic)
+                if entry is None:
+                    rest.append(i)
+                    continue
             try:
-                raw = _decode(message.payload)
+                raw = decode(payloads[i])
             except msgspec.DecodeError:
                 rest.append(i)
                 continue
             if type(raw) is not dict:
                 rest.append(i)
                 continue
-            sig = raw.get(SIG_FIELD)
-            ts = _parse_ts(raw.get("ts"))
-            if type(sig) is not str or len(sig) != 88 or ts is None or raw.get("device_id") != entry[0]:
+            device_id = entry[0]
+            sig = raw.pop(SIG_FIELD, None)
+            parsed = parse_ts(raw.get("ts"))
+            if type(sig) is not str or len(sig) != 88 or parsed is None or raw.get("device_id") != device_id:
                 rest.append(i)
                 continue
             try:
-                signature = base64.b64decode(sig, validate=True)
-            except (binascii.Error, ValueError):
+                # a2b_base64 in strict mode is b64decode(validate=True) without its Python wrapper
+                signature = b64decode(sig, strict_mode=True)
+                canonical = entry[2] + encode(raw)  # raw without sig: the body the signature covers
+            except (binascii.Error, ValueError, TypeError, msgspec.EncodeError):
                 rest.append(i)
                 continue
-            body = {k: v for k, v in raw.items() if k != SIG_FIELD}
-            try:
-                canonical = entry[2] + _encode_sorted(body)
-            except (msgspec.EncodeError, TypeError, ValueError):
-                rest.append(i)
-                continue
-            pending.append((i, entry[3], signature, canonical, raw, ts))
-        accepted: dict[int, TelemetryPayload] = {}
+            pending.append((i, entry[3], signature, canonical, raw, parsed[0], parsed[1], device_id))
+        accepted: list[FastSample] = []
         # The batch's signatures in one loop over pre-built keys and bytes: nothing else runs between them.
-        for i, verify, signature, canonical, raw, ts in pending:
+        for i, verify, signature, canonical, raw, ts, ts_text, device_id in pending:
             if not verify(signature, canonical):
                 rest.append(i)
                 continue
-            payload = _telemetry(raw, ts)
-            if payload is None:
+            sample = _checked(raw, i, device_id, ts, ts_text)
+            if sample is None:
                 rest.append(i)
             else:
-                accepted[i] = payload
+                accepted.append(sample)
         rest.sort()
         return accepted, rest
+
+    def decode(self, messages: Sequence[RawMessage]) -> tuple[dict[int, TelemetryPayload], list[int]]:
+        """(index → accepted telemetry payload, indices left to the oracle), for ``messages`` in order (the
+        ``decode_wire`` verdicts as payload models, for callers that want them)."""
+        accepted, rest = self.decode_wire([m.topic for m in messages], [m.payload for m in messages])
+        return {s[0]: _payload(s) for s in accepted}, rest
+
+
+def _checked(raw: dict[str, Any], i: int, device_id: str, ts: datetime, ts_text: str) -> FastSample | None:
+    """The sample, when every field passes the schema's checks (``messages.TelemetryPayload``), else None."""
+    keys = raw.keys()
+    if not keys <= _ALLOWED or not _REQUIRED <= keys:
+        return None
+    seq = raw["seq"]
+    if type(seq) is not int or not 0 <= seq < 2**63 or not _SEGMENT.match(device_id):
+        return None
+    p, q, e_imp, e_exp = raw["p_kw"], raw["q_kvar"], raw["e_imp_kwh"], raw["e_exp_kwh"]
+    if not (_number(p) and _number(q) and _number(e_imp) and _number(e_exp) and e_imp >= 0 and e_exp >= 0):
+        return None
+    soc, v = raw.get("soc_pct"), raw.get("v_pu")
+    if soc is not None:
+        if not (_number(soc) and 0.0 <= soc <= 100.0):
+            return None
+        soc = float(soc)
+    if v is not None:
+        if not (_number(v) and 0.0 < v < 2.0):
+            return None
+        v = float(v)
+    return (i, device_id, seq, ts, ts_text, float(p), float(q), v, soc, float(e_imp), float(e_exp))
+
+
+def _payload(sample: FastSample) -> TelemetryPayload:
+    _, device_id, seq, ts, _, p, q, v, soc, e_imp, e_exp = sample
+    return TelemetryPayload.model_construct(device_id=device_id, sig=None, seq=seq, ts=ts, p_kw=p, q_kvar=q,
+                                            soc_pct=soc, v_pu=v, e_imp_kwh=e_imp, e_exp_kwh=e_exp)
