@@ -689,11 +689,10 @@ class PolicyTwin:
         """Settle the interval and record what happened."""
         time, row, outcome = parts.time, parts.row, parts.outcome
         t3 = wallclock.perf_counter()
-        comms = self.comms
-        scale = self._telemetry_scale(time) if comms.faults else None
+        scale = self._telemetry_scale(time)  # None unless a false-telemetry fault is active
         reported = outcome.p if scale is None else outcome.p * scale
         if self.settlement is not None:
-            settled, unverified = self._settle(time, load_p_mw=self.arrays.load_p_mw[row], outcome=outcome,
+            settled, unverified = self._settle(time, load_p_mw=self._load_p[row], outcome=outcome,
                                                reported_p_mw=reported, pf=pf)
         else:
             settled, unverified = {}, _NO_ONE
